@@ -1,0 +1,699 @@
+//! Kernel semantics: keys, versions, sequential creation, sessions, ephemerals, watches.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use futures::StreamExt;
+
+use super::{assert_quiet, eventually, next, within, Harness};
+use crate::kernel::*;
+use crate::{create_parents, Error, Path};
+
+fn p(s: &str) -> Path {
+    Path::new(s).unwrap()
+}
+
+/// Invalid paths are rejected by the parser, so nothing can reach the backend; the backend
+/// also holds nothing afterwards.
+pub async fn path_rules_reject_before_io(h: &dyn Harness) {
+    let c = h.client().await;
+    for bad in [
+        "", "rel", "/a/", "/a//b", "/..", "/a/.", "/a\0b", "/a\u{1}", "/\u{9f}", "/__coord",
+    ] {
+        assert!(
+            matches!(Path::new(bad), Err(Error::InvalidPath { .. })),
+            "{bad:?} accepted"
+        );
+    }
+    let long = format!("/{}", "x".repeat(300));
+    assert!(matches!(Path::new(&long), Err(Error::InvalidPath { .. })));
+    assert!(matches!(
+        Path::root().join("a/b"),
+        Err(Error::InvalidPath { .. })
+    ));
+    assert!(c.children(&Path::root()).await.unwrap().is_empty());
+}
+
+pub async fn create_and_get(h: &dyn Harness) {
+    let c = h.client().await;
+    let made = c
+        .create(&p("/a"), b"hello", CreateMode::Exact)
+        .await
+        .unwrap();
+    assert_eq!(made.path, p("/a"));
+    assert_eq!(made.sequence, None);
+    assert_eq!(made.stat.ephemeral_owner, None);
+    let n = c.get(&p("/a")).await.unwrap();
+    assert_eq!(n.value, b"hello");
+    assert_eq!(n.stat.version, made.stat.version);
+    // A second client in the same namespace sees it.
+    let c2 = h.client().await;
+    assert_eq!(c2.get(&p("/a")).await.unwrap().value, b"hello");
+    assert!(matches!(
+        c.get(&p("/missing")).await,
+        Err(Error::NotFound { .. })
+    ));
+}
+
+/// Rule: a create needs its parent (NoParent); nothing is written.
+pub async fn create_under_missing_parent(h: &dyn Harness) {
+    let c = h.client().await;
+    let r = c
+        .create(&p("/no/such/parent"), b"x", CreateMode::Exact)
+        .await;
+    assert!(matches!(r, Err(Error::NoParent { .. })), "{r:?}");
+    assert!(c.exists(&p("/no")).await.unwrap().is_none());
+    assert!(c.exists(&p("/no/such/parent")).await.unwrap().is_none());
+}
+
+pub async fn create_duplicate(h: &dyn Harness) {
+    let c = h.client().await;
+    c.create(&p("/d"), b"first", CreateMode::Exact)
+        .await
+        .unwrap();
+    let r = c.create(&p("/d"), b"second", CreateMode::Exact).await;
+    assert!(matches!(r, Err(Error::AlreadyExists { .. })), "{r:?}");
+    assert_eq!(c.get(&p("/d")).await.unwrap().value, b"first");
+    // Also through a session (ephemeral) over a persistent key.
+    let s = c.open_session(SessionOptions::new()).await.unwrap();
+    let r = s.create(&p("/d"), b"third", CreateMode::Exact).await;
+    assert!(matches!(r, Err(Error::AlreadyExists { .. })), "{r:?}");
+    assert_eq!(c.get(&p("/d")).await.unwrap().value, b"first");
+    s.close().await.unwrap();
+}
+
+pub async fn create_parents_helper(h: &dyn Harness) {
+    let c = h.client().await;
+    create_parents(&*c, &p("/x/y/z")).await.unwrap();
+    assert!(c.exists(&p("/x/y/z")).await.unwrap().is_some());
+    // Idempotent.
+    create_parents(&*c, &p("/x/y/z")).await.unwrap();
+    assert_eq!(c.children(&p("/x")).await.unwrap(), vec!["y".to_owned()]);
+}
+
+pub async fn set_with_version(h: &dyn Harness) {
+    let c = h.client().await;
+    let v0 = c
+        .create(&p("/s"), b"0", CreateMode::Exact)
+        .await
+        .unwrap()
+        .stat
+        .version;
+    let v1 = c.set(&p("/s"), b"1", Some(v0)).await.unwrap().version;
+    assert_ne!(v0, v1, "a write must change the version");
+    let v2 = c.set(&p("/s"), b"2", None).await.unwrap().version;
+    assert_ne!(v1, v2);
+    let n = c.get(&p("/s")).await.unwrap();
+    assert_eq!((n.value.as_slice(), n.stat.version), (&b"2"[..], v2));
+}
+
+pub async fn set_missing_key(h: &dyn Harness) {
+    let c = h.client().await;
+    let r = c.set(&p("/nope"), b"x", None).await;
+    assert!(matches!(r, Err(Error::NotFound { .. })), "{r:?}");
+    assert!(c.exists(&p("/nope")).await.unwrap().is_none());
+}
+
+pub async fn cas_mismatch_writes_nothing(h: &dyn Harness) {
+    let c = h.client().await;
+    let v0 = c
+        .create(&p("/cas"), b"a", CreateMode::Exact)
+        .await
+        .unwrap()
+        .stat
+        .version;
+    let v1 = c.set(&p("/cas"), b"b", Some(v0)).await.unwrap().version;
+    let r = c.set(&p("/cas"), b"c", Some(v0)).await;
+    assert!(matches!(r, Err(Error::VersionMismatch { .. })), "{r:?}");
+    let n = c.get(&p("/cas")).await.unwrap();
+    assert_eq!(n.value, b"b");
+    assert_eq!(n.stat.version, v1);
+}
+
+pub async fn delete_with_stale_version(h: &dyn Harness) {
+    let c = h.client().await;
+    let v0 = c
+        .create(&p("/dv"), b"a", CreateMode::Exact)
+        .await
+        .unwrap()
+        .stat
+        .version;
+    let v1 = c.set(&p("/dv"), b"b", None).await.unwrap().version;
+    let r = c.delete(&p("/dv"), Some(v0)).await;
+    assert!(matches!(r, Err(Error::VersionMismatch { .. })), "{r:?}");
+    assert!(c.exists(&p("/dv")).await.unwrap().is_some());
+    c.delete(&p("/dv"), Some(v1)).await.unwrap();
+    assert!(c.exists(&p("/dv")).await.unwrap().is_none());
+}
+
+pub async fn delete_non_empty(h: &dyn Harness) {
+    let c = h.client().await;
+    c.create(&p("/ne"), b"", CreateMode::Exact).await.unwrap();
+    c.create(&p("/ne/kid"), b"", CreateMode::Exact)
+        .await
+        .unwrap();
+    let r = c.delete(&p("/ne"), None).await;
+    assert!(matches!(r, Err(Error::NotEmpty { .. })), "{r:?}");
+    assert!(c.exists(&p("/ne/kid")).await.unwrap().is_some());
+    c.delete(&p("/ne/kid"), None).await.unwrap();
+    c.delete(&p("/ne"), None).await.unwrap();
+}
+
+pub async fn delete_missing(h: &dyn Harness) {
+    let c = h.client().await;
+    let r = c.delete(&p("/gone"), None).await;
+    assert!(matches!(r, Err(Error::NotFound { .. })), "{r:?}");
+}
+
+pub async fn children_sorted(h: &dyn Harness) {
+    let c = h.client().await;
+    c.create(&p("/kids"), b"", CreateMode::Exact).await.unwrap();
+    for name in ["b", "a", "c", "a0"] {
+        c.create(&p("/kids").join(name).unwrap(), b"", CreateMode::Exact)
+            .await
+            .unwrap();
+    }
+    // Grandchildren are not children.
+    c.create(&p("/kids/a/deep"), b"", CreateMode::Exact)
+        .await
+        .unwrap();
+    assert_eq!(
+        c.children(&p("/kids")).await.unwrap(),
+        ["a", "a0", "b", "c"]
+    );
+    assert!(c.children(&p("/kids/b")).await.unwrap().is_empty());
+    assert!(matches!(
+        c.children(&p("/nokids")).await,
+        Err(Error::NotFound { .. })
+    ));
+}
+
+pub async fn exists_reports_stat(h: &dyn Harness) {
+    let c = h.client().await;
+    assert!(c.exists(&p("/e")).await.unwrap().is_none());
+    let made = c.create(&p("/e"), b"v", CreateMode::Exact).await.unwrap();
+    assert_eq!(
+        c.exists(&p("/e")).await.unwrap().unwrap().version,
+        made.stat.version
+    );
+}
+
+pub async fn value_too_large_writes_nothing(h: &dyn Harness) {
+    let c = h.client().await;
+    let max = c.capabilities().max_value_size;
+    let big = vec![7u8; max + 1];
+    let r = c.create(&p("/big"), &big, CreateMode::Exact).await;
+    assert!(matches!(r, Err(Error::ValueTooLarge { .. })), "{r:?}");
+    assert!(c.exists(&p("/big")).await.unwrap().is_none());
+    c.create(&p("/big"), b"small", CreateMode::Exact)
+        .await
+        .unwrap();
+    let r = c.set(&p("/big"), &big, None).await;
+    assert!(matches!(r, Err(Error::ValueTooLarge { .. })), "{r:?}");
+    assert_eq!(c.get(&p("/big")).await.unwrap().value, b"small");
+    let s = c.open_session(SessionOptions::new()).await.unwrap();
+    let r = s.create(&p("/big2"), &big, CreateMode::Exact).await;
+    assert!(matches!(r, Err(Error::ValueTooLarge { .. })), "{r:?}");
+    assert!(c.exists(&p("/big2")).await.unwrap().is_none());
+    s.close().await.unwrap();
+}
+
+pub async fn empty_value_roundtrip(h: &dyn Harness) {
+    let c = h.client().await;
+    c.create(&p("/empty"), b"", CreateMode::Exact)
+        .await
+        .unwrap();
+    assert_eq!(c.get(&p("/empty")).await.unwrap().value, b"");
+    c.set(&p("/empty"), b"x", None).await.unwrap();
+    c.set(&p("/empty"), b"", None).await.unwrap();
+    assert_eq!(c.get(&p("/empty")).await.unwrap().value, b"");
+}
+
+pub async fn binary_value_roundtrip(h: &dyn Harness) {
+    let c = h.client().await;
+    let v: Vec<u8> = (0..=255u8).chain(0..=255u8).collect();
+    c.create(&p("/bin"), &v, CreateMode::Exact).await.unwrap();
+    assert_eq!(c.get(&p("/bin")).await.unwrap().value, v);
+    // A value of exactly the limit is accepted.
+    let max = c.capabilities().max_value_size;
+    let edge = vec![1u8; max];
+    c.set(&p("/bin"), &edge, None).await.unwrap();
+    assert_eq!(c.get(&p("/bin")).await.unwrap().value.len(), max);
+}
+
+pub async fn sequential_suffix_format(h: &dyn Harness) {
+    let c = h.client().await;
+    c.create(&p("/seq"), b"", CreateMode::Exact).await.unwrap();
+    let a = c
+        .create(&p("/seq/n-"), b"a", CreateMode::Sequential)
+        .await
+        .unwrap();
+    let b = c
+        .create(&p("/seq/n-"), b"b", CreateMode::Sequential)
+        .await
+        .unwrap();
+    let (sa, sb) = (a.sequence.unwrap(), b.sequence.unwrap());
+    assert!(sb > sa);
+    assert_eq!(
+        a.path.name(),
+        format!("n-{}", crate::path::format_sequence(sa))
+    );
+    assert_eq!(a.path.name().len(), 2 + crate::path::SEQUENCE_DIGITS);
+    assert_eq!(c.get(&a.path).await.unwrap().value, b"a");
+    // A different prefix shares the parent's counter: still unique and increasing.
+    let x = c
+        .create(&p("/seq/x-"), b"", CreateMode::Sequential)
+        .await
+        .unwrap();
+    assert!(x.sequence.unwrap() > sb);
+    // Sequential under a missing parent follows the parent rule.
+    let r = c.create(&p("/noseq/n-"), b"", CreateMode::Sequential).await;
+    assert!(matches!(r, Err(Error::NoParent { .. })), "{r:?}");
+}
+
+/// N concurrent creators through separate clients: all numbers distinct, each creator's
+/// strictly increasing.
+pub async fn sequential_concurrent_creators(h: &dyn Harness) {
+    const CREATORS: usize = 8;
+    const EACH: usize = 10;
+    let c = h.client().await;
+    c.create(&p("/conc"), b"", CreateMode::Exact).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..CREATORS {
+        let cl = h.client().await;
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            let mut sessions = Vec::new();
+            for _ in 0..EACH {
+                let mode = CreateMode::Sequential;
+                let made = if i % 2 == 0 {
+                    cl.create(&p("/conc/n-"), b"", mode).await.unwrap()
+                } else {
+                    let s = cl.open_session(SessionOptions::new()).await.unwrap();
+                    let m = s.create(&p("/conc/e-"), b"", mode).await.unwrap();
+                    sessions.push(s);
+                    m
+                };
+                mine.push(made.sequence.unwrap());
+            }
+            for s in sessions {
+                s.close().await.unwrap();
+            }
+            mine
+        }));
+    }
+    let mut all = BTreeSet::new();
+    for t in tasks {
+        let mine = within(h, "creators", t).await.unwrap();
+        assert!(mine.windows(2).all(|w| w[0] < w[1]), "{mine:?}");
+        for n in mine {
+            assert!(all.insert(n), "duplicate sequence {n}");
+        }
+    }
+    assert_eq!(all.len(), CREATORS * EACH);
+}
+
+pub async fn sequential_unique_after_delete(h: &dyn Harness) {
+    let c = h.client().await;
+    c.create(&p("/sd"), b"", CreateMode::Exact).await.unwrap();
+    let a = c
+        .create(&p("/sd/n-"), b"", CreateMode::Sequential)
+        .await
+        .unwrap();
+    c.delete(&a.path, None).await.unwrap();
+    let b = c
+        .create(&p("/sd/n-"), b"", CreateMode::Sequential)
+        .await
+        .unwrap();
+    assert!(b.sequence > a.sequence, "a number is never reused");
+}
+
+pub async fn ephemeral_removed_on_close(h: &dyn Harness) {
+    let c = h.client().await;
+    let s = c.open_session(SessionOptions::new()).await.unwrap();
+    s.create(&p("/eph"), b"x", CreateMode::Exact).await.unwrap();
+    let watcher = h.client().await;
+    let (cur, mut w) = watcher.watch(&p("/eph")).await.unwrap();
+    assert!(cur.is_some());
+    s.close().await.unwrap();
+    assert_eq!(s.state(), SessionState::Closed);
+    let ev = next(h, "delete after close", &mut w).await.unwrap();
+    assert!(
+        matches!(ev, KeyEvent::Deleted | KeyEvent::Resync(None)),
+        "{ev:?}"
+    );
+    assert!(c.exists(&p("/eph")).await.unwrap().is_none());
+    // Close is idempotent.
+    s.close().await.unwrap();
+}
+
+pub async fn ephemeral_removed_on_expiry_seen_by_watch(h: &dyn Harness) {
+    let c = h.client().await;
+    let s = c.open_session(SessionOptions::new()).await.unwrap();
+    s.create(&p("/exp"), b"x", CreateMode::Exact).await.unwrap();
+    let other = h.client().await;
+    let (_, mut w) = other.watch(&p("/exp")).await.unwrap();
+    let mut states = s.states();
+    assert_eq!(
+        next(h, "initial state", &mut states).await,
+        SessionState::Connected
+    );
+    h.expire(&s).await;
+    let ev = next(h, "delete after expiry", &mut w).await.unwrap();
+    assert!(
+        matches!(ev, KeyEvent::Deleted | KeyEvent::Resync(None)),
+        "{ev:?}"
+    );
+    // The owner learns Expired (possibly after Suspended).
+    loop {
+        let st = next(h, "Expired", &mut states).await;
+        if st == SessionState::Expired {
+            break;
+        }
+        assert_eq!(st, SessionState::Suspended);
+    }
+    assert_eq!(s.state(), SessionState::Expired);
+    let r = s.create(&p("/exp2"), b"", CreateMode::Exact).await;
+    assert!(matches!(r, Err(Error::SessionExpired { .. })), "{r:?}");
+    assert!(other.exists(&p("/exp2")).await.unwrap().is_none());
+}
+
+pub async fn ephemeral_removed_after_crash(h: &dyn Harness) {
+    let c = h.client().await;
+    let s = c
+        .open_session(SessionOptions::new().ttl(h.short_ttl()))
+        .await
+        .unwrap();
+    s.create(&p("/crash"), b"x", CreateMode::Exact)
+        .await
+        .unwrap();
+    if !h.crash(&s).await {
+        return;
+    }
+    let other = h.client().await;
+    eventually(h, "ephemeral of a crashed client removed", || async {
+        other.exists(&p("/crash")).await.unwrap().is_none()
+    })
+    .await;
+}
+
+/// Rule: ephemerals cannot have children.
+pub async fn ephemeral_cannot_have_children(h: &dyn Harness) {
+    let c = h.client().await;
+    let s = c.open_session(SessionOptions::new()).await.unwrap();
+    s.create(&p("/ep"), b"", CreateMode::Exact).await.unwrap();
+    let r = c.create(&p("/ep/kid"), b"", CreateMode::Exact).await;
+    assert!(matches!(r, Err(Error::EphemeralParent { .. })), "{r:?}");
+    let r = s.create(&p("/ep/kid"), b"", CreateMode::Exact).await;
+    assert!(matches!(r, Err(Error::EphemeralParent { .. })), "{r:?}");
+    assert!(c.children(&p("/ep")).await.unwrap().is_empty());
+    s.close().await.unwrap();
+}
+
+pub async fn ephemeral_owner_in_stat(h: &dyn Harness) {
+    let c = h.client().await;
+    let s = c.open_session(SessionOptions::new()).await.unwrap();
+    let made = s.create(&p("/own"), b"", CreateMode::Exact).await.unwrap();
+    assert_eq!(made.stat.ephemeral_owner.as_ref(), Some(s.id()));
+    let st = c.exists(&p("/own")).await.unwrap().unwrap();
+    assert_eq!(st.ephemeral_owner.as_ref(), Some(s.id()));
+    let seq = s
+        .create(&p("/own-"), b"", CreateMode::Sequential)
+        .await
+        .unwrap();
+    assert!(seq.sequence.is_some());
+    assert_eq!(
+        c.get(&seq.path)
+            .await
+            .unwrap()
+            .stat
+            .ephemeral_owner
+            .as_ref(),
+        Some(s.id())
+    );
+    s.close().await.unwrap();
+}
+
+pub async fn session_states_stream(h: &dyn Harness) {
+    let c = h.client().await;
+    let s = c.open_session(SessionOptions::new()).await.unwrap();
+    assert_eq!(s.state(), SessionState::Connected);
+    let mut states = s.states();
+    assert_eq!(
+        next(h, "Connected", &mut states).await,
+        SessionState::Connected
+    );
+    s.close().await.unwrap();
+    assert_eq!(next(h, "Closed", &mut states).await, SessionState::Closed);
+    assert!(within(h, "end of states", states.next()).await.is_none());
+    // A stream taken after the end yields the final state and ends.
+    let mut late = s.states();
+    assert_eq!(
+        next(h, "late Closed", &mut late).await,
+        SessionState::Closed
+    );
+    assert!(within(h, "end of late states", late.next()).await.is_none());
+}
+
+pub async fn session_create_after_close_fails(h: &dyn Harness) {
+    let c = h.client().await;
+    let s = c.open_session(SessionOptions::new()).await.unwrap();
+    s.close().await.unwrap();
+    let r = s.create(&p("/late"), b"", CreateMode::Exact).await;
+    assert!(r.as_ref().is_err_and(Error::is_session_gone), "{r:?}");
+    assert!(c.exists(&p("/late")).await.unwrap().is_none());
+}
+
+pub async fn session_ttl_bounds(h: &dyn Harness) {
+    let c = h.client().await;
+    let caps = c.capabilities().clone();
+    let too_short = caps.min_session_ttl / 2;
+    let r = c.open_session(SessionOptions::new().ttl(too_short)).await;
+    assert!(matches!(r, Err(Error::InvalidArgument(_))), "{:?}", r.err());
+    let r = c
+        .open_session(SessionOptions::new().ttl(caps.max_session_ttl * 2))
+        .await;
+    assert!(matches!(r, Err(Error::InvalidArgument(_))), "{:?}", r.err());
+    let s = c
+        .open_session(SessionOptions::new().ttl(h.short_ttl()))
+        .await
+        .unwrap();
+    assert!(s.ttl() >= caps.min_session_ttl);
+    s.close().await.unwrap();
+}
+
+pub async fn watch_create_change_delete_order(h: &dyn Harness) {
+    let c = h.client().await;
+    let (cur, mut w) = c.watch(&p("/w")).await.unwrap();
+    assert!(cur.is_none());
+    let writer = h.client().await;
+    writer
+        .create(&p("/w"), b"1", CreateMode::Exact)
+        .await
+        .unwrap();
+    match next(h, "Created", &mut w).await.unwrap() {
+        KeyEvent::Created(n) => assert_eq!(n.value, b"1"),
+        other => panic!("expected Created, got {other:?}"),
+    }
+    writer.set(&p("/w"), b"2", None).await.unwrap();
+    match next(h, "Changed", &mut w).await.unwrap() {
+        KeyEvent::Changed(n) => assert_eq!(n.value, b"2"),
+        other => panic!("expected Changed, got {other:?}"),
+    }
+    writer.delete(&p("/w"), None).await.unwrap();
+    let ev = next(h, "Deleted", &mut w).await.unwrap();
+    assert_eq!(ev, KeyEvent::Deleted);
+    writer
+        .create(&p("/w"), b"3", CreateMode::Exact)
+        .await
+        .unwrap();
+    assert!(matches!(
+        next(h, "re-Created", &mut w).await.unwrap(),
+        KeyEvent::Created(_)
+    ));
+}
+
+/// A change made right after the watch is registered is never missed, and the last event
+/// always shows the latest state.
+pub async fn watch_no_gap_after_registration(h: &dyn Harness) {
+    let c = h.client().await;
+    c.create(&p("/gap"), b"0", CreateMode::Exact).await.unwrap();
+    for round in 1..=20u32 {
+        let (cur, mut w) = c.watch(&p("/gap")).await.unwrap();
+        let before = cur.unwrap().value;
+        let v = round.to_string().into_bytes();
+        // Immediately after registration.
+        c.set(&p("/gap"), &v, None).await.unwrap();
+        let ev = next(h, "change right after registration", &mut w)
+            .await
+            .unwrap();
+        match ev {
+            KeyEvent::Changed(n) | KeyEvent::Resync(Some(n)) => {
+                assert_eq!(n.value, v, "round {round}, before {before:?}")
+            }
+            other => panic!("round {round}: {other:?}"),
+        }
+    }
+    // Many quick writes: whatever is coalesced, the last event carries the last value.
+    let (_, mut w) = c.watch(&p("/gap")).await.unwrap();
+    for i in 0..50u32 {
+        c.set(&p("/gap"), format!("burst-{i}").as_bytes(), None)
+            .await
+            .unwrap();
+    }
+    loop {
+        match next(h, "burst events", &mut w).await.unwrap() {
+            KeyEvent::Changed(n) | KeyEvent::Resync(Some(n)) if n.value == b"burst-49" => break,
+            KeyEvent::Changed(_) | KeyEvent::Resync(Some(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+pub async fn watch_children_events(h: &dyn Harness) {
+    let c = h.client().await;
+    c.create(&p("/cw"), b"", CreateMode::Exact).await.unwrap();
+    c.create(&p("/cw/a"), b"", CreateMode::Exact).await.unwrap();
+    let (cur, mut w) = c.watch_children(&p("/cw")).await.unwrap();
+    assert_eq!(cur, ["a"]);
+    let writer = h.client().await;
+    writer
+        .create(&p("/cw/b"), b"", CreateMode::Exact)
+        .await
+        .unwrap();
+    let expect_list = |ev: ChildrenEvent| match ev {
+        ChildrenEvent::Changed(l) | ChildrenEvent::Resync(l) => l,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        expect_list(next(h, "add b", &mut w).await.unwrap()),
+        ["a", "b"]
+    );
+    // A value change of a child is not a children change.
+    writer.set(&p("/cw/a"), b"new", None).await.unwrap();
+    writer.delete(&p("/cw/a"), None).await.unwrap();
+    assert_eq!(
+        expect_list(next(h, "remove a", &mut w).await.unwrap()),
+        ["b"]
+    );
+    // Grandchildren do not count either.
+    writer
+        .create(&p("/cw/b/g"), b"", CreateMode::Exact)
+        .await
+        .unwrap();
+    let s = writer.open_session(SessionOptions::new()).await.unwrap();
+    s.create(&p("/cw/e"), b"", CreateMode::Exact).await.unwrap();
+    assert_eq!(
+        expect_list(next(h, "add e", &mut w).await.unwrap()),
+        ["b", "e"]
+    );
+    s.close().await.unwrap();
+    assert_eq!(
+        expect_list(next(h, "e gone with session", &mut w).await.unwrap()),
+        ["b"]
+    );
+}
+
+pub async fn watch_children_parent_deleted(h: &dyn Harness) {
+    let c = h.client().await;
+    c.create(&p("/pd"), b"", CreateMode::Exact).await.unwrap();
+    let (cur, mut w) = c.watch_children(&p("/pd")).await.unwrap();
+    assert!(cur.is_empty());
+    c.delete(&p("/pd"), None).await.unwrap();
+    let ev = next(h, "parent deleted", &mut w).await.unwrap();
+    assert!(
+        match &ev {
+            ChildrenEvent::ParentDeleted => true,
+            ChildrenEvent::Resync(l) => l.is_empty(),
+            _ => false,
+        },
+        "{ev:?}"
+    );
+    // A watch on an absent parent starts empty and sees it appear with children.
+    let (cur, mut w) = c.watch_children(&p("/later")).await.unwrap();
+    assert!(cur.is_empty());
+    c.create(&p("/later"), b"", CreateMode::Exact)
+        .await
+        .unwrap();
+    c.create(&p("/later/k"), b"", CreateMode::Exact)
+        .await
+        .unwrap();
+    loop {
+        match next(h, "children of a created parent", &mut w)
+            .await
+            .unwrap()
+        {
+            ChildrenEvent::Changed(l) | ChildrenEvent::Resync(l) if l == ["k"] => break,
+            ChildrenEvent::Changed(l) | ChildrenEvent::Resync(l) if l.is_empty() => {}
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+pub async fn watch_independent_watchers(h: &dyn Harness) {
+    let c = h.client().await;
+    let (_, mut w1) = c.watch(&p("/iw")).await.unwrap();
+    let other = h.client().await;
+    let (_, mut w2) = other.watch(&p("/iw")).await.unwrap();
+    let (_, mut unrelated) = other.watch(&p("/iw-other")).await.unwrap();
+    c.create(&p("/iw"), b"v", CreateMode::Exact).await.unwrap();
+    assert!(matches!(
+        next(h, "w1", &mut w1).await.unwrap(),
+        KeyEvent::Created(_)
+    ));
+    assert!(matches!(
+        next(h, "w2", &mut w2).await.unwrap(),
+        KeyEvent::Created(_)
+    ));
+    // Dropping one watcher does not affect the other.
+    drop(w1);
+    c.set(&p("/iw"), b"v2", None).await.unwrap();
+    assert!(matches!(
+        next(h, "w2 again", &mut w2).await.unwrap(),
+        KeyEvent::Changed(_)
+    ));
+    assert_quiet(
+        "event on an unrelated key",
+        &mut unrelated,
+        Duration::from_millis(200),
+    )
+    .await;
+}
+
+pub async fn namespaces_isolated(h: &dyn Harness) {
+    let a = h.client().await;
+    let b = h.other_namespace().await;
+    let (_, mut wb) = b.watch(&p("/shared-name")).await.unwrap();
+    a.create(&p("/shared-name"), b"a", CreateMode::Exact)
+        .await
+        .unwrap();
+    assert!(b.exists(&p("/shared-name")).await.unwrap().is_none());
+    assert!(b.children(&Path::root()).await.unwrap().is_empty());
+    b.create(&p("/shared-name"), b"b", CreateMode::Exact)
+        .await
+        .unwrap();
+    assert!(
+        matches!(next(h, "own namespace create", &mut wb).await.unwrap(), KeyEvent::Created(n) if n.value == b"b")
+    );
+    assert_eq!(a.get(&p("/shared-name")).await.unwrap().value, b"a");
+    assert_eq!(b.get(&p("/shared-name")).await.unwrap().value, b"b");
+    a.delete(&p("/shared-name"), None).await.unwrap();
+    assert!(b.exists(&p("/shared-name")).await.unwrap().is_some());
+    assert_quiet(
+        "event from the other namespace",
+        &mut wb,
+        Duration::from_millis(200),
+    )
+    .await;
+}
+
+pub async fn root_children_lists_top_level(h: &dyn Harness) {
+    let c = h.client().await;
+    c.create(&p("/top1"), b"", CreateMode::Exact).await.unwrap();
+    c.create(&p("/top2"), b"", CreateMode::Exact).await.unwrap();
+    c.create(&p("/top1/sub"), b"", CreateMode::Exact)
+        .await
+        .unwrap();
+    assert_eq!(c.children(&Path::root()).await.unwrap(), ["top1", "top2"]);
+    assert!(c.exists(&Path::root()).await.unwrap().is_some());
+}

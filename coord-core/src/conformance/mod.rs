@@ -1,0 +1,262 @@
+//! The conformance suite: public async test functions that every backend runs unchanged.
+//!
+//! A backend's test file provides a [`Harness`] factory and instantiates the whole suite
+//! with [`conformance_tests!`](crate::conformance_tests):
+//!
+//! ```ignore
+//! mod mem {
+//!     coord_core::conformance_tests!(
+//!         factory = coord_core::conformance::mem_harness,
+//!         attr = #[tokio::test(start_paused = true)]
+//!     );
+//! }
+//! ```
+//!
+//! Every test is then named `<backend>::<test>` (`cargo test mem::`). The factory takes the
+//! test's name and returns `None` only when the backend is unavailable and not required (it
+//! prints the loud skip line itself); with `COORD_REQUIRE_BACKENDS=1` it must panic instead.
+//!
+//! The test functions panic on failure (they are tests). Every wait is bounded by
+//! [`Harness::patience`].
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::{Stream, StreamExt};
+
+use crate::kernel::{Backend, Session};
+use crate::mem::{MemBackend, MemSession};
+use crate::Client;
+
+pub mod kernel;
+pub mod recipes;
+
+/// What the suite needs from a backend under test.
+#[async_trait]
+pub trait Harness: Send + Sync + 'static {
+    /// A new client in this test's namespace. All clients of one harness share the namespace
+    /// and see each other's keys.
+    async fn client(&self) -> Arc<dyn Backend>;
+    /// A new client in another fresh namespace on the same server.
+    async fn other_namespace(&self) -> Arc<dyn Backend>;
+    /// Makes the server end `session` now as an expiry (not a close): its owner must see
+    /// `Expired` and its ephemerals must go.
+    async fn expire(&self, session: &Arc<dyn Session>);
+    /// Simulates a crash of the session's client (no close): the session must expire within
+    /// its TTL plus the backend's detection time. Returns false if the backend cannot.
+    async fn crash(&self, session: &Arc<dyn Session>) -> bool;
+    /// The longest a propagated change may take to be seen (bounds every wait of the suite).
+    fn patience(&self) -> Duration;
+    /// A session TTL that is short but valid on this backend (for expiry tests).
+    fn short_ttl(&self) -> Duration;
+}
+
+/// A [`Client`] over a new harness client.
+pub async fn client(h: &dyn Harness) -> Client {
+    Client::new(h.client().await)
+}
+
+/// A [`Client`] whose sessions use the harness's short TTL.
+pub async fn short_client(h: &dyn Harness) -> Client {
+    Client::with_session_options(
+        h.client().await,
+        crate::SessionOptions::new().ttl(h.short_ttl()),
+    )
+}
+
+/// Awaits `f` for at most the harness's patience, panicking with `what` otherwise.
+pub async fn within<T>(h: &dyn Harness, what: &str, f: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(h.patience(), f).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out after {:?} waiting for {what}", h.patience()),
+    }
+}
+
+/// The next item of a stream within the patience (panics if it ends or times out).
+pub async fn next<S: Stream + Unpin>(h: &dyn Harness, what: &str, s: &mut S) -> S::Item {
+    within(h, what, s.next())
+        .await
+        .unwrap_or_else(|| panic!("stream ended while waiting for {what}"))
+}
+
+/// Asserts that no item arrives on `s` for `quiet`.
+pub async fn assert_quiet<S: Stream + Unpin>(what: &str, s: &mut S, quiet: Duration)
+where
+    S::Item: std::fmt::Debug,
+{
+    if let Ok(Some(item)) = tokio::time::timeout(quiet, s.next()).await {
+        panic!("unexpected {what}: {item:?}");
+    }
+}
+
+/// Polls `check` until it returns true, within the patience.
+pub async fn eventually<F, Fut>(h: &dyn Harness, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + h.patience();
+    let mut pause = Duration::from_millis(5);
+    loop {
+        if check().await {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("{what}: not true within {:?}", h.patience());
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
+}
+
+/// The harness of the in-memory backend: one private store per test.
+pub struct MemHarness {
+    base: MemBackend,
+}
+
+impl MemHarness {
+    /// A harness over a new private store.
+    pub fn new() -> MemHarness {
+        MemHarness {
+            base: MemBackend::new(),
+        }
+    }
+}
+
+impl Default for MemHarness {
+    fn default() -> Self {
+        MemHarness::new()
+    }
+}
+
+fn mem_session(s: &Arc<dyn Session>) -> &MemSession {
+    s.as_any()
+        .downcast_ref::<MemSession>()
+        .expect("a mem session")
+}
+
+#[async_trait]
+impl Harness for MemHarness {
+    async fn client(&self) -> Arc<dyn Backend> {
+        Arc::new(self.base.with_namespace("/test").unwrap())
+    }
+
+    async fn other_namespace(&self) -> Arc<dyn Backend> {
+        Arc::new(self.base.with_namespace("/other").unwrap())
+    }
+
+    async fn expire(&self, session: &Arc<dyn Session>) {
+        mem_session(session).expire_now();
+    }
+
+    async fn crash(&self, session: &Arc<dyn Session>) -> bool {
+        mem_session(session).crash();
+        true
+    }
+
+    fn patience(&self) -> Duration {
+        Duration::from_secs(30)
+    }
+
+    fn short_ttl(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+}
+
+/// The factory the root tests use for `mem::…`.
+pub async fn mem_harness(_test: &str) -> Option<Arc<dyn Harness>> {
+    Some(Arc::new(MemHarness::new()))
+}
+
+/// Instantiates every conformance test for one backend.
+///
+/// `factory` is an `async fn(&str) -> Option<Arc<dyn Harness>>`; `attr` the test attribute
+/// (for example `#[tokio::test(start_paused = true)]` for mem, a multi-thread runtime for
+/// real servers).
+#[macro_export]
+macro_rules! conformance_tests {
+    (factory = $factory:path, attr = #[$attr:meta]) => {
+        $crate::__conformance_each!($factory, $attr,
+            kernel: [
+                path_rules_reject_before_io,
+                create_and_get,
+                create_under_missing_parent,
+                create_duplicate,
+                create_parents_helper,
+                set_with_version,
+                set_missing_key,
+                cas_mismatch_writes_nothing,
+                delete_with_stale_version,
+                delete_non_empty,
+                delete_missing,
+                children_sorted,
+                exists_reports_stat,
+                value_too_large_writes_nothing,
+                empty_value_roundtrip,
+                binary_value_roundtrip,
+                sequential_suffix_format,
+                sequential_concurrent_creators,
+                sequential_unique_after_delete,
+                ephemeral_removed_on_close,
+                ephemeral_removed_on_expiry_seen_by_watch,
+                ephemeral_removed_after_crash,
+                ephemeral_cannot_have_children,
+                ephemeral_owner_in_stat,
+                session_states_stream,
+                session_create_after_close_fails,
+                session_ttl_bounds,
+                watch_create_change_delete_order,
+                watch_no_gap_after_registration,
+                watch_children_events,
+                watch_children_parent_deleted,
+                watch_independent_watchers,
+                namespaces_isolated,
+                root_children_lists_top_level,
+            ],
+            recipes: [
+                election_single_candidate,
+                election_two_candidates_resign,
+                election_five_candidates_order,
+                election_fifty_candidates_herd,
+                election_leader_session_expires,
+                election_leader_closes,
+                election_loss_seen_before_successor,
+                election_hundred_handovers,
+                election_cancelled_campaign_leaves_nothing,
+                election_old_leader_rejoins_as_candidate,
+                election_observe_and_leader,
+                election_campaign_fails_when_session_expires,
+                registry_register_discover_deregister,
+                registry_watch_sees_join_and_expiry,
+                registry_cache_follows,
+                registry_services_do_not_mix,
+                registry_malformed_entry_typed_error,
+                registry_reregisters_after_expiry,
+                lock_mutual_exclusion,
+                lock_try_lock_and_timeout,
+                lock_fencing_tokens_increase,
+                lock_lost_on_expiry,
+                group_join_leave_watch,
+                group_duplicate_member_rejected,
+            ]
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_each {
+    ($factory:path, $attr:meta, $($module:ident : [$($name:ident),* $(,)?]),* $(,)?) => {
+        $($(
+            #[$attr]
+            async fn $name() {
+                if let Some(h) = $factory(stringify!($name)).await {
+                    $crate::conformance::$module::$name(&*h).await;
+                }
+            }
+        )*)*
+    };
+}

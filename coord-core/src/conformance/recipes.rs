@@ -1,0 +1,654 @@
+//! Recipes: election, registry, lock, group — on every backend.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::{assert_quiet, client, eventually, next, short_client, within, Harness};
+use crate::election::{Election, Leadership};
+use crate::kernel::CreateMode;
+use crate::mem::MemSession;
+use crate::recipes::{HoldState, SuspendPolicy};
+use crate::registry::Instance;
+use crate::{Client, Error, Path};
+
+const QUIET: Duration = Duration::from_millis(300);
+
+async fn candidates(c: &Client, e: &Election) -> usize {
+    match c.children(e.path()).await {
+        Ok(v) => v.len(),
+        Err(Error::NotFound { .. }) => 0,
+        Err(err) => panic!("{err}"),
+    }
+}
+
+async fn wait_candidates(h: &dyn Harness, c: &Client, e: &Election, n: usize) {
+    eventually(h, &format!("{n} candidate nodes"), || async {
+        candidates(c, e).await == n
+    })
+    .await;
+}
+
+pub async fn election_single_candidate(h: &dyn Harness) {
+    let c = client(h).await;
+    let e = c.election("single").unwrap();
+    assert_eq!(e.leader().await.unwrap(), None);
+    let l = within(h, "campaign", e.campaign(b"me")).await.unwrap();
+    assert!(l.is_leading());
+    assert_eq!(l.state(), HoldState::Holding);
+    let info = e.leader().await.unwrap().unwrap();
+    assert_eq!(info.value, b"me");
+    assert_eq!(info.token, l.fencing_token());
+    assert_eq!(&info.node, l.node());
+    l.resign().await.unwrap();
+    assert_eq!(e.leader().await.unwrap(), None);
+    assert_eq!(candidates(&c, &e).await, 0);
+}
+
+pub async fn election_two_candidates_resign(h: &dyn Harness) {
+    let a = client(h).await;
+    let b = client(h).await;
+    let ea = a.election("two").unwrap();
+    let eb = b.election("two").unwrap();
+    let la = ea.campaign(b"a").await.unwrap();
+    let mut fb = Box::pin(eb.campaign(b"b"));
+    // b waits while a leads.
+    if let Ok(r) = tokio::time::timeout(QUIET, &mut fb).await {
+        panic!("b elected while a leads: {r:?}");
+    }
+    let ta = la.fencing_token();
+    la.resign().await.unwrap();
+    let lb = within(h, "b elected", fb).await.unwrap();
+    assert!(lb.fencing_token() > ta);
+    assert_eq!(eb.leader().await.unwrap().unwrap().value, b"b");
+    lb.resign().await.unwrap();
+}
+
+pub async fn election_five_candidates_order(h: &dyn Harness) {
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        clients.push(client(h).await);
+    }
+    let e0 = clients[0].election("five").unwrap();
+    let mut waiting = Vec::new();
+    for (i, c) in clients.iter().enumerate() {
+        let e = c.election("five").unwrap();
+        waiting.push(tokio::spawn(async move {
+            (i, e.campaign(format!("n{i}").as_bytes()).await)
+        }));
+        // Join in a known order.
+        wait_candidates(h, &clients[0], &e0, i + 1).await;
+    }
+    let mut last = None;
+    for expected in 0..5 {
+        let (i, l) = within(h, "next leader", &mut waiting[expected])
+            .await
+            .unwrap();
+        let l = l.unwrap();
+        assert_eq!(i, expected, "leaders follow the join order");
+        assert!(l.is_leading());
+        // Nobody else leads meanwhile.
+        for w in &waiting[expected + 1..] {
+            assert!(!w.is_finished(), "two leaders at once");
+        }
+        if let Some(t) = last {
+            assert!(l.fencing_token() > t);
+        }
+        last = Some(l.fencing_token());
+        l.resign().await.unwrap();
+    }
+}
+
+/// One leadership change wakes exactly one waiting candidate (no herd effect), counted by the
+/// recipe's instrument.
+pub async fn election_fifty_candidates_herd(h: &dyn Harness) {
+    const N: usize = 50;
+    let mut elections = Vec::new();
+    for _ in 0..N {
+        elections.push(client(h).await.election("herd").unwrap());
+    }
+    let observer = client(h).await;
+    let mut tasks = Vec::new();
+    for e in elections.iter().cloned() {
+        tasks.push(tokio::spawn(async move { e.campaign(b"c").await }));
+    }
+    wait_candidates(h, &observer, &elections[0], N).await;
+    let wakeups = || elections.iter().map(Election::wakeups).sum::<u64>();
+    // Find the leader; everyone else is parked on its predecessor.
+    let mut pending: Vec<_> = tasks.into_iter().map(Some).collect();
+    let mut changes = 0;
+    let mut prev_token = 0;
+    for round in 0..3 {
+        let idx = within(h, "a leader", async {
+            loop {
+                if let Some(i) = pending
+                    .iter()
+                    .position(|t| t.as_ref().is_some_and(|t| t.is_finished()))
+                {
+                    return i;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        let leader: Leadership = pending[idx].take().unwrap().await.unwrap().unwrap();
+        assert!(leader.fencing_token() > prev_token || round == 0);
+        prev_token = leader.fencing_token();
+        tokio::time::sleep(QUIET).await;
+        let before = wakeups();
+        leader.resign().await.unwrap();
+        changes += 1;
+        // The successor is elected...
+        let succ = within(h, "successor", async {
+            loop {
+                if let Some(i) = pending
+                    .iter()
+                    .position(|t| t.as_ref().is_some_and(|t| t.is_finished()))
+                {
+                    return i;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        // ...and after things settle, exactly one candidate was woken.
+        tokio::time::sleep(QUIET).await;
+        assert_eq!(
+            wakeups() - before,
+            1,
+            "wake-ups for one leadership change with {N} candidates (change {changes})"
+        );
+        let _ = succ;
+    }
+    for t in pending.into_iter().flatten() {
+        t.abort();
+    }
+}
+
+pub async fn election_leader_session_expires(h: &dyn Harness) {
+    let a = short_client(h).await;
+    let b = client(h).await;
+    let la = a.election("exp").unwrap().campaign(b"a").await.unwrap();
+    let eb = b.election("exp").unwrap();
+    let fb = tokio::spawn(async move { eb.campaign(b"b").await });
+    wait_candidates(h, &b, &b.election("exp").unwrap(), 2).await;
+    h.expire(&current(&a).await).await;
+    within(h, "old leader lost", la.lost()).await;
+    assert_eq!(la.state(), HoldState::Lost);
+    let lb = within(h, "successor", fb).await.unwrap().unwrap();
+    assert!(lb.fencing_token() > la.fencing_token());
+}
+
+async fn current(c: &Client) -> Arc<dyn crate::Session> {
+    c.current_session().await.expect("a session is open")
+}
+
+pub async fn election_leader_closes(h: &dyn Harness) {
+    let a = client(h).await;
+    let b = client(h).await;
+    let la = a.election("close").unwrap().campaign(b"a").await.unwrap();
+    let eb = b.election("close").unwrap();
+    let fb = tokio::spawn(async move { eb.campaign(b"b").await });
+    wait_candidates(h, &b, &b.election("close").unwrap(), 2).await;
+    a.close().await.unwrap();
+    assert_eq!(la.state(), HoldState::Lost);
+    let lb = within(h, "successor after close", fb)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(lb.is_leading());
+}
+
+/// A leader whose session is cut off learns it no later than the moment a successor is
+/// elected. Exact on mem (partition longer than the TTL, paused clock); on real backends the
+/// server-side expiry is checked within the patience.
+pub async fn election_loss_seen_before_successor(h: &dyn Harness) {
+    for policy in [SuspendPolicy::LoseOnSuspend, SuspendPolicy::TolerateSuspend] {
+        let a = short_client(h).await;
+        let b = client(h).await;
+        let name = format!("loss-{policy:?}");
+        let la = a
+            .election(&name)
+            .unwrap()
+            .with_suspend_policy(policy)
+            .campaign(b"a")
+            .await
+            .unwrap();
+        let eb = b.election(&name).unwrap();
+        let eb2 = eb.clone();
+        let fb = tokio::spawn(async move { eb2.campaign(b"b").await });
+        wait_candidates(h, &b, &eb, 2).await;
+        let sa = current(&a).await;
+        match sa.as_any().downcast_ref::<MemSession>() {
+            Some(ms) => {
+                ms.partition(sa.ttl() * 3);
+                let expect_now = match policy {
+                    SuspendPolicy::LoseOnSuspend => HoldState::Lost,
+                    SuspendPolicy::TolerateSuspend => HoldState::Suspended,
+                };
+                assert_eq!(la.state(), expect_now);
+                let lb = within(h, "successor", fb).await.unwrap().unwrap();
+                // The instant the successor holds, the old leader already knows.
+                assert_eq!(la.state(), HoldState::Lost, "{policy:?}");
+                assert!(lb.fencing_token() > la.fencing_token());
+            }
+            None => {
+                h.expire(&sa).await;
+                let lb = within(h, "successor", fb).await.unwrap().unwrap();
+                within(h, "old leader lost", la.lost()).await;
+                assert!(lb.fencing_token() > la.fencing_token());
+            }
+        }
+    }
+}
+
+/// 100 successive handovers among 5 candidates: never two leading at once, tokens strictly
+/// increasing.
+pub async fn election_hundred_handovers(h: &dyn Harness) {
+    const HANDOVERS: usize = 100;
+    let leading = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let tokens = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for i in 0..5 {
+        let e = client(h).await.election("hundred").unwrap();
+        let (leading, done, tokens) = (leading.clone(), done.clone(), tokens.clone());
+        tasks.push(tokio::spawn(async move {
+            while done.load(Ordering::SeqCst) < HANDOVERS {
+                let l = e.campaign(format!("c{i}").as_bytes()).await.unwrap();
+                assert_eq!(
+                    leading.fetch_add(1, Ordering::SeqCst),
+                    0,
+                    "two leaders at once"
+                );
+                tokens.lock().unwrap().push(l.fencing_token());
+                tokio::task::yield_now().await;
+                assert!(l.is_leading());
+                leading.fetch_sub(1, Ordering::SeqCst);
+                done.fetch_add(1, Ordering::SeqCst);
+                l.resign().await.unwrap();
+            }
+        }));
+    }
+    let big = h.patience() * 4;
+    for t in tasks {
+        tokio::time::timeout(big, t)
+            .await
+            .expect("handovers finished")
+            .unwrap();
+    }
+    let tokens = tokens.lock().unwrap().clone();
+    assert!(tokens.len() >= HANDOVERS);
+    assert!(
+        tokens.windows(2).all(|w| w[0] < w[1]),
+        "tokens not increasing"
+    );
+}
+
+pub async fn election_cancelled_campaign_leaves_nothing(h: &dyn Harness) {
+    let a = client(h).await;
+    let b = client(h).await;
+    let e = a.election("cancel").unwrap();
+    let la = e.campaign(b"a").await.unwrap();
+    let eb = b.election("cancel").unwrap();
+    let r = tokio::time::timeout(QUIET, eb.campaign(b"b")).await;
+    assert!(r.is_err(), "b cannot be elected while a leads");
+    wait_candidates(h, &a, &e, 1).await;
+    la.resign().await.unwrap();
+    wait_candidates(h, &a, &e, 0).await;
+    // A later candidate is not blocked by anything b left.
+    let c = client(h).await;
+    let lc = within(
+        h,
+        "later leader",
+        c.election("cancel").unwrap().campaign(b"c"),
+    )
+    .await
+    .unwrap();
+    assert!(lc.is_leading());
+    // Dropping a leadership resigns too.
+    drop(lc);
+    wait_candidates(h, &a, &e, 0).await;
+}
+
+pub async fn election_old_leader_rejoins_as_candidate(h: &dyn Harness) {
+    let a = short_client(h).await;
+    let b = client(h).await;
+    let ea = a.election("rejoin").unwrap();
+    let la = ea.campaign(b"a").await.unwrap();
+    let eb = b.election("rejoin").unwrap();
+    let fb = tokio::spawn(async move { eb.campaign(b"b").await });
+    wait_candidates(h, &b, &ea, 2).await;
+    h.expire(&current(&a).await).await;
+    within(h, "old leader lost", la.lost()).await;
+    let lb = within(h, "b elected", fb).await.unwrap().unwrap();
+    // a comes back (a new session) and queues behind b.
+    let ea2 = ea.clone();
+    let mut fa = Box::pin(ea2.campaign(b"a-again"));
+    if let Ok(r) = tokio::time::timeout(QUIET, &mut fa).await {
+        panic!("the old leader took over while b leads: {r:?}");
+    }
+    assert!(lb.is_leading());
+    let tb = lb.fencing_token();
+    lb.resign().await.unwrap();
+    let la2 = within(h, "a elected again", fa).await.unwrap();
+    assert!(la2.fencing_token() > tb);
+}
+
+pub async fn election_observe_and_leader(h: &dyn Harness) {
+    let watcher = client(h).await;
+    let e = watcher.election("obs").unwrap();
+    let mut obs = Box::pin(e.observe().await.unwrap());
+    assert_eq!(next(h, "initial", &mut obs).await.unwrap(), None);
+    let a = client(h).await;
+    let la = a.election("obs").unwrap().campaign(b"a").await.unwrap();
+    let seen = next(h, "a leads", &mut obs).await.unwrap().unwrap();
+    assert_eq!(seen.value, b"a");
+    assert_eq!(seen.token, la.fencing_token());
+    let b = client(h).await;
+    let eb = b.election("obs").unwrap();
+    let fb = tokio::spawn(async move { eb.campaign(b"b").await });
+    wait_candidates(h, &watcher, &e, 2).await;
+    // A new candidate queueing is not a leadership change.
+    assert_quiet("leader change on a join", &mut obs, QUIET).await;
+    la.resign().await.unwrap();
+    let seen = next(h, "b leads", &mut obs).await.unwrap().unwrap();
+    assert_eq!(seen.value, b"b");
+    let lb = within(h, "b", fb).await.unwrap().unwrap();
+    assert_eq!(e.leader().await.unwrap().unwrap().token, lb.fencing_token());
+    lb.resign().await.unwrap();
+    assert_eq!(next(h, "nobody leads", &mut obs).await.unwrap(), None);
+}
+
+pub async fn election_campaign_fails_when_session_expires(h: &dyn Harness) {
+    let a = client(h).await;
+    let b = short_client(h).await;
+    let e = a.election("fail").unwrap();
+    let _la = e.campaign(b"a").await.unwrap();
+    let eb = b.election("fail").unwrap();
+    let fb = tokio::spawn(async move { eb.campaign(b"b").await });
+    wait_candidates(h, &a, &e, 2).await;
+    h.expire(&current(&b).await).await;
+    let r = within(h, "campaign error", fb).await.unwrap();
+    assert!(r.as_ref().is_err_and(Error::is_session_gone), "{r:?}");
+    wait_candidates(h, &a, &e, 1).await;
+}
+
+pub async fn registry_register_discover_deregister(h: &dyn Harness) {
+    let c = client(h).await;
+    let reg = c.registry();
+    assert!(reg.discover("api").await.unwrap().is_empty());
+    let i1 = Instance::new("api", "api-1", "10.0.0.1", 8080).with_meta("zone", "a");
+    let i2 = Instance::new("api", "api-2", "10.0.0.2", 8080);
+    let r1 = reg.register(&i1).await.unwrap();
+    let r2 = reg.register(&i2).await.unwrap();
+    let other = client(h).await.registry();
+    assert_eq!(
+        other.discover("api").await.unwrap(),
+        vec![i1.clone(), i2.clone()]
+    );
+    assert_eq!(other.services().await.unwrap(), ["api"]);
+    // The stored JSON is the documented format.
+    let raw = c.get(r1.node()).await.unwrap().value;
+    let v: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    assert_eq!(v["service"], "api");
+    assert_eq!(v["port"], 8080);
+    assert_eq!(v["metadata"]["zone"], "a");
+    r1.deregister().await.unwrap();
+    assert_eq!(other.discover("api").await.unwrap(), vec![i2.clone()]);
+    drop(r2);
+    eventually(h, "dropped registration gone", || async {
+        other.discover("api").await.unwrap().is_empty()
+    })
+    .await;
+    // Invalid names are typed errors.
+    let bad = Instance::new("a/b", "x", "h", 1);
+    assert!(matches!(
+        reg.register(&bad).await,
+        Err(Error::InvalidPath { .. })
+    ));
+}
+
+pub async fn registry_watch_sees_join_and_expiry(h: &dyn Harness) {
+    let watcher = client(h).await.registry();
+    let mut w = Box::pin(watcher.watch("jobs").await.unwrap());
+    assert!(next(h, "initial", &mut w).await.unwrap().is_empty());
+    let c = short_client(h).await;
+    let i = Instance::new("jobs", "w1", "127.0.0.1", 9000);
+    let reg = c.registry().register(&i).await.unwrap();
+    loop {
+        let list = next(h, "join", &mut w).await.unwrap();
+        if list == vec![i.clone()] {
+            break;
+        }
+    }
+    h.expire(&current(&c).await).await;
+    loop {
+        let list = next(h, "expiry", &mut w).await.unwrap();
+        if list.is_empty() {
+            break;
+        }
+    }
+    drop(reg);
+}
+
+pub async fn registry_cache_follows(h: &dyn Harness) {
+    let c = client(h).await;
+    let mut cache = c.registry().cache("db").await.unwrap();
+    assert!(cache.instances().is_empty());
+    let other = client(h).await;
+    let i = Instance::new("db", "db-1", "127.0.0.1", 5432);
+    let r = other.registry().register(&i).await.unwrap();
+    within(h, "cache update", async {
+        while cache.instances().is_empty() {
+            assert!(cache.changed().await);
+        }
+    })
+    .await;
+    assert_eq!(*cache.instances(), vec![i]);
+    r.deregister().await.unwrap();
+    within(h, "cache update", async {
+        while !cache.instances().is_empty() {
+            assert!(cache.changed().await);
+        }
+    })
+    .await;
+}
+
+pub async fn registry_services_do_not_mix(h: &dyn Harness) {
+    let c = client(h).await;
+    let reg = c.registry();
+    let a = Instance::new("alpha", "x", "h", 1);
+    let b = Instance::new("beta", "x", "h", 2);
+    let _ra = reg.register(&a).await.unwrap();
+    let _rb = reg.register(&b).await.unwrap();
+    assert_eq!(reg.discover("alpha").await.unwrap(), vec![a]);
+    assert_eq!(reg.discover("beta").await.unwrap(), vec![b]);
+    assert_eq!(reg.services().await.unwrap(), ["alpha", "beta"]);
+}
+
+pub async fn registry_malformed_entry_typed_error(h: &dyn Harness) {
+    let c = client(h).await;
+    let reg = c.registry();
+    let good = Instance::new("m", "good", "h", 1);
+    let _r = reg.register(&good).await.unwrap();
+    c.create(
+        &Path::new("/services/m/bad").unwrap(),
+        b"{not json",
+        CreateMode::Exact,
+    )
+    .await
+    .unwrap();
+    let r = reg.discover("m").await;
+    assert!(matches!(r, Err(Error::MalformedData { .. })), "{r:?}");
+    // The watch skips it and still reports the good one.
+    let mut w = Box::pin(reg.watch("m").await.unwrap());
+    assert_eq!(next(h, "list", &mut w).await.unwrap(), vec![good]);
+}
+
+pub async fn registry_reregisters_after_expiry(h: &dyn Harness) {
+    let c = short_client(h).await;
+    let i = Instance::new("svc", "one", "127.0.0.1", 1);
+    let r = c.registry().register(&i).await.unwrap();
+    let first_owner = c.exists(r.node()).await.unwrap().unwrap().ephemeral_owner;
+    h.expire(&current(&c).await).await;
+    let other = client(h).await;
+    eventually(h, "re-registered on a new session", || async {
+        match other.exists(r.node()).await.unwrap() {
+            Some(st) => st.ephemeral_owner != first_owner,
+            None => false,
+        }
+    })
+    .await;
+    assert_eq!(r.reregistrations(), 1);
+    assert_eq!(other.registry().discover("svc").await.unwrap(), vec![i]);
+}
+
+pub async fn lock_mutual_exclusion(h: &dyn Harness) {
+    const TASKS: usize = 6;
+    const EACH: usize = 5;
+    let c = client(h).await;
+    let counter = Path::new("/counter").unwrap();
+    c.create(&counter, b"0", CreateMode::Exact).await.unwrap();
+    let holders = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..TASKS {
+        let cl = client(h).await;
+        let lock = cl.lock("counter").unwrap();
+        let holders = holders.clone();
+        let counter = counter.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..EACH {
+                let g = lock.lock().await.unwrap();
+                assert_eq!(holders.fetch_add(1, Ordering::SeqCst), 0, "two holders");
+                // Read-modify-write without CAS: only the lock protects it.
+                let n: u64 = String::from_utf8(cl.get(&counter).await.unwrap().value)
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                tokio::task::yield_now().await;
+                cl.set(&counter, (n + 1).to_string().as_bytes(), None)
+                    .await
+                    .unwrap();
+                holders.fetch_sub(1, Ordering::SeqCst);
+                g.unlock().await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        tokio::time::timeout(h.patience() * 4, t)
+            .await
+            .expect("lock tasks")
+            .unwrap();
+    }
+    let v = c.get(&counter).await.unwrap().value;
+    assert_eq!(v, (TASKS * EACH).to_string().as_bytes(), "lost updates");
+}
+
+pub async fn lock_try_lock_and_timeout(h: &dyn Harness) {
+    let a = client(h).await;
+    let b = client(h).await;
+    let la = a.lock("try").unwrap();
+    let lb = b.lock("try").unwrap();
+    let g = la.try_lock().await.unwrap().expect("free lock");
+    assert!(g.is_held());
+    assert!(lb.try_lock().await.unwrap().is_none());
+    let r = lb.lock_timeout(Duration::from_millis(200)).await;
+    assert!(matches!(r, Err(Error::Timeout(_))), "{r:?}");
+    let dir = Path::new("/locks/try").unwrap();
+    eventually(h, "only the holder's node left", || async {
+        a.children(&dir).await.unwrap().len() == 1
+    })
+    .await;
+    g.unlock().await.unwrap();
+    let g2 = lb.try_lock().await.unwrap().expect("lock free again");
+    g2.unlock().await.unwrap();
+}
+
+pub async fn lock_fencing_tokens_increase(h: &dyn Harness) {
+    let c = client(h).await;
+    let l = c.lock("fence").unwrap();
+    let mut last = None;
+    for _ in 0..10 {
+        let g = l.lock().await.unwrap();
+        if let Some(t) = last {
+            assert!(g.fencing_token() > t);
+        }
+        last = Some(g.fencing_token());
+        g.unlock().await.unwrap();
+    }
+}
+
+pub async fn lock_lost_on_expiry(h: &dyn Harness) {
+    let a = short_client(h).await;
+    let b = client(h).await;
+    let g = a.lock("lost").unwrap().lock().await.unwrap();
+    let mut states = Box::pin(g.states());
+    assert_eq!(next(h, "Holding", &mut states).await, HoldState::Holding);
+    let lb = b.lock("lost").unwrap();
+    let fb = tokio::spawn(async move { lb.lock().await });
+    h.expire(&current(&a).await).await;
+    within(h, "lock lost", g.lost()).await;
+    assert!(!g.is_held());
+    loop {
+        if next(h, "Lost", &mut states).await == HoldState::Lost {
+            break;
+        }
+    }
+    let gb = within(h, "b gets the lock", fb).await.unwrap().unwrap();
+    assert!(gb.fencing_token() > g.fencing_token());
+}
+
+pub async fn group_join_leave_watch(h: &dyn Harness) {
+    let c = client(h).await;
+    let g = c.group("workers").unwrap();
+    let mut w = Box::pin(g.watch().await.unwrap());
+    assert!(next(h, "initial", &mut w).await.unwrap().is_empty());
+    let other = client(h).await;
+    let m1 = other
+        .group("workers")
+        .unwrap()
+        .join("w1", b"data-1")
+        .await
+        .unwrap();
+    loop {
+        let l = next(h, "join", &mut w).await.unwrap();
+        if l.len() == 1 {
+            assert_eq!(
+                (l[0].id.as_str(), l[0].data.as_slice()),
+                ("w1", &b"data-1"[..])
+            );
+            break;
+        }
+    }
+    let m2 = other
+        .group("workers")
+        .unwrap()
+        .join("w2", b"")
+        .await
+        .unwrap();
+    assert_eq!(g.members().await.unwrap().len(), 2);
+    m1.leave().await.unwrap();
+    loop {
+        let l = next(h, "leave", &mut w).await.unwrap();
+        if l.len() == 1 && l[0].id == "w2" {
+            break;
+        }
+    }
+    drop(m2);
+    loop {
+        if next(h, "drop", &mut w).await.unwrap().is_empty() {
+            break;
+        }
+    }
+}
+
+pub async fn group_duplicate_member_rejected(h: &dyn Harness) {
+    let c = client(h).await;
+    let g = c.group("dup").unwrap();
+    let _m = g.join("same", b"1").await.unwrap();
+    let other = client(h).await;
+    let r = other.group("dup").unwrap().join("same", b"2").await;
+    assert!(matches!(r, Err(Error::AlreadyExists { .. })), "{r:?}");
+    assert_eq!(g.members().await.unwrap()[0].data, b"1");
+}

@@ -1,0 +1,308 @@
+//! The coordination kernel: the traits every backend implements and the recipes build on.
+//!
+//! # Semantic rules (every backend; differences are stated where they exist)
+//!
+//! - **Namespace.** A [`Backend`] works inside one namespace taken from its URL; paths are
+//!   relative to it and two namespaces never see each other's keys.
+//! - **Parents.** A create needs its parent to exist ([`Error::NoParent`] otherwise), except
+//!   directly under the namespace root. [`crate::create_parents`] makes missing parents.
+//! - **Ephemerals** belong to one [`Session`] and disappear when it expires or is closed.
+//!   They cannot have children ([`Error::EphemeralParent`]).
+//! - **Sequential** creation appends a [`crate::path::SEQUENCE_DIGITS`]-digit zero-padded
+//!   number to the given name. Under one parent the numbers are unique and strictly increasing
+//!   in the order the creates take effect; they are not dense (gaps are allowed).
+//! - **Versions** are opaque: a [`Version`] changes on every write of a key and is only
+//!   compared for equality (compare-and-set). On mem and ZooKeeper it counts writes from 0; on
+//!   etcd and Consul it is a revision/index.
+//! - **Delete** refuses a key with children ([`Error::NotEmpty`]).
+//! - **Read-your-writes.** Once a call returns, every later read through the same `Backend`
+//!   sees its effect (also for ephemerals created through a session).
+//! - **Watches** are registered atomically with the read they return: a change that takes
+//!   effect after the read is delivered. Events of one watch arrive in order. A backend may
+//!   coalesce intermediate states ([`Capabilities::watch_coalesces`]) but never skips the latest
+//!   one: after the last change, the last event describes the current state. When the backend
+//!   cannot prove that nothing was missed (a reconnect, an etcd compaction, a Consul index
+//!   reset) it re-reads and yields a `Resync` event with the current state. While the
+//!   connection is suspended a watch yields nothing; it does not end on suspension or on a
+//!   session's expiry (watches belong to the `Backend`, not to a session). A stream ends only
+//!   when the `Backend` is dropped; an `Err` item is final.
+
+use std::any::Any;
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::Stream;
+
+use crate::error::Result;
+use crate::path::Path;
+
+/// The version of a key's value, for compare-and-set. Opaque: compare for equality only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Version(pub u64);
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "v{}", self.0)
+    }
+}
+
+/// The identity of a session, as the backend names it (ZooKeeper session id, etcd lease id,
+/// Consul session UUID, or a mem counter).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(pub String);
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Metadata of a stored key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stat {
+    /// The version to pass to compare-and-set operations.
+    pub version: Version,
+    /// The session owning the key if it is ephemeral.
+    pub ephemeral_owner: Option<SessionId>,
+}
+
+impl Stat {
+    /// A stat with the given version and owner.
+    pub fn new(version: Version, ephemeral_owner: Option<SessionId>) -> Stat {
+        Stat {
+            version,
+            ephemeral_owner,
+        }
+    }
+}
+
+/// A key's value with its metadata.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Node {
+    /// The key.
+    pub path: Path,
+    /// The value bytes.
+    pub value: Vec<u8>,
+    /// The metadata.
+    pub stat: Stat,
+}
+
+/// Whether a create uses the given name as is or appends a sequence number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum CreateMode {
+    /// The key is created with exactly the given path.
+    #[default]
+    Exact,
+    /// The backend appends a unique, strictly increasing, zero-padded number to the name.
+    Sequential,
+}
+
+/// What a create made.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Created {
+    /// The key created (with the sequence suffix if sequential).
+    pub path: Path,
+    /// The sequence number appended, if sequential.
+    pub sequence: Option<u64>,
+    /// The new key's metadata.
+    pub stat: Stat,
+}
+
+/// The liveness of a session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SessionState {
+    /// In contact with the server; the session is alive.
+    Connected,
+    /// Contact lost; the session may still be alive on the server and may recover. Ephemerals
+    /// may disappear at any time after the session's TTL: act as if you may have lost them.
+    Suspended,
+    /// Final: the server ended the session; all its ephemerals are gone.
+    Expired,
+    /// Final: the owner closed the session; all its ephemerals are gone.
+    Closed,
+}
+
+impl SessionState {
+    /// Whether the state is final (Expired or Closed).
+    pub fn is_final(self) -> bool {
+        matches!(self, SessionState::Expired | SessionState::Closed)
+    }
+}
+
+/// Options for opening a session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SessionOptions {
+    /// How long the session survives without contact. `None`: the backend's configured
+    /// default (from the URL). Must lie within the backend's [`Capabilities`] bounds.
+    pub ttl: Option<Duration>,
+}
+
+impl SessionOptions {
+    /// Options with the backend's default TTL.
+    pub fn new() -> SessionOptions {
+        SessionOptions { ttl: None }
+    }
+
+    /// Sets the TTL.
+    pub fn ttl(mut self, ttl: Duration) -> SessionOptions {
+        self.ttl = Some(ttl);
+        self
+    }
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions::new()
+    }
+}
+
+/// What a backend can do and its limits. The recipes and the conformance suite read it
+/// instead of probing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// The backend's name: `mem`, `zk`, `etcd`, `consul`.
+    pub backend: &'static str,
+    /// The largest value accepted, in bytes.
+    pub max_value_size: usize,
+    /// The shortest session TTL accepted.
+    pub min_session_ttl: Duration,
+    /// The longest session TTL accepted.
+    pub max_session_ttl: Duration,
+    /// The TTL of a session opened without one.
+    pub default_session_ttl: Duration,
+    /// Whether watches may merge several quick changes into one event (see the module docs).
+    pub watch_coalesces: bool,
+}
+
+/// A stream of key events. See [`KeyEvent`].
+pub type KeyWatch = Pin<Box<dyn Stream<Item = Result<KeyEvent>> + Send>>;
+/// A stream of children events. See [`ChildrenEvent`].
+pub type ChildrenWatch = Pin<Box<dyn Stream<Item = Result<ChildrenEvent>> + Send>>;
+/// A stream of session states: the current state first, then every change; ends after a
+/// final state.
+pub type SessionStates = Pin<Box<dyn Stream<Item = SessionState> + Send>>;
+
+/// A change of one watched key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyEvent {
+    /// The key was created; its new value.
+    Created(Node),
+    /// The key's value was written; its new value.
+    Changed(Node),
+    /// The key was deleted.
+    Deleted,
+    /// Changes may have been missed (reconnect, compaction, index reset); this is the current
+    /// state after a fresh read (`None`: absent).
+    Resync(Option<Node>),
+}
+
+/// A change of a watched parent's children. Each event carries the full sorted list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChildrenEvent {
+    /// The children changed; the list after the change.
+    Changed(Vec<String>),
+    /// The parent was deleted (the list is empty until it comes back).
+    ParentDeleted,
+    /// Changes may have been missed; the current list after a fresh read (empty if the parent
+    /// is absent).
+    Resync(Vec<String>),
+}
+
+/// A session: the liveness that ephemeral keys are bound to (ZooKeeper session, etcd lease,
+/// Consul session). The backend keeps it alive while its client runs.
+#[async_trait]
+pub trait Session: Send + Sync + 'static {
+    /// The session's id.
+    fn id(&self) -> &SessionId;
+    /// The TTL granted.
+    fn ttl(&self) -> Duration;
+    /// The current state.
+    fn state(&self) -> SessionState;
+    /// The states as a stream: the current one first, then each change. Ends after a final
+    /// state (Expired or Closed).
+    fn states(&self) -> SessionStates;
+    /// Creates an ephemeral key bound to this session. Fails with
+    /// [`crate::Error::SessionExpired`] / [`crate::Error::SessionClosed`] once the session is
+    /// gone. Not idempotent: do not retry blindly after a retryable error.
+    async fn create(&self, path: &Path, value: &[u8], mode: CreateMode) -> Result<Created>;
+    /// Closes the session: its ephemerals are deleted now, not after the TTL. Idempotent.
+    async fn close(&self) -> Result<()>;
+    /// For backend-specific extensions and test harnesses (downcasting).
+    fn as_any(&self) -> &dyn Any;
+}
+
+/// A client of one backend in one namespace: keys, watches, and a factory of sessions.
+///
+/// Object-safe: recipes hold an `Arc<dyn Backend>`.
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// The backend's abilities and limits.
+    fn capabilities(&self) -> &Capabilities;
+    /// The namespace this client works in (`""` for none).
+    fn namespace(&self) -> &str;
+    /// Opens a new session.
+    async fn open_session(&self, options: SessionOptions) -> Result<Arc<dyn Session>>;
+    /// Creates a persistent key.
+    async fn create(&self, path: &Path, value: &[u8], mode: CreateMode) -> Result<Created>;
+    /// Reads a key ([`crate::Error::NotFound`] if absent).
+    async fn get(&self, path: &Path) -> Result<Node>;
+    /// The key's metadata, `None` if absent.
+    async fn exists(&self, path: &Path) -> Result<Option<Stat>>;
+    /// Writes a key's value. With `expected`, only if the version is still that one
+    /// ([`crate::Error::VersionMismatch`] otherwise). The key must exist.
+    async fn set(&self, path: &Path, value: &[u8], expected: Option<Version>) -> Result<Stat>;
+    /// Deletes a key, only at the `expected` version if given. Refuses a key with children.
+    async fn delete(&self, path: &Path, expected: Option<Version>) -> Result<()>;
+    /// The names of a key's children, sorted.
+    async fn children(&self, path: &Path) -> Result<Vec<String>>;
+    /// Reads a key (`None` if absent) and watches it, atomically.
+    async fn watch(&self, path: &Path) -> Result<(Option<Node>, KeyWatch)>;
+    /// Lists a key's children (empty if the key is absent) and watches the list, atomically.
+    async fn watch_children(&self, path: &Path) -> Result<(Vec<String>, ChildrenWatch)>;
+    /// For backend-specific extensions and test harnesses (downcasting).
+    fn as_any(&self) -> &dyn Any;
+}
+
+/// Rejects a value larger than the backend's limit before any I/O.
+pub fn check_value(caps: &Capabilities, value: &[u8]) -> Result<()> {
+    if value.len() > caps.max_value_size {
+        return Err(crate::Error::ValueTooLarge {
+            size: value.len(),
+            max: caps.max_value_size,
+        });
+    }
+    Ok(())
+}
+
+/// Resolves a requested TTL against the backend's bounds.
+pub fn check_ttl(caps: &Capabilities, ttl: Option<Duration>) -> Result<Duration> {
+    let ttl = ttl.unwrap_or(caps.default_session_ttl);
+    if ttl < caps.min_session_ttl || ttl > caps.max_session_ttl {
+        return Err(crate::Error::InvalidArgument(format!(
+            "session TTL {ttl:?} is outside {}'s bounds [{:?}, {:?}]",
+            caps.backend, caps.min_session_ttl, caps.max_session_ttl
+        )));
+    }
+    Ok(ttl)
+}
+
+/// Creates `path` and any missing ancestors as persistent keys with empty values; keys that
+/// already exist are left as they are. Returns without error if `path` exists.
+pub async fn create_parents(backend: &dyn Backend, path: &Path) -> Result<()> {
+    for p in path.ancestors_and_self() {
+        if backend.exists(&p).await?.is_some() {
+            continue;
+        }
+        match backend.create(&p, b"", CreateMode::Exact).await {
+            Ok(_) | Err(crate::Error::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

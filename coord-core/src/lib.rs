@@ -1,0 +1,31 @@
+//! coord-core: the coordination kernel of [coord](https://docs.rs/coord).
+//!
+//! - [`Backend`] and [`Session`]: the traits every backend implements (see [`kernel`] for the
+//!   semantic rules, which every backend is held to by the [conformance suite](conformance)).
+//! - [`Path`]: validated key paths; [`Error`]: the one error enum.
+//! - [`mem`]: the in-memory backend.
+//! - [`Client`] and the recipes ([`election`], [`registry`], [`lock`], [`group`]) written once
+//!   over the kernel.
+#![warn(missing_docs, unreachable_pub)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+pub mod client;
+#[cfg(feature = "conformance")]
+pub mod conformance;
+pub mod error;
+pub mod kernel;
+pub mod mem;
+pub mod path;
+pub mod recipes;
+pub mod url;
+
+pub use client::Client;
+pub use error::{Error, Result};
+pub use kernel::{
+    check_ttl, check_value, create_parents, Backend, Capabilities, ChildrenEvent, ChildrenWatch,
+    CreateMode, Created, KeyEvent, KeyWatch, Node, Session, SessionId, SessionOptions,
+    SessionState, SessionStates, Stat, Version,
+};
+pub use path::Path;
+pub use recipes::{election, group, lock, registry};
+pub use url::ConnectUrl;

@@ -1,0 +1,141 @@
+//! A distributed mutex with the same herd-free algorithm as the election.
+//!
+//! ```no_run
+//! # async fn demo(client: coord_core::Client) -> coord_core::Result<()> {
+//! let lock = client.lock("reports")?;
+//! let guard = lock.lock().await?;
+//! // ... write with guard.fencing_token() ...
+//! guard.unlock().await?;
+//! # Ok(()) }
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+
+use crate::client::Client;
+use crate::error::{Error, Result};
+use crate::path::Path;
+use crate::recipes::election::hold_states;
+use crate::recipes::queue::{self, Acquire, Held, HoldState, Instruments, SuspendPolicy};
+
+/// A lock, identified by its path. Cheap to clone.
+#[derive(Clone)]
+pub struct Lock {
+    client: Client,
+    path: Path,
+    policy: SuspendPolicy,
+    instruments: Arc<Instruments>,
+}
+
+impl Lock {
+    /// The lock stored at `path`.
+    pub fn new(client: &Client, path: Path) -> Lock {
+        Lock {
+            client: client.clone(),
+            path,
+            policy: SuspendPolicy::default(),
+            instruments: Arc::default(),
+        }
+    }
+
+    /// Sets what a suspended session means for a held lock.
+    pub fn with_suspend_policy(mut self, policy: SuspendPolicy) -> Lock {
+        self.policy = policy;
+        self
+    }
+
+    async fn acquire(&self, try_only: bool) -> Result<Acquire> {
+        let session = self.client.session().await?;
+        queue::acquire(
+            self.client.backend().clone(),
+            session,
+            &self.path,
+            b"",
+            self.policy,
+            try_only,
+            &self.instruments,
+        )
+        .await
+    }
+
+    /// Waits until the lock is held. Cancel-safe: dropping the future leaves nothing behind.
+    pub async fn lock(&self) -> Result<LockGuard> {
+        match self.acquire(false).await? {
+            Acquire::Held(held) => Ok(LockGuard { held }),
+            Acquire::Busy => Err(Error::Backend {
+                backend: self.client.capabilities().backend,
+                message: "lock wait ended without the lock".into(),
+                retryable: true,
+            }),
+        }
+    }
+
+    /// Takes the lock if it is free now; `None` if somebody holds it or waits ahead.
+    pub async fn try_lock(&self) -> Result<Option<LockGuard>> {
+        match self.acquire(true).await? {
+            Acquire::Held(held) => Ok(Some(LockGuard { held })),
+            Acquire::Busy => Ok(None),
+        }
+    }
+
+    /// Waits at most `timeout` for the lock; [`Error::Timeout`] after that, with our waiting
+    /// node removed.
+    pub async fn lock_timeout(&self, timeout: Duration) -> Result<LockGuard> {
+        match tokio::time::timeout(timeout, self.lock()).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout(format!(
+                "lock {} not acquired within {timeout:?}",
+                self.path
+            ))),
+        }
+    }
+}
+
+/// A held lock. Dropping it unlocks (in the background).
+pub struct LockGuard {
+    held: Held,
+}
+
+impl std::fmt::Debug for LockGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LockGuard")
+            .field("node", &self.held.node)
+            .field("token", &self.held.token)
+            .finish()
+    }
+}
+
+impl LockGuard {
+    /// Strictly increasing across successive holders of this lock.
+    pub fn fencing_token(&self) -> u64 {
+        self.held.token
+    }
+
+    /// The state now.
+    pub fn state(&self) -> HoldState {
+        self.held.state()
+    }
+
+    /// Whether the lock is still held.
+    pub fn is_held(&self) -> bool {
+        self.state() == HoldState::Holding
+    }
+
+    /// The state after each change; ends after Lost.
+    pub fn states(&self) -> impl Stream<Item = HoldState> + Send {
+        hold_states(self.held.states())
+    }
+
+    /// Resolves when the lock is lost (session expired, suspended under the default policy,
+    /// or the node deleted).
+    pub async fn lost(&self) {
+        self.held.lost().await
+    }
+
+    /// Releases the lock.
+    pub async fn unlock(mut self) -> Result<()> {
+        self.held.release().await
+    }
+}

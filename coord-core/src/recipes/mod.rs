@@ -1,0 +1,9 @@
+//! The recipes, written once over the kernel traits: they run unchanged on every backend.
+
+pub mod election;
+pub mod group;
+pub mod lock;
+mod queue;
+pub mod registry;
+
+pub use queue::{HoldState, SuspendPolicy};

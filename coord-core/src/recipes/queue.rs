@@ -1,0 +1,411 @@
+//! The herd-free candidate queue shared by election and lock.
+//!
+//! Each candidate creates an ephemeral sequential node `<dir>/c-<nonce>-<seq>`; the smallest
+//! sequence holds the role; every other candidate watches only its immediate predecessor and,
+//! when that one goes, lists again and decides (the predecessor may have left without ever
+//! holding the role). The random `<nonce>` lets a candidate find its own node after a create
+//! whose answer was lost (a timeout, a dropped future), so that no orphan is left behind and no
+//! duplicate is created by a retry.
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use futures::StreamExt;
+use tokio::sync::watch;
+
+use crate::error::{Error, Result};
+use crate::kernel::{create_parents, Backend, CreateMode, KeyEvent, Session, SessionState};
+use crate::path::{parse_sequence, Path};
+
+/// What counts as losing the role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum SuspendPolicy {
+    /// A suspended session ends the role at once (safety first: the session may be expiring
+    /// and a successor may be elected). The holder's node is removed once contact is back.
+    #[default]
+    LoseOnSuspend,
+    /// A suspended session reports `Suspended`; the role is kept if the session recovers and
+    /// lost only when it expires.
+    TolerateSuspend,
+}
+
+/// The state of a held role (leadership or lock).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum HoldState {
+    /// The role is held.
+    Holding,
+    /// Contact lost; the role may be lost (only under [`SuspendPolicy::TolerateSuspend`]).
+    Suspended,
+    /// Final: the role is gone (resigned, session expired or closed, node deleted, or suspended
+    /// under [`SuspendPolicy::LoseOnSuspend`]). Stop acting on it.
+    Lost,
+}
+
+/// Counters the tests and benchmarks read (shared by all candidates of one handle).
+#[derive(Debug, Default)]
+pub(crate) struct Instruments {
+    /// Times a waiting candidate was woken by its predecessor watch.
+    pub(crate) wakeups: AtomicU64,
+}
+
+fn nonce() -> String {
+    // Random enough to tell candidates apart; no extra dependency for it.
+    let mut h = RandomState::new().build_hasher();
+    h.write_u64(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0),
+    );
+    format!("{:016x}", h.finish())
+}
+
+/// One candidate entry in a queue directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Entry {
+    pub(crate) name: String,
+    pub(crate) seq: u64,
+}
+
+/// The sorted candidate entries of `dir` (names without a sequence suffix are ignored).
+pub(crate) async fn entries(backend: &dyn Backend, dir: &Path) -> Result<Vec<Entry>> {
+    let names = match backend.children(dir).await {
+        Ok(n) => n,
+        Err(Error::NotFound { .. }) => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    let mut out: Vec<Entry> = names
+        .into_iter()
+        .filter_map(|name| {
+            let seq = parse_sequence(&name)?.1;
+            Some(Entry { name, seq })
+        })
+        .collect();
+    out.sort_by_key(|e| e.seq);
+    Ok(out)
+}
+
+/// Removes a candidate node in the background (used on drop, where we cannot await).
+pub(crate) fn remove_in_background(backend: Arc<dyn Backend>, dir: Path, marker: String) {
+    if let Ok(handle) = tokio::runtime::Handle::try_current() {
+        handle.spawn(async move {
+            if let Err(e) = remove_marked(&*backend, &dir, &marker).await {
+                tracing::warn!(%dir, error = %e, "could not remove a candidate node");
+            }
+        });
+    }
+}
+
+/// Deletes every child of `dir` whose name starts with `marker` (our own candidate node).
+async fn remove_marked(backend: &dyn Backend, dir: &Path, marker: &str) -> Result<()> {
+    for e in entries(backend, dir).await? {
+        if e.name.starts_with(marker) {
+            match backend.delete(&dir.join(&e.name)?, None).await {
+                Ok(()) | Err(Error::NotFound { .. }) => {}
+                Err(err) => return Err(err),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Cleans up on every exit path of an acquire until disarmed.
+struct Pending {
+    backend: Arc<dyn Backend>,
+    dir: Path,
+    marker: String,
+    armed: bool,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if self.armed {
+            remove_in_background(self.backend.clone(), self.dir.clone(), self.marker.clone());
+        }
+    }
+}
+
+/// A held role: the node, its token, and a monitor that reports loss.
+pub(crate) struct Held {
+    pub(crate) backend: Arc<dyn Backend>,
+    pub(crate) session: Arc<dyn Session>,
+    pub(crate) dir: Path,
+    pub(crate) node: Path,
+    pub(crate) token: u64,
+    pub(crate) policy: SuspendPolicy,
+    state: watch::Receiver<HoldState>,
+    monitor: tokio::task::JoinHandle<()>,
+    released: bool,
+}
+
+/// How an acquire ends without holding.
+pub(crate) enum Acquire {
+    /// Acquired.
+    Held(Held),
+    /// `try_only` and somebody else holds it (our node was removed).
+    Busy,
+}
+
+/// Creates our candidate node and waits until it is the first (or returns `Busy` at once with
+/// `try_only`). Cancel-safe: dropping the future removes the node.
+pub(crate) async fn acquire(
+    backend: Arc<dyn Backend>,
+    session: Arc<dyn Session>,
+    dir: &Path,
+    value: &[u8],
+    policy: SuspendPolicy,
+    try_only: bool,
+    instruments: &Instruments,
+) -> Result<Acquire> {
+    create_parents(&*backend, dir).await?;
+    let marker = format!("c-{}-", nonce());
+    let mut pending = Pending {
+        backend: backend.clone(),
+        dir: dir.clone(),
+        marker: marker.clone(),
+        armed: true,
+    };
+    let prefix = dir.join(&marker)?;
+    let created = match session.create(&prefix, value, CreateMode::Sequential).await {
+        Ok(c) => c,
+        Err(e) if e.is_retryable() => {
+            // The create may have happened: look for our node before giving up, never retry
+            // blindly (that could leave a duplicate candidate).
+            match entries(&*backend, dir)
+                .await?
+                .into_iter()
+                .find(|en| en.name.starts_with(&marker))
+            {
+                Some(en) => crate::kernel::Created {
+                    path: dir.join(&en.name)?,
+                    sequence: Some(en.seq),
+                    stat: backend.get(&dir.join(&en.name)?).await?.stat,
+                },
+                None => return Err(e),
+            }
+        }
+        Err(e) => return Err(e),
+    };
+    let me = created.path.name().to_owned();
+    let token = created
+        .sequence
+        .or_else(|| parse_sequence(&me).map(|(_, n)| n))
+        .ok_or_else(|| Error::Backend {
+            backend: backend.capabilities().backend,
+            message: format!("sequential create returned {me} without a sequence"),
+            retryable: false,
+        })?;
+    let mut states = session.states();
+    loop {
+        let list = entries(&*backend, dir).await?;
+        let Some(pos) = list.iter().position(|e| e.name == me) else {
+            let st = session.state();
+            return Err(if st.is_final() {
+                gone(&*session, st)
+            } else {
+                Error::NotFound {
+                    path: created.path.to_string(),
+                }
+            });
+        };
+        if pos == 0 {
+            pending.armed = false;
+            return Ok(Acquire::Held(Held::start(
+                backend.clone(),
+                session.clone(),
+                dir.clone(),
+                created.path.clone(),
+                token,
+                policy,
+            )));
+        }
+        if try_only {
+            match backend.delete(&created.path, None).await {
+                Ok(()) | Err(Error::NotFound { .. }) => pending.armed = false,
+                // Dropping `pending` retries in the background.
+                Err(e) => tracing::debug!(error = %e, "try-acquire cleanup deferred"),
+            }
+            return Ok(Acquire::Busy);
+        }
+        let pred = dir.join(&list[pos - 1].name)?;
+        let (current, mut events) = backend.watch(&pred).await?;
+        if current.is_none() {
+            continue;
+        }
+        // Wait for the predecessor to go, or for our session to end.
+        loop {
+            tokio::select! {
+                ev = events.next() => {
+                    instruments.wakeups.fetch_add(1, Ordering::Relaxed);
+                    match ev {
+                        Some(Ok(KeyEvent::Deleted)) | Some(Ok(KeyEvent::Resync(None))) | None => break,
+                        Some(Ok(_)) => continue,
+                        Some(Err(e)) => return Err(e),
+                    }
+                }
+                st = states.next() => {
+                    match st {
+                        Some(s) if s.is_final() => return Err(gone(&*session, s)),
+                        Some(_) => continue,
+                        None => return Err(gone(&*session, session.state())),
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn gone(session: &dyn Session, st: SessionState) -> Error {
+    let id = session.id().to_string();
+    match st {
+        SessionState::Closed => Error::SessionClosed { session: id },
+        _ => Error::SessionExpired { session: id },
+    }
+}
+
+impl Held {
+    fn start(
+        backend: Arc<dyn Backend>,
+        session: Arc<dyn Session>,
+        dir: Path,
+        node: Path,
+        token: u64,
+        policy: SuspendPolicy,
+    ) -> Held {
+        let (tx, rx) = watch::channel(HoldState::Holding);
+        let monitor = tokio::spawn(monitor(
+            backend.clone(),
+            session.clone(),
+            node.clone(),
+            policy,
+            tx,
+        ));
+        Held {
+            backend,
+            session,
+            dir,
+            node,
+            token,
+            policy,
+            state: rx,
+            monitor,
+            released: false,
+        }
+    }
+
+    /// The state now. Reads the session directly, so a loss is seen the moment the session
+    /// reports it, before any successor can be chosen.
+    pub(crate) fn state(&self) -> HoldState {
+        let own = *self.state.borrow();
+        if own == HoldState::Lost || self.released {
+            return HoldState::Lost;
+        }
+        match (self.session.state(), self.policy) {
+            (s, _) if s.is_final() => HoldState::Lost,
+            (SessionState::Suspended, SuspendPolicy::LoseOnSuspend) => HoldState::Lost,
+            (SessionState::Suspended, SuspendPolicy::TolerateSuspend) => HoldState::Suspended,
+            _ => own,
+        }
+    }
+
+    pub(crate) fn states(&self) -> watch::Receiver<HoldState> {
+        self.state.clone()
+    }
+
+    pub(crate) async fn lost(&self) {
+        let mut rx = self.state.clone();
+        // The monitor always ends in Lost; if it is gone the role is gone too.
+        let _ = rx.wait_for(|s| *s == HoldState::Lost).await;
+    }
+
+    /// Gives the role up: deletes our node (so the next candidate goes on) and reports Lost.
+    pub(crate) async fn release(&mut self) -> Result<()> {
+        if self.released {
+            return Ok(());
+        }
+        self.released = true;
+        self.monitor.abort();
+        match self.backend.delete(&self.node, None).await {
+            Ok(()) | Err(Error::NotFound { .. }) => Ok(()),
+            Err(e) => {
+                // Leave it to the background (and, at worst, to the session's end).
+                remove_in_background(
+                    self.backend.clone(),
+                    self.dir.clone(),
+                    self.node.name().to_owned(),
+                );
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if !self.released {
+            self.monitor.abort();
+            remove_in_background(
+                self.backend.clone(),
+                self.dir.clone(),
+                self.node.name().to_owned(),
+            );
+        }
+    }
+}
+
+/// Follows the session and our node; ends in Lost. Under LoseOnSuspend, removes the node when
+/// contact comes back so that the next candidate is not blocked by a holder that gave up.
+async fn monitor(
+    backend: Arc<dyn Backend>,
+    session: Arc<dyn Session>,
+    node: Path,
+    policy: SuspendPolicy,
+    tx: watch::Sender<HoldState>,
+) {
+    let mut states = session.states();
+    let watch = backend.watch(&node).await;
+    let mut events = match watch {
+        Ok((Some(_), ev)) => ev,
+        _ => {
+            tx.send_replace(HoldState::Lost);
+            return;
+        }
+    };
+    let mut gave_up = false;
+    loop {
+        tokio::select! {
+            st = states.next() => match st {
+                Some(SessionState::Connected) => {
+                    if gave_up {
+                        let _ = backend.delete(&node, None).await;
+                        return;
+                    }
+                    tx.send_replace(HoldState::Holding);
+                }
+                Some(SessionState::Suspended) => match policy {
+                    SuspendPolicy::LoseOnSuspend => {
+                        tx.send_replace(HoldState::Lost);
+                        gave_up = true;
+                    }
+                    SuspendPolicy::TolerateSuspend => {
+                        tx.send_replace(HoldState::Suspended);
+                    }
+                },
+                _ => {
+                    tx.send_replace(HoldState::Lost);
+                    return;
+                }
+            },
+            ev = events.next() => match ev {
+                Some(Ok(KeyEvent::Changed(_))) | Some(Ok(KeyEvent::Created(_))) | Some(Ok(KeyEvent::Resync(Some(_)))) => {}
+                _ => {
+                    // Deleted (by an operator or with the session), or the watch ended.
+                    tx.send_replace(HoldState::Lost);
+                    return;
+                }
+            },
+        }
+    }
+}

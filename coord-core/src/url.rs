@@ -1,0 +1,343 @@
+//! The connection URL shared by every backend.
+//!
+//! `scheme://[user[:password]@]host:port[,host:port…][/namespace][?option=value&…]`
+//!
+//! Each backend takes the options it knows with [`ConnectUrl::take`] and then calls
+//! [`ConnectUrl::finish`], which rejects whatever is left: an unknown option is an error, not
+//! ignored. Credentials are never shown by `Debug`, `Display` or an error.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::path::Path;
+
+/// A parsed connection URL.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ConnectUrl {
+    /// The scheme, lower-cased (`mem`, `zk`, `etcd`, `consul`).
+    pub scheme: String,
+    /// The user name, percent-decoded.
+    pub username: Option<String>,
+    /// The password, percent-decoded. Never printed.
+    pub password: Option<String>,
+    /// The comma-separated authority entries (`host:port`, or the store name for `mem`).
+    pub hosts: Vec<String>,
+    /// The namespace: `""` for none, else a valid [`Path`] such as `/myapp`.
+    pub namespace: String,
+    options: BTreeMap<String, String>,
+}
+
+fn url_err(reason: impl Into<String>) -> Error {
+    Error::InvalidUrl {
+        reason: reason.into(),
+    }
+}
+
+fn percent_decode(s: &str, what: &str) -> Result<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or_else(|| url_err(format!("bad percent-escape in the {what}")))?;
+                out.push(hex);
+                i += 3;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).map_err(|_| url_err(format!("the {what} is not UTF-8")))
+}
+
+impl ConnectUrl {
+    /// Parses a URL. Only the syntax is checked here; the backend checks hosts and options.
+    pub fn parse(url: &str) -> Result<ConnectUrl> {
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| url_err("expected `scheme://…`"))?;
+        if scheme.is_empty()
+            || !scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '-' || c == '.')
+        {
+            return Err(url_err("the scheme is empty or has forbidden characters"));
+        }
+        if rest.contains('#') {
+            return Err(url_err("fragments (`#…`) are not allowed"));
+        }
+        let (before_query, query) = match rest.split_once('?') {
+            Some((a, q)) => (a, Some(q)),
+            None => (rest, None),
+        };
+        let (authority, ns) = match before_query.find('/') {
+            Some(i) => (&before_query[..i], &before_query[i..]),
+            None => (before_query, ""),
+        };
+        let (userinfo, hosts) = match authority.rfind('@') {
+            Some(i) => (Some(&authority[..i]), &authority[i + 1..]),
+            None => (None, authority),
+        };
+        let (username, password) = match userinfo {
+            None => (None, None),
+            Some(ui) => {
+                let (u, p) = match ui.split_once(':') {
+                    Some((u, p)) => (u, Some(p)),
+                    None => (ui, None),
+                };
+                let u = percent_decode(u, "user name")?;
+                if u.is_empty() {
+                    return Err(url_err("empty user name before `@`"));
+                }
+                (
+                    Some(u),
+                    p.map(|p| percent_decode(p, "password")).transpose()?,
+                )
+            }
+        };
+        let hosts: Vec<String> = if hosts.is_empty() {
+            Vec::new()
+        } else {
+            hosts.split(',').map(str::to_owned).collect()
+        };
+        if hosts.iter().any(|h| h.is_empty()) {
+            return Err(url_err("empty host in the host list"));
+        }
+        let namespace = if ns.is_empty() || ns == "/" {
+            String::new()
+        } else {
+            let decoded = percent_decode(ns, "namespace")?;
+            Path::new(&decoded)
+                .map_err(|e| url_err(format!("the namespace is not a valid path: {e}")))?;
+            decoded
+        };
+        let mut options = BTreeMap::new();
+        if let Some(q) = query {
+            for pair in q.split('&').filter(|p| !p.is_empty()) {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                let k = percent_decode(k, "option name")?;
+                let v = percent_decode(v, "option value")?;
+                if options.insert(k.clone(), v).is_some() {
+                    return Err(url_err(format!("option `{k}` given twice")));
+                }
+            }
+        }
+        Ok(ConnectUrl {
+            scheme: scheme.to_ascii_lowercase(),
+            username,
+            password,
+            hosts,
+            namespace,
+            options,
+        })
+    }
+
+    /// Removes and returns the option `name`.
+    pub fn take(&mut self, name: &str) -> Option<String> {
+        self.options.remove(name)
+    }
+
+    /// Removes the option `name` and parses it as a duration (`250ms`, `2s`, `1m`, `1h`).
+    pub fn take_duration(&mut self, name: &str) -> Result<Option<Duration>> {
+        self.take(name)
+            .map(|v| {
+                parse_duration(&v).ok_or_else(|| {
+                    url_err(format!(
+                        "option `{name}`: {v:?} is not a duration such as 500ms, 2s, 1m"
+                    ))
+                })
+            })
+            .transpose()
+    }
+
+    /// Removes the option `name` and parses it as an unsigned integer.
+    pub fn take_u64(&mut self, name: &str) -> Result<Option<u64>> {
+        self.take(name)
+            .map(|v| {
+                v.parse::<u64>().map_err(|_| {
+                    url_err(format!("option `{name}`: {v:?} is not an unsigned integer"))
+                })
+            })
+            .transpose()
+    }
+
+    /// Rejects any option no backend code has taken.
+    pub fn finish(&self) -> Result<()> {
+        match self.options.keys().next() {
+            None => Ok(()),
+            Some(k) => Err(url_err(format!(
+                "unknown option `{k}` for {}://",
+                self.scheme
+            ))),
+        }
+    }
+
+    /// The hosts as `(host, port)` pairs; `default_port` applies where none is given.
+    pub fn host_ports(&self, default_port: u16) -> Result<Vec<(String, u16)>> {
+        if self.hosts.is_empty() {
+            return Err(url_err(format!(
+                "{}:// needs at least one host",
+                self.scheme
+            )));
+        }
+        self.hosts
+            .iter()
+            .map(|h| {
+                let (host, port) = if let Some(rest) = h.strip_prefix('[') {
+                    let (host, after) = rest
+                        .split_once(']')
+                        .ok_or_else(|| url_err(format!("unclosed `[` in host {h:?}")))?;
+                    (host, after.strip_prefix(':'))
+                } else {
+                    match h.rsplit_once(':') {
+                        Some((host, port)) => (host, Some(port)),
+                        None => (h.as_str(), None),
+                    }
+                };
+                if host.is_empty() {
+                    return Err(url_err(format!("empty host name in {h:?}")));
+                }
+                let port = match port {
+                    None => default_port,
+                    Some(p) => p
+                        .parse::<u16>()
+                        .ok()
+                        .filter(|p| *p != 0)
+                        .ok_or_else(|| url_err(format!("bad port in {h:?}")))?,
+                };
+                Ok((host.to_owned(), port))
+            })
+            .collect()
+    }
+}
+
+/// Parses `250ms`, `2s`, `1.5s`, `1m`, `1h`.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return None,
+    };
+    if !secs.is_finite() || !(0.0..=1.0e9).contains(&secs) {
+        return None;
+    }
+    Some(Duration::from_secs_f64(secs))
+}
+
+impl fmt::Display for ConnectUrl {
+    /// The URL with the password replaced by `***`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://", self.scheme)?;
+        if let Some(u) = &self.username {
+            write!(f, "{u}")?;
+            if self.password.is_some() {
+                write!(f, ":***")?;
+            }
+            write!(f, "@")?;
+        }
+        write!(f, "{}{}", self.hosts.join(","), self.namespace)?;
+        let mut sep = '?';
+        for (k, v) in &self.options {
+            // Option values may carry tokens (`?token=`): hide those too.
+            let shown = if k.contains("token") || k.contains("password") {
+                "***"
+            } else {
+                v
+            };
+            write!(f, "{sep}{k}={shown}")?;
+            sep = '&';
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for ConnectUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ConnectUrl({self})")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_full_form() {
+        let mut u = ConnectUrl::parse(
+            "etcd://bob:s%40cret@10.0.0.5:2379,[::1]:2380/myapp/x?session_ttl=2s&timeout=500ms",
+        )
+        .unwrap();
+        assert_eq!(u.scheme, "etcd");
+        assert_eq!(u.username.as_deref(), Some("bob"));
+        assert_eq!(u.password.as_deref(), Some("s@cret"));
+        assert_eq!(u.namespace, "/myapp/x");
+        assert_eq!(
+            u.host_ports(1).unwrap(),
+            vec![("10.0.0.5".to_owned(), 2379), ("::1".to_owned(), 2380)]
+        );
+        assert_eq!(
+            u.take_duration("session_ttl").unwrap(),
+            Some(Duration::from_secs(2))
+        );
+        assert!(format!("{u:?}").contains("***"));
+        assert!(!format!("{u:?}").contains("cret"));
+        assert!(matches!(u.finish(), Err(Error::InvalidUrl { .. })));
+        assert_eq!(
+            u.take_duration("timeout").unwrap(),
+            Some(Duration::from_millis(500))
+        );
+        u.finish().unwrap();
+    }
+
+    #[test]
+    fn rejects_malformed() {
+        for bad in [
+            "nothing",
+            "://x",
+            "zk://a:1,,b:2",
+            "zk://:pw@h:1",
+            "zk://h:1/a//b",
+            "zk://h:1/..",
+            "zk://h:1?a=1&a=2",
+            "zk://h:1/%zz",
+            "zk://h#frag",
+        ] {
+            assert!(
+                matches!(ConnectUrl::parse(bad), Err(Error::InvalidUrl { .. })),
+                "{bad}"
+            );
+        }
+        let u = ConnectUrl::parse("zk://h:99999").unwrap();
+        assert!(u.host_ports(2181).is_err());
+        assert!(ConnectUrl::parse("zk://")
+            .unwrap()
+            .host_ports(2181)
+            .is_err());
+        let mut u = ConnectUrl::parse("zk://h?t=5").unwrap();
+        assert!(u.take_duration("t").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("10"), None);
+        assert_eq!(parse_duration("-1s"), None);
+        assert_eq!(parse_duration("1e999s"), None);
+    }
+}
