@@ -109,7 +109,7 @@ pub async fn election_fifty_candidates_herd(h: &dyn Harness) {
     }
     let observer = client(h).await;
     let mut tasks = Vec::new();
-    for e in elections.iter().cloned() {
+    for e in elections.clone() {
         tasks.push(tokio::spawn(async move { e.campaign(b"c").await }));
     }
     wait_candidates(h, &observer, &elections[0], N).await;
