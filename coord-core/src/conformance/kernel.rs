@@ -34,6 +34,7 @@ pub async fn path_rules_reject_before_io(h: &dyn Harness) {
     assert!(c.children(&Path::root()).await.unwrap().is_empty());
 }
 
+/// Checks: create and get.
 pub async fn create_and_get(h: &dyn Harness) {
     let c = h.client().await;
     let made = c
@@ -66,6 +67,7 @@ pub async fn create_under_missing_parent(h: &dyn Harness) {
     assert!(c.exists(&p("/no/such/parent")).await.unwrap().is_none());
 }
 
+/// Checks: create duplicate.
 pub async fn create_duplicate(h: &dyn Harness) {
     let c = h.client().await;
     c.create(&p("/d"), b"first", CreateMode::Exact)
@@ -82,6 +84,7 @@ pub async fn create_duplicate(h: &dyn Harness) {
     s.close().await.unwrap();
 }
 
+/// Checks: create parents helper.
 pub async fn create_parents_helper(h: &dyn Harness) {
     let c = h.client().await;
     create_parents(&*c, &p("/x/y/z")).await.unwrap();
@@ -91,6 +94,7 @@ pub async fn create_parents_helper(h: &dyn Harness) {
     assert_eq!(c.children(&p("/x")).await.unwrap(), vec!["y".to_owned()]);
 }
 
+/// Checks: set with version.
 pub async fn set_with_version(h: &dyn Harness) {
     let c = h.client().await;
     let v0 = c
@@ -107,6 +111,7 @@ pub async fn set_with_version(h: &dyn Harness) {
     assert_eq!((n.value.as_slice(), n.stat.version), (&b"2"[..], v2));
 }
 
+/// Checks: set missing key.
 pub async fn set_missing_key(h: &dyn Harness) {
     let c = h.client().await;
     let r = c.set(&p("/nope"), b"x", None).await;
@@ -114,6 +119,7 @@ pub async fn set_missing_key(h: &dyn Harness) {
     assert!(c.exists(&p("/nope")).await.unwrap().is_none());
 }
 
+/// Checks: cas mismatch writes nothing.
 pub async fn cas_mismatch_writes_nothing(h: &dyn Harness) {
     let c = h.client().await;
     let v0 = c
@@ -130,6 +136,7 @@ pub async fn cas_mismatch_writes_nothing(h: &dyn Harness) {
     assert_eq!(n.stat.version, v1);
 }
 
+/// Checks: delete with stale version.
 pub async fn delete_with_stale_version(h: &dyn Harness) {
     let c = h.client().await;
     let v0 = c
@@ -146,6 +153,7 @@ pub async fn delete_with_stale_version(h: &dyn Harness) {
     assert!(c.exists(&p("/dv")).await.unwrap().is_none());
 }
 
+/// Checks: delete non empty.
 pub async fn delete_non_empty(h: &dyn Harness) {
     let c = h.client().await;
     c.create(&p("/ne"), b"", CreateMode::Exact).await.unwrap();
@@ -159,12 +167,14 @@ pub async fn delete_non_empty(h: &dyn Harness) {
     c.delete(&p("/ne"), None).await.unwrap();
 }
 
+/// Checks: delete missing.
 pub async fn delete_missing(h: &dyn Harness) {
     let c = h.client().await;
     let r = c.delete(&p("/gone"), None).await;
     assert!(matches!(r, Err(Error::NotFound { .. })), "{r:?}");
 }
 
+/// Checks: children sorted.
 pub async fn children_sorted(h: &dyn Harness) {
     let c = h.client().await;
     c.create(&p("/kids"), b"", CreateMode::Exact).await.unwrap();
@@ -188,6 +198,7 @@ pub async fn children_sorted(h: &dyn Harness) {
     ));
 }
 
+/// Checks: exists reports stat.
 pub async fn exists_reports_stat(h: &dyn Harness) {
     let c = h.client().await;
     assert!(c.exists(&p("/e")).await.unwrap().is_none());
@@ -198,6 +209,7 @@ pub async fn exists_reports_stat(h: &dyn Harness) {
     );
 }
 
+/// Checks: value too large writes nothing.
 pub async fn value_too_large_writes_nothing(h: &dyn Harness) {
     let c = h.client().await;
     let max = c.capabilities().max_value_size;
@@ -218,6 +230,7 @@ pub async fn value_too_large_writes_nothing(h: &dyn Harness) {
     s.close().await.unwrap();
 }
 
+/// Checks: empty value roundtrip.
 pub async fn empty_value_roundtrip(h: &dyn Harness) {
     let c = h.client().await;
     c.create(&p("/empty"), b"", CreateMode::Exact)
@@ -229,6 +242,7 @@ pub async fn empty_value_roundtrip(h: &dyn Harness) {
     assert_eq!(c.get(&p("/empty")).await.unwrap().value, b"");
 }
 
+/// Checks: binary value roundtrip.
 pub async fn binary_value_roundtrip(h: &dyn Harness) {
     let c = h.client().await;
     let v: Vec<u8> = (0..=255u8).chain(0..=255u8).collect();
@@ -241,6 +255,7 @@ pub async fn binary_value_roundtrip(h: &dyn Harness) {
     assert_eq!(c.get(&p("/bin")).await.unwrap().value.len(), max);
 }
 
+/// Checks: sequential suffix format.
 pub async fn sequential_suffix_format(h: &dyn Harness) {
     let c = h.client().await;
     c.create(&p("/seq"), b"", CreateMode::Exact).await.unwrap();
@@ -313,6 +328,7 @@ pub async fn sequential_concurrent_creators(h: &dyn Harness) {
     assert_eq!(all.len(), CREATORS * EACH);
 }
 
+/// Checks: sequential unique after delete.
 pub async fn sequential_unique_after_delete(h: &dyn Harness) {
     let c = h.client().await;
     c.create(&p("/sd"), b"", CreateMode::Exact).await.unwrap();
@@ -328,6 +344,7 @@ pub async fn sequential_unique_after_delete(h: &dyn Harness) {
     assert!(b.sequence > a.sequence, "a number is never reused");
 }
 
+/// Checks: ephemeral removed on close.
 pub async fn ephemeral_removed_on_close(h: &dyn Harness) {
     let c = h.client().await;
     let s = c.open_session(SessionOptions::new()).await.unwrap();
@@ -347,6 +364,7 @@ pub async fn ephemeral_removed_on_close(h: &dyn Harness) {
     s.close().await.unwrap();
 }
 
+/// Checks: ephemeral removed on expiry seen by watch.
 pub async fn ephemeral_removed_on_expiry_seen_by_watch(h: &dyn Harness) {
     let c = h.client().await;
     let s = c.open_session(SessionOptions::new()).await.unwrap();
@@ -378,6 +396,7 @@ pub async fn ephemeral_removed_on_expiry_seen_by_watch(h: &dyn Harness) {
     assert!(other.exists(&p("/exp2")).await.unwrap().is_none());
 }
 
+/// Checks: ephemeral removed after crash.
 pub async fn ephemeral_removed_after_crash(h: &dyn Harness) {
     let c = h.client().await;
     let s = c
@@ -410,6 +429,7 @@ pub async fn ephemeral_cannot_have_children(h: &dyn Harness) {
     s.close().await.unwrap();
 }
 
+/// Checks: ephemeral owner in stat.
 pub async fn ephemeral_owner_in_stat(h: &dyn Harness) {
     let c = h.client().await;
     let s = c.open_session(SessionOptions::new()).await.unwrap();
@@ -434,6 +454,7 @@ pub async fn ephemeral_owner_in_stat(h: &dyn Harness) {
     s.close().await.unwrap();
 }
 
+/// Checks: session states stream.
 pub async fn session_states_stream(h: &dyn Harness) {
     let c = h.client().await;
     let s = c.open_session(SessionOptions::new()).await.unwrap();
@@ -455,6 +476,7 @@ pub async fn session_states_stream(h: &dyn Harness) {
     assert!(within(h, "end of late states", late.next()).await.is_none());
 }
 
+/// Checks: session create after close fails.
 pub async fn session_create_after_close_fails(h: &dyn Harness) {
     let c = h.client().await;
     let s = c.open_session(SessionOptions::new()).await.unwrap();
@@ -464,6 +486,7 @@ pub async fn session_create_after_close_fails(h: &dyn Harness) {
     assert!(c.exists(&p("/late")).await.unwrap().is_none());
 }
 
+/// Checks: session ttl bounds.
 pub async fn session_ttl_bounds(h: &dyn Harness) {
     let c = h.client().await;
     let caps = c.capabilities().clone();
@@ -482,6 +505,7 @@ pub async fn session_ttl_bounds(h: &dyn Harness) {
     s.close().await.unwrap();
 }
 
+/// Checks: watch create change delete order.
 pub async fn watch_create_change_delete_order(h: &dyn Harness) {
     let c = h.client().await;
     let (cur, mut w) = c.watch(&p("/w")).await.unwrap();
@@ -550,6 +574,7 @@ pub async fn watch_no_gap_after_registration(h: &dyn Harness) {
     }
 }
 
+/// Checks: watch children events.
 pub async fn watch_children_events(h: &dyn Harness) {
     let c = h.client().await;
     c.create(&p("/cw"), b"", CreateMode::Exact).await.unwrap();
@@ -594,6 +619,7 @@ pub async fn watch_children_events(h: &dyn Harness) {
     );
 }
 
+/// Checks: watch children parent deleted.
 pub async fn watch_children_parent_deleted(h: &dyn Harness) {
     let c = h.client().await;
     c.create(&p("/pd"), b"", CreateMode::Exact).await.unwrap();
@@ -630,6 +656,7 @@ pub async fn watch_children_parent_deleted(h: &dyn Harness) {
     }
 }
 
+/// Checks: watch independent watchers.
 pub async fn watch_independent_watchers(h: &dyn Harness) {
     let c = h.client().await;
     let (_, mut w1) = c.watch(&p("/iw")).await.unwrap();
@@ -660,6 +687,7 @@ pub async fn watch_independent_watchers(h: &dyn Harness) {
     .await;
 }
 
+/// Checks: namespaces isolated.
 pub async fn namespaces_isolated(h: &dyn Harness) {
     let a = h.client().await;
     let b = h.other_namespace().await;
@@ -687,6 +715,7 @@ pub async fn namespaces_isolated(h: &dyn Harness) {
     .await;
 }
 
+/// Checks: root children lists top level.
 pub async fn root_children_lists_top_level(h: &dyn Harness) {
     let c = h.client().await;
     c.create(&p("/top1"), b"", CreateMode::Exact).await.unwrap();

@@ -18,7 +18,7 @@
 //!
 //! The test functions panic on failure (they are tests). Every wait is bounded by
 //! [`Harness::patience`].
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::future::Future;
 use std::sync::Arc;

@@ -29,6 +29,7 @@ async fn wait_candidates(h: &dyn Harness, c: &Client, e: &Election, n: usize) {
     .await;
 }
 
+/// Checks: election single candidate.
 pub async fn election_single_candidate(h: &dyn Harness) {
     let c = client(h).await;
     let e = c.election("single").unwrap();
@@ -45,6 +46,7 @@ pub async fn election_single_candidate(h: &dyn Harness) {
     assert_eq!(candidates(&c, &e).await, 0);
 }
 
+/// Checks: election two candidates resign.
 pub async fn election_two_candidates_resign(h: &dyn Harness) {
     let a = client(h).await;
     let b = client(h).await;
@@ -64,6 +66,7 @@ pub async fn election_two_candidates_resign(h: &dyn Harness) {
     lb.resign().await.unwrap();
 }
 
+/// Checks: election five candidates order.
 pub async fn election_five_candidates_order(h: &dyn Harness) {
     let mut clients = Vec::new();
     for _ in 0..5 {
@@ -165,6 +168,7 @@ pub async fn election_fifty_candidates_herd(h: &dyn Harness) {
     }
 }
 
+/// Checks: election leader session expires.
 pub async fn election_leader_session_expires(h: &dyn Harness) {
     let a = short_client(h).await;
     let b = client(h).await;
@@ -183,6 +187,7 @@ async fn current(c: &Client) -> Arc<dyn crate::Session> {
     c.current_session().await.expect("a session is open")
 }
 
+/// Checks: election leader closes.
 pub async fn election_leader_closes(h: &dyn Harness) {
     let a = client(h).await;
     let b = client(h).await;
@@ -285,6 +290,7 @@ pub async fn election_hundred_handovers(h: &dyn Harness) {
     );
 }
 
+/// Checks: election cancelled campaign leaves nothing.
 pub async fn election_cancelled_campaign_leaves_nothing(h: &dyn Harness) {
     let a = client(h).await;
     let b = client(h).await;
@@ -311,6 +317,7 @@ pub async fn election_cancelled_campaign_leaves_nothing(h: &dyn Harness) {
     wait_candidates(h, &a, &e, 0).await;
 }
 
+/// Checks: election old leader rejoins as candidate.
 pub async fn election_old_leader_rejoins_as_candidate(h: &dyn Harness) {
     let a = short_client(h).await;
     let b = client(h).await;
@@ -335,6 +342,7 @@ pub async fn election_old_leader_rejoins_as_candidate(h: &dyn Harness) {
     assert!(la2.fencing_token() > tb);
 }
 
+/// Checks: election observe and leader.
 pub async fn election_observe_and_leader(h: &dyn Harness) {
     let watcher = client(h).await;
     let e = watcher.election("obs").unwrap();
@@ -360,6 +368,7 @@ pub async fn election_observe_and_leader(h: &dyn Harness) {
     assert_eq!(next(h, "nobody leads", &mut obs).await.unwrap(), None);
 }
 
+/// Checks: election campaign fails when session expires.
 pub async fn election_campaign_fails_when_session_expires(h: &dyn Harness) {
     let a = client(h).await;
     let b = short_client(h).await;
@@ -374,6 +383,7 @@ pub async fn election_campaign_fails_when_session_expires(h: &dyn Harness) {
     wait_candidates(h, &a, &e, 1).await;
 }
 
+/// Checks: registry register discover deregister.
 pub async fn registry_register_discover_deregister(h: &dyn Harness) {
     let c = client(h).await;
     let reg = c.registry();
@@ -409,6 +419,7 @@ pub async fn registry_register_discover_deregister(h: &dyn Harness) {
     ));
 }
 
+/// Checks: registry watch sees join and expiry.
 pub async fn registry_watch_sees_join_and_expiry(h: &dyn Harness) {
     let watcher = client(h).await.registry();
     let mut w = Box::pin(watcher.watch("jobs").await.unwrap());
@@ -432,6 +443,7 @@ pub async fn registry_watch_sees_join_and_expiry(h: &dyn Harness) {
     drop(reg);
 }
 
+/// Checks: registry cache follows.
 pub async fn registry_cache_follows(h: &dyn Harness) {
     let c = client(h).await;
     let mut cache = c.registry().cache("db").await.unwrap();
@@ -455,6 +467,7 @@ pub async fn registry_cache_follows(h: &dyn Harness) {
     .await;
 }
 
+/// Checks: registry services do not mix.
 pub async fn registry_services_do_not_mix(h: &dyn Harness) {
     let c = client(h).await;
     let reg = c.registry();
@@ -467,6 +480,7 @@ pub async fn registry_services_do_not_mix(h: &dyn Harness) {
     assert_eq!(reg.services().await.unwrap(), ["alpha", "beta"]);
 }
 
+/// Checks: registry malformed entry typed error.
 pub async fn registry_malformed_entry_typed_error(h: &dyn Harness) {
     let c = client(h).await;
     let reg = c.registry();
@@ -486,6 +500,7 @@ pub async fn registry_malformed_entry_typed_error(h: &dyn Harness) {
     assert_eq!(next(h, "list", &mut w).await.unwrap(), vec![good]);
 }
 
+/// Checks: registry reregisters after expiry.
 pub async fn registry_reregisters_after_expiry(h: &dyn Harness) {
     let c = short_client(h).await;
     let i = Instance::new("svc", "one", "127.0.0.1", 1);
@@ -504,6 +519,7 @@ pub async fn registry_reregisters_after_expiry(h: &dyn Harness) {
     assert_eq!(other.registry().discover("svc").await.unwrap(), vec![i]);
 }
 
+/// Checks: lock mutual exclusion.
 pub async fn lock_mutual_exclusion(h: &dyn Harness) {
     const TASKS: usize = 6;
     const EACH: usize = 5;
@@ -545,6 +561,7 @@ pub async fn lock_mutual_exclusion(h: &dyn Harness) {
     assert_eq!(v, (TASKS * EACH).to_string().as_bytes(), "lost updates");
 }
 
+/// Checks: lock try lock and timeout.
 pub async fn lock_try_lock_and_timeout(h: &dyn Harness) {
     let a = client(h).await;
     let b = client(h).await;
@@ -565,6 +582,7 @@ pub async fn lock_try_lock_and_timeout(h: &dyn Harness) {
     g2.unlock().await.unwrap();
 }
 
+/// Checks: lock fencing tokens increase.
 pub async fn lock_fencing_tokens_increase(h: &dyn Harness) {
     let c = client(h).await;
     let l = c.lock("fence").unwrap();
@@ -579,6 +597,7 @@ pub async fn lock_fencing_tokens_increase(h: &dyn Harness) {
     }
 }
 
+/// Checks: lock lost on expiry.
 pub async fn lock_lost_on_expiry(h: &dyn Harness) {
     let a = short_client(h).await;
     let b = client(h).await;
@@ -599,6 +618,7 @@ pub async fn lock_lost_on_expiry(h: &dyn Harness) {
     assert!(gb.fencing_token() > g.fencing_token());
 }
 
+/// Checks: group join leave watch.
 pub async fn group_join_leave_watch(h: &dyn Harness) {
     let c = client(h).await;
     let g = c.group("workers").unwrap();
@@ -643,6 +663,7 @@ pub async fn group_join_leave_watch(h: &dyn Harness) {
     }
 }
 
+/// Checks: group duplicate member rejected.
 pub async fn group_duplicate_member_rejected(h: &dyn Harness) {
     let c = client(h).await;
     let g = c.group("dup").unwrap();

@@ -5,14 +5,14 @@
 //! the client's next session, so a member that lost contact for a while comes back by itself.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 
 use crate::client::Client;
 use crate::error::{Error, Result};
-use crate::kernel::{create_parents, ChildrenEvent, CreateMode, Session};
+use crate::kernel::{create_parents, ChildrenEvent, CreateMode, Session, SessionId};
 use crate::path::Path;
 
 /// A group, identified by its path. Cheap to clone.
@@ -54,18 +54,21 @@ impl Group {
         let session = self.client.session().await?;
         session.create(&node, data, CreateMode::Exact).await?;
         let rejoins = Arc::new(AtomicU64::new(0));
+        let owner = Arc::new(Mutex::new(session.id().clone()));
         let task = tokio::spawn(follow(
             self.client.clone(),
             session,
             node.clone(),
             data.to_vec(),
             rejoins.clone(),
+            owner.clone(),
         ));
         Ok(Membership {
             client: self.client.clone(),
             node,
             task,
             rejoins,
+            owner,
             left: false,
         })
     }
@@ -123,6 +126,7 @@ async fn follow(
     node: Path,
     data: Vec<u8>,
     rejoins: Arc<AtomicU64>,
+    owner: Arc<Mutex<SessionId>>,
 ) {
     let mut backoff = Duration::from_millis(50);
     loop {
@@ -146,6 +150,7 @@ async fn follow(
             };
             match attempt.await {
                 Ok(s) => {
+                    *owner.lock().unwrap_or_else(|p| p.into_inner()) = s.id().clone();
                     session = s;
                     rejoins.fetch_add(1, Ordering::Relaxed);
                     backoff = Duration::from_millis(50);
@@ -168,7 +173,24 @@ pub struct Membership {
     node: Path,
     task: tokio::task::JoinHandle<()>,
     rejoins: Arc<AtomicU64>,
+    /// The session that owns the node now: we only ever delete our own node, never one
+    /// another member made under the same id after our session ended.
+    owner: Arc<Mutex<SessionId>>,
     left: bool,
+}
+
+/// Deletes `node` if it is still the one `owner` created.
+async fn delete_own(client: &Client, node: &Path, owner: &SessionId) -> Result<()> {
+    let Some(stat) = client.exists(node).await? else {
+        return Ok(());
+    };
+    if stat.ephemeral_owner.as_ref() != Some(owner) {
+        return Ok(());
+    }
+    match client.delete(node, Some(stat.version)).await {
+        Ok(()) | Err(Error::NotFound { .. }) | Err(Error::VersionMismatch { .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 impl std::fmt::Debug for Membership {
@@ -194,10 +216,8 @@ impl Membership {
     pub async fn leave(mut self) -> Result<()> {
         self.left = true;
         self.task.abort();
-        match self.client.delete(&self.node, None).await {
-            Ok(()) | Err(Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(e),
-        }
+        let owner = self.owner.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        delete_own(&self.client, &self.node, &owner).await
     }
 }
 
@@ -210,8 +230,11 @@ impl Drop for Membership {
         if let Ok(h) = tokio::runtime::Handle::try_current() {
             let client = self.client.clone();
             let node = self.node.clone();
+            let owner = self.owner.lock().unwrap_or_else(|p| p.into_inner()).clone();
             h.spawn(async move {
-                let _ = client.delete(&node, None).await;
+                if let Err(e) = delete_own(&client, &node, &owner).await {
+                    tracing::warn!(%node, error = %e, "could not leave the group");
+                }
             });
         }
     }
