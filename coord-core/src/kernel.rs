@@ -180,6 +180,28 @@ pub struct Capabilities {
     pub watch_coalesces: bool,
 }
 
+impl Capabilities {
+    /// Capabilities with every field given (the struct is non-exhaustive, so backends outside
+    /// coord-core build it here; fields added later get conservative defaults).
+    pub fn new(
+        backend: &'static str,
+        max_value_size: usize,
+        min_session_ttl: Duration,
+        max_session_ttl: Duration,
+        default_session_ttl: Duration,
+        watch_coalesces: bool,
+    ) -> Capabilities {
+        Capabilities {
+            backend,
+            max_value_size,
+            min_session_ttl,
+            max_session_ttl,
+            default_session_ttl,
+            watch_coalesces,
+        }
+    }
+}
+
 /// A stream of key events. See [`KeyEvent`].
 pub type KeyWatch = Pin<Box<dyn Stream<Item = Result<KeyEvent>> + Send>>;
 /// A stream of children events. See [`ChildrenEvent`].

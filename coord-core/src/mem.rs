@@ -402,14 +402,14 @@ impl Drop for MemBackend {
 }
 
 fn default_caps() -> Capabilities {
-    Capabilities {
-        backend: "mem",
-        max_value_size: DEFAULT_MAX_VALUE,
-        min_session_ttl: Duration::from_millis(10),
-        max_session_ttl: Duration::from_secs(3600),
-        default_session_ttl: Duration::from_secs(10),
-        watch_coalesces: false,
-    }
+    Capabilities::new(
+        "mem",
+        DEFAULT_MAX_VALUE,
+        Duration::from_millis(10),
+        Duration::from_secs(3600),
+        Duration::from_secs(10),
+        false,
+    )
 }
 
 fn receiver_stream<E: Send + 'static>(

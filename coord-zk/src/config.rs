@@ -1,0 +1,139 @@
+//! The `zk://` URL: hosts, namespace (chroot), credentials and options.
+
+use std::fmt;
+use std::time::Duration;
+
+use coord_core::{ConnectUrl, Error, Result};
+
+/// ZooKeeper's default client port.
+pub(crate) const DEFAULT_PORT: u16 = 2181;
+/// The session TTL used when neither the URL nor the caller names one.
+pub(crate) const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(10);
+/// The bound of every call to the server when the URL does not name one.
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Digest credentials. The password never appears in Debug output.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct Credentials {
+    pub(crate) user: String,
+    pub(crate) password: String,
+}
+
+impl Credentials {
+    /// The `add_auth("digest", …)` payload.
+    pub(crate) fn digest(&self) -> Vec<u8> {
+        format!("{}:{}", self.user, self.password).into_bytes()
+    }
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Credentials({}:***)", self.user)
+    }
+}
+
+/// The parsed connection settings.
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    /// `host:port,host:port` as the ZooKeeper client takes it (without chroot).
+    pub(crate) connect_string: String,
+    /// The chroot (`""` for the server's root).
+    pub(crate) namespace: String,
+    pub(crate) credentials: Option<Credentials>,
+    /// The requested TTL of the main client's session and of sessions opened without one.
+    /// `None`: not given in the URL.
+    pub(crate) session_timeout: Option<Duration>,
+    /// The bound of every call.
+    pub(crate) timeout: Duration,
+}
+
+impl Config {
+    /// Parses a `zk://[user:password@]host:port[,host:port…][/namespace][?options]` URL.
+    pub(crate) fn parse(url: &str) -> Result<Config> {
+        let mut u = ConnectUrl::parse(url)?;
+        if u.scheme != "zk" {
+            return Err(Error::InvalidUrl {
+                reason: format!("expected zk://, got {}://", u.scheme),
+            });
+        }
+        let hosts = u.host_ports(DEFAULT_PORT)?;
+        let connect_string = hosts
+            .iter()
+            .map(|(h, p)| {
+                if h.contains(':') {
+                    format!("[{h}]:{p}")
+                } else {
+                    format!("{h}:{p}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        let credentials = match (u.username.take(), u.password.take()) {
+            (None, _) => None,
+            (Some(_), None) => {
+                return Err(Error::InvalidUrl {
+                    reason: "zk:// digest auth needs `user:password@`".into(),
+                })
+            }
+            (Some(user), Some(password)) => Some(Credentials { user, password }),
+        };
+        let session_timeout = u.take_duration("session_timeout")?;
+        if session_timeout.is_some_and(|d| d.is_zero()) {
+            return Err(Error::InvalidUrl {
+                reason: "session_timeout must be positive".into(),
+            });
+        }
+        let timeout = u.take_duration("timeout")?.unwrap_or(DEFAULT_TIMEOUT);
+        if timeout.is_zero() {
+            return Err(Error::InvalidUrl {
+                reason: "timeout must be positive".into(),
+            });
+        }
+        u.finish()?;
+        Ok(Config {
+            connect_string,
+            namespace: u.namespace.clone(),
+            credentials,
+            session_timeout,
+            timeout,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_full_url() {
+        let c = Config::parse("zk://bob:s3cret@h1:2182,h2/app/x?session_timeout=4s&timeout=500ms")
+            .unwrap();
+        assert_eq!(c.connect_string, "h1:2182,h2:2181");
+        assert_eq!(c.namespace, "/app/x");
+        assert_eq!(c.session_timeout, Some(Duration::from_secs(4)));
+        assert_eq!(c.timeout, Duration::from_millis(500));
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("s3cret"), "{dbg}");
+        assert_eq!(c.credentials.unwrap().digest(), b"bob:s3cret");
+    }
+
+    #[test]
+    fn rejects_bad_urls() {
+        for bad in [
+            "zk:///ns",
+            "zk://h:1/ns?bogus=1",
+            "etcd://h:1",
+            "zk://h:1?timeout=0s",
+            "zk://bob@h:1",
+        ] {
+            assert!(
+                matches!(Config::parse(bad), Err(Error::InvalidUrl { .. })),
+                "{bad} accepted"
+            );
+        }
+        let e = Config::parse("zk://u:pw@h:1?nope=2")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("pw"), "{e}");
+    }
+}

@@ -1,0 +1,48 @@
+//! coord's ZooKeeper backend (`zk://`), over the [`zookeeper_client`] crate.
+//!
+//! ```text
+//! zk://[user:password@]host:port[,host:port…][/namespace][?session_timeout=10s&timeout=5s]
+//! ```
+//!
+//! - **Namespace**: a ZooKeeper chroot, created with its parents if missing. Its root `/`
+//!   always exists and cannot be deleted.
+//! - **Options**: `session_timeout` (the TTL of sessions opened without one and of the main
+//!   client's session; default 10 s, clamped into the server's bounds) and `timeout` (the
+//!   bound of every call to the server; default 5 s). Unknown options are an error.
+//! - **Credentials**: `user:password` is added as a `digest` identity. Nodes coord creates then
+//!   carry the ACL *creator all + world read*: other identities can read them but cannot
+//!   change, delete or add children to them (a namespace belongs to one identity). Without
+//!   credentials nodes are open (`world:anyone` all).
+//! - **Sessions**: the [`ZkBackend`] keeps one main ZooKeeper session for persistent keys,
+//!   reads and watches; every [`coord_core::Session`] is a ZooKeeper session of its own, with
+//!   the requested timeout (the server clamps it into `[minSessionTimeout,
+//!   maxSessionTimeout]`, by default `[2, 20] × tickTime`; the capabilities report the bounds
+//!   the server really grants, learned once per host list). States: `Connected`;
+//!   `Suspended` when the connection is lost (after about 2/5 of the TTL without an answer);
+//!   `Expired` when the server says so or when the client has been cut off for 1.4 × the TTL;
+//!   `Closed` on close. After the main session expires, the backend opens a new one and
+//!   re-arms every watch, which yields `Resync`.
+//! - **Watches**: ZooKeeper one-shot watches, re-armed after each event with the read they
+//!   come from; quick changes may be coalesced (`watch_coalesces`).
+#![warn(missing_docs, unreachable_pub)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+mod backend;
+mod config;
+mod error;
+mod probe;
+mod session;
+#[cfg(feature = "testing")]
+pub mod testing;
+mod watch;
+
+use std::sync::Arc;
+
+pub use backend::ZkBackend;
+pub use session::ZkSession;
+
+/// Connects to ZooKeeper from a `zk://` URL (see the crate docs); what `coord::connect`
+/// calls for the `zk` scheme.
+pub async fn connect(url: &str) -> coord_core::Result<Arc<dyn coord_core::Backend>> {
+    Ok(Arc::new(ZkBackend::connect(url).await?))
+}
