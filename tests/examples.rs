@@ -1,0 +1,136 @@
+//! Runs the examples on mem:// with small parameters and checks their summaries.
+//!
+//! Each run is `cargo run --example NAME` (bounded by a timeout; the child is killed on
+//! timeout), so the examples are built as a user would run them.
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Runs an example and returns its stdout; panics on timeout or a non-zero exit.
+fn run_example(name: &str, args: &[&str], limit: Duration) -> String {
+    let mut child = Command::new(env!("CARGO"))
+        .args(["run", "--quiet", "--example", name, "--"])
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn cargo run");
+    let mut out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
+    let ro = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let re = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    // Building the example is not part of the run's budget: cargo builds it before it runs,
+    // and the first build may take a while on a cold cache.
+    let deadline = Instant::now() + limit + Duration::from_secs(300);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            break Some(s);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stdout = ro.join().expect("stdout reader");
+    let stderr = re.join().expect("stderr reader");
+    match status {
+        Some(s) if s.success() => stdout,
+        Some(s) => panic!("example {name} exited with {s}\nstdout:\n{stdout}\nstderr:\n{stderr}"),
+        None => {
+            panic!("example {name} did not finish in time\nstdout:\n{stdout}\nstderr:\n{stderr}")
+        }
+    }
+}
+
+fn assert_has(out: &str, needles: &[&str]) {
+    for n in needles {
+        assert!(out.contains(n), "missing {n:?} in:\n{out}");
+    }
+}
+
+#[test]
+fn election_example() {
+    let out = run_example(
+        "election",
+        &["--nodes", "3", "--rounds", "2", "--interval", "1.2"],
+        Duration::from_secs(20),
+    );
+    assert_has(
+        &out,
+        &[
+            "== summary ==",
+            "tokens strictly increasing: yes",
+            "most leaders at once:    1",
+        ],
+    );
+}
+
+#[test]
+fn tour_example() {
+    let out = run_example("tour", &[], Duration::from_secs(20));
+    assert_has(
+        &out,
+        &[
+            "stale compare-and-set refused as expected",
+            "members at the end: []",
+        ],
+    );
+}
+
+#[test]
+fn autohealer_example() {
+    let out = run_example(
+        "autohealer",
+        &["--workers", "3", "--kill-every", "1", "--rounds", "2"],
+        Duration::from_secs(20),
+    );
+    assert_has(
+        &out,
+        &[
+            "== summary ==",
+            "kills:                   2",
+            "every kill was healed:   yes",
+        ],
+    );
+}
+
+#[test]
+fn leader_workers_example() {
+    let out = run_example(
+        "leader_workers",
+        &["--work-ms", "50"],
+        Duration::from_secs(20),
+    );
+    assert_has(
+        &out,
+        &[
+            "== summary ==",
+            "top 10 words:",
+            "who did what:",
+            "reassignments:          1",
+            "merged counts equal a single-process count: yes",
+        ],
+    );
+    // Both crashes happened and the job was taken over by a second leader.
+    assert_has(
+        &out,
+        &[
+            "worker node-5 died mid-request",
+            "leader node-1 crashed mid-job",
+            "-> node-2",
+        ],
+    );
+}
