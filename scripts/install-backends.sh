@@ -3,6 +3,7 @@
 #
 #   - ZooKeeper 3.8 (bookworm package `zookeeper`, system-wide; no service is started)
 #   - protoc + the well-known protos (`protobuf-compiler`, `libprotobuf-dev`; etcd-client needs them)
+#   - openssl (the etcd TLS test makes its own CA and certificates with it)
 #   - etcd 3.4 (bookworm `etcd-server` / `etcd-client`, unpacked into <repo>/.tools/etcd)
 #   - Consul 1.8.7 (bullseye `consul`, fetched with a PRIVATE apt configuration, unpacked into
 #     <repo>/.tools/consul; /etc/apt is never touched)
@@ -74,7 +75,7 @@ apt_retry() {
 }
 
 MISSING=()
-for p in zookeeper protobuf-compiler libprotobuf-dev; do
+for p in zookeeper protobuf-compiler libprotobuf-dev openssl; do
     pkg_installed "$p" || MISSING+=("$p")
 done
 if [ "${#MISSING[@]}" -gt 0 ]; then

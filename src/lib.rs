@@ -54,6 +54,10 @@ pub async fn connect_backend(url: &str) -> Result<Arc<dyn Backend>> {
     }
 }
 
+#[cfg_attr(
+    all(feature = "mem", feature = "zk", feature = "etcd", feature = "consul"),
+    allow(dead_code)
+)]
 fn not_enabled(scheme: &str, feature: &str) -> Error {
     Error::FeatureNotEnabled {
         scheme: scheme.to_owned(),

@@ -15,6 +15,8 @@
 //!   compared for equality (compare-and-set). On mem and ZooKeeper it counts writes from 0; on
 //!   etcd and Consul it is a revision/index.
 //! - **Delete** refuses a key with children ([`Error::NotEmpty`]).
+//! - **The namespace root** `/` always exists, holds no value, and cannot be written or deleted
+//!   ([`Error::InvalidArgument`]).
 //! - **Read-your-writes.** Once a call returns, every later read through the same `Backend`
 //!   sees its effect (also for ephemerals created through a session).
 //! - **Watches** are registered atomically with the read they return: a change that takes
@@ -298,6 +300,17 @@ pub fn check_value(caps: &Capabilities, value: &[u8]) -> Result<()> {
             size: value.len(),
             max: caps.max_value_size,
         });
+    }
+    Ok(())
+}
+
+/// Rejects writes to the namespace root: it always exists, holds no value and cannot be
+/// written or deleted (on every backend; it is the chroot or key prefix itself).
+pub fn check_not_root(path: &Path, op: &str) -> Result<()> {
+    if path.is_root() {
+        return Err(crate::Error::InvalidArgument(format!(
+            "the namespace root cannot be {op}"
+        )));
     }
     Ok(())
 }

@@ -479,6 +479,7 @@ impl Backend for MemBackend {
     }
 
     async fn set(&self, path: &Path, value: &[u8], expected: Option<Version>) -> Result<Stat> {
+        check_not_root(path, "written")?;
         self.check_path_write(value)?;
         let mut inner = self.store.lock();
         let node = inner
@@ -508,6 +509,7 @@ impl Backend for MemBackend {
     }
 
     async fn delete(&self, path: &Path, expected: Option<Version>) -> Result<()> {
+        check_not_root(path, "deleted")?;
         self.store.lock().delete(&self.ns, path.as_str(), expected)
     }
 

@@ -421,6 +421,7 @@ impl Backend for ZkBackend {
     }
 
     async fn set(&self, path: &Path, value: &[u8], expected: Option<Version>) -> Result<Stat> {
+        coord_core::check_not_root(path, "written")?;
         check_value(&self.shared.caps, value)?;
         let v = zk_version(path, expected)?;
         let p = path.as_str();

@@ -726,3 +726,14 @@ pub async fn root_children_lists_top_level(h: &dyn Harness) {
     assert_eq!(c.children(&Path::root()).await.unwrap(), ["top1", "top2"]);
     assert!(c.exists(&Path::root()).await.unwrap().is_some());
 }
+
+/// Checks: the namespace root exists, and cannot be written or deleted.
+pub async fn root_is_not_writable(h: &dyn Harness) {
+    let c = h.client().await;
+    assert!(c.exists(&Path::root()).await.unwrap().is_some());
+    let r = c.set(&Path::root(), b"x", None).await;
+    assert!(matches!(r, Err(Error::InvalidArgument(_))), "{r:?}");
+    let r = c.delete(&Path::root(), None).await;
+    assert!(matches!(r, Err(Error::InvalidArgument(_))), "{r:?}");
+    assert!(c.exists(&Path::root()).await.unwrap().is_some());
+}

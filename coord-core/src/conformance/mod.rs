@@ -215,6 +215,7 @@ macro_rules! conformance_tests {
                 watch_independent_watchers,
                 namespaces_isolated,
                 root_children_lists_top_level,
+                root_is_not_writable,
             ],
             recipes: [
                 election_single_candidate,

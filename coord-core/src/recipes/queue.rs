@@ -355,6 +355,28 @@ impl Drop for Held {
     }
 }
 
+/// Watches our own node, retrying transient errors (with a bounded back-off) for as long as
+/// the session lives. `None`: the node is gone or the session ended.
+async fn watch_own(
+    backend: &dyn Backend,
+    session: &dyn Session,
+    node: &Path,
+) -> Option<crate::kernel::KeyWatch> {
+    let mut pause = std::time::Duration::from_millis(20);
+    loop {
+        match backend.watch(node).await {
+            Ok((Some(_), ev)) => return Some(ev),
+            Ok((None, _)) => return None,
+            Err(e) if e.is_retryable() && !session.state().is_final() => {
+                tracing::debug!(%node, error = %e, "re-watching a held node");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(1));
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
 /// Follows the session and our node; ends in Lost. Under LoseOnSuspend, removes the node when
 /// contact comes back so that the next candidate is not blocked by a holder that gave up.
 async fn monitor(
@@ -365,13 +387,9 @@ async fn monitor(
     tx: watch::Sender<HoldState>,
 ) {
     let mut states = session.states();
-    let watch = backend.watch(&node).await;
-    let mut events = match watch {
-        Ok((Some(_), ev)) => ev,
-        _ => {
-            tx.send_replace(HoldState::Lost);
-            return;
-        }
+    let Some(mut events) = watch_own(&*backend, &*session, &node).await else {
+        tx.send_replace(HoldState::Lost);
+        return;
     };
     let mut gave_up = false;
     loop {
@@ -399,7 +417,18 @@ async fn monitor(
                 }
             },
             ev = events.next() => match ev {
-                Some(Ok(KeyEvent::Changed(_))) | Some(Ok(KeyEvent::Created(_))) | Some(Ok(KeyEvent::Resync(Some(_)))) => {}
+                Some(Ok(KeyEvent::Changed(_) | KeyEvent::Created(_) | KeyEvent::Resync(Some(_)))) => {}
+                Some(Err(e)) if e.is_retryable() => {
+                    // The stream broke (a server restart, say): the role is not lost for that;
+                    // watch again while the session lives.
+                    match watch_own(&*backend, &*session, &node).await {
+                        Some(ev) => events = ev,
+                        None => {
+                            tx.send_replace(HoldState::Lost);
+                            return;
+                        }
+                    }
+                }
                 _ => {
                     // Deleted (by an operator or with the session), or the watch ended.
                     tx.send_replace(HoldState::Lost);

@@ -1,0 +1,698 @@
+//! A small typed client for the few Consul HTTP API v1 endpoints coord needs: KV (with
+//! blocking queries), `/v1/txn`, sessions, and agent services/checks.
+//!
+//! Every request carries a timeout; blocking queries add their `?wait=` (plus Consul's
+//! wait/16 jitter) to it. Nothing here panics on any answer: a malformed body is
+//! [`Error::Backend`]. The ACL token travels only as a sensitive `X-Consul-Token` header and
+//! never appears in an error.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use base64::Engine as _;
+use coord_core::{Error, Result};
+use reqwest::{Method, StatusCode, Url};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+
+const BACKEND: &str = "consul";
+
+/// One KV entry as Consul returns it.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct KvEntry {
+    pub(crate) key: String,
+    #[serde(default)]
+    pub(crate) value: Option<String>,
+    #[serde(default)]
+    pub(crate) session: Option<String>,
+    #[serde(default)]
+    pub(crate) create_index: u64,
+    #[serde(default)]
+    pub(crate) modify_index: u64,
+}
+
+impl KvEntry {
+    /// The decoded value bytes.
+    pub(crate) fn bytes(&self) -> Result<Vec<u8>> {
+        match &self.value {
+            None => Ok(Vec::new()),
+            Some(v) => base64::engine::general_purpose::STANDARD
+                .decode(v)
+                .map_err(|e| backend_err(format!("bad base64 value of {}: {e}", self.key), false)),
+        }
+    }
+
+    /// The owning session, if any (Consul sends `""` or nothing for none).
+    pub(crate) fn owner(&self) -> Option<&str> {
+        self.session.as_deref().filter(|s| !s.is_empty())
+    }
+}
+
+/// One operation of a `/v1/txn` request.
+#[derive(Debug, Serialize)]
+pub(crate) struct TxnOp {
+    #[serde(rename = "KV")]
+    kv: KvOp,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct KvOp {
+    verb: &'static str,
+    key: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    index: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    session: Option<String>,
+}
+
+impl TxnOp {
+    fn new(verb: &'static str, key: &str) -> TxnOp {
+        TxnOp {
+            kv: KvOp {
+                verb,
+                key: key.to_owned(),
+                value: None,
+                index: None,
+                session: None,
+            },
+        }
+    }
+
+    fn b64(v: &[u8]) -> Option<String> {
+        Some(base64::engine::general_purpose::STANDARD.encode(v))
+    }
+
+    /// Reads the key (fails the transaction if it is absent).
+    pub(crate) fn get(key: &str) -> TxnOp {
+        TxnOp::new("get", key)
+    }
+    /// Writes the key unconditionally (keeps its lock holder).
+    pub(crate) fn set(key: &str, value: &[u8]) -> TxnOp {
+        let mut op = TxnOp::new("set", key);
+        op.kv.value = TxnOp::b64(value);
+        op
+    }
+    /// Writes the key and locks it with `session` (it goes with the session).
+    pub(crate) fn lock(key: &str, value: &[u8], session: &str) -> TxnOp {
+        let mut op = TxnOp::new("lock", key);
+        op.kv.value = TxnOp::b64(value);
+        op.kv.session = Some(session.to_owned());
+        op
+    }
+    /// Writes the key if its modify index is `index` (0: only if absent).
+    pub(crate) fn cas(key: &str, value: &[u8], index: u64) -> TxnOp {
+        let mut op = TxnOp::new("cas", key);
+        op.kv.value = TxnOp::b64(value);
+        op.kv.index = Some(index);
+        op
+    }
+    /// Fails the transaction unless the key exists with this modify index.
+    pub(crate) fn check_index(key: &str, index: u64) -> TxnOp {
+        let mut op = TxnOp::new("check-index", key);
+        op.kv.index = Some(index);
+        op
+    }
+    /// Fails the transaction if the key exists.
+    pub(crate) fn check_not_exists(key: &str) -> TxnOp {
+        TxnOp::new("check-not-exists", key)
+    }
+    /// Deletes the key (no error if absent).
+    pub(crate) fn delete(key: &str) -> TxnOp {
+        TxnOp::new("delete", key)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct TxnResponse {
+    #[serde(default)]
+    results: Option<Vec<TxnResult>>,
+    #[serde(default)]
+    errors: Option<Vec<TxnError>>,
+}
+
+#[derive(Deserialize)]
+struct TxnResult {
+    #[serde(rename = "KV", default)]
+    kv: Option<KvEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct TxnError {
+    #[serde(default)]
+    op_index: usize,
+    #[serde(default)]
+    what: String,
+}
+
+/// How a transaction ended.
+pub(crate) enum TxnOutcome {
+    /// Applied; the KV entries the operations returned.
+    Applied(Vec<KvEntry>),
+    /// Rolled back (HTTP 409): the failed operations' indexes and reasons.
+    Failed(Vec<(usize, String)>),
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct SessionCreated {
+    #[serde(rename = "ID")]
+    id: String,
+}
+
+/// What passing a TTL check found.
+pub(crate) enum Pass {
+    /// The check was passed.
+    Passed,
+    /// The agent does not know the check (deregistered, or the agent lost its state).
+    UnknownCheck,
+}
+
+pub(crate) fn backend_err(message: String, retryable: bool) -> Error {
+    Error::Backend {
+        backend: BACKEND,
+        message,
+        retryable,
+    }
+}
+
+fn shorten(body: &[u8]) -> String {
+    let s = String::from_utf8_lossy(body);
+    let s = s.trim();
+    let mut out: String = s.chars().take(200).collect();
+    if out.len() < s.len() {
+        out.push('…');
+    }
+    out
+}
+
+/// Maps an HTTP status (that the caller did not handle itself) onto coord's errors.
+fn status_error(status: StatusCode, body: &[u8], what: &str) -> Error {
+    let msg = format!("{what}: HTTP {}: {}", status.as_u16(), shorten(body));
+    match status.as_u16() {
+        401 | 403 => Error::Unauthorized(msg),
+        // The caller knows the sizes and rewrites this (see `Api::too_large`).
+        413 => Error::ValueTooLarge { size: 0, max: 0 },
+        408 | 429 | 502 | 503 | 504 => backend_err(msg, true),
+        500 => {
+            let lower = msg.to_ascii_lowercase();
+            let transient = [
+                "no cluster leader",
+                "leadership lost",
+                "timeout",
+                "timed out",
+                "rpc error",
+                "connection refused",
+                "eof",
+            ]
+            .iter()
+            .any(|p| lower.contains(p));
+            backend_err(msg, transient)
+        }
+        _ => backend_err(msg, false),
+    }
+}
+
+fn transport_error(e: reqwest::Error, what: &str, timeout: Duration) -> Error {
+    let e = e.without_url();
+    if e.is_timeout() {
+        Error::Timeout(format!(
+            "{what}: no answer from the Consul agent within {timeout:?}"
+        ))
+    } else if e.is_decode() {
+        backend_err(format!("{what}: undecodable answer: {e}"), false)
+    } else {
+        Error::ConnectionLost(format!("{what}: {e}"))
+    }
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(body: &[u8], what: &str) -> Result<T> {
+    serde_json::from_slice(body)
+        .map_err(|e| backend_err(format!("{what}: malformed JSON from Consul: {e}"), false))
+}
+
+/// An HTTP answer: status, `X-Consul-Index` (0 if absent) and body.
+struct Answer {
+    status: StatusCode,
+    index: u64,
+    body: Vec<u8>,
+}
+
+/// The typed Consul client shared by a backend, its sessions and its watches.
+#[derive(Clone)]
+pub(crate) struct Api {
+    http: reqwest::Client,
+    base: Url,
+    pub(crate) timeout: Duration,
+    pub(crate) wait: Duration,
+    listed: std::sync::Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Api")
+            .field("agent", &self.base.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Api {
+    pub(crate) fn new(cfg: &Config) -> Result<Api> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(t) = &cfg.token {
+            let mut v =
+                reqwest::header::HeaderValue::from_str(t).map_err(|_| Error::InvalidUrl {
+                    reason: "the token has characters an HTTP header cannot carry".into(),
+                })?;
+            v.set_sensitive(true);
+            headers.insert("X-Consul-Token", v);
+        }
+        let builder = tls_setup(reqwest::Client::builder(), cfg)?;
+        let http = builder
+            .default_headers(headers)
+            .connect_timeout(cfg.timeout.min(Duration::from_secs(3)))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| backend_err(format!("cannot build the HTTP client: {e}"), false))?;
+        Ok(Api {
+            http,
+            base: cfg.base_url()?,
+            timeout: cfg.timeout,
+            wait: cfg.wait,
+            listed: Default::default(),
+        })
+    }
+
+    /// How many keys children listings have fetched from Consul so far.
+    pub(crate) fn listed_keys(&self) -> u64 {
+        self.listed.load(Ordering::Relaxed)
+    }
+
+    fn url(&self, segments: &[&str], key: Option<&str>) -> Result<Url> {
+        let mut u = self.base.clone();
+        {
+            let mut p = u
+                .path_segments_mut()
+                .map_err(|_| backend_err("the agent URL cannot carry a path".into(), false))?;
+            p.clear();
+            p.extend(segments);
+            if let Some(k) = key {
+                p.extend(k.split('/'));
+            }
+        }
+        Ok(u)
+    }
+
+    fn blocking(u: &mut Url, block: Option<(u64, Duration)>) {
+        if let Some((index, wait)) = block {
+            u.query_pairs_mut()
+                .append_pair("index", &index.to_string())
+                .append_pair("wait", &format!("{}ms", wait.as_millis()));
+        }
+    }
+
+    /// The client-side bound of a request that may block for `wait` on the server (Consul
+    /// adds up to wait/16 of jitter).
+    fn bound(&self, block: Option<(u64, Duration)>) -> Duration {
+        match block {
+            None => self.timeout,
+            Some((_, wait)) => wait + wait / 16 + self.timeout,
+        }
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<Vec<u8>>,
+        timeout: Duration,
+        what: &str,
+    ) -> Result<Answer> {
+        let mut req = self.http.request(method, url).timeout(timeout);
+        if let Some(b) = body {
+            req = req.body(b);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| transport_error(e, what, timeout))?;
+        let status = resp.status();
+        let index = resp
+            .headers()
+            .get("X-Consul-Index")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| transport_error(e, what, timeout))?
+            .to_vec();
+        Ok(Answer {
+            status,
+            index,
+            body,
+        })
+    }
+
+    /// Reads one key (`None` if absent), optionally as a blocking query from `index`.
+    /// Returns the entry and the `X-Consul-Index`.
+    pub(crate) async fn kv_get(
+        &self,
+        key: &str,
+        block: Option<(u64, Duration)>,
+    ) -> Result<(Option<KvEntry>, u64)> {
+        let mut u = self.url(&["v1", "kv"], Some(key))?;
+        Api::blocking(&mut u, block);
+        let a = self
+            .send(Method::GET, u, None, self.bound(block), "KV read")
+            .await?;
+        match a.status {
+            StatusCode::OK => {
+                let entries: Vec<KvEntry> = parse(&a.body, "KV read")?;
+                Ok((entries.into_iter().find(|e| e.key == key), a.index))
+            }
+            StatusCode::NOT_FOUND => Ok((None, a.index)),
+            s => Err(status_error(s, &a.body, "KV read")),
+        }
+    }
+
+    /// Lists the keys directly under `prefix` (which ends with `/`), optionally blocking.
+    /// Sub-folders (entries ending with `/`) are dropped; names are returned without the
+    /// prefix.
+    pub(crate) async fn kv_children(
+        &self,
+        prefix: &str,
+        block: Option<(u64, Duration)>,
+    ) -> Result<(Vec<String>, u64)> {
+        let mut u = self.url(&["v1", "kv"], Some(prefix))?;
+        u.query_pairs_mut()
+            .append_key_only("keys")
+            .append_pair("separator", "/");
+        Api::blocking(&mut u, block);
+        let a = self
+            .send(Method::GET, u, None, self.bound(block), "KV list")
+            .await?;
+        match a.status {
+            StatusCode::OK => {
+                let keys: Vec<String> = parse(&a.body, "KV list")?;
+                self.listed.fetch_add(keys.len() as u64, Ordering::Relaxed);
+                let mut names: Vec<String> = keys
+                    .iter()
+                    .filter_map(|k| k.strip_prefix(prefix))
+                    .filter(|n| !n.is_empty() && !n.contains('/'))
+                    .map(str::to_owned)
+                    .collect();
+                names.sort();
+                names.dedup();
+                Ok((names, a.index))
+            }
+            StatusCode::NOT_FOUND => Ok((Vec::new(), a.index)),
+            s => Err(status_error(s, &a.body, "KV list")),
+        }
+    }
+
+    /// Runs a transaction (at most 64 operations).
+    pub(crate) async fn txn(&self, ops: &[TxnOp]) -> Result<TxnOutcome> {
+        if ops.len() > 64 {
+            return Err(Error::InvalidArgument(format!(
+                "a Consul transaction takes at most 64 operations, not {}",
+                ops.len()
+            )));
+        }
+        let body = serde_json::to_vec(ops)
+            .map_err(|e| backend_err(format!("cannot encode a transaction: {e}"), false))?;
+        let u = self.url(&["v1", "txn"], None)?;
+        let a = self
+            .send(Method::PUT, u, Some(body), self.timeout, "transaction")
+            .await?;
+        match a.status {
+            StatusCode::OK => {
+                let r: TxnResponse = parse(&a.body, "transaction")?;
+                Ok(TxnOutcome::Applied(
+                    r.results
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter_map(|r| r.kv)
+                        .collect(),
+                ))
+            }
+            StatusCode::CONFLICT => {
+                let r: TxnResponse = parse(&a.body, "transaction")?;
+                let errors: Vec<(usize, String)> = r
+                    .errors
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|e| (e.op_index, e.what))
+                    .collect();
+                if errors.is_empty() {
+                    return Err(backend_err(
+                        "transaction rolled back without a reason".into(),
+                        true,
+                    ));
+                }
+                Ok(TxnOutcome::Failed(errors))
+            }
+            s => Err(status_error(s, &a.body, "transaction")),
+        }
+    }
+
+    /// Registers a per-session service with a TTL check that starts passing; the agent reaps
+    /// it after a minute critical (for clients that crashed without closing).
+    pub(crate) async fn register_check(&self, id: &str, ttl: Duration) -> Result<()> {
+        let body = serde_json::json!({
+            "ID": id,
+            "Name": "coord-session",
+            "Tags": ["coord"],
+            "Check": {
+                "CheckID": id,
+                "Name": "coord session keep-alive",
+                "TTL": format!("{}ms", ttl.as_millis()),
+                "Status": "passing",
+                "DeregisterCriticalServiceAfter": "1m",
+            },
+        });
+        let u = self.url(&["v1", "agent", "service", "register"], None)?;
+        let a = self
+            .send(
+                Method::PUT,
+                u,
+                Some(body.to_string().into_bytes()),
+                self.timeout,
+                "check registration",
+            )
+            .await?;
+        if a.status.is_success() {
+            Ok(())
+        } else {
+            Err(status_error(a.status, &a.body, "check registration"))
+        }
+    }
+
+    /// Deregisters the per-session service and its check.
+    pub(crate) async fn deregister_check(&self, id: &str) -> Result<()> {
+        let u = self.url(&["v1", "agent", "service", "deregister", id], None)?;
+        let a = self
+            .send(Method::PUT, u, None, self.timeout, "check deregistration")
+            .await?;
+        if a.status.is_success() || a.status == StatusCode::NOT_FOUND {
+            Ok(())
+        } else {
+            Err(status_error(a.status, &a.body, "check deregistration"))
+        }
+    }
+
+    /// Passes the TTL check `id`, bounded by `timeout`.
+    pub(crate) async fn pass_check(&self, id: &str, timeout: Duration) -> Result<Pass> {
+        let u = self.url(&["v1", "agent", "check", "pass", id], None)?;
+        let a = self
+            .send(Method::PUT, u, None, timeout, "check pass")
+            .await?;
+        if a.status.is_success() {
+            return Ok(Pass::Passed);
+        }
+        let text = String::from_utf8_lossy(&a.body).to_ascii_lowercase();
+        if a.status == StatusCode::NOT_FOUND
+            || (a.status == StatusCode::INTERNAL_SERVER_ERROR
+                && (text.contains("does not have associated ttl")
+                    || text.contains("unknown check")))
+        {
+            return Ok(Pass::UnknownCheck);
+        }
+        Err(status_error(a.status, &a.body, "check pass"))
+    }
+
+    /// Creates a session bound to `serfHealth` and the check, deleting its locks when it
+    /// ends, with no lock delay and no TTL of its own (the check is its liveness).
+    pub(crate) async fn create_session(&self, check: &str) -> Result<String> {
+        let body = serde_json::json!({
+            "Name": "coord",
+            "Checks": ["serfHealth", check],
+            "Behavior": "delete",
+            "LockDelay": "0s",
+        });
+        let u = self.url(&["v1", "session", "create"], None)?;
+        let a = self
+            .send(
+                Method::PUT,
+                u,
+                Some(body.to_string().into_bytes()),
+                self.timeout,
+                "session create",
+            )
+            .await?;
+        if !a.status.is_success() {
+            return Err(status_error(a.status, &a.body, "session create"));
+        }
+        let c: SessionCreated = parse(&a.body, "session create")?;
+        if c.id.is_empty() || c.id.contains('/') {
+            return Err(backend_err(
+                "session create returned no usable ID".into(),
+                false,
+            ));
+        }
+        Ok(c.id)
+    }
+
+    /// Destroys a session (its locked keys are deleted: `Behavior=delete`).
+    pub(crate) async fn destroy_session(&self, id: &str) -> Result<()> {
+        let u = self.url(&["v1", "session", "destroy", id], None)?;
+        let a = self
+            .send(Method::PUT, u, None, self.timeout, "session destroy")
+            .await?;
+        if a.status.is_success() {
+            Ok(())
+        } else {
+            Err(status_error(a.status, &a.body, "session destroy"))
+        }
+    }
+
+    /// Whether the session exists, optionally as a blocking query; with the index.
+    pub(crate) async fn session_exists(
+        &self,
+        id: &str,
+        block: Option<(u64, Duration)>,
+    ) -> Result<(bool, u64)> {
+        let mut u = self.url(&["v1", "session", "info", id], None)?;
+        Api::blocking(&mut u, block);
+        let a = self
+            .send(Method::GET, u, None, self.bound(block), "session info")
+            .await?;
+        match a.status {
+            StatusCode::OK => {
+                let v: Option<Vec<serde_json::Value>> = parse(&a.body, "session info")?;
+                Ok((v.is_some_and(|v| !v.is_empty()), a.index))
+            }
+            StatusCode::NOT_FOUND => Ok((false, a.index)),
+            s => Err(status_error(s, &a.body, "session info")),
+        }
+    }
+}
+
+fn read_pem(path: &std::path::Path, what: &str) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| {
+        Error::InvalidArgument(format!(
+            "cannot read the {what} file {}: {e}",
+            path.display()
+        ))
+    })
+}
+
+#[cfg(feature = "tls")]
+fn tls_setup(mut b: reqwest::ClientBuilder, cfg: &Config) -> Result<reqwest::ClientBuilder> {
+    if !cfg.tls {
+        return Ok(b);
+    }
+    b = b.use_rustls_tls().https_only(true);
+    if let Some(ca) = &cfg.ca {
+        let pem = read_pem(ca, "CA")?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+            Error::InvalidArgument(format!("the CA file {} is not PEM: {e}", ca.display()))
+        })?;
+        if certs.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "the CA file {} holds no certificate",
+                ca.display()
+            )));
+        }
+        for c in certs {
+            b = b.add_root_certificate(c);
+        }
+    }
+    if let Some((cert, key)) = &cfg.client_cert {
+        let mut pem = read_pem(cert, "client certificate")?;
+        pem.push(b'\n');
+        pem.extend(read_pem(key, "client key")?);
+        // The error could quote key material: do not include it.
+        let id = reqwest::Identity::from_pem(&pem).map_err(|_| {
+            Error::InvalidArgument(format!(
+                "the client certificate {} or key {} is not a usable PEM pair",
+                cert.display(),
+                key.display()
+            ))
+        })?;
+        b = b.identity(id);
+    }
+    Ok(b)
+}
+
+#[cfg(not(feature = "tls"))]
+fn tls_setup(b: reqwest::ClientBuilder, cfg: &Config) -> Result<reqwest::ClientBuilder> {
+    if cfg.tls {
+        return Err(Error::InvalidUrl {
+            reason: "`tls=true` needs the cargo feature `tls` of coord-consul".into(),
+        });
+    }
+    let _ = read_pem;
+    Ok(b)
+}
+
+/// Rewrites a size-less `ValueTooLarge` (from HTTP 413) with the real sizes.
+pub(crate) fn too_large(e: Error, size: usize, max: usize) -> Error {
+    match e {
+        Error::ValueTooLarge { .. } => Error::ValueTooLarge { size, max },
+        e => e,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn malformed_answers_are_backend_errors() {
+        let r: Result<Vec<KvEntry>> = parse(b"{not json", "x");
+        assert!(matches!(r, Err(Error::Backend { .. })));
+        let e = KvEntry {
+            key: "k".into(),
+            value: Some("!!!".into()),
+            session: None,
+            create_index: 1,
+            modify_index: 1,
+        };
+        assert!(matches!(e.bytes(), Err(Error::Backend { .. })));
+    }
+
+    #[test]
+    fn statuses_map() {
+        assert!(matches!(
+            status_error(StatusCode::FORBIDDEN, b"ACL not found", "x"),
+            Error::Unauthorized(_)
+        ));
+        assert!(
+            status_error(StatusCode::INTERNAL_SERVER_ERROR, b"No cluster leader", "x")
+                .is_retryable()
+        );
+        assert!(!status_error(StatusCode::BAD_REQUEST, b"bad", "x").is_retryable());
+        assert!(matches!(
+            too_large(status_error(StatusCode::PAYLOAD_TOO_LARGE, b"", "x"), 10, 5),
+            Error::ValueTooLarge { size: 10, max: 5 }
+        ));
+    }
+}

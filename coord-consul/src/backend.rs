@@ -1,0 +1,163 @@
+//! [`ConsulBackend`]: the [`Backend`] over one Consul agent, in one namespace.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+
+use coord_core::{
+    check_ttl, Backend, Capabilities, ChildrenWatch, CreateMode, Created, KeyWatch, Node, Path,
+    Result, Session, SessionOptions, Stat, Version,
+};
+
+use crate::api::Api;
+use crate::config::{Config, MAX_SESSION_TTL, MIN_SESSION_TTL};
+use crate::core::Core;
+use crate::layout::Layout;
+use crate::session::ConsulSession;
+use crate::watch::{watch_children, watch_key};
+
+/// A client of one Consul agent in one namespace (see the crate docs for the key layout and
+/// the session mapping). Cheap to share behind an `Arc`; its watches end when it is dropped.
+pub struct ConsulBackend {
+    core: Arc<Core>,
+    config: Config,
+    /// Dropped with the backend: the watch tasks see it and end.
+    _shutdown: watch::Sender<()>,
+    shutdown_rx: watch::Receiver<()>,
+}
+
+impl std::fmt::Debug for ConsulBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsulBackend")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConsulBackend {
+    /// A client from a `consul://` URL (see [`Config`]). Checks that the agent answers.
+    pub async fn connect(url: &str) -> Result<ConsulBackend> {
+        ConsulBackend::with_config(Config::from_url(url)?).await
+    }
+
+    /// A client from a parsed [`Config`]. Checks that the agent answers (one bounded request).
+    pub async fn with_config(config: Config) -> Result<ConsulBackend> {
+        let api = Api::new(&config)?;
+        // One O(1) read up front so that a wrong address or token fails here, not later.
+        api.kv_get(&Layout::new(&config.namespace).seq(&Path::root()), None)
+            .await?;
+        let caps = Capabilities::new(
+            "consul",
+            config.max_value_size,
+            MIN_SESSION_TTL,
+            MAX_SESSION_TTL,
+            config.session_ttl,
+            true,
+        );
+        let (tx, rx) = watch::channel(());
+        Ok(ConsulBackend {
+            core: Arc::new(Core {
+                api,
+                layout: Layout::new(&config.namespace),
+                caps,
+                ns: config.namespace.clone(),
+            }),
+            config,
+            _shutdown: tx,
+            shutdown_rx: rx,
+        })
+    }
+
+    /// The configuration in use (the token is not printed by its `Debug`).
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Opens a session and returns it with its concrete type (for [`ConsulSession::crash`]).
+    pub async fn open_consul_session(&self, options: SessionOptions) -> Result<ConsulSession> {
+        let ttl = check_ttl(&self.core.caps, options.ttl)?;
+        ConsulSession::open(self.core.clone(), ttl).await
+    }
+
+    /// How many keys the children listings of this client have fetched from Consul: a
+    /// listing costs the number of children, not the size of the subtree (tests and metrics).
+    pub fn listed_keys(&self) -> u64 {
+        self.core.api.listed_keys()
+    }
+
+    /// The Consul key that stores `path` (for operators and tests; see the crate docs).
+    pub fn key_of(&self, path: &Path) -> String {
+        self.core.layout.node(path)
+    }
+}
+
+#[async_trait]
+impl Backend for ConsulBackend {
+    fn capabilities(&self) -> &Capabilities {
+        &self.core.caps
+    }
+
+    fn namespace(&self) -> &str {
+        &self.core.ns
+    }
+
+    async fn open_session(&self, options: SessionOptions) -> Result<Arc<dyn Session>> {
+        Ok(Arc::new(self.open_consul_session(options).await?))
+    }
+
+    async fn create(&self, path: &Path, value: &[u8], mode: CreateMode) -> Result<Created> {
+        self.core.create(path, value, mode, None).await
+    }
+
+    async fn get(&self, path: &Path) -> Result<Node> {
+        self.core.get(path).await
+    }
+
+    async fn exists(&self, path: &Path) -> Result<Option<Stat>> {
+        self.core.exists(path).await
+    }
+
+    async fn set(&self, path: &Path, value: &[u8], expected: Option<Version>) -> Result<Stat> {
+        self.core.set(path, value, expected).await
+    }
+
+    async fn delete(&self, path: &Path, expected: Option<Version>) -> Result<()> {
+        self.core.delete(path, expected).await
+    }
+
+    async fn children(&self, path: &Path) -> Result<Vec<String>> {
+        self.core.children(path).await
+    }
+
+    async fn watch(&self, path: &Path) -> Result<(Option<Node>, KeyWatch)> {
+        if path.is_root() {
+            // The root always exists and never changes.
+            let node = self.core.get(path).await?;
+            return Ok((Some(node), Box::pin(futures::stream::pending())));
+        }
+        watch_key(
+            self.core.api.clone(),
+            self.shutdown_rx.clone(),
+            path.clone(),
+            self.core.layout.node(path),
+        )
+        .await
+    }
+
+    async fn watch_children(&self, path: &Path) -> Result<(Vec<String>, ChildrenWatch)> {
+        let parent_key = (!path.is_root()).then(|| self.core.layout.node(path));
+        watch_children(
+            self.core.api.clone(),
+            self.shutdown_rx.clone(),
+            parent_key,
+            self.core.layout.children_prefix(path),
+        )
+        .await
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}

@@ -1,0 +1,235 @@
+//! The `consul://` URL and the options it carries.
+
+use std::fmt;
+use std::time::Duration;
+
+use coord_core::{ConnectUrl, Error, Result};
+
+/// Consul's default HTTP port.
+pub(crate) const DEFAULT_PORT: u16 = 8500;
+/// The shortest session (check) TTL: the check is passed every TTL/3, so 1 s means a pass
+/// every 333 ms; shorter TTLs turn scheduling hiccups into expiries.
+pub const MIN_SESSION_TTL: Duration = Duration::from_secs(1);
+/// The longest session (check) TTL accepted.
+pub const MAX_SESSION_TTL: Duration = Duration::from_secs(3600);
+/// The TTL of sessions opened without one (failover ≈ this long after a crash).
+pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(10);
+/// Per-request timeout when the URL gives none.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Blocking-query wait (`?wait=`) of watches when the URL gives none.
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(10);
+/// The largest value written by default: what fits in one `/v1/txn` request whose body is
+/// limited to 512 KiB (`txn_max_req_len`) with the value base64-encoded (4/3) plus the
+/// operations' keys (up to ~2 KiB each).
+pub const DEFAULT_MAX_VALUE_SIZE: usize = 360 * 1024;
+
+/// A parsed `consul://[token@]host:port[/namespace][?options]` URL.
+///
+/// Options: `session_ttl` (default 10 s, 1 s – 1 h), `timeout` (per request, default 5 s),
+/// `wait` (blocking-query wait of watches, default 10 s, at most 10 min), `token` (ACL token,
+/// also accepted as the URL's user part), `max_value_size` (bytes, default 360 KiB; raise it
+/// only together with the agent's `txn_max_req_len`), and with the cargo feature `tls`:
+/// `tls=true` (HTTPS), `ca` (PEM file of extra trusted CAs), `cert` + `key` (PEM client
+/// certificate and key, for agents with `verify_incoming_https`).
+#[derive(Clone)]
+pub struct Config {
+    /// The agent's host.
+    pub host: String,
+    /// The agent's HTTP port.
+    pub port: u16,
+    /// The namespace (`""` or a path such as `/myapp`).
+    pub namespace: String,
+    /// The ACL token, sent as `X-Consul-Token`. Never printed.
+    pub(crate) token: Option<String>,
+    /// Per-request timeout.
+    pub timeout: Duration,
+    /// Default session TTL.
+    pub session_ttl: Duration,
+    /// Blocking-query wait of watches.
+    pub wait: Duration,
+    /// The largest value accepted.
+    pub max_value_size: usize,
+    /// HTTPS instead of HTTP.
+    pub tls: bool,
+    /// Extra trusted CA certificates (PEM file).
+    pub ca: Option<std::path::PathBuf>,
+    /// Client certificate and key (PEM files).
+    pub client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("namespace", &self.namespace)
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .field("timeout", &self.timeout)
+            .field("session_ttl", &self.session_ttl)
+            .field("wait", &self.wait)
+            .field("max_value_size", &self.max_value_size)
+            .field("tls", &self.tls)
+            .field("ca", &self.ca)
+            .field("client_cert", &self.client_cert)
+            .finish()
+    }
+}
+
+fn bad(reason: impl Into<String>) -> Error {
+    Error::InvalidUrl {
+        reason: reason.into(),
+    }
+}
+
+impl Config {
+    /// Parses and checks a `consul://` URL (unknown options are an error).
+    pub fn from_url(url: &str) -> Result<Config> {
+        let mut u = ConnectUrl::parse(url)?;
+        if u.scheme != "consul" {
+            return Err(bad(format!("expected consul://, got {}://", u.scheme)));
+        }
+        if u.password.is_some() {
+            return Err(bad(
+                "consul:// takes an ACL token as the user part (`token@host`), not user:password",
+            ));
+        }
+        let hosts = u.host_ports(DEFAULT_PORT)?;
+        let (host, port) =
+            match hosts.as_slice() {
+                [one] => one.clone(),
+                _ => return Err(bad(
+                    "consul:// talks to one agent (sessions are bound to that agent's checks): \
+                     give exactly one host:port",
+                )),
+            };
+        let token = match (u.username.take(), u.take("token")) {
+            (Some(_), Some(_)) => {
+                return Err(bad("the token is given twice (user part and `token=`)"));
+            }
+            (a, b) => a.or(b).filter(|t| !t.is_empty()),
+        };
+        if let Some(t) = &token {
+            if reqwest::header::HeaderValue::from_str(t).is_err() {
+                return Err(bad("the token has characters an HTTP header cannot carry"));
+            }
+        }
+        let timeout = u.take_duration("timeout")?.unwrap_or(DEFAULT_TIMEOUT);
+        if timeout < Duration::from_millis(10) {
+            return Err(bad("`timeout` must be at least 10ms"));
+        }
+        let session_ttl = u
+            .take_duration("session_ttl")?
+            .unwrap_or(DEFAULT_SESSION_TTL);
+        if !(MIN_SESSION_TTL..=MAX_SESSION_TTL).contains(&session_ttl) {
+            return Err(bad(format!(
+                "`session_ttl` {session_ttl:?} is outside [{MIN_SESSION_TTL:?}, {MAX_SESSION_TTL:?}]"
+            )));
+        }
+        let wait = u.take_duration("wait")?.unwrap_or(DEFAULT_WAIT);
+        if wait < Duration::from_millis(100) || wait > Duration::from_secs(600) {
+            return Err(bad("`wait` must lie within [100ms, 10m]"));
+        }
+        let max_value_size = match u.take_u64("max_value_size")? {
+            None => DEFAULT_MAX_VALUE_SIZE,
+            Some(n) => usize::try_from(n).map_err(|_| bad("`max_value_size` is too large"))?,
+        };
+        let tls = match u.take("tls").as_deref() {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(_) => return Err(bad("`tls` must be true or false")),
+        };
+        if tls && !cfg!(feature = "tls") {
+            return Err(bad(
+                "`tls=true` needs the cargo feature `tls` of coord-consul (on by default)",
+            ));
+        }
+        let file = |u: &mut ConnectUrl, name: &str| -> Result<Option<std::path::PathBuf>> {
+            match u.take(name) {
+                None => Ok(None),
+                Some(v) if v.is_empty() => Err(bad(format!("`{name}` is empty"))),
+                Some(_) if !tls => Err(bad(format!("`{name}` needs `tls=true`"))),
+                Some(v) => Ok(Some(v.into())),
+            }
+        };
+        let ca = file(&mut u, "ca")?;
+        let client_cert = match (file(&mut u, "cert")?, file(&mut u, "key")?) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => return Err(bad("`cert` and `key` go together")),
+        };
+        u.finish()?;
+        Ok(Config {
+            host,
+            port,
+            namespace: u.namespace.clone(),
+            token,
+            timeout,
+            session_ttl,
+            wait,
+            max_value_size,
+            tls,
+            ca,
+            client_cert,
+        })
+    }
+
+    /// The base URL of the agent's HTTP API.
+    pub(crate) fn base_url(&self) -> Result<reqwest::Url> {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        let scheme = if self.tls { "https" } else { "http" };
+        reqwest::Url::parse(&format!("{scheme}://{host}:{}/", self.port))
+            .map_err(|e| bad(format!("bad host: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_options() {
+        let c = Config::from_url(
+            "consul://s3cr3t@127.0.0.1:8501/app/x?session_ttl=2s&timeout=1s&wait=3s",
+        )
+        .unwrap();
+        assert_eq!((c.host.as_str(), c.port), ("127.0.0.1", 8501));
+        assert_eq!(c.namespace, "/app/x");
+        assert_eq!(c.session_ttl, Duration::from_secs(2));
+        assert_eq!(c.timeout, Duration::from_secs(1));
+        assert_eq!(c.wait, Duration::from_secs(3));
+        assert_eq!(c.token.as_deref(), Some("s3cr3t"));
+        assert!(!format!("{c:?}").contains("s3cr3t"));
+        let c = Config::from_url("consul://h?token=abc").unwrap();
+        assert_eq!((c.port, c.token.as_deref()), (8500, Some("abc")));
+        assert_eq!(c.namespace, "");
+    }
+
+    #[test]
+    fn rejects() {
+        for url in [
+            "consul://",
+            "consul:///ns",
+            "consul://a:1,b:2",
+            "consul://u:p@h:1",
+            "consul://t@h:1?token=x",
+            "consul://h:1?bogus=1",
+            "consul://h:1?session_ttl=100ms",
+            "consul://h:1?session_ttl=2h",
+            "consul://h:1?tls=maybe",
+            "consul://h:1?ca=/x",
+            "consul://h:1?tls=true&cert=/x",
+            "consul://h:1?tls=true&ca=",
+            "consul://h:1?wait=1h",
+            "etcd://h:1",
+        ] {
+            let r = Config::from_url(url);
+            assert!(matches!(r, Err(Error::InvalidUrl { .. })), "{url}: {r:?}");
+        }
+        let e = Config::from_url("consul://s3cr3t@h:1?bogus=1").unwrap_err();
+        assert!(!e.to_string().contains("s3cr3t"));
+    }
+}

@@ -1,0 +1,219 @@
+//! The `etcd://` URL and what it configures.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use coord_core::{ConnectUrl, Error, Result};
+
+/// etcd's default port.
+pub(crate) const DEFAULT_PORT: u16 = 2379;
+/// etcd's default `--max-request-bytes` (1.5 MiB).
+const SERVER_MAX_REQUEST: usize = 1536 * 1024;
+/// Room left in a request for the keys, the compares and the protobuf framing of a create or
+/// set transaction (keys can be 2 KiB each and appear several times).
+const REQUEST_HEADROOM: usize = 16 * 1024;
+/// The largest value accepted by default: etcd's request limit minus the headroom.
+pub(crate) const DEFAULT_MAX_VALUE: usize = SERVER_MAX_REQUEST - REQUEST_HEADROOM;
+
+/// TLS files from the URL.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct TlsFiles {
+    pub(crate) ca: Option<PathBuf>,
+    pub(crate) cert: Option<PathBuf>,
+    pub(crate) key: Option<PathBuf>,
+}
+
+/// Everything an `etcd://` URL says.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct Config {
+    /// `host:port` entries (IPv6 hosts in brackets).
+    pub(crate) endpoints: Vec<String>,
+    pub(crate) namespace: String,
+    pub(crate) user: Option<(String, String)>,
+    pub(crate) session_ttl: Duration,
+    pub(crate) timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) keepalive: Duration,
+    pub(crate) max_value_size: usize,
+    pub(crate) tls: Option<TlsFiles>,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("endpoints", &self.endpoints)
+            .field("namespace", &self.namespace)
+            .field("user", &self.user.as_ref().map(|(u, _)| u))
+            .field("session_ttl", &self.session_ttl)
+            .field("timeout", &self.timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("keepalive", &self.keepalive)
+            .field("max_value_size", &self.max_value_size)
+            .field("tls", &self.tls)
+            .finish()
+    }
+}
+
+fn url_err(reason: impl Into<String>) -> Error {
+    Error::InvalidUrl {
+        reason: reason.into(),
+    }
+}
+
+fn positive(name: &str, d: Option<Duration>, default: Duration) -> Result<Duration> {
+    match d {
+        None => Ok(default),
+        Some(d) if d.is_zero() => Err(url_err(format!("option `{name}` must be positive"))),
+        Some(d) => Ok(d),
+    }
+}
+
+impl Config {
+    /// Parses `etcd://[user:password@]host:port[,host:port…][/namespace][?options]`.
+    pub(crate) fn parse(url: &str) -> Result<Config> {
+        let mut u = ConnectUrl::parse(url)?;
+        if u.scheme != "etcd" {
+            return Err(url_err(format!("expected etcd://, got {}://", u.scheme)));
+        }
+        let endpoints = u
+            .host_ports(DEFAULT_PORT)?
+            .into_iter()
+            .map(|(h, p)| {
+                if h.contains(':') {
+                    format!("[{h}]:{p}")
+                } else {
+                    format!("{h}:{p}")
+                }
+            })
+            .collect();
+        let user = match (u.username.take(), u.password.take()) {
+            (Some(user), Some(pw)) => Some((user, pw)),
+            (Some(_), None) => {
+                return Err(url_err(
+                    "etcd:// needs a password with the user name (user:password@)",
+                ))
+            }
+            _ => None,
+        };
+        let session_ttl = positive(
+            "session_ttl",
+            u.take_duration("session_ttl")?,
+            Duration::from_secs(10),
+        )?;
+        let timeout = positive(
+            "timeout",
+            u.take_duration("timeout")?,
+            Duration::from_secs(5),
+        )?;
+        let connect_timeout = positive(
+            "connect_timeout",
+            u.take_duration("connect_timeout")?,
+            Duration::from_secs(1).min(timeout),
+        )?;
+        let keepalive = positive(
+            "keepalive",
+            u.take_duration("keepalive")?,
+            Duration::from_secs(5),
+        )?;
+        let max_value_size = match u.take_u64("max_value_size")? {
+            None => DEFAULT_MAX_VALUE,
+            Some(n) => usize::try_from(n).map_err(|_| url_err("max_value_size is too large"))?,
+        };
+        let tls_flag = match u.take("tls").as_deref() {
+            None => None,
+            Some("true" | "1" | "yes") => Some(true),
+            Some("false" | "0" | "no") => Some(false),
+            Some(v) => return Err(url_err(format!("option `tls`: {v:?} is not true or false"))),
+        };
+        let files = TlsFiles {
+            ca: u.take("ca").map(PathBuf::from),
+            cert: u.take("cert").map(PathBuf::from),
+            key: u.take("key").map(PathBuf::from),
+        };
+        if files.cert.is_some() != files.key.is_some() {
+            return Err(url_err("options `cert` and `key` go together"));
+        }
+        let any_file = files != TlsFiles::default();
+        let tls = match tls_flag {
+            Some(false) if any_file => {
+                return Err(url_err("tls=false contradicts the ca/cert/key options"))
+            }
+            Some(false) => None,
+            Some(true) => Some(files),
+            None => any_file.then_some(files),
+        };
+        if tls.is_some() && !cfg!(feature = "tls") {
+            return Err(url_err(
+                "TLS options need coord-etcd's cargo feature `tls` (enabled by default)",
+            ));
+        }
+        u.finish()?;
+        Ok(Config {
+            endpoints,
+            namespace: u.namespace,
+            user,
+            session_ttl,
+            timeout,
+            connect_timeout,
+            keepalive,
+            max_value_size,
+            tls,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses() {
+        let c = Config::parse(
+            "etcd://bob:s3cret@h1:1,[::1],h3/app/x?session_ttl=2s&timeout=500ms&max_value_size=10",
+        )
+        .unwrap();
+        assert_eq!(c.endpoints, ["h1:1", "[::1]:2379", "h3:2379"]);
+        assert_eq!(c.namespace, "/app/x");
+        assert_eq!(c.session_ttl, Duration::from_secs(2));
+        assert_eq!(c.timeout, Duration::from_millis(500));
+        assert_eq!(c.connect_timeout, Duration::from_millis(500));
+        assert_eq!(c.max_value_size, 10);
+        assert_eq!(c.tls, None);
+        assert!(!format!("{c:?}").contains("s3cret"));
+        let d = Config::parse("etcd://h").unwrap();
+        assert_eq!(d.namespace, "");
+        assert_eq!(d.max_value_size, DEFAULT_MAX_VALUE);
+    }
+
+    #[test]
+    fn rejects() {
+        for bad in [
+            "etcd://",
+            "etcd:///ns",
+            "zk://h:1",
+            "etcd://h?bogus=1",
+            "etcd://h?timeout=0s",
+            "etcd://user@h",
+            "etcd://h?cert=/a",
+            "etcd://h?tls=maybe",
+            "etcd://h?tls=false&ca=/x",
+        ] {
+            assert!(
+                matches!(Config::parse(bad), Err(Error::InvalidUrl { .. })),
+                "{bad}"
+            );
+        }
+        let e = Config::parse("etcd://u:hunter2@h?x=1").unwrap_err();
+        assert!(!e.to_string().contains("hunter2"));
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn tls_options() {
+        let c = Config::parse("etcd://h?ca=/ca.pem&cert=/c.pem&key=/k.pem").unwrap();
+        let t = c.tls.unwrap();
+        assert_eq!(t.ca.as_deref(), Some(std::path::Path::new("/ca.pem")));
+        assert!(Config::parse("etcd://h?tls=true").unwrap().tls.is_some());
+    }
+}

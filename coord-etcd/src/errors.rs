@@ -1,0 +1,174 @@
+//! Mapping etcd-client / gRPC errors onto coord's [`Error`].
+
+use std::future::Future;
+use std::time::Duration;
+
+use coord_core::{Error, SessionId};
+use tonic::Code;
+
+/// What a failed call was doing, for the errors that need context.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Ctx<'a> {
+    /// The session whose lease the call used (lease-not-found means it expired).
+    pub(crate) session: Option<&'a SessionId>,
+    /// The size of the value written, and the limit (request-too-large).
+    pub(crate) value: Option<(usize, usize)>,
+}
+
+fn backend(message: String, retryable: bool) -> Error {
+    Error::Backend {
+        backend: "etcd",
+        message,
+        retryable,
+    }
+}
+
+fn is_lease_not_found(msg: &str) -> bool {
+    msg.contains("lease not found")
+}
+
+/// etcd reports some authentication failures with other codes (`user name is empty` is
+/// InvalidArgument).
+fn is_auth(msg: &str) -> bool {
+    [
+        "user name is empty",
+        "authentication failed",
+        "invalid auth token",
+        "permission denied",
+    ]
+    .iter()
+    .any(|m| msg.contains(m))
+}
+
+fn is_too_large(msg: &str) -> bool {
+    msg.contains("too large") || msg.contains("larger than max")
+}
+
+/// Maps an etcd-client error. Credentials never appear in etcd's messages.
+pub(crate) fn map(e: etcd_client::Error, ctx: Ctx<'_>) -> Error {
+    use etcd_client::Error as E;
+    match e {
+        E::GRpcStatus(status) => {
+            let msg = status.message().to_owned();
+            if is_lease_not_found(&msg) {
+                return Error::SessionExpired {
+                    session: ctx.session.map(|s| s.0.clone()).unwrap_or_default(),
+                };
+            }
+            if is_too_large(&msg) {
+                if let Some((size, max)) = ctx.value {
+                    return Error::ValueTooLarge { size, max };
+                }
+            }
+            if is_auth(&msg) {
+                return Error::Unauthorized(msg);
+            }
+            match status.code() {
+                Code::Unavailable | Code::Cancelled => Error::ConnectionLost(msg),
+                Code::DeadlineExceeded => Error::Timeout(msg),
+                Code::Unauthenticated | Code::PermissionDenied => Error::Unauthorized(msg),
+                Code::Aborted | Code::ResourceExhausted | Code::Unknown => backend(msg, true),
+                other => backend(format!("{other:?}: {msg}"), false),
+            }
+        }
+        E::LeaseKeepAliveError(msg) if is_lease_not_found(&msg) => Error::SessionExpired {
+            session: ctx.session.map(|s| s.0.clone()).unwrap_or_default(),
+        },
+        E::TransportError(t) => Error::ConnectionLost(t.to_string()),
+        E::IoError(io) => Error::ConnectionLost(io.to_string()),
+        E::WatchError(m) | E::LeaseKeepAliveError(m) => Error::ConnectionLost(m),
+        E::InvalidArgs(m) | E::EndpointError(m) => Error::InvalidUrl { reason: m },
+        E::InvalidUri(u) => Error::InvalidUrl {
+            reason: u.to_string(),
+        },
+        other => backend(other.to_string(), false),
+    }
+}
+
+/// Whether the request certainly never reached a server: the connection to the endpoint the
+/// client's balancer picked could not be made (a stopped member of a cluster). Such a call is
+/// safe to send again, even a non-idempotent one.
+pub(crate) fn not_sent(e: &etcd_client::Error) -> bool {
+    let msg = match e {
+        etcd_client::Error::GRpcStatus(s) if s.code() == Code::Unavailable => s.message(),
+        etcd_client::Error::TransportError(_) => return true,
+        _ => return false,
+    };
+    let msg = msg.to_ascii_lowercase();
+    msg.contains("connect error") || msg.contains("connection refused")
+}
+
+/// Runs one etcd call with the client's timeout: every call to the server is bounded. A call
+/// that never reached a server (see [`not_sent`]) is sent again until the deadline, so that
+/// a stopped cluster member costs no error while another member answers.
+pub(crate) async fn bounded<T, F, Fut>(
+    timeout: Duration,
+    what: &str,
+    ctx: Ctx<'_>,
+    mut call: F,
+) -> coord_core::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, etcd_client::Error>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        match tokio::time::timeout_at(deadline, call()).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) if not_sent(&e) && tokio::time::Instant::now() + pause < deadline => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            Ok(Err(e)) => return Err(map(e, ctx)),
+            Err(_) => {
+                return Err(Error::Timeout(format!(
+                    "etcd {what}: no answer within {timeout:?}"
+                )))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_codes() {
+        let st = |c, m: &str| etcd_client::Error::GRpcStatus(tonic::Status::new(c, m));
+        let sid = SessionId("7".into());
+        let ctx = Ctx {
+            session: Some(&sid),
+            value: Some((10, 5)),
+        };
+        assert!(matches!(
+            map(st(Code::Unavailable, "etcdserver: no leader"), ctx),
+            Error::ConnectionLost(_)
+        ));
+        assert!(matches!(
+            map(st(Code::DeadlineExceeded, "x"), ctx),
+            Error::Timeout(_)
+        ));
+        assert!(matches!(
+            map(st(Code::PermissionDenied, "x"), ctx),
+            Error::Unauthorized(_)
+        ));
+        assert_eq!(
+            map(
+                st(Code::NotFound, "etcdserver: requested lease not found"),
+                ctx
+            ),
+            Error::SessionExpired {
+                session: "7".into()
+            }
+        );
+        assert_eq!(
+            map(
+                st(Code::InvalidArgument, "etcdserver: request is too large"),
+                ctx
+            ),
+            Error::ValueTooLarge { size: 10, max: 5 }
+        );
+    }
+}

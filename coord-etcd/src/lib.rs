@@ -1,0 +1,41 @@
+//! coord's etcd backend: `etcd://[user:password@]host:port[,host:port…][/namespace][?options]`.
+//!
+//! - **Sessions** are leases kept alive by the adapter ([`EtcdSession`]); ephemerals are keys
+//!   attached to the lease.
+//! - **The key tree** is mapped onto etcd's flat key space with the depth in every key, so that
+//!   the children of a parent are one exact key prefix ([`KeyLayout`]): listing and watching
+//!   children costs O(children), not O(subtree).
+//! - **Every rule is one transaction**: a create compares the parent (exists, has no lease)
+//!   and the key (absent); a sequential create also compares the parent's counter; a delete
+//!   compares that the children range is empty; versioned writes compare the key's
+//!   `mod_revision`, which is the [`coord_core::Version`].
+//! - **Watches** start at the read's revision + 1, resume from the last seen revision + 1 after
+//!   a broken stream, and re-read and yield `Resync` when etcd compacted the revision they need.
+//!
+//! Options: `session_ttl` (default 10s), `timeout` (every call, default 5s),
+//! `connect_timeout` (default 1s), `keepalive` (HTTP/2 ping interval, default 5s),
+//! `max_value_size` (bytes; default 1.5 MiB − 16 KiB, fitting etcd's default request limit),
+//! `tls=true`, `ca=`, `cert=`, `key=` (PEM file paths; cargo feature `tls`, on by default).
+#![warn(missing_docs, unreachable_pub)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+mod backend;
+mod config;
+mod errors;
+mod layout;
+mod session;
+#[cfg(feature = "testing")]
+pub mod testing;
+mod watch;
+
+use std::sync::Arc;
+
+pub use backend::EtcdBackend;
+pub use layout::KeyLayout;
+pub use session::EtcdSession;
+
+/// Connects to etcd from an `etcd://` URL (see the crate docs). This is what
+/// `coord::connect` calls for the `etcd` scheme.
+pub async fn connect(url: &str) -> coord_core::Result<Arc<dyn coord_core::Backend>> {
+    Ok(Arc::new(EtcdBackend::connect(url).await?))
+}

@@ -1,0 +1,417 @@
+//! Watches: a background task per watch drives one etcd watch stream (one or more ranges),
+//! resumes it from the last seen revision after a break, and re-reads + yields `Resync` when
+//! the revision it needs was compacted. Events are delivered one by one (no coalescing).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use coord_core::{ChildrenEvent, ChildrenWatch, Error, KeyEvent, KeyWatch, Node, Path, Result};
+use etcd_client::proto::{PbEvent, PbKeyValue};
+use etcd_client::{WatchOptions, WatchStream};
+use futures::StreamExt;
+use tokio::sync::{mpsc, watch};
+
+use crate::backend::{stat_of, Shared};
+use crate::errors::{bounded, Ctx};
+use crate::layout::KeyLayout;
+
+/// etcd's event type numbers.
+const PUT: i32 = 0;
+const DELETE: i32 = 1;
+
+/// One watched range: a key, or every key under a prefix.
+#[derive(Clone, Debug)]
+pub(crate) struct WatchSpec {
+    pub(crate) key: Vec<u8>,
+    pub(crate) prefix: bool,
+    /// Whether a snapshot of this range needs only keys.
+    pub(crate) keys_only: bool,
+}
+
+/// The ranges of a children watch: 0 = the children prefix, 1 = the parent's own key.
+pub(crate) fn children_specs(layout: &KeyLayout, parent: &Path) -> Vec<WatchSpec> {
+    vec![
+        WatchSpec {
+            key: layout.children_prefix(parent),
+            prefix: true,
+            keys_only: true,
+        },
+        WatchSpec {
+            key: layout.node_key(parent),
+            prefix: false,
+            keys_only: true,
+        },
+    ]
+}
+
+/// The sorted child names in a children snapshot.
+pub(crate) fn names(specs: &[WatchSpec], snap: &[Vec<PbKeyValue>]) -> Vec<String> {
+    let (Some(spec), Some(kvs)) = (specs.first(), snap.first()) else {
+        return Vec::new();
+    };
+    let set: BTreeSet<String> = kvs
+        .iter()
+        .filter_map(|kv| KeyLayout::child_name(&spec.key, &kv.key).map(str::to_owned))
+        .collect();
+    set.into_iter().collect()
+}
+
+/// What a watch does with the events of its ranges.
+trait Logic: Send + 'static {
+    type Ev: Send + 'static;
+    /// Handles one event of range `idx` at revision `rev`.
+    fn on_event(&mut self, idx: usize, ev: &PbEvent, rev: i64) -> Step<Self::Ev>;
+    /// The state re-read at revision `rev` after changes may have been missed.
+    fn resync(&mut self, snap: &[Vec<PbKeyValue>], rev: i64) -> Self::Ev;
+}
+
+enum Step<E> {
+    /// Nothing to deliver.
+    None,
+    /// Deliver this event.
+    Emit(E),
+    /// Deliver this event; every event at or below `rev` is already accounted for.
+    EmitFloor(E, i64),
+    /// The order of the ranges' events cannot be trusted: re-read and resync.
+    Resync,
+}
+
+fn event_rev(ev: &PbEvent) -> i64 {
+    ev.kv.as_ref().map(|kv| kv.mod_revision).unwrap_or(0)
+}
+
+struct KeyLogic {
+    path: Path,
+}
+
+impl KeyLogic {
+    fn node(&self, kv: &PbKeyValue) -> Node {
+        Node {
+            path: self.path.clone(),
+            value: kv.value.clone(),
+            stat: stat_of(kv),
+        }
+    }
+}
+
+impl Logic for KeyLogic {
+    type Ev = KeyEvent;
+
+    fn on_event(&mut self, _idx: usize, ev: &PbEvent, _rev: i64) -> Step<KeyEvent> {
+        match (ev.r#type, ev.kv.as_ref()) {
+            (PUT, Some(kv)) if kv.version <= 1 => Step::Emit(KeyEvent::Created(self.node(kv))),
+            (PUT, Some(kv)) => Step::Emit(KeyEvent::Changed(self.node(kv))),
+            (DELETE, _) => Step::Emit(KeyEvent::Deleted),
+            _ => Step::None,
+        }
+    }
+
+    fn resync(&mut self, snap: &[Vec<PbKeyValue>], _rev: i64) -> KeyEvent {
+        KeyEvent::Resync(snap.first().and_then(|k| k.first()).map(|kv| self.node(kv)))
+    }
+}
+
+struct ChildrenLogic {
+    specs: Vec<WatchSpec>,
+    set: BTreeSet<String>,
+    /// The revision of the last children event applied.
+    last_child: i64,
+}
+
+impl ChildrenLogic {
+    fn list(&self) -> Vec<String> {
+        self.set.iter().cloned().collect()
+    }
+}
+
+impl Logic for ChildrenLogic {
+    type Ev = ChildrenEvent;
+
+    fn on_event(&mut self, idx: usize, ev: &PbEvent, rev: i64) -> Step<ChildrenEvent> {
+        match idx {
+            0 => {
+                let Some(kv) = ev.kv.as_ref() else {
+                    return Step::None;
+                };
+                let Some(spec) = self.specs.first() else {
+                    return Step::None;
+                };
+                let Some(name) = KeyLayout::child_name(&spec.key, &kv.key) else {
+                    return Step::None;
+                };
+                self.last_child = self.last_child.max(rev);
+                let changed = match ev.r#type {
+                    // A value write of a child is not a children change.
+                    PUT if kv.version <= 1 => self.set.insert(name.to_owned()),
+                    DELETE => self.set.remove(name),
+                    _ => false,
+                };
+                if changed {
+                    Step::Emit(ChildrenEvent::Changed(self.list()))
+                } else {
+                    Step::None
+                }
+            }
+            _ if ev.r#type == DELETE => {
+                if self.last_child > rev {
+                    // Children events after the deletion were delivered first.
+                    return Step::Resync;
+                }
+                // A parent is deleted only without children: at `rev` the list was empty, so
+                // children events still on their way from before `rev` are obsolete.
+                self.set.clear();
+                self.last_child = rev;
+                Step::EmitFloor(ChildrenEvent::ParentDeleted, rev)
+            }
+            _ => Step::None,
+        }
+    }
+
+    fn resync(&mut self, snap: &[Vec<PbKeyValue>], rev: i64) -> ChildrenEvent {
+        self.set = names(&self.specs, snap).into_iter().collect();
+        self.last_child = rev;
+        ChildrenEvent::Resync(self.list())
+    }
+}
+
+fn receiver_stream<E: Send + 'static>(
+    rx: mpsc::UnboundedReceiver<Result<E>>,
+) -> std::pin::Pin<Box<dyn futures::Stream<Item = Result<E>> + Send>> {
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) }).boxed()
+}
+
+/// Reads `path` and watches it from the revision after the read.
+pub(crate) async fn watch_key(
+    shared: Arc<Shared>,
+    alive: watch::Receiver<()>,
+    path: &Path,
+) -> Result<(Option<Node>, KeyWatch)> {
+    let specs = vec![WatchSpec {
+        key: shared.layout.node_key(path),
+        prefix: false,
+        keys_only: false,
+    }];
+    let (snap, rev) = shared.snapshot(&specs).await?;
+    let mut logic = KeyLogic { path: path.clone() };
+    let current = match logic.resync(&snap, rev) {
+        KeyEvent::Resync(n) => n,
+        _ => None,
+    };
+    // The root always exists, stored or not.
+    let current = current.or_else(|| {
+        path.is_root().then(|| Node {
+            path: path.clone(),
+            value: Vec::new(),
+            stat: coord_core::Stat::new(coord_core::Version(0), None),
+        })
+    });
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(drive(shared, specs, rev + 1, logic, tx, alive));
+    Ok((current, receiver_stream(rx)))
+}
+
+/// Lists `path`'s children and watches the list from the revision after the read.
+pub(crate) async fn watch_children(
+    shared: Arc<Shared>,
+    alive: watch::Receiver<()>,
+    path: &Path,
+) -> Result<(Vec<String>, ChildrenWatch)> {
+    let specs = children_specs(&shared.layout, path);
+    let (snap, rev) = shared.snapshot(&specs).await?;
+    let mut logic = ChildrenLogic {
+        specs: specs.clone(),
+        set: BTreeSet::new(),
+        last_child: 0,
+    };
+    let current = match logic.resync(&snap, rev) {
+        ChildrenEvent::Resync(l) => l,
+        _ => Vec::new(),
+    };
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(drive(shared, specs, rev + 1, logic, tx, alive));
+    Ok((current, receiver_stream(rx)))
+}
+
+/// Opens one etcd watch stream with a watcher per range (watch id = range index + 1).
+async fn open(shared: &Shared, specs: &[WatchSpec], next: &[i64]) -> Result<WatchStream> {
+    let opts = |i: usize| {
+        let mut o = WatchOptions::new()
+            .with_start_revision(next.get(i).copied().unwrap_or(0))
+            .with_watch_id(i as i64 + 1);
+        if specs.get(i).is_some_and(|s| s.prefix) {
+            o = o.with_prefix();
+        }
+        o
+    };
+    let first = specs.first().map(|s| s.key.clone()).unwrap_or_default();
+    let mut stream = bounded(shared.timeout, "watch", Ctx::default(), || {
+        let mut wc = shared
+            .client
+            .watch_client()
+            .max_decoding_message_size(256 * 1024 * 1024);
+        let (key, o) = (first.clone(), opts(0));
+        async move { wc.watch(key, Some(o)).await }
+    })
+    .await?;
+    for (i, s) in specs.iter().enumerate().skip(1) {
+        // A request on the open stream (a local channel send): no retry.
+        tokio::time::timeout(shared.timeout, stream.watch(s.key.clone(), Some(opts(i))))
+            .await
+            .map_err(|_| Error::Timeout("etcd watch: request not sent in time".into()))?
+            .map_err(|e| crate::errors::map(e, Ctx::default()))?;
+    }
+    Ok(stream)
+}
+
+/// Why the inner loop stopped.
+enum Break {
+    /// The consumer or the backend is gone.
+    Done,
+    /// Reopen the stream after a pause.
+    Reopen,
+    /// Changes may have been missed: re-read (yield `Resync`), then reopen.
+    Resync,
+}
+
+/// Runs a watch until its consumer drops the stream or the backend is dropped.
+async fn drive<L: Logic>(
+    shared: Arc<Shared>,
+    specs: Vec<WatchSpec>,
+    start: i64,
+    mut logic: L,
+    tx: mpsc::UnboundedSender<Result<L::Ev>>,
+    mut alive: watch::Receiver<()>,
+) {
+    let mut next = vec![start; specs.len()];
+    // Events at or below `floor` are already reflected in what was delivered.
+    let mut floor = start - 1;
+    let mut backoff = Duration::from_millis(50);
+    let mut need_resync = false;
+    loop {
+        let brk = tokio::select! {
+            _ = alive.changed() => return,
+            _ = tx.closed() => return,
+            b = async {
+                if need_resync {
+                    if !resync(&shared, &specs, &mut next, &mut floor, &mut logic, &tx).await {
+                        return Break::Resync;
+                    }
+                    need_resync = false;
+                }
+                match open(&shared, &specs, &next).await {
+                    Ok(mut stream) => {
+                        backoff = Duration::from_millis(50);
+                        run_stream(&shared, &specs, &mut stream, &mut next, &mut floor, &mut logic, &tx)
+                            .await
+                    }
+                    Err(e @ Error::Unauthorized(_)) => {
+                        let _ = tx.send(Err(e));
+                        Break::Done
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "etcd watch: cannot open, retrying");
+                        Break::Reopen
+                    }
+                }
+            } => b,
+        };
+        match brk {
+            Break::Done => return,
+            Break::Resync => need_resync = true,
+            Break::Reopen => {}
+        }
+        tokio::select! {
+            _ = alive.changed() => return,
+            _ = tx.closed() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// Re-reads after changes may have been missed and yields `Resync`; all ranges go on after the
+/// read's revision. `false` if the read failed (the caller retries).
+async fn resync<L: Logic>(
+    shared: &Shared,
+    specs: &[WatchSpec],
+    next: &mut [i64],
+    floor: &mut i64,
+    logic: &mut L,
+    tx: &mpsc::UnboundedSender<Result<L::Ev>>,
+) -> bool {
+    match shared.snapshot(specs).await {
+        Ok((snap, rev)) => {
+            let ev = logic.resync(&snap, rev);
+            let _ = tx.send(Ok(ev));
+            *floor = (*floor).max(rev);
+            for n in next.iter_mut() {
+                *n = (*n).max(rev + 1);
+            }
+            true
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "etcd watch: re-read failed, retrying");
+            false
+        }
+    }
+}
+
+async fn run_stream<L: Logic>(
+    shared: &Shared,
+    specs: &[WatchSpec],
+    stream: &mut WatchStream,
+    next: &mut [i64],
+    floor: &mut i64,
+    logic: &mut L,
+    tx: &mpsc::UnboundedSender<Result<L::Ev>>,
+) -> Break {
+    loop {
+        let resp = match stream.message().await {
+            Ok(Some(r)) => r.0,
+            Ok(None) => return Break::Reopen,
+            Err(e) => {
+                tracing::debug!(error = %e, "etcd watch stream broke, resuming");
+                return Break::Reopen;
+            }
+        };
+        if resp.canceled {
+            if resp.compact_revision > 0 {
+                // The revision we need is compacted: changes may be lost, say so.
+                return Break::Resync;
+            }
+            tracing::debug!(reason = %resp.cancel_reason, "etcd watch canceled, reopening");
+            return Break::Reopen;
+        }
+        let Some(idx) = usize::try_from(resp.watch_id - 1)
+            .ok()
+            .filter(|i| *i < specs.len())
+        else {
+            continue;
+        };
+        for ev in &resp.events {
+            let rev = event_rev(ev);
+            if let Some(n) = next.get_mut(idx) {
+                *n = (*n).max(rev + 1);
+            }
+            if rev <= *floor {
+                continue;
+            }
+            match logic.on_event(idx, ev, rev) {
+                Step::None => {}
+                Step::Emit(e) => {
+                    let _ = tx.send(Ok(e));
+                }
+                Step::EmitFloor(e, f) => {
+                    let _ = tx.send(Ok(e));
+                    *floor = (*floor).max(f);
+                }
+                Step::Resync => {
+                    if !resync(shared, specs, next, floor, logic, tx).await {
+                        return Break::Resync;
+                    }
+                }
+            }
+        }
+    }
+}
