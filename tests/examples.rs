@@ -1,4 +1,5 @@
-//! Runs the examples on mem:// with small parameters and checks their summaries.
+//! Runs the examples with small parameters and checks their summaries: on mem://, and on every
+//! real backend compiled in (servers from the test kit).
 //!
 //! Each run is `cargo run --example NAME` (bounded by a timeout; the child is killed on
 //! timeout), so the examples are built as a user would run them.
@@ -9,8 +10,18 @@ use std::time::{Duration, Instant};
 
 /// Runs an example and returns its stdout; panics on timeout or a non-zero exit.
 fn run_example(name: &str, args: &[&str], limit: Duration) -> String {
-    let mut child = Command::new(env!("CARGO"))
-        .args(["run", "--quiet", "--example", name, "--"])
+    run_example_with(name, "", args, limit)
+}
+
+/// Like [`run_example`], with the cargo features `features` (comma-separated) enabled.
+fn run_example_with(name: &str, features: &str, args: &[&str], limit: Duration) -> String {
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.args(["run", "--quiet"]);
+    if !features.is_empty() {
+        cmd.args(["--features", features]);
+    }
+    let mut child = cmd
+        .args(["--example", name, "--"])
         .args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .stdin(Stdio::null())
@@ -131,6 +142,120 @@ fn leader_workers_example() {
             "worker node-5 died mid-request",
             "leader node-1 crashed mid-job",
             "-> node-2",
+        ],
+    );
+}
+
+/// A fresh namespace URL on the kit's shared server for `kind`, or `None` (loud skip, or a
+/// panic under `COORD_REQUIRE_BACKENDS=1`, from the kit).
+#[allow(dead_code)]
+fn real_url(
+    kind: coord_testkit::Kind,
+    scheme: &str,
+    ttl_option: &str,
+    test: &str,
+) -> Option<String> {
+    let ep = coord_testkit::shared_endpoints(kind)?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    Some(format!(
+        "{scheme}://{ep}/examples-{test}-{nanos}?{ttl_option}=2s"
+    ))
+}
+
+/// The election demo on each real backend compiled in.
+macro_rules! election_on {
+    ($name:ident, $feature:literal, $kind:ident, $scheme:literal, $ttl:literal) => {
+        #[cfg(feature = $feature)]
+        #[test]
+        fn $name() {
+            let Some(url) = real_url(coord_testkit::Kind::$kind, $scheme, $ttl, "election") else {
+                return;
+            };
+            let out = run_example_with(
+                "election",
+                $feature,
+                &[
+                    "--url",
+                    &url,
+                    "--nodes",
+                    "3",
+                    "--rounds",
+                    "2",
+                    "--interval",
+                    "1.5",
+                ],
+                Duration::from_secs(60),
+            );
+            assert_has(
+                &out,
+                &[
+                    "== summary ==",
+                    "tokens strictly increasing: yes",
+                    "most leaders at once:    1",
+                ],
+            );
+        }
+    };
+}
+
+election_on!(
+    election_example_on_zk,
+    "zk",
+    ZooKeeper,
+    "zk",
+    "session_timeout"
+);
+election_on!(
+    election_example_on_etcd,
+    "etcd",
+    Etcd,
+    "etcd",
+    "session_ttl"
+);
+election_on!(
+    election_example_on_consul,
+    "consul",
+    Consul,
+    "consul",
+    "session_ttl"
+);
+
+/// The autohealer with real worker processes (kill -9) on ZooKeeper.
+#[cfg(feature = "zk")]
+#[test]
+fn autohealer_real_processes_on_zk() {
+    let Some(url) = real_url(
+        coord_testkit::Kind::ZooKeeper,
+        "zk",
+        "session_timeout",
+        "heal",
+    ) else {
+        return;
+    };
+    let out = run_example_with(
+        "autohealer",
+        "zk",
+        &[
+            "--url",
+            &url,
+            "--workers",
+            "3",
+            "--kill-every",
+            "3",
+            "--rounds",
+            "2",
+        ],
+        Duration::from_secs(60),
+    );
+    assert_has(
+        &out,
+        &[
+            "chaos: kill -9",
+            "kills:                   2",
+            "every kill was healed:   yes",
         ],
     );
 }
