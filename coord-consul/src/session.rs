@@ -78,14 +78,7 @@ impl Shared {
     }
 
     fn gone_error(&self) -> Error {
-        match self.state() {
-            SessionState::Closed => Error::SessionClosed {
-                session: self.id.0.clone(),
-            },
-            _ => Error::SessionExpired {
-                session: self.id.0.clone(),
-            },
-        }
+        Error::session_gone(&self.id, self.state())
     }
 }
 
@@ -280,7 +273,7 @@ impl Session for ConsulSession {
     }
 
     fn states(&self) -> SessionStates {
-        coord_core::mem::session_states(self.shared.state.subscribe())
+        coord_core::session_states(self.shared.state.subscribe())
     }
 
     async fn create(&self, path: &Path, value: &[u8], mode: CreateMode) -> Result<Created> {

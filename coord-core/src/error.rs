@@ -1,6 +1,6 @@
 //! The one error type of coord, shared by every backend and recipe.
 
-use crate::kernel::Version;
+use crate::kernel::{SessionId, SessionState, Version};
 
 /// A `Result` whose error is coord's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -152,6 +152,16 @@ impl Error {
             Error::Timeout(_) | Error::ConnectionLost(_) => true,
             Error::Backend { retryable, .. } => *retryable,
             _ => false,
+        }
+    }
+
+    /// The error for using a session that is gone: [`Error::SessionClosed`] after its owner
+    /// closed it, [`Error::SessionExpired`] otherwise.
+    pub fn session_gone(session: &SessionId, state: SessionState) -> Error {
+        let session = session.0.clone();
+        match state {
+            SessionState::Closed => Error::SessionClosed { session },
+            _ => Error::SessionExpired { session },
         }
     }
 

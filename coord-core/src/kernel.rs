@@ -36,7 +36,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::Stream;
+use futures::{Stream, StreamExt};
+use tokio::sync::watch;
 
 use crate::error::Result;
 use crate::path::Path;
@@ -340,4 +341,28 @@ pub async fn create_parents(backend: &dyn Backend, path: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Turns a `watch` receiver of states into a [`SessionStates`] stream: the current state,
+/// then every change, ending after a final state. Backends share it.
+pub fn session_states(rx: watch::Receiver<SessionState>) -> SessionStates {
+    futures::stream::unfold((rx, None::<SessionState>), |(mut rx, last)| async move {
+        if last.is_some_and(SessionState::is_final) {
+            return None;
+        }
+        if last.is_some() {
+            // A closed sender with no final state seen: report what it last said, then end.
+            if rx.changed().await.is_err() {
+                let s = *rx.borrow();
+                return if Some(s) == last {
+                    None
+                } else {
+                    Some((s, (rx, Some(s))))
+                };
+            }
+        }
+        let s = *rx.borrow_and_update();
+        Some((s, (rx, Some(s))))
+    })
+    .boxed()
 }

@@ -22,9 +22,9 @@ pub mod url;
 pub use client::Client;
 pub use error::{Error, Result};
 pub use kernel::{
-    check_not_root, check_ttl, check_value, create_parents, Backend, Capabilities, ChildrenEvent,
-    ChildrenWatch, CreateMode, Created, KeyEvent, KeyWatch, Node, Session, SessionId,
-    SessionOptions, SessionState, SessionStates, Stat, Version,
+    check_not_root, check_ttl, check_value, create_parents, session_states, Backend, Capabilities,
+    ChildrenEvent, ChildrenWatch, CreateMode, Created, KeyEvent, KeyWatch, Node, Session,
+    SessionId, SessionOptions, SessionState, SessionStates, Stat, Version,
 };
 pub use path::Path;
 pub use recipes::{election, group, lock, registry};

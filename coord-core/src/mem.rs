@@ -654,14 +654,7 @@ impl MemSession {
     }
 
     fn gone_error(&self, state: SessionState) -> Error {
-        match state {
-            SessionState::Closed => Error::SessionClosed {
-                session: self.sid.0.clone(),
-            },
-            _ => Error::SessionExpired {
-                session: self.sid.0.clone(),
-            },
-        }
+        Error::session_gone(&self.sid, state)
     }
 }
 
@@ -713,28 +706,4 @@ impl Drop for MemSession {
         // The last handle gone is like a client closing: ephemerals go now.
         self.store.lock().end_session(self.id, SessionState::Closed);
     }
-}
-
-/// Turns a `watch` receiver of states into a [`SessionStates`] stream: the current state,
-/// then every change, ending after a final state. Backends share it.
-pub fn session_states(rx: watch::Receiver<SessionState>) -> SessionStates {
-    futures::stream::unfold((rx, None::<SessionState>), |(mut rx, last)| async move {
-        if last.is_some_and(SessionState::is_final) {
-            return None;
-        }
-        if last.is_some() {
-            // A closed sender with no final state seen: report what it last said, then end.
-            if rx.changed().await.is_err() {
-                let s = *rx.borrow();
-                return if Some(s) == last {
-                    None
-                } else {
-                    Some((s, (rx, Some(s))))
-                };
-            }
-        }
-        let s = *rx.borrow_and_update();
-        Some((s, (rx, Some(s))))
-    })
-    .boxed()
 }

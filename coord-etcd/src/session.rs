@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use coord_core::mem::session_states;
+use coord_core::session_states;
 use coord_core::{
     CreateMode, Created, Error, Path, Result, Session, SessionId, SessionState, SessionStates,
 };
@@ -51,14 +51,7 @@ impl Inner {
     }
 
     fn gone_error(&self, state: SessionState) -> Error {
-        match state {
-            SessionState::Closed => Error::SessionClosed {
-                session: self.sid.0.clone(),
-            },
-            _ => Error::SessionExpired {
-                session: self.sid.0.clone(),
-            },
-        }
+        Error::session_gone(&self.sid, state)
     }
 }
 

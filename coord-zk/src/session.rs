@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use coord_core::mem::session_states;
+use coord_core::session_states;
 use coord_core::{
     check_value, CreateMode, Created, Error, Path, Result, Session, SessionId, SessionState,
     SessionStates,
@@ -145,14 +145,7 @@ impl ZkSession {
     }
 
     fn gone(&self, state: SessionState) -> Error {
-        match state {
-            SessionState::Closed => Error::SessionClosed {
-                session: self.id.0.clone(),
-            },
-            _ => Error::SessionExpired {
-                session: self.id.0.clone(),
-            },
-        }
+        Error::session_gone(&self.id, state)
     }
 
     fn client(&self) -> Option<zk::Client> {

@@ -258,11 +258,7 @@ pub(crate) async fn acquire(
 }
 
 fn gone(session: &dyn Session, st: SessionState) -> Error {
-    let id = session.id().to_string();
-    match st {
-        SessionState::Closed => Error::SessionClosed { session: id },
-        _ => Error::SessionExpired { session: id },
-    }
+    Error::session_gone(session.id(), st)
 }
 
 impl Held {
