@@ -68,6 +68,15 @@ pub(crate) fn map(e: zk::Error, path: &str, op: Op, session: Option<&str>) -> Er
             message: format!("{e} (at {path})"),
             retryable: true,
         },
+        // zookeeper-client reports a request whose connection task went away before the
+        // answer (the client was cut off or crashed) only through this message. The request
+        // may or may not have been applied: that is a lost connection, not a bug to give up on
+        // (the recipes then look for their own node instead of failing).
+        zk::Error::UnexpectedError(ref m) if m.contains("expect response, but got none") => {
+            Error::ConnectionLost(format!(
+                "ZooKeeper: request dropped without an answer (at {path})"
+            ))
+        }
         other => Error::Backend {
             backend: "zk",
             message: format!("{other} (at {path})"),
@@ -121,6 +130,12 @@ mod tests {
             }
         );
         assert!(map(zk::Error::ConnectionLoss, "/", Op::Other, None).is_retryable());
+        let dropped =
+            zk::Error::UnexpectedError("BUG: Create2 expect response, but got none".into());
+        assert!(matches!(
+            map(dropped, "/a", Op::Create, None),
+            Error::ConnectionLost(_)
+        ));
         assert!(matches!(
             map(zk::Error::NoAuth, "/", Op::Other, None),
             Error::Unauthorized(_)
