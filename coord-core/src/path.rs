@@ -18,9 +18,12 @@ pub const RESERVED_PREFIX: &str = "__coord";
 /// - absolute: starts with `/`; `/` alone is the root of the client's namespace;
 /// - `/`-separated, no empty segment (so no `//` and no trailing `/`, except the root);
 /// - no `.` or `..` segment;
-/// - no control character (U+0000–U+001F, U+007F–U+009F) and none of the code points
-///   ZooKeeper refuses (U+E000–U+F8FF, U+FFF0–U+FFFF), so that a path valid on one backend is
-///   valid on all of them;
+/// - no control character (U+0000–U+001F, U+007F–U+009F), no invisible format character
+///   (Unicode category Cf such as U+200B–U+200F, U+202A–U+202E, U+FEFF: Consul stores them
+///   but cannot read or delete them by URL), none of the code points ZooKeeper refuses
+///   (U+E000–U+F8FF, U+FFF0–U+FFFF) and nothing above U+FFFF (ZooKeeper refuses the
+///   surrogate pairs Java makes of them), so that a path valid on one backend is valid on all
+///   of them;
 /// - at most [`MAX_PATH_LEN`] bytes, each segment at most [`MAX_SEGMENT_LEN`] bytes;
 /// - no segment starting with [`RESERVED_PREFIX`].
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -64,7 +67,16 @@ fn check_segment(path: &str, seg: &str) -> Result<()> {
 }
 
 fn forbidden_char(c: char) -> bool {
-    matches!(c as u32, 0x00..=0x1F | 0x7F..=0x9F | 0xE000..=0xF8FF | 0xFFF0..=0xFFFF) || c == '/'
+    matches!(
+        c as u32,
+        // Controls.
+        0x00..=0x1F | 0x7F..=0x9F
+        // Format characters (general category Cf) of the BMP.
+        | 0xAD | 0x600..=0x605 | 0x61C | 0x6DD | 0x70F | 0x890..=0x891 | 0x8E2 | 0x180E
+        | 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x2064 | 0x2066..=0x206F | 0xFEFF
+        // What ZooKeeper refuses: private use and specials, and everything outside the BMP.
+        | 0xE000..=0xF8FF | 0xFFF0..=0xFFFF | 0x10000..
+    ) || c == '/'
 }
 
 impl Path {
@@ -262,6 +274,11 @@ mod tests {
             "/\u{e000}",
             "/\u{ffff}",
             "/__coord_seq",
+            "/a\u{200D}b",
+            "/\u{202E}rtl",
+            "/\u{FEFF}bom",
+            "/\u{AD}",
+            "/😀",
         ] {
             assert!(
                 matches!(Path::new(bad), Err(Error::InvalidPath { .. })),

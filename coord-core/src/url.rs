@@ -244,6 +244,8 @@ impl fmt::Display for ConnectUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}://", self.scheme)?;
         if let Some(u) = &self.username {
+            // consul:// carries its ACL token in the user part: hide it like a password.
+            let u = if self.scheme == "consul" { "***" } else { u };
             write!(f, "{u}")?;
             if self.password.is_some() {
                 write!(f, ":***")?;

@@ -88,13 +88,37 @@ pub(crate) async fn entries(backend: &dyn Backend, dir: &Path) -> Result<Vec<Ent
 }
 
 /// Removes a candidate node in the background (used on drop, where we cannot await).
-pub(crate) fn remove_in_background(backend: Arc<dyn Backend>, dir: Path, marker: String) {
+pub(crate) fn remove_in_background(
+    backend: Arc<dyn Backend>,
+    session: Arc<dyn Session>,
+    dir: Path,
+    marker: String,
+) {
     if let Ok(handle) = tokio::runtime::Handle::try_current() {
-        handle.spawn(async move {
-            if let Err(e) = remove_marked(&*backend, &dir, &marker).await {
-                tracing::warn!(%dir, error = %e, "could not remove a candidate node");
+        handle.spawn(async move { remove_until_gone(&*backend, &*session, &dir, &marker).await });
+    }
+}
+
+/// Removes our node, retrying transient failures for as long as the session lives: a node left
+/// behind by a live session would block every later candidate. Once the session has ended
+/// the node is gone with it, so that bounds the retries.
+async fn remove_until_gone(backend: &dyn Backend, session: &dyn Session, dir: &Path, marker: &str) {
+    let mut pause = std::time::Duration::from_millis(20);
+    loop {
+        match remove_marked(backend, dir, marker).await {
+            Ok(()) => return,
+            Err(e) if e.is_retryable() && !session.state().is_final() => {
+                tracing::debug!(%dir, error = %e, "retrying the removal of a candidate node");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(1));
             }
-        });
+            Err(e) => {
+                if !session.state().is_final() {
+                    tracing::warn!(%dir, error = %e, "could not remove a candidate node");
+                }
+                return;
+            }
+        }
     }
 }
 
@@ -114,6 +138,7 @@ async fn remove_marked(backend: &dyn Backend, dir: &Path, marker: &str) -> Resul
 /// Cleans up on every exit path of an acquire until disarmed.
 struct Pending {
     backend: Arc<dyn Backend>,
+    session: Arc<dyn Session>,
     dir: Path,
     marker: String,
     armed: bool,
@@ -122,7 +147,12 @@ struct Pending {
 impl Drop for Pending {
     fn drop(&mut self) {
         if self.armed {
-            remove_in_background(self.backend.clone(), self.dir.clone(), self.marker.clone());
+            remove_in_background(
+                self.backend.clone(),
+                self.session.clone(),
+                self.dir.clone(),
+                self.marker.clone(),
+            );
         }
     }
 }
@@ -159,10 +189,13 @@ pub(crate) async fn acquire(
     try_only: bool,
     instruments: &Instruments,
 ) -> Result<Acquire> {
+    // Refuse an oversized value before any write (not even the parents).
+    crate::kernel::check_value(backend.capabilities(), value)?;
     create_parents(&*backend, dir).await?;
     let marker = format!("c-{}-", nonce());
     let mut pending = Pending {
         backend: backend.clone(),
+        session: session.clone(),
         dir: dir.clone(),
         marker: marker.clone(),
         armed: true,
@@ -329,6 +362,7 @@ impl Held {
                 // Leave it to the background (and, at worst, to the session's end).
                 remove_in_background(
                     self.backend.clone(),
+                    self.session.clone(),
                     self.dir.clone(),
                     self.node.name().to_owned(),
                 );
@@ -344,6 +378,7 @@ impl Drop for Held {
             self.monitor.abort();
             remove_in_background(
                 self.backend.clone(),
+                self.session.clone(),
                 self.dir.clone(),
                 self.node.name().to_owned(),
             );
@@ -393,7 +428,10 @@ async fn monitor(
             st = states.next() => match st {
                 Some(SessionState::Connected) => {
                     if gave_up {
-                        let _ = backend.delete(&node, None).await;
+                        // We stopped acting as the holder: hand over now, not at our expiry.
+                        if let Some(dir) = node.parent() {
+                            remove_until_gone(&*backend, &*session, &dir, node.name()).await;
+                        }
                         return;
                     }
                     tx.send_replace(HoldState::Holding);

@@ -1,0 +1,383 @@
+//! The events a `contender` prints, and a checker over a recorded history.
+//!
+//! A history is the list of [`Record`]s of every contender process, plus the fault windows the
+//! test injected and the fenced resource's log. The checker looks at each role (an election or
+//! a lock) separately and finds:
+//!
+//! - **duplicate tokens**: two grants of one role with the same fencing token;
+//! - **token inversions**: a grant whose token is smaller than an earlier grant's, unless the
+//!   holder was stopped or the server faulted between the two (then the print was late, not the
+//!   grant);
+//! - **overlaps**: two processes believing they hold the role at the same time where the one
+//!   with the smaller token was *not* in a fault window (paused, killed, server fault) between
+//!   its grant and the newer grant — a live, connected holder must never overlap its
+//!   successor (a holder cut off by a fault may: it is what fencing is for, and a resumed
+//!   process may even release before it notices the loss);
+//! - **stale accepted writes**: writes the fenced resource accepted from a token after it had
+//!   accepted a larger one (must be 0: this checks the resource too).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::fence::FenceWrite;
+
+/// What a contender reports. Serialized as `{"ev":"leading", ...}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "ev", rename_all = "snake_case")]
+pub enum Event {
+    /// The process is up.
+    Started {
+        /// Its pid.
+        pid: u32,
+    },
+    /// Campaigning in the election / waiting for the lock.
+    Campaigning {
+        /// `election` or `lock`.
+        role: String,
+    },
+    /// The role was granted with this token.
+    Granted {
+        /// `election` or `lock`.
+        role: String,
+        /// The fencing token.
+        token: u64,
+    },
+    /// About to give the role up on purpose (printed before the release starts).
+    Releasing {
+        /// `election` or `lock`.
+        role: String,
+        /// The fencing token.
+        token: u64,
+    },
+    /// The role was lost (session expired or suspended, node deleted).
+    Lost {
+        /// `election` or `lock`.
+        role: String,
+        /// The fencing token.
+        token: u64,
+    },
+    /// A write to the fenced resource and its answer.
+    Write {
+        /// `election` or `lock`.
+        role: String,
+        /// The token sent.
+        token: u64,
+        /// Whether the resource accepted it.
+        ok: bool,
+        /// Whether it was sent after the role was reported lost (a deliberate zombie write).
+        zombie: bool,
+    },
+    /// Registered in the service registry.
+    Registered {
+        /// The service.
+        service: String,
+    },
+    /// A recoverable error (the contender carries on).
+    Error {
+        /// What was being done.
+        what: String,
+        /// The error's Display.
+        msg: String,
+    },
+    /// The process is exiting normally.
+    Exiting,
+}
+
+/// One line of a contender's output.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// When ([`crate::now_us`]).
+    pub t_us: u64,
+    /// The contender's id.
+    pub id: String,
+    /// What happened.
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+/// A time window in which a fault was active.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FaultWindow {
+    /// The process affected (`None`: the server, i.e. everyone).
+    pub id: Option<String>,
+    /// What (`sigstop`, `sigkill`, `server_pause`, `server_restart`, …).
+    pub kind: String,
+    /// Start ([`crate::now_us`]).
+    pub from_us: u64,
+    /// End (`u64::MAX` for a kill: the process never comes back).
+    pub to_us: u64,
+}
+
+/// One holding of a role by one process, from the grant to the release, loss or end.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Interval {
+    /// The role (`election` or `lock`).
+    pub role: String,
+    /// The holder.
+    pub id: String,
+    /// The fencing token.
+    pub token: u64,
+    /// Granted at.
+    pub from_us: u64,
+    /// Released, lost or (if it never said) the end of the history.
+    pub to_us: u64,
+    /// How it ended: `released`, `lost`, `open`.
+    pub end: &'static str,
+}
+
+/// What the checker found.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Report {
+    /// Holdings per role, in grant order.
+    pub intervals: Vec<Interval>,
+    /// Grants per role.
+    pub grants: BTreeMap<String, usize>,
+    /// Duplicate tokens (must be empty).
+    pub duplicate_tokens: Vec<String>,
+    /// Token inversions not explained by a fault (must be empty).
+    pub inversions: Vec<String>,
+    /// Overlaps of a live holder with its successor (must be empty).
+    pub overlaps: Vec<String>,
+    /// Overlaps explained by a fault of the older holder (allowed: fencing handles them).
+    pub fenced_overlaps: usize,
+    /// Writes accepted after a larger token was accepted (must be 0).
+    pub stale_writes_accepted: usize,
+    /// Writes the resource rejected (stale tokens caught by fencing).
+    pub stale_writes_rejected: usize,
+    /// Writes accepted in total.
+    pub writes_accepted: usize,
+}
+
+impl Report {
+    /// Whether every invariant holds.
+    pub fn ok(&self) -> bool {
+        self.duplicate_tokens.is_empty()
+            && self.inversions.is_empty()
+            && self.overlaps.is_empty()
+            && self.stale_writes_accepted == 0
+    }
+}
+
+fn faulted(faults: &[FaultWindow], id: &str, from: u64, to: u64) -> bool {
+    faults
+        .iter()
+        .any(|f| f.id.as_deref().map_or(true, |x| x == id) && f.from_us <= to && f.to_us >= from)
+}
+
+/// Builds the holdings from the records (each process's records in its own order).
+pub fn intervals(records: &[Record], end_us: u64) -> Vec<Interval> {
+    let mut open: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
+    let mut out = Vec::new();
+    for r in records {
+        match &r.event {
+            Event::Granted { role, token } => {
+                open.insert((r.id.clone(), role.clone()), (*token, r.t_us));
+            }
+            Event::Releasing { role, token } | Event::Lost { role, token } => {
+                let key = (r.id.clone(), role.clone());
+                if let Some((t, from)) = open.get(&key).copied() {
+                    if t == *token {
+                        open.remove(&key);
+                        out.push(Interval {
+                            role: role.clone(),
+                            id: r.id.clone(),
+                            token: t,
+                            from_us: from,
+                            to_us: r.t_us,
+                            end: if matches!(r.event, Event::Lost { .. }) {
+                                "lost"
+                            } else {
+                                "released"
+                            },
+                        });
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    for ((id, role), (token, from)) in open {
+        out.push(Interval {
+            role,
+            id,
+            token,
+            from_us: from,
+            to_us: end_us,
+            end: "open",
+        });
+    }
+    out.sort_by_key(|i| (i.role.clone(), i.from_us, i.token));
+    out
+}
+
+/// Checks a history: the contenders' records, the injected faults, the resource logs (one per
+/// role name, may be empty), and the end of the observation.
+pub fn check(
+    records: &[Record],
+    faults: &[FaultWindow],
+    fence_logs: &BTreeMap<String, Vec<FenceWrite>>,
+    end_us: u64,
+) -> Report {
+    let mut rep = Report {
+        intervals: intervals(records, end_us),
+        ..Report::default()
+    };
+    let roles: BTreeSet<String> = rep.intervals.iter().map(|i| i.role.clone()).collect();
+    for role in roles {
+        let ivs: Vec<&Interval> = rep.intervals.iter().filter(|i| i.role == role).collect();
+        rep.grants.insert(role.clone(), ivs.len());
+        let mut seen: BTreeMap<u64, &str> = BTreeMap::new();
+        for i in &ivs {
+            if let Some(other) = seen.insert(i.token, &i.id) {
+                rep.duplicate_tokens.push(format!(
+                    "{role}: token {} granted to {other} and {}",
+                    i.token, i.id
+                ));
+            }
+        }
+        for (a_idx, a) in ivs.iter().enumerate() {
+            for b in &ivs[a_idx + 1..] {
+                // `a` printed its grant no later than `b`.
+                if b.token < a.token {
+                    // `b` was granted first (smaller token) but printed later: fine only if `b`
+                    // was stopped (or the server faulted) between the two prints.
+                    if !faulted(faults, &b.id, a.from_us, b.from_us) {
+                        rep.inversions.push(format!(
+                            "{role}: {} got token {} at {} after {} got {} at {}",
+                            b.id, b.token, b.from_us, a.id, a.token, a.from_us
+                        ));
+                    }
+                }
+                if a.id == b.id {
+                    continue;
+                }
+                let (old, new) = if a.token < b.token { (a, b) } else { (b, a) };
+                let overlap_from = old.from_us.max(new.from_us);
+                let overlap_to = old.to_us.min(new.to_us);
+                if overlap_from < overlap_to {
+                    // The older holder believed it held the role while the newer one did. That
+                    // is only allowed if the older one was cut off: its process stopped or
+                    // killed, or the server faulted, between its grant and the newer grant.
+                    if faulted(faults, &old.id, old.from_us, new.from_us) {
+                        rep.fenced_overlaps += 1;
+                    } else {
+                        rep.overlaps.push(format!(
+                            "{role}: {} (token {}, {}..{} {}) overlaps {} (token {}, {}..{} {}) \
+                             by {} us",
+                            old.id,
+                            old.token,
+                            old.from_us,
+                            old.to_us,
+                            old.end,
+                            new.id,
+                            new.token,
+                            new.from_us,
+                            new.to_us,
+                            new.end,
+                            overlap_to - overlap_from
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    for log in fence_logs.values() {
+        let mut max: Option<u64> = None;
+        for w in log {
+            if w.accepted {
+                rep.writes_accepted += 1;
+                if max.is_some_and(|m| w.token < m) {
+                    rep.stale_writes_accepted += 1;
+                }
+                max = Some(max.map_or(w.token, |m| m.max(w.token)));
+            } else {
+                rep.stale_writes_rejected += 1;
+            }
+        }
+    }
+    rep
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(t: u64, id: &str, event: Event) -> Record {
+        Record {
+            t_us: t,
+            id: id.into(),
+            event,
+        }
+    }
+    fn granted(t: u64) -> Event {
+        Event::Granted {
+            role: "election".into(),
+            token: t,
+        }
+    }
+    fn lost(t: u64) -> Event {
+        Event::Lost {
+            role: "election".into(),
+            token: t,
+        }
+    }
+
+    #[test]
+    fn clean_handover_passes() {
+        let r = vec![
+            rec(10, "a", granted(1)),
+            rec(
+                20,
+                "a",
+                Event::Releasing {
+                    role: "election".into(),
+                    token: 1,
+                },
+            ),
+            rec(25, "b", granted(2)),
+        ];
+        let rep = check(&r, &[], &BTreeMap::new(), 100);
+        assert!(rep.ok(), "{rep:?}");
+        assert_eq!(rep.grants["election"], 2);
+    }
+
+    #[test]
+    fn overlap_without_fault_is_found_and_with_fault_is_fenced() {
+        let r = vec![
+            rec(10, "a", granted(1)),
+            rec(25, "b", granted(2)),
+            rec(40, "a", lost(1)),
+        ];
+        let rep = check(&r, &[], &BTreeMap::new(), 100);
+        assert_eq!(rep.overlaps.len(), 1, "{rep:?}");
+        let stop = FaultWindow {
+            id: Some("a".into()),
+            kind: "sigstop".into(),
+            from_us: 15,
+            to_us: 35,
+        };
+        let rep = check(&r, &[stop], &BTreeMap::new(), 100);
+        assert!(rep.ok(), "{rep:?}");
+        assert_eq!(rep.fenced_overlaps, 1);
+    }
+
+    #[test]
+    fn duplicate_and_inverted_tokens_are_found() {
+        let r = vec![
+            rec(10, "a", granted(5)),
+            rec(20, "a", lost(5)),
+            rec(30, "b", granted(5)),
+        ];
+        assert_eq!(
+            check(&r, &[], &BTreeMap::new(), 100).duplicate_tokens.len(),
+            1
+        );
+        let r = vec![
+            rec(10, "a", granted(5)),
+            rec(20, "a", lost(5)),
+            rec(30, "b", granted(4)),
+        ];
+        assert_eq!(check(&r, &[], &BTreeMap::new(), 100).inversions.len(), 1);
+    }
+}
