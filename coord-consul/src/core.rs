@@ -341,7 +341,15 @@ impl Core {
     }
 
     pub(crate) async fn children(&self, path: &Path) -> Result<Vec<String>> {
-        if !path.is_root()
+        let (names, _) = self
+            .api
+            .kv_children(&self.layout.children_prefix(path), None)
+            .await?;
+        // Children exist only under an existing parent (create needs the parent, delete needs
+        // no children), so the parent is read only when the list is empty: one round trip in
+        // the common case.
+        if names.is_empty()
+            && !path.is_root()
             && self
                 .api
                 .kv_get(&self.layout.node(path), None)
@@ -353,10 +361,6 @@ impl Core {
                 path: path.to_string(),
             });
         }
-        Ok(self
-            .api
-            .kv_children(&self.layout.children_prefix(path), None)
-            .await?
-            .0)
+        Ok(names)
     }
 }

@@ -124,13 +124,17 @@ impl Inner {
     }
 
     fn notify_children(&mut self, ns: &str, parent: &str) {
+        let key = (ns.to_owned(), parent.to_owned());
+        // Building the list costs O(children): only do it for a watched parent.
+        if !self.child_watchers.get(&key).is_some_and(|l| !l.is_empty()) {
+            return;
+        }
         let list: Vec<String> = match self.trees.get(ns).and_then(|t| t.get(parent)) {
             Some(n) => n.children.iter().cloned().collect(),
             None => return,
         };
         send_all(
-            self.child_watchers
-                .get_mut(&(ns.to_owned(), parent.to_owned())),
+            self.child_watchers.get_mut(&key),
             ChildrenEvent::Changed(list),
         );
     }

@@ -754,7 +754,9 @@ fn prepare_consul(consul: &Path) -> Result<Server, Error> {
     let config = dir.join("consul.json");
     if let Err(e) = fs::write(
         &config,
-        "{\n  \"disable_update_check\": true,\n  \"log_level\": \"info\",\n  \"ports\": { \"https\": -1 }\n}\n",
+        // Every blocking query (a session's observer, each watch) holds one HTTP connection:
+        // Consul's default of 200 per client address is too few for tests with many sessions.
+        "{\n  \"disable_update_check\": true,\n  \"log_level\": \"info\",\n  \"ports\": { \"https\": -1 },\n  \"limits\": { \"http_max_conns_per_client\": 10000 }\n}\n",
     ) {
         let _ = fs::remove_dir_all(&dir);
         return Err(Error::new(format!("write {}: {e}", config.display())));

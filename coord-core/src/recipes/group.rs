@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::{Stream, StreamExt};
+use futures::{Stream, StreamExt, TryStreamExt};
 
 use crate::client::Client;
 use crate::error::{Error, Result};
@@ -106,17 +106,21 @@ impl Group {
     }
 }
 
-/// Reads the data of each listed member; members that left meanwhile are skipped.
+/// Reads the data of each listed member, up to 32 reads in flight (one round trip each on the
+/// real backends); members that left meanwhile are skipped. The order of `ids` is kept.
 async fn read_members(client: &Client, path: &Path, ids: Vec<String>) -> Result<Vec<Member>> {
-    let mut out = Vec::with_capacity(ids.len());
-    for id in ids {
+    let reads = ids.into_iter().map(|id| async move {
         match client.get(&path.join(&id)?).await {
-            Ok(n) => out.push(Member { id, data: n.value }),
-            Err(Error::NotFound { .. }) => {}
-            Err(e) => return Err(e),
+            Ok(n) => Ok(Some(Member { id, data: n.value })),
+            Err(Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
         }
-    }
-    Ok(out)
+    });
+    let found: Vec<Option<Member>> = futures::stream::iter(reads)
+        .buffered(32)
+        .try_collect()
+        .await?;
+    Ok(found.into_iter().flatten().collect())
 }
 
 /// Re-joins on each new session after the current one ends, until the membership is dropped.
