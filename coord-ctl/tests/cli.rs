@@ -780,3 +780,84 @@ fn shared_persistent_nodes_outlive_the_process() {
         assert_eq!(run(Some(&url), &["ls", "/p"]).code, 3);
     }
 }
+
+/// Every command not covered by the tests above, on each real backend: versions are opaque
+/// there (revisions, indexes), so the test reads them back instead of assuming numbers.
+#[test]
+fn shared_every_command_on_real_backends() {
+    for url in shared_urls("every") {
+        let u = Some(url.as_str());
+        let o = run(
+            u,
+            &["--json", "create", "/app/config/db", "host=a", "--parents"],
+        );
+        assert_eq!(o.code, 0, "create: {}", o.stderr);
+        let got = &json_lines(&run(u, &["--json", "get", "/app/config/db"]).stdout)[0];
+        assert_eq!(got["value"], "host=a");
+        let v = got["version"].to_string();
+        let o = run(u, &["set", "/app/config/db", "host=b", "--version", &v]);
+        assert_eq!(o.code, 0, "set at the current version: {}", o.stderr);
+        let o = run(u, &["set", "/app/config/db", "host=c", "--version", &v]);
+        assert_eq!(o.code, 4, "a stale version is a conflict: {}", o.stdout);
+        let st = &json_lines(&run(u, &["--json", "stat", "/app/config/db"]).stdout)[0];
+        assert_ne!(st["version"].to_string(), v, "{st}");
+        assert_eq!(st["ephemeral_owner"], Value::Null);
+        let ls = &json_lines(&run(u, &["--json", "ls", "/app"]).stdout)[0];
+        assert_eq!(ls["children"], serde_json::json!(["config"]));
+        let a = &json_lines(
+            &run(
+                u,
+                &[
+                    "--json",
+                    "create",
+                    "/app/seq/n-",
+                    "x",
+                    "--sequential",
+                    "--parents",
+                ],
+            )
+            .stdout,
+        )[0];
+        let b =
+            &json_lines(&run(u, &["--json", "create", "/app/seq/n-", "y", "--sequential"]).stdout)
+                [0];
+        let (pa, pb) = (
+            a["path"].as_str().unwrap_or(""),
+            b["path"].as_str().unwrap_or(""),
+        );
+        assert!(pa.starts_with("/app/seq/n-") && pb > pa, "{pa} then {pb}");
+        let tree = run(u, &["--json", "tree", "/app"]);
+        let paths: Vec<String> = json_lines(&tree.stdout)
+            .iter()
+            .filter_map(|n| n["path"].as_str().map(str::to_owned))
+            .collect();
+        assert!(paths.contains(&"/app/config/db".to_owned()), "{paths:?}");
+        assert!(paths.contains(&pb.to_owned()), "{paths:?}");
+        // An ephemeral lives as long as the coordctl process that made it.
+        let o = run_with(
+            cmd(u, &["shell"]),
+            "create /app/workers/w1 x --ephemeral --parents\nls /app/workers\n",
+        );
+        assert_eq!(o.code, 0, "{}", o.stderr);
+        assert!(o.stdout.contains("w1"), "{}", o.stdout);
+        let after = &json_lines(&run(u, &["--json", "ls", "/app/workers"]).stdout)[0];
+        assert_eq!(
+            after["children"],
+            serde_json::json!([]),
+            "the ephemeral outlived its process"
+        );
+        // services, from instances registered in the same process.
+        let o = run_with(
+            cmd(u, &["shell"]),
+            "create /services/api/a1 '{\"service\":\"api\",\"id\":\"a1\",\"address\":\"10.0.0.1\",\"port\":80}' -p --ephemeral\nservices api\n",
+        );
+        assert_eq!(o.code, 0, "{}", o.stderr);
+        assert!(o.stdout.contains("10.0.0.1:80"), "{}", o.stdout);
+        // rm: refused on a non-empty node, recursive works, and then get is not found.
+        assert_eq!(run(u, &["rm", "/app"]).code, 4);
+        let o = run(u, &["rm", "/app", "--recursive"]);
+        assert_eq!(o.code, 0, "{}", o.stderr);
+        assert_eq!(run(u, &["get", "/app/config/db"]).code, 3);
+        assert_eq!(run(u, &["leader", "nobody"]).code, 3);
+    }
+}
