@@ -80,6 +80,13 @@ pub enum Event {
         /// The error's Display.
         msg: String,
     },
+    /// The client's current session changed id or state (diagnostics).
+    Session {
+        /// The session's id.
+        session: String,
+        /// Its state (`Connected`, `Suspended`, `Expired`, `Closed`).
+        state: String,
+    },
     /// The process is exiting normally.
     Exiting,
 }

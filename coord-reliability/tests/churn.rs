@@ -174,21 +174,25 @@ fn churn(kind: Kind) {
         std::thread::sleep(Duration::from_millis(100));
     }
     let settled_in = settle.elapsed();
-    let leader = swarm.wait_for(
-        "one leader after the churn",
-        Duration::from_secs(60),
-        |rs| {
-            let h: Vec<_> = holders(rs, "election")
-                .into_iter()
-                .filter(|(id, _)| live.contains(id))
-                .collect();
-            (h.len() == 1).then(|| h[0].clone())
-        },
-    );
+    let dirs = ["/elections/churn", "/locks/churn", "/services/churn-svc"];
+    let leader = swarm.try_wait_for(Duration::from_secs(60), |rs| {
+        let h: Vec<_> = holders(rs, "election")
+            .into_iter()
+            .filter(|(id, _)| live.contains(id))
+            .collect();
+        (h.len() == 1).then(|| h[0].clone())
+    });
+    let Some(leader) = leader else {
+        swarm.dump();
+        dump_tree(&rt, &client, &dirs, &swarm);
+        panic!("seed {seed}: timed out after 60s waiting for one leader after the churn");
+    };
+    if found != live {
+        dump_tree(&rt, &client, &dirs, &swarm);
+    }
     let killed = swarm.quit_all(Duration::from_secs(30));
     // No orphans: the candidate, lock and registry directories empty out (killed processes'
     // sessions expire within their TTL; the others closed theirs).
-    let dirs = ["/elections/churn", "/locks/churn", "/services/churn-svc"];
     let orphan_deadline = Instant::now();
     let mut orphans: Vec<String> = Vec::new();
     while orphan_deadline.elapsed() < Duration::from_secs(30) {
@@ -250,6 +254,49 @@ fn churn(kind: Kind) {
     assert!(swarm.panics().is_empty(), "panics: {:?}", swarm.panics());
     for (id, code) in &swarm.exits {
         assert_eq!(*code, Some(0), "{id} exit code");
+    }
+}
+
+/// Prints, for a failure, the nodes of `dirs` with their ephemeral owners, and the last
+/// session each live contender reported.
+fn dump_tree(rt: &tokio::runtime::Runtime, client: &coord::Client, dirs: &[&str], swarm: &Swarm) {
+    for d in dirs {
+        let p = Path::new(*d).expect("path");
+        let children = bounded(rt, "children", Duration::from_secs(30), client.children(&p));
+        eprintln!("  tree {d}: {children:?}");
+        for c in children.unwrap_or_default() {
+            let Ok(node) = p.join(&c) else { continue };
+            let stat = bounded(rt, "exists", Duration::from_secs(30), client.exists(&node));
+            let owner = stat.map(|s| s.and_then(|s| s.ephemeral_owner));
+            eprintln!("    {c}: owner {owner:?}");
+        }
+    }
+    // Every record, one JSON line each, for a closer look.
+    let file = std::env::temp_dir().join(format!("churn-records-{}.jsonl", std::process::id()));
+    let lines: Vec<String> = swarm
+        .records()
+        .iter()
+        .filter_map(|r| serde_json::to_string(r).ok())
+        .collect();
+    match std::fs::write(&file, lines.join("\n")) {
+        Ok(()) => eprintln!("  all records: {}", file.display()),
+        Err(e) => eprintln!("  cannot write {}: {e}", file.display()),
+    }
+    // A contender that gave up (could not connect, say) is still counted as live.
+    for r in swarm.records() {
+        if let history::Event::Error { what, msg } = &r.event {
+            if what == "fatal" {
+                eprintln!("  {} ended on a fatal error: {msg}", r.id);
+            }
+        }
+    }
+    for (id, (session, state)) in swarm.sessions() {
+        let live = if swarm.procs.contains_key(&id) {
+            "live"
+        } else {
+            "gone"
+        };
+        eprintln!("  session of {id} ({live}): {session} {state}");
     }
 }
 

@@ -306,9 +306,9 @@ impl ZkBackend {
         let cfg = Config::parse(url)?;
         let (min, max) = probe::session_bounds(&cfg.connect_string, cfg.timeout)
             .await
-            .ok_or_else(|| {
+            .map_err(|why| {
                 Error::ConnectionLost(format!(
-                    "no ZooKeeper server answered at {} within {:?}",
+                    "no ZooKeeper server answered at {} within {:?} ({why})",
                     cfg.connect_string, cfg.timeout
                 ))
             })?;

@@ -77,6 +77,13 @@ pub(crate) fn map(e: zk::Error, path: &str, op: Op, session: Option<&str>) -> Er
                 "ZooKeeper: request dropped without an answer (at {path})"
             ))
         }
+        // zookeeper-client fails the requests in flight with the error that broke their
+        // connection: an I/O error ("Connection reset by peer") or "no response from
+        // connection in …ms" (a paused server), both `Custom`. The client reconnects (or the
+        // session expires) and the request may or may not have been applied: a lost
+        // connection, which callers retry (a removal that gave up on it would leave a
+        // candidate node of a live session behind, blocking its queue forever).
+        zk::Error::Custom(_) => Error::ConnectionLost(format!("ZooKeeper: {e} (at {path})")),
         other => Error::Backend {
             backend: "zk",
             message: format!("{other} (at {path})"),

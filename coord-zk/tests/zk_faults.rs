@@ -318,3 +318,35 @@ async fn main_session_expiry_resyncs_watches() {
     assert_ne!(b.main_session_id(), before, "a new main session");
     drop(srv);
 }
+
+/// (e) A call already sent when the server stops answering (paused) fails as a retryable
+/// `ConnectionLost` — its fate is unknown, as after any lost connection — never as a final
+/// error: the recipes' clean-ups retry on it (a candidate-node removal that gave up there left
+/// a node of a live session behind, and nobody was elected any more).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_cut_off_by_paused_server_is_retryable() {
+    let Some(mut srv) = server().await else {
+        return;
+    };
+    let ep = srv.endpoint();
+    // The main client gives up on a silent connection after 0.4 × 2 s, well within `timeout`.
+    let url = format!("zk://{ep}/faults/cutoff?timeout=5s&session_timeout=2s");
+    let b = coord_zk::connect(&url).await.unwrap();
+    b.create(&p("/k"), b"", CreateMode::Exact).await.unwrap();
+    srv.pause();
+    let r = b.children(&Path::root()).await;
+    srv.resume();
+    let e = r.expect_err("no answer from a paused server");
+    assert!(e.is_retryable(), "not retryable: {e:?}");
+    within("children after the resume", async {
+        loop {
+            match b.children(&Path::root()).await {
+                Ok(c) => break assert_eq!(c, vec!["k".to_owned()]),
+                Err(e) if e.is_retryable() => tokio::time::sleep(Duration::from_millis(50)).await,
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+    })
+    .await;
+    drop(srv);
+}

@@ -340,6 +340,29 @@ async fn run(a: Args) -> Result<()> {
             }
         })
     });
+    // Diagnostics: every change of the client's current session (id or state).
+    {
+        let (client, id) = (client.clone(), a.id.clone());
+        tokio::spawn(async move {
+            let mut last: Option<(String, coord::SessionState)> = None;
+            loop {
+                if let Some(s) = client.current_session().await {
+                    let now = (s.id().to_string(), s.state());
+                    if last.as_ref() != Some(&now) {
+                        emit(
+                            &id,
+                            Event::Session {
+                                session: now.0.clone(),
+                                state: format!("{:?}", now.1),
+                            },
+                        );
+                        last = Some(now);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+    }
     // Commands from stdin; EOF means quit.
     let stdin_tx = tx.clone();
     tokio::spawn(async move {

@@ -186,19 +186,44 @@ impl Swarm {
         &self,
         what: &str,
         limit: Duration,
-        mut pred: impl FnMut(&[Record]) -> Option<T>,
+        pred: impl FnMut(&[Record]) -> Option<T>,
     ) -> T {
-        let start = Instant::now();
-        loop {
-            if let Some(v) = pred(&self.records()) {
-                return v;
-            }
-            if start.elapsed() > limit {
+        match self.try_wait_for(limit, pred) {
+            Some(v) => v,
+            None => {
                 self.dump();
                 panic!("timed out after {limit:?} waiting for {what}");
             }
+        }
+    }
+
+    /// Waits (bounded) until `pred` holds over the records; `None` if it did not in time.
+    pub fn try_wait_for<T>(
+        &self,
+        limit: Duration,
+        mut pred: impl FnMut(&[Record]) -> Option<T>,
+    ) -> Option<T> {
+        let start = Instant::now();
+        loop {
+            if let Some(v) = pred(&self.records()) {
+                return Some(v);
+            }
+            if start.elapsed() > limit {
+                return None;
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The last session (id and state) each process reported.
+    pub fn sessions(&self) -> BTreeMap<String, (String, String)> {
+        let mut out = BTreeMap::new();
+        for r in self.records() {
+            if let Event::Session { session, state } = &r.event {
+                out.insert(r.id.clone(), (session.clone(), state.clone()));
+            }
+        }
+        out
     }
 
     pub fn dump(&self) {
