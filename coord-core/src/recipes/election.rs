@@ -72,10 +72,8 @@ impl Election {
     /// Cancel-safe: dropping the future removes the candidate node. Fails with
     /// [`Error::SessionExpired`] if the client's session ends while waiting.
     pub async fn campaign(&self, value: &[u8]) -> Result<Leadership> {
-        let session = self.client.session().await?;
         match queue::acquire(
-            self.client.backend().clone(),
-            session,
+            &self.client,
             &self.path,
             value,
             self.policy,

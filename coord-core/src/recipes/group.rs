@@ -51,8 +51,16 @@ impl Group {
         let node = self.path.join(id)?;
         crate::kernel::check_value(self.client.capabilities(), data)?;
         create_parents(&**self.client.backend(), &self.path).await?;
-        let session = self.client.session().await?;
-        session.create(&node, data, CreateMode::Exact).await?;
+        let mut session = self.client.session().await?;
+        if let Err(e) = session.create(&node, data, CreateMode::Exact).await {
+            // A session that had already ended when we took it created nothing: join once more
+            // on a fresh one.
+            if !(e.is_session_gone() && session.state().is_final()) {
+                return Err(e);
+            }
+            session = self.client.session().await?;
+            session.create(&node, data, CreateMode::Exact).await?;
+        }
         let rejoins = Arc::new(AtomicU64::new(0));
         let owner = Arc::new(Mutex::new(session.id().clone()));
         let task = tokio::spawn(follow(

@@ -47,10 +47,8 @@ impl Lock {
     }
 
     async fn acquire(&self, try_only: bool) -> Result<Acquire> {
-        let session = self.client.session().await?;
         queue::acquire(
-            self.client.backend().clone(),
-            session,
+            &self.client,
             &self.path,
             b"",
             self.policy,

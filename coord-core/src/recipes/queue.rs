@@ -15,6 +15,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use tokio::sync::watch;
 
+use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::kernel::{create_parents, Backend, CreateMode, KeyEvent, Session, SessionState};
 use crate::path::{parse_sequence, Path};
@@ -181,14 +182,15 @@ pub(crate) enum Acquire {
 /// Creates our candidate node and waits until it is the first (or returns `Busy` at once with
 /// `try_only`). Cancel-safe: dropping the future removes the node.
 pub(crate) async fn acquire(
-    backend: Arc<dyn Backend>,
-    session: Arc<dyn Session>,
+    client: &Client,
     dir: &Path,
     value: &[u8],
     policy: SuspendPolicy,
     try_only: bool,
     instruments: &Instruments,
 ) -> Result<Acquire> {
+    let backend = client.backend().clone();
+    let mut session = client.session().await?;
     // Refuse an oversized value before any write (not even the parents).
     crate::kernel::check_value(backend.capabilities(), value)?;
     create_parents(&*backend, dir).await?;
@@ -201,25 +203,38 @@ pub(crate) async fn acquire(
         armed: true,
     };
     let prefix = dir.join(&marker)?;
-    let created = match session.create(&prefix, value, CreateMode::Sequential).await {
-        Ok(c) => c,
-        Err(e) if e.is_retryable() => {
-            // The create may have happened: look for our node before giving up, never retry
-            // blindly (that could leave a duplicate candidate).
-            match entries(&*backend, dir)
-                .await?
-                .into_iter()
-                .find(|en| en.name.starts_with(&marker))
-            {
-                Some(en) => crate::kernel::Created {
-                    path: dir.join(&en.name)?,
-                    sequence: Some(en.seq),
-                    stat: backend.get(&dir.join(&en.name)?).await?.stat,
-                },
-                None => return Err(e),
+    let mut fresh_session_tried = false;
+    let created = loop {
+        match session.create(&prefix, value, CreateMode::Sequential).await {
+            Ok(c) => break c,
+            // The session had already ended when we took it (the server knew before the
+            // client did): nothing was created. Start once more on a fresh session. A session
+            // that ends later, while we wait, fails the acquire as documented.
+            Err(e) if e.is_session_gone() && session.state().is_final() && !fresh_session_tried => {
+                fresh_session_tried = true;
+                session = client.session().await?;
+                pending.session = session.clone();
             }
+            Err(e) if e.is_retryable() => {
+                // The create may have happened: look for our node before giving up, never retry
+                // blindly (that could leave a duplicate candidate).
+                match entries(&*backend, dir)
+                    .await?
+                    .into_iter()
+                    .find(|en| en.name.starts_with(&marker))
+                {
+                    Some(en) => {
+                        break crate::kernel::Created {
+                            path: dir.join(&en.name)?,
+                            sequence: Some(en.seq),
+                            stat: backend.get(&dir.join(&en.name)?).await?.stat,
+                        }
+                    }
+                    None => return Err(e),
+                }
+            }
+            Err(e) => return Err(e),
         }
-        Err(e) => return Err(e),
     };
     let me = created.path.name().to_owned();
     let token = created
