@@ -148,20 +148,28 @@ async fn main() {
         } else {
             Chaos::Resign
         };
-        // Tell the node that leads now (by its leadership's own view).
-        let leader = {
-            let r = record.lock().unwrap_or_else(|p| p.into_inner());
-            r.live
-                .iter()
-                .find(|(_, l)| l.is_leading())
-                .map(|(name, _)| name.clone())
-        };
+        // Tell the node that leads now (by its leadership's own view). Right after a crash
+        // there is none until the crashed session expires: wait for one (bounded).
+        let mut leader = None;
+        for _ in 0..200 {
+            leader = {
+                let r = record.lock().unwrap_or_else(|p| p.into_inner());
+                r.live
+                    .iter()
+                    .find(|(_, l)| l.is_leading())
+                    .map(|(name, _)| name.clone())
+            };
+            if leader.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         match leader.and_then(|n| chaos_tx.get(&n)) {
             Some(tx) => {
                 let _ = tx.send(what);
             }
             None => println!(
-                "{} (no leader at this moment; skipping this round's {what:?})",
+                "{} (no leader for 10s; skipping this round's {what:?})",
                 t()
             ),
         }
