@@ -22,14 +22,6 @@ pub(crate) struct Layout {
     prefix: String,
 }
 
-fn depth(p: &Path) -> usize {
-    if p.is_root() {
-        0
-    } else {
-        p.as_str().matches('/').count()
-    }
-}
-
 impl Layout {
     /// The layout for namespace `ns` (`""` or a valid path).
     pub(crate) fn new(ns: &str) -> Layout {
@@ -44,7 +36,7 @@ impl Layout {
 
     /// The key of node `p` (not the root, which is implicit).
     pub(crate) fn node(&self, p: &Path) -> String {
-        format!("{}n/{}{}", self.prefix, depth(p), p.as_str())
+        format!("{}n/{}{}", self.prefix, p.depth(), p.as_str())
     }
 
     /// The prefix under which `p`'s children live, ending with `/`.
@@ -52,7 +44,7 @@ impl Layout {
         if p.is_root() {
             format!("{}n/1/", self.prefix)
         } else {
-            format!("{}n/{}{}/", self.prefix, depth(p) + 1, p.as_str())
+            format!("{}n/{}{}/", self.prefix, p.depth() + 1, p.as_str())
         }
     }
 

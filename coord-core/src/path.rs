@@ -121,6 +121,15 @@ impl Path {
         }
     }
 
+    /// The number of segments (0 for the root): `/a/b` has depth 2.
+    pub fn depth(&self) -> usize {
+        if self.is_root() {
+            0
+        } else {
+            self.0.bytes().filter(|b| *b == b'/').count()
+        }
+    }
+
     /// The parent path, `None` for the root.
     pub fn parent(&self) -> Option<Path> {
         if self.is_root() {
@@ -243,6 +252,7 @@ mod tests {
         assert_eq!(p.parent().unwrap().as_str(), "/a/b");
         assert_eq!(Path::new("/a").unwrap().parent().unwrap(), Path::root());
         assert_eq!(Path::root().parent(), None);
+        assert_eq!((Path::root().depth(), p.depth()), (0, 3));
         assert_eq!(Path::root().join("x").unwrap().as_str(), "/x");
         let anc: Vec<_> = p
             .ancestors_and_self()

@@ -30,15 +30,6 @@ pub struct KeyLayout {
     base: Vec<u8>,
 }
 
-/// The number of segments of `path` (0 for the root).
-fn depth(path: &Path) -> usize {
-    if path.is_root() {
-        0
-    } else {
-        path.as_str().bytes().filter(|b| *b == b'/').count()
-    }
-}
-
 impl KeyLayout {
     /// The layout of `namespace` (`""` for the root namespace, else a valid path).
     pub fn new(namespace: &str) -> KeyLayout {
@@ -61,14 +52,14 @@ impl KeyLayout {
 
     /// The key holding node `path`.
     pub fn node_key(&self, path: &Path) -> Vec<u8> {
-        let mut k = self.node_prefix(depth(path));
+        let mut k = self.node_prefix(path.depth());
         k.extend_from_slice(path.as_str().as_bytes());
         k
     }
 
     /// The key prefix of exactly the children of `parent` (no grandchildren).
     pub fn children_prefix(&self, parent: &Path) -> Vec<u8> {
-        let mut k = self.node_prefix(depth(parent) + 1);
+        let mut k = self.node_prefix(parent.depth() + 1);
         if !parent.is_root() {
             k.extend_from_slice(parent.as_str().as_bytes());
         }
