@@ -301,8 +301,9 @@ pub async fn watch_latency(cx: &Cx, floor: &mut Floor) -> Res<Vec<Row>> {
         }
     });
     let (rtx, mut rrx) = mpsc::unbounded_channel::<Instant>();
+    let (vtx, mut vrx) = mpsc::unbounded_channel::<Instant>();
     let raw_task = match &cx.raw {
-        Some(raw) => Some(raw.watch(cx.server_key(&p)?, rtx).await?),
+        Some(raw) => Some(raw.watch(cx.server_key(&p)?, rtx, vtx).await?),
         None => None,
     };
     let server_path = match &cx.raw {
@@ -311,12 +312,15 @@ pub async fn watch_latency(cx: &Cx, floor: &mut Floor) -> Res<Vec<Row>> {
     };
     let mut dc = Vec::new();
     let mut dr = Vec::new();
+    // ZooKeeper only: the raw watcher's re-arming read, i.e. the raw event *with the value*.
+    let mut dv = Vec::new();
     let warmup = 5;
     for i in 0..cx.sizes.watch_rounds + warmup {
         // Let both watches re-arm after the previous event.
         tokio::time::sleep(Duration::from_millis(25)).await;
         while crx.try_recv().is_ok() {}
         while rrx.try_recv().is_ok() {}
+        while vrx.try_recv().is_ok() {}
         let value = format!("v{i}");
         let t0 = Instant::now();
         match (&cx.raw, &server_path) {
@@ -344,6 +348,14 @@ pub async fn watch_latency(cx: &Cx, floor: &mut Floor) -> Res<Vec<Row>> {
             if i >= warmup {
                 dr.push(tr.saturating_duration_since(t0));
             }
+            if cx.name == "zk" {
+                let tv = within(Duration::from_secs(10), "raw re-read", vrx.recv())
+                    .await?
+                    .ok_or("the raw watch ended")?;
+                if i >= warmup {
+                    dv.push(tv.saturating_duration_since(t0));
+                }
+            }
         }
     }
     coord_task.abort();
@@ -354,19 +366,38 @@ pub async fn watch_latency(cx: &Cx, floor: &mut Floor) -> Res<Vec<Row>> {
     let r = Stats::of(&dr);
     floor.watch = Some(r.map_or(c.median, |r| r.median));
     let measure = format!("watch: write → event (n={})", c.n);
-    Ok(vec![match r {
-        Some(r) => {
-            let (x, xs) = ratio(c.median, r.median);
-            Row::new(
-                2,
-                measure,
-                c.show(),
-                r.show(),
-                xs,
-                "≤ 1.10",
-                Verdict::check(x <= 1.10),
-            )
-        }
-        None => Row::new(2, measure, c.show(), "no raw client", "", "", Verdict::Info),
-    }])
+    let mut rows = Vec::new();
+    if let Some(v) = Stats::of(&dv) {
+        // coord's events carry the value; on ZooKeeper that takes the read the raw watcher
+        // also needs to see the value (and to re-arm): the like-for-like comparison.
+        let (x, xs) = ratio(c.median, v.median);
+        rows.push(Row::new(
+            2,
+            format!("watch: write → event with the value (n={})", c.n),
+            c.show(),
+            format!("{} (raw notification + re-arming read)", v.show()),
+            xs,
+            "≤ 1.10",
+            Verdict::check(x <= 1.10),
+        ));
+    }
+    rows.insert(
+        0,
+        match r {
+            Some(r) => {
+                let (x, xs) = ratio(c.median, r.median);
+                Row::new(
+                    2,
+                    measure,
+                    c.show(),
+                    r.show(),
+                    xs,
+                    "≤ 1.10",
+                    Verdict::check(x <= 1.10),
+                )
+            }
+            None => Row::new(2, measure, c.show(), "no raw client", "", "", Verdict::Info),
+        },
+    );
+    Ok(rows)
 }

@@ -28,24 +28,30 @@ use crate::kernel::Floor;
 use crate::raw::Raw;
 use crate::stats::{Res, Row};
 
-const USAGE: &str = "usage: coord-bench [--quick] [--backends mem,zk,etcd,consul]
+const USAGE: &str = "usage: coord-bench [--quick] [--backends mem,zk,etcd,consul] [--only 1,2,...]
 
 Measures coord on each backend (kernel overhead against the raw client, watch latency,
 election handover clean and crash, herd, registry, scale and memory) and prints a markdown
 table per backend. Servers are started through coord-testkit unless COORD_ZK_ENDPOINTS,
 COORD_ETCD_ENDPOINTS or COORD_CONSUL_ENDPOINTS name running ones.
   --quick       smaller sizes (herd 10/100, 2,000 grandchildren, ...): under two minutes
-  --backends    comma-separated subset (default: all four)";
+  --backends    comma-separated subset (default: all four)
+  --only        comma-separated item numbers 1-7 to measure (default: all)
+ZooKeeper is started with tickTime=100 ms (its session-expiry granularity; COORD_ZK_TICK_MS
+overrides).";
 
 struct Options {
     quick: bool,
     backends: Vec<String>,
+    /// Items to measure (empty: all).
+    only: Vec<u8>,
 }
 
 fn parse(args: &[String]) -> Result<Options, String> {
     let mut o = Options {
         quick: false,
         backends: ["mem", "zk", "etcd", "consul"].map(String::from).to_vec(),
+        only: Vec::new(),
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -61,6 +67,16 @@ fn parse(args: &[String]) -> Result<Options, String> {
                     .map(|s| s.trim().to_owned())
                     .collect();
             }
+            "--only" => {
+                let v = it.next().ok_or("--only needs a value")?;
+                o.only = v
+                    .split(',')
+                    .map(|s| match s.trim().parse::<u8>() {
+                        Ok(n) if (1..=7).contains(&n) => Ok(n),
+                        _ => Err(format!("--only takes item numbers 1-7, not {s:?}")),
+                    })
+                    .collect::<Result<_, _>>()?;
+            }
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other}")),
         }
@@ -75,6 +91,11 @@ fn parse(args: &[String]) -> Result<Options, String> {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // Before any thread exists: ZooKeeper expires sessions on tick boundaries, and the kit's
+    // default tick (500 ms) would dominate the crash handover (item 4).
+    if std::env::var_os("COORD_ZK_TICK_MS").is_none() {
+        std::env::set_var("COORD_ZK_TICK_MS", "100");
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -192,7 +213,7 @@ fn progress(name: &str, what: &str, start: Instant) {
     eprintln!("[{:>6.1}s] {name}: {what}", start.elapsed().as_secs_f64());
 }
 
-async fn bench_backend(name: &str, sizes: Sizes, start: Instant) -> Res<Vec<Row>> {
+async fn bench_backend(name: &str, sizes: Sizes, only: &[u8], start: Instant) -> Res<Vec<Row>> {
     let uniq = format!(
         "{}-{}",
         std::process::id(),
@@ -206,12 +227,15 @@ async fn bench_backend(name: &str, sizes: Sizes, start: Instant) -> Res<Vec<Row>
     progress(name, &format!("connected to {}", cx.url), start);
     let mut rows = Vec::new();
     let mut floor = Floor::default();
+    let wanted = |item: u8| only.is_empty() || only.contains(&item);
     macro_rules! section {
         ($item:expr, $what:expr, $e:expr) => {{
-            progress(name, $what, start);
-            match $e.await {
-                Ok(r) => rows.extend(r),
-                Err(e) => rows.push(Row::failed($item, $what, &e)),
+            if wanted($item) {
+                progress(name, $what, start);
+                match $e.await {
+                    Ok(r) => rows.extend(r),
+                    Err(e) => rows.push(Row::failed($item, $what, &e)),
+                }
             }
         }};
     }
@@ -223,12 +247,16 @@ async fn bench_backend(name: &str, sizes: Sizes, start: Instant) -> Res<Vec<Row>
         recipes::clean_handover(&cx, &floor)
     );
     section!(4, "election handover, crash", recipes::crash_handover(&cx));
-    progress(name, "herd", start);
-    rows.extend(recipes::herd(&cx).await);
+    if wanted(5) {
+        progress(name, "herd", start);
+        rows.extend(recipes::herd(&cx).await);
+    }
     section!(6, "registry", recipes::registry(&cx));
     section!(7, "children above grandchildren", scale::grandchildren(&cx));
-    progress(name, "memory", start);
-    rows.extend(scale::memory(&cx).await);
+    if wanted(7) {
+        progress(name, "memory", start);
+        rows.extend(scale::memory(&cx).await);
+    }
     if let Some(raw) = &cx.raw {
         // Best-effort cleanup on servers that outlive the run (etcd, Consul prefixes).
         let ns = format!("bench-{uniq}");
@@ -271,7 +299,7 @@ async fn run(opts: Options) -> ExitCode {
     let mut failed = false;
     for name in &opts.backends {
         let sizes = sizes.clone();
-        let rows = match bench_backend(name, sizes, start).await {
+        let rows = match bench_backend(name, sizes, &opts.only, start).await {
             Ok(rows) => rows,
             Err(e) => {
                 failed = true;
@@ -304,6 +332,8 @@ mod tests {
         assert_eq!(o.backends, vec!["mem", "zk"]);
         assert!(parse(&a(&["--backends", "foo"])).is_err());
         assert!(parse(&a(&["--nope"])).is_err());
+        assert_eq!(parse(&a(&["--only", "1,4"])).unwrap().only, vec![1, 4]);
+        assert!(parse(&a(&["--only", "8"])).is_err());
         assert_eq!(parse(&a(&[])).unwrap().backends.len(), 4);
     }
 }

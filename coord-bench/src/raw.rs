@@ -236,11 +236,13 @@ impl Raw {
 
     /// Watches one key (`key` as the server names it: a full ZooKeeper path, an etcd key, a
     /// Consul key) and sends the arrival time of each change event. Returns once the watch is
-    /// armed.
+    /// armed. On ZooKeeper, whose notifications carry no data, `with_value` also gets the time
+    /// the re-arming read (which returns the new value) completed.
     pub async fn watch(
         &self,
         key: Vec<u8>,
         tx: mpsc::UnboundedSender<Instant>,
+        with_value: mpsc::UnboundedSender<Instant>,
     ) -> Res<JoinHandle<()>> {
         let (armed_tx, armed_rx) = tokio::sync::oneshot::channel::<Result<(), String>>();
         let task = match self.clone() {
@@ -248,10 +250,16 @@ impl Raw {
                 let path = String::from_utf8(key)?;
                 tokio::spawn(async move {
                     let mut armed = Some(armed_tx);
+                    let mut fired = false;
                     loop {
                         // One-shot watch: re-armed after each event (a read with a watch).
                         let w = match c.get_and_watch_data(&path).await {
-                            Ok((_, _, w)) => w,
+                            Ok((_, _, w)) => {
+                                if fired && with_value.send(Instant::now()).is_err() {
+                                    return;
+                                }
+                                w
+                            }
                             Err(e) => {
                                 if let Some(a) = armed.take() {
                                     let _ = a.send(Err(e.to_string()));
@@ -263,6 +271,7 @@ impl Raw {
                             let _ = a.send(Ok(()));
                         }
                         let _ = w.changed().await;
+                        fired = true;
                         if tx.send(Instant::now()).is_err() {
                             return;
                         }

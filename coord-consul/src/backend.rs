@@ -63,6 +63,7 @@ impl ConsulBackend {
                 layout: Layout::new(&config.namespace),
                 caps,
                 ns: config.namespace.clone(),
+                seen: Default::default(),
             }),
             config,
             _shutdown: tx,

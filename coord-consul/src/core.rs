@@ -4,11 +4,17 @@
 //! - create: `check-index` parent (exists, unchanged — so still not ephemeral) +
 //!   [`cas` parent's sequence counter] + `check-not-exists` key + `set`/`lock` key +
 //!   `set` parent's child-version counter;
-//! - delete: `check-index` key + `check-index`/`check-not-exists` of its child-version counter
-//!   (read before listing its children, so a concurrent child create fails the delete) +
-//!   `delete` key and its counters;
-//! - set: `check-index` key (CAS) or `get` key (must exist) + `set` key (keeps its lock).
+//! - delete: `check-index`/`get` key + `check-not-exists` of its child-version counter (the key
+//!   never had a child: one round trip), else `check-index` of the counter read before listing
+//!   the children (so a concurrent child create fails the delete) + `delete` key and counters;
+//! - set: `cas` key (CAS) or `get` key (must exist) + `set` key (keeps its lock).
+//!
+//! Round trips: a create puts the parent's modify index it last saw ([`Seen`]) straight into its
+//! transaction; a stale guess fails the check there and the create reads and retries, so the
+//! cache costs at most a round trip, never correctness. (Sequence counters are not guessed:
+//! under an election they change with every join from another client.)
 
+use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -78,6 +84,37 @@ pub(crate) struct Core {
     pub(crate) layout: Layout,
     pub(crate) caps: Capabilities,
     pub(crate) ns: String,
+    /// Parent indexes last seen by this client.
+    pub(crate) seen: Seen,
+}
+
+/// Bound on [`Seen`]'s entries (it is emptied when full: only a round trip is lost).
+const SEEN_MAX: usize = 4096;
+
+/// The modify index of persistent parents as this client last saw them. Only ever a guess,
+/// checked inside a transaction.
+#[derive(Debug, Default)]
+pub(crate) struct Seen(std::sync::Mutex<HashMap<String, u64>>);
+
+impl Seen {
+    fn get(&self, key: &str) -> Option<u64> {
+        self.0.lock().ok()?.get(key).copied()
+    }
+
+    fn put(&self, key: &str, v: u64) {
+        if let Ok(mut m) = self.0.lock() {
+            if m.len() >= SEEN_MAX && !m.contains_key(key) {
+                m.clear();
+            }
+            m.insert(key.to_owned(), v);
+        }
+    }
+
+    fn forget(&self, key: &str) {
+        if let Ok(mut m) = self.0.lock() {
+            m.remove(key);
+        }
+    }
 }
 
 impl Core {
@@ -102,12 +139,20 @@ impl Core {
             });
         };
         let l = &self.layout;
+        let pkey = l.node(&parent);
+        let seq_key = l.seq(&parent);
         for attempt in 0..MAX_ATTEMPTS {
+            // Whether this attempt's parent index came from `seen` (a stale guess is not
+            // contention: retry at once).
+            let mut guessed = false;
             // The parent: exists, not ephemeral; its index pins both facts in the txn.
             let parent_index = if parent.is_root() {
                 None
+            } else if let Some(i) = self.seen.get(&pkey) {
+                guessed = true;
+                Some(i)
             } else {
-                match self.api.kv_get(&l.node(&parent), None).await?.0 {
+                match self.api.kv_get(&pkey, None).await?.0 {
                     None => {
                         return Err(Error::NoParent {
                             path: path.to_string(),
@@ -118,19 +163,21 @@ impl Core {
                             path: parent.to_string(),
                         })
                     }
-                    Some(e) => Some(e.modify_index),
+                    Some(e) => {
+                        self.seen.put(&pkey, e.modify_index);
+                        Some(e.modify_index)
+                    }
                 }
             };
             let mut ops = Vec::with_capacity(5);
             let mut parent_op = None;
             if let Some(i) = parent_index {
                 parent_op = Some(ops.len());
-                ops.push(TxnOp::check_index(&l.node(&parent), i));
+                ops.push(TxnOp::check_index(&pkey, i));
             }
             let (full, sequence, seq_op) = match mode {
                 CreateMode::Exact => (path.clone(), None, None),
                 CreateMode::Sequential => {
-                    let seq_key = l.seq(&parent);
                     let (n, idx) = match self.api.kv_get(&seq_key, None).await?.0 {
                         None => (0, 0),
                         Some(e) => {
@@ -189,7 +236,10 @@ impl Core {
                         |i: Option<usize>| i.is_some_and(|i| errors.iter().any(|e| e.0 == i));
                     if failed(parent_op) || failed(seq_op) {
                         // The parent changed (deleted?) or another creator took the number.
-                        conflict_backoff(attempt).await;
+                        self.seen.forget(&pkey);
+                        if !guessed {
+                            conflict_backoff(attempt).await;
+                        }
                         continue;
                     }
                     if failed(Some(exists_op)) {
@@ -253,13 +303,15 @@ impl Core {
             ));
         }
         let key = self.layout.node(path);
-        let guard = match expected {
-            Some(v) => TxnOp::check_index(&key, v.0),
-            None => TxnOp::get(&key),
+        let ops = match expected {
+            // One `cas` op (index 0 would mean "create", hence the guard for it).
+            Some(v) if v.0 != 0 => vec![TxnOp::cas(&key, value, v.0)],
+            Some(v) => vec![TxnOp::check_index(&key, v.0), TxnOp::set(&key, value)],
+            None => vec![TxnOp::get(&key), TxnOp::set(&key, value)],
         };
         let outcome = self
             .api
-            .txn(&[guard, TxnOp::set(&key, value)])
+            .txn(&ops)
             .await
             .map_err(|e| too_large(e, value.len(), self.caps.max_value_size))?;
         match outcome {
@@ -296,6 +348,34 @@ impl Core {
         let l = &self.layout;
         let key = l.node(path);
         let cv_key = l.cv(path);
+        self.seen.forget(&key);
+        // A key that never had a child has no child-version counter: then one transaction
+        // decides (the common case: candidates, locks, instances, leaves).
+        let ops = [
+            match expected {
+                Some(v) => TxnOp::check_index(&key, v.0),
+                None => TxnOp::get(&key),
+            },
+            TxnOp::check_not_exists(&cv_key),
+            TxnOp::delete(&key),
+            TxnOp::delete(&l.seq(path)),
+        ];
+        match self.api.txn(&ops).await? {
+            TxnOutcome::Applied(_) => return Ok(()),
+            TxnOutcome::Failed(errors) if errors.iter().any(|e| e.0 == 0) => {
+                return Err(match (expected, self.api.kv_get(&key, None).await?.0) {
+                    (Some(v), Some(_)) => Error::VersionMismatch {
+                        path: path.to_string(),
+                        expected: v,
+                    },
+                    _ => Error::NotFound {
+                        path: path.to_string(),
+                    },
+                });
+            }
+            // It had children once: look at them.
+            TxnOutcome::Failed(_) => {}
+        }
         for attempt in 0..MAX_ATTEMPTS {
             let Some(e) = self.api.kv_get(&key, None).await?.0 else {
                 return Err(Error::NotFound {

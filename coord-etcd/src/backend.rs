@@ -96,6 +96,17 @@ impl Shared {
         .await
     }
 
+    /// One range read: its kvs and the revision it was answered at.
+    async fn range(&self, key: Vec<u8>, opts: GetOptions) -> Result<(Vec<PbKeyValue>, i64)> {
+        let mut resp = bounded(self.timeout, "get", Ctx::default(), || {
+            let (mut kv, key, opts) = (self.kv(), key.clone(), opts.clone());
+            async move { kv.get(key, Some(opts)).await }
+        })
+        .await?;
+        let rev = resp.0.header.as_ref().map(|h| h.revision).unwrap_or(0);
+        Ok((std::mem::take(&mut resp.0.kvs), rev))
+    }
+
     async fn get_one(&self, key: Vec<u8>, opts: Option<GetOptions>) -> Result<Option<PbKeyValue>> {
         let mut resp = bounded(self.timeout, "get", Ctx::default(), || {
             let (mut kv, key, opts) = (self.kv(), key.clone(), opts.clone());
@@ -539,14 +550,41 @@ impl Backend for EtcdBackend {
     }
 
     async fn children(&self, path: &Path) -> Result<Vec<String>> {
-        let specs = w::children_specs(&self.shared.layout, path);
-        let (snap, _) = self.shared.snapshot(&specs).await?;
-        if !path.is_root() && snap.get(1).map_or(true, |p| p.is_empty()) {
-            return Err(Error::NotFound {
-                path: path.to_string(),
-            });
+        let layout = &self.shared.layout;
+        // Children exist only under an existing parent (create needs it, delete needs no
+        // children), so one range read answers unless the list is empty; then the parent is
+        // read at the list's revision, so that both reads describe one state.
+        let (kids, rev) = self
+            .shared
+            .range(
+                layout.children_prefix(path),
+                GetOptions::new().with_prefix().with_keys_only(),
+            )
+            .await?;
+        if kids.is_empty() && !path.is_root() {
+            let parent = match self
+                .shared
+                .range(
+                    layout.node_key(path),
+                    GetOptions::new().with_keys_only().with_revision(rev),
+                )
+                .await
+            {
+                Ok((p, _)) => p,
+                // Compacted past `rev` in between: read both again, atomically.
+                Err(_) => {
+                    let specs = w::children_specs(layout, path);
+                    let (snap, _) = self.shared.snapshot(&specs).await?;
+                    snap.into_iter().nth(1).unwrap_or_default()
+                }
+            };
+            if parent.is_empty() {
+                return Err(Error::NotFound {
+                    path: path.to_string(),
+                });
+            }
         }
-        Ok(w::names(&specs, &snap))
+        Ok(w::names(&w::children_specs(layout, path), &[kids]))
     }
 
     async fn watch(&self, path: &Path) -> Result<(Option<Node>, KeyWatch)> {

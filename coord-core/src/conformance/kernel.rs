@@ -167,6 +167,37 @@ pub async fn delete_non_empty(h: &dyn Harness) {
     c.delete(&p("/ne"), None).await.unwrap();
 }
 
+/// Checks: a parent deleted and made again (ephemeral, then gone, then persistent) between
+/// two creates under it is judged as it is now, and a node whose children came and went can
+/// be deleted (backends may remember what they saw of a parent: this pins that they check it).
+pub async fn parent_replaced_between_creates(h: &dyn Harness) {
+    let c = h.client().await;
+    c.create(&p("/pr"), b"", CreateMode::Exact).await.unwrap();
+    c.create(&p("/pr/a"), b"", CreateMode::Exact).await.unwrap();
+    c.delete(&p("/pr/a"), None).await.unwrap();
+    c.delete(&p("/pr"), None).await.unwrap();
+    let s = c.open_session(SessionOptions::new()).await.unwrap();
+    s.create(&p("/pr"), b"", CreateMode::Exact).await.unwrap();
+    let r = c.create(&p("/pr/b"), b"", CreateMode::Exact).await;
+    assert!(matches!(r, Err(Error::EphemeralParent { .. })), "{r:?}");
+    s.close().await.unwrap();
+    let r = c.create(&p("/pr/c"), b"", CreateMode::Sequential).await;
+    assert!(matches!(r, Err(Error::NoParent { .. })), "{r:?}");
+    c.create(&p("/pr"), b"v", CreateMode::Exact).await.unwrap();
+    // A value write changes the parent's version; creates under it still work.
+    c.set(&p("/pr"), b"w", None).await.unwrap();
+    c.create(&p("/pr/d"), b"", CreateMode::Exact).await.unwrap();
+    assert_eq!(c.children(&p("/pr")).await.unwrap(), vec!["d".to_owned()]);
+    c.delete(&p("/pr/d"), None).await.unwrap();
+    let stale = c.exists(&p("/pr")).await.unwrap().unwrap().version;
+    c.set(&p("/pr"), b"x", None).await.unwrap();
+    let r = c.delete(&p("/pr"), Some(stale)).await;
+    assert!(matches!(r, Err(Error::VersionMismatch { .. })), "{r:?}");
+    c.delete(&p("/pr"), None).await.unwrap();
+    let r = c.delete(&p("/pr"), None).await;
+    assert!(matches!(r, Err(Error::NotFound { .. })), "{r:?}");
+}
+
 /// Checks: delete missing.
 pub async fn delete_missing(h: &dyn Harness) {
     let c = h.client().await;

@@ -191,6 +191,7 @@ macro_rules! conformance_tests {
                 cas_mismatch_writes_nothing,
                 delete_with_stale_version,
                 delete_non_empty,
+                parent_replaced_between_creates,
                 delete_missing,
                 children_sorted,
                 exists_reports_stat,

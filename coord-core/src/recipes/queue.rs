@@ -17,7 +17,9 @@ use tokio::sync::watch;
 
 use crate::client::Client;
 use crate::error::{Error, Result};
-use crate::kernel::{create_parents, Backend, CreateMode, KeyEvent, Session, SessionState};
+use crate::kernel::{
+    create_parents, Backend, CreateMode, KeyEvent, Session, SessionState, SessionStates,
+};
 use crate::path::{parse_sequence, Path};
 
 /// What counts as losing the role.
@@ -246,19 +248,28 @@ pub(crate) async fn acquire(
             retryable: false,
         })?;
     let mut states = session.states();
+    let list = entries(&*backend, dir).await?;
+    let Some(pos) = list.iter().position(|e| e.name == me) else {
+        return Err(own_node_gone(&*session, &mut states, &created.path).await);
+    };
+    if try_only && pos > 0 {
+        match backend.delete(&created.path, None).await {
+            Ok(()) | Err(Error::NotFound { .. }) => pending.armed = false,
+            // Dropping `pending` retries in the background.
+            Err(e) => tracing::debug!(error = %e, "try-acquire cleanup deferred"),
+        }
+        return Ok(Acquire::Busy);
+    }
+    // The candidates ahead of us. Every later candidate gets a larger number, so this set only
+    // shrinks: a wake-up never needs to list the directory again (O(1), not O(candidates)).
+    let mut ahead: Vec<Entry> = list;
+    ahead.truncate(pos);
     loop {
-        let list = entries(&*backend, dir).await?;
-        let Some(pos) = list.iter().position(|e| e.name == me) else {
-            let st = session.state();
-            return Err(if st.is_final() {
-                gone(&*session, st)
-            } else {
-                Error::NotFound {
-                    path: created.path.to_string(),
-                }
-            });
-        };
-        if pos == 0 {
+        let Some(pred) = ahead.last() else {
+            // Nobody ahead: one read confirms our own node is still there.
+            if backend.exists(&created.path).await?.is_none() {
+                return Err(own_node_gone(&*session, &mut states, &created.path).await);
+            }
             pending.armed = false;
             return Ok(Acquire::Held(Held::start(
                 backend.clone(),
@@ -268,18 +279,11 @@ pub(crate) async fn acquire(
                 token,
                 policy,
             )));
-        }
-        if try_only {
-            match backend.delete(&created.path, None).await {
-                Ok(()) | Err(Error::NotFound { .. }) => pending.armed = false,
-                // Dropping `pending` retries in the background.
-                Err(e) => tracing::debug!(error = %e, "try-acquire cleanup deferred"),
-            }
-            return Ok(Acquire::Busy);
-        }
-        let pred = dir.join(&list[pos - 1].name)?;
+        };
+        let pred = dir.join(&pred.name)?;
         let (current, mut events) = backend.watch(&pred).await?;
         if current.is_none() {
+            ahead.pop();
             continue;
         }
         // Wait for the predecessor to go, or for our session to end.
@@ -288,7 +292,13 @@ pub(crate) async fn acquire(
                 ev = events.next() => {
                     instruments.wakeups.fetch_add(1, Ordering::Relaxed);
                     match ev {
-                        Some(Ok(KeyEvent::Deleted)) | Some(Ok(KeyEvent::Resync(None))) | None => break,
+                        // Gone for good: sequence numbers are never reused.
+                        Some(Ok(KeyEvent::Deleted)) | Some(Ok(KeyEvent::Resync(None))) => {
+                            ahead.pop();
+                            break;
+                        }
+                        // The watch ended without telling: look again.
+                        None => break,
                         Some(Ok(_)) => continue,
                         Some(Err(e)) => return Err(e),
                     }
@@ -301,6 +311,32 @@ pub(crate) async fn acquire(
                     }
                 }
             }
+        }
+    }
+}
+
+/// Our candidate node is missing: the session ended (the server removed it) or someone
+/// deleted it. The client may learn of its session's end a moment after it sees the node gone
+/// (a restarted Consul agent: the watches resync before the session observer reports
+/// Expired), so a session that still looks alive gets up to its TTL to report its end: the
+/// error is then the documented `SessionExpired`, not `NotFound`.
+async fn own_node_gone(session: &dyn Session, states: &mut SessionStates, path: &Path) -> Error {
+    let ended = tokio::time::timeout(session.ttl(), async {
+        loop {
+            match states.next().await {
+                Some(s) if s.is_final() => return s,
+                Some(_) => {}
+                None => return session.state(),
+            }
+        }
+    })
+    .await;
+    let st = ended.unwrap_or_else(|_| session.state());
+    if st.is_final() {
+        gone(session, st)
+    } else {
+        Error::NotFound {
+            path: path.to_string(),
         }
     }
 }
