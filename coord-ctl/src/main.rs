@@ -634,6 +634,8 @@ async fn create(
     } else {
         CreateMode::Exact
     };
+    // Refuse an oversized value before any write (not even the parents).
+    coord::check_value(client.capabilities(), value.as_bytes())?;
     if parents {
         if let Some(parent) = path.parent() {
             timed(

@@ -148,6 +148,12 @@ pub struct Report {
     pub overlaps: Vec<String>,
     /// Overlaps explained by a fault of the older holder (allowed: fencing handles them).
     pub fenced_overlaps: usize,
+    /// Of those, the ones explained only by a server fault (a pause or restart), which must
+    /// end within the fault's grace: a resumed server may end a session at once, and its holder
+    /// learns on its next round trip.
+    pub server_fault_overlaps: usize,
+    /// The longest of the server-fault overlaps, in microseconds.
+    pub max_server_fault_overlap_us: u64,
     /// Writes accepted after a larger token was accepted (must be 0).
     pub stale_writes_accepted: usize,
     /// Writes the resource rejected (stale tokens caught by fencing).
@@ -266,8 +272,27 @@ pub fn check(
                     // The older holder believed it held the role while the newer one did. That
                     // is only allowed if the older one was cut off: its process stopped or
                     // killed, or the server faulted, between its grant and the newer grant.
-                    if faulted(faults, &old.id, old.from_us, new.from_us) {
+                    let own_fault = faults.iter().any(|f| {
+                        f.id.as_deref() == Some(old.id.as_str())
+                            && f.from_us <= new.from_us
+                            && f.to_us >= old.from_us
+                    });
+                    // A server fault excuses the overlap only up to the end of its grace.
+                    let server_grace_end = faults
+                        .iter()
+                        .filter(|f| {
+                            f.id.is_none() && f.from_us <= new.from_us && f.to_us >= old.from_us
+                        })
+                        .map(|f| f.to_us)
+                        .max();
+                    if own_fault {
                         rep.fenced_overlaps += 1;
+                    } else if server_grace_end.is_some_and(|end| overlap_to <= end) {
+                        rep.fenced_overlaps += 1;
+                        rep.server_fault_overlaps += 1;
+                        rep.max_server_fault_overlap_us = rep
+                            .max_server_fault_overlap_us
+                            .max(overlap_to - overlap_from);
                     } else {
                         rep.overlaps.push(format!(
                             "{role}: {} (token {}, {}..{} {}) overlaps {} (token {}, {}..{} {}) \
@@ -367,6 +392,28 @@ mod tests {
         let rep = check(&r, &[stop], &BTreeMap::new(), 100);
         assert!(rep.ok(), "{rep:?}");
         assert_eq!(rep.fenced_overlaps, 1);
+    }
+
+    #[test]
+    fn server_fault_excuses_an_overlap_only_within_its_grace() {
+        let r = vec![
+            rec(10, "a", granted(1)),
+            rec(25, "b", granted(2)),
+            rec(40, "a", lost(1)),
+        ];
+        let pause = |to_us| FaultWindow {
+            id: None,
+            kind: "server_pause".into(),
+            from_us: 15,
+            to_us,
+        };
+        let rep = check(&r, &[pause(45)], &BTreeMap::new(), 100);
+        assert!(rep.ok(), "{rep:?}");
+        assert_eq!(rep.server_fault_overlaps, 1);
+        assert_eq!(rep.max_server_fault_overlap_us, 15);
+        // The old holder still believed after the grace ended: a violation.
+        let rep = check(&r, &[pause(35)], &BTreeMap::new(), 100);
+        assert_eq!(rep.overlaps.len(), 1, "{rep:?}");
     }
 
     #[test]

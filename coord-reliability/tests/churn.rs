@@ -224,13 +224,15 @@ fn churn(kind: Kind) {
     println!(
         "{kind} churn: seed {seed}, {rounds} rounds, {faults} faults injected {counts:?}; \
          grants {:?}; writes accepted {}, stale writes accepted {}, stale writes rejected {}; \
-         fenced overlaps {}; live {} registered and found after {settled_in:?}; final leader \
+         fenced overlaps {} (of which after a server fault {}, longest {} us); live {} registered and found after {settled_in:?}; final leader \
          {leader:?}; orphans {}; processes started {next_id}; total {:?}",
         report.grants,
         report.writes_accepted,
         report.stale_writes_accepted,
         report.stale_writes_rejected,
         report.fenced_overlaps,
+        report.server_fault_overlaps,
+        report.max_server_fault_overlap_us,
         live.len(),
         orphans.len(),
         t0.elapsed()
