@@ -37,7 +37,7 @@ COORD_ETCD_ENDPOINTS or COORD_CONSUL_ENDPOINTS name running ones.
   --quick       smaller sizes (herd 10/100, 2,000 grandchildren, ...): under two minutes
   --backends    comma-separated subset (default: all four)
   --only        comma-separated item numbers 1-7 to measure (default: all)
-ZooKeeper is started with tickTime=100 ms (its session-expiry granularity; COORD_ZK_TICK_MS
+ZooKeeper is started with tickTime=50 ms (its session-expiry granularity; COORD_ZK_TICK_MS
 overrides).";
 
 struct Options {
@@ -94,7 +94,7 @@ fn main() -> ExitCode {
     // Before any thread exists: ZooKeeper expires sessions on tick boundaries, and the kit's
     // default tick (500 ms) would dominate the crash handover (item 4).
     if std::env::var_os("COORD_ZK_TICK_MS").is_none() {
-        std::env::set_var("COORD_ZK_TICK_MS", "100");
+        std::env::set_var("COORD_ZK_TICK_MS", "50");
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -7,7 +7,8 @@
 //! - [`Server`]: one process — [`Server::zookeeper`], [`Server::etcd`], [`Server::consul`] —
 //!   with [`stop`](Server::stop), [`kill`](Server::kill), [`pause`](Server::pause),
 //!   [`resume`](Server::resume) and [`restart`](Server::restart) (same port, same data).
-//! - [`Cluster`]: a ZooKeeper ensemble or a static etcd cluster of `n` members.
+//! - [`Cluster`]: a ZooKeeper ensemble, a static etcd cluster or a Consul datacenter of `n`
+//!   members ([`Cluster::zookeeper`], [`Cluster::etcd`], [`Cluster::consul`]).
 //! - [`shared_endpoints`]: the endpoints a test suite should use — from an environment
 //!   variable when set, else one server per kind shared by the whole test process.
 //!
@@ -34,6 +35,7 @@
 //! | `COORD_TOOLS_DIR` | where `etcd` and `consul` were unpacked (default `<workspace>/.tools`) |
 //! | `COORD_ETCD_BIN`, `COORD_CONSUL_BIN`, `COORD_JAVA`, `COORD_ZK_CLASSPATH` | exact binaries / classpath to use |
 //! | `COORD_TESTKIT_START_TIMEOUT_SECS` | bound for a server to become ready (default 30) |
+//! | `COORD_ZK_TICK_MS` | ZooKeeper's `tickTime` (default 500; 10–2000): its session-expiry granularity |
 //! | `COORD_TESTKIT_KEEP=1` | keep the temp dirs of dropped servers (for debugging) |
 //! | `TMPDIR` | where the temp dirs go |
 //!

@@ -85,7 +85,7 @@ impl Server {
 
     /// Starts a standalone ZooKeeper (`ZooKeeperServerMain`) and waits until it answers `srvr`.
     ///
-    /// `tickTime=500`, so sessions of 1 s are allowed (`minSessionTimeout=1000`,
+    /// `tickTime=500` (`COORD_ZK_TICK_MS` overrides), so sessions of 1 s are allowed (`minSessionTimeout=1000`,
     /// `maxSessionTimeout=60000`); `maxClientCnxns=0` (no per-IP limit); the AdminServer is
     /// off; all four-letter words are whitelisted; JVM heap at most 256 MiB.
     pub fn zookeeper() -> Result<Server, Error> {
@@ -328,9 +328,10 @@ impl Drop for Server {
     }
 }
 
-/// A cluster of servers of one kind on 127.0.0.1: a ZooKeeper ensemble or a static etcd
-/// cluster. Each member is a [`Server`] with its own temp dir; stop, kill, pause and restart
-/// members individually. Dropping the cluster stops all members ([`Cluster::stop_all`]).
+/// A cluster of servers of one kind on 127.0.0.1: a ZooKeeper ensemble, a static etcd
+/// cluster or a Consul datacenter of servers. Each member is a [`Server`] with its own temp
+/// dir; stop, kill, pause and restart members individually. Dropping the cluster stops all
+/// members ([`Cluster::stop_all`]).
 #[derive(Debug)]
 pub struct Cluster {
     /// The members, in the order of their ids (ZooKeeper `myid` = index + 1).
@@ -406,6 +407,50 @@ impl Cluster {
                     &initial,
                     &base,
                 ));
+            }
+            Ok(members)
+        })
+    }
+
+    /// Starts an `n`-server Consul datacenter (not `-dev`: `consul agent -server
+    /// -bootstrap-expect=n`, each server with a data dir in its own temp dir, `-retry-join`ing
+    /// the others over Serf LAN every second) on 127.0.0.1 and waits until every member sees
+    /// a leader and its node's `serfHealth` check is passing.
+    ///
+    /// `performance.raft_multiplier = 1` (the shortest Raft timings: a leader lost to a crash
+    /// is replaced within a few seconds); DNS and gRPC are off; the HTTP, Serf LAN/WAN and server
+    /// RPC ports are free ports; settings otherwise as [`Server::consul`]. Unlike a dev agent,
+    /// a member keeps its state (Raft log, node id) across [`Server::restart`]. Each member's
+    /// [`endpoint`](Server::endpoint) is its HTTP API; a coord `consul://` client talks to one
+    /// of them, and its sessions are bound to that agent's checks.
+    pub fn consul(n: usize) -> Result<Cluster, Error> {
+        if n == 0 {
+            return Err(Error::new("a Consul datacenter needs at least one server"));
+        }
+        let consul = consul_binary()?;
+        start_cluster_with_retries(|| {
+            // Per member: HTTP, Serf LAN, Serf WAN, server RPC.
+            let ports = free_ports(4 * n)?;
+            let dirs = make_temp_dirs("consul", n)?;
+            let base = unique_name();
+            let serf_lan: Vec<u16> = (0..n).map(|i| ports[4 * i + 1]).collect();
+            let mut members = Vec::with_capacity(n);
+            for (i, dir) in dirs.into_iter().enumerate() {
+                let member = ConsulMember {
+                    node: format!("{base}-m{}", i + 1),
+                    http: ports[4 * i],
+                    serf_lan: ports[4 * i + 1],
+                    serf_wan: ports[4 * i + 2],
+                    server: ports[4 * i + 3],
+                    expect: n,
+                };
+                let others: Vec<u16> = serf_lan
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .map(|(_, p)| *p)
+                    .collect();
+                members.push(prepare_consul_member(&consul, dir, &member, &others)?);
             }
             Ok(members)
         })
@@ -518,7 +563,12 @@ fn start_cluster_with_retries(
 fn zoo_cfg(dir: &Path, client_port: u16, servers: &[String]) -> String {
     let mut cfg = String::new();
     let _ = writeln!(cfg, "# written by coord-testkit");
-    let _ = writeln!(cfg, "tickTime=500");
+    // The session-expiry granularity: sessions die between their timeout and one tick later.
+    let tick = util::env_nonempty("COORD_ZK_TICK_MS")
+        .and_then(|v| v.parse::<u32>().ok())
+        .filter(|t| (10..=2000).contains(t))
+        .unwrap_or(500);
+    let _ = writeln!(cfg, "tickTime={tick}");
     let _ = writeln!(cfg, "initLimit=10");
     let _ = writeln!(cfg, "syncLimit=5");
     let _ = writeln!(cfg, "dataDir={}", dir.join("data").display());
@@ -801,6 +851,94 @@ fn prepare_consul(consul: &Path) -> Result<Server, Error> {
             env_remove_prefixes: vec!["CONSUL_"],
         },
         consul_node: Some(node),
+        proc: None,
+    })
+}
+
+/// The ports and name of one server of [`Cluster::consul`].
+struct ConsulMember {
+    node: String,
+    http: u16,
+    serf_lan: u16,
+    serf_wan: u16,
+    server: u16,
+    /// `-bootstrap-expect`: the number of servers.
+    expect: usize,
+}
+
+/// A server of a Consul datacenter (not `-dev`): configuration file, data dir and launch.
+fn prepare_consul_member(
+    consul: &Path,
+    dir: PathBuf,
+    m: &ConsulMember,
+    join_serf_lan: &[u16],
+) -> Result<Server, Error> {
+    let config = dir.join("consul.json");
+    let data = dir.join("data");
+    let written = fs::create_dir_all(&data)
+        .map_err(|e| format!("create {}: {e}", data.display()))
+        .and_then(|()| {
+            fs::write(
+                &config,
+                // As the dev agent's (see `prepare_consul`), plus the shortest Raft timings.
+                "{\n  \"disable_update_check\": true,\n  \"log_level\": \"info\",\n  \"ports\": { \"https\": -1 },\n  \"limits\": { \"http_max_conns_per_client\": 10000 },\n  \"performance\": { \"raft_multiplier\": 1 }\n}\n",
+            )
+            .map_err(|e| format!("write {}: {e}", config.display()))
+        });
+    if let Err(e) = written {
+        let _ = fs::remove_dir_all(&dir);
+        return Err(Error::new(e));
+    }
+    let s = |v: u16| OsString::from(v.to_string());
+    let mut argv: Vec<OsString> = vec![
+        consul.into(),
+        "agent".into(),
+        "-server".into(),
+        "-bootstrap-expect".into(),
+        m.expect.to_string().into(),
+        "-node".into(),
+        m.node.clone().into(),
+        "-data-dir".into(),
+        data.into(),
+        "-client".into(),
+        "127.0.0.1".into(),
+        "-bind".into(),
+        "127.0.0.1".into(),
+        "-advertise".into(),
+        "127.0.0.1".into(),
+        "-http-port".into(),
+        s(m.http),
+        "-dns-port".into(),
+        "-1".into(),
+        "-grpc-port".into(),
+        "-1".into(),
+        "-serf-lan-port".into(),
+        s(m.serf_lan),
+        "-serf-wan-port".into(),
+        s(m.serf_wan),
+        "-server-port".into(),
+        s(m.server),
+        "-retry-interval".into(),
+        "1s".into(),
+    ];
+    for port in join_serf_lan {
+        argv.push("-retry-join".into());
+        argv.push(format!("127.0.0.1:{port}").into());
+    }
+    argv.push("-config-file".into());
+    argv.push(config.into());
+    Ok(Server {
+        kind: Kind::Consul,
+        name: m.node.clone(),
+        log: dir.join("server.log"),
+        dir,
+        port: m.http,
+        launch: Launch {
+            argv,
+            env: Vec::new(),
+            env_remove_prefixes: vec!["CONSUL_"],
+        },
+        consul_node: Some(m.node.clone()),
         proc: None,
     })
 }
