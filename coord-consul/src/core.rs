@@ -203,12 +203,18 @@ impl Core {
             };
             let key = l.node(&full);
             let exists_op = ops.len();
-            ops.push(TxnOp::check_not_exists(&key));
-            let write_op = ops.len();
-            ops.push(match session {
-                Some(s) => TxnOp::lock(&key, value, s),
-                None => TxnOp::set(&key, value),
-            });
+            let write_op = match session {
+                Some(s) => {
+                    ops.push(TxnOp::check_not_exists(&key));
+                    ops.push(TxnOp::lock(&key, value, s));
+                    exists_op + 1
+                }
+                // `cas` at index 0 writes only an absent key: one op for both.
+                None => {
+                    ops.push(TxnOp::cas(&key, value, 0));
+                    exists_op
+                }
+            };
             if !parent.is_root() {
                 ops.push(TxnOp::set(&l.cv(&parent), b""));
             }
@@ -247,7 +253,7 @@ impl Core {
                             path: full.to_string(),
                         });
                     }
-                    if failed(Some(write_op)) && session.is_some() {
+                    if write_op != exists_op && failed(Some(write_op)) {
                         return Err(Error::SessionExpired {
                             session: session.unwrap_or_default().to_owned(),
                         });
@@ -349,8 +355,9 @@ impl Core {
         let key = l.node(path);
         let cv_key = l.cv(path);
         self.seen.forget(&key);
-        // A key that never had a child has no child-version counter: then one transaction
-        // decides (the common case: candidates, locks, instances, leaves).
+        // A key that never had a child has no child-version counter (nor a sequence counter,
+        // written with it): then one transaction decides (the common case: candidates, locks,
+        // instances, leaves).
         let ops = [
             match expected {
                 Some(v) => TxnOp::check_index(&key, v.0),
@@ -358,7 +365,6 @@ impl Core {
             },
             TxnOp::check_not_exists(&cv_key),
             TxnOp::delete(&key),
-            TxnOp::delete(&l.seq(path)),
         ];
         match self.api.txn(&ops).await? {
             TxnOutcome::Applied(_) => return Ok(()),
