@@ -216,7 +216,13 @@ impl Core {
                 }
             };
             if !parent.is_root() {
-                ops.push(TxnOp::set(&l.cv(&parent), b""));
+                // A new value every time: Consul leaves the index of a key written with the
+                // value it already has unchanged, and the delete of the parent relies on this
+                // index changing with every child create.
+                ops.push(TxnOp::set(
+                    &l.cv(&parent),
+                    format!("{:016x}", random_u64()).as_bytes(),
+                ));
             }
             let outcome = self
                 .api
@@ -242,8 +248,11 @@ impl Core {
                         |i: Option<usize>| i.is_some_and(|i| errors.iter().any(|e| e.0 == i));
                     if failed(parent_op) || failed(seq_op) {
                         // The parent changed (deleted?) or another creator took the number.
-                        self.seen.forget(&pkey);
-                        if !guessed {
+                        if failed(parent_op) {
+                            self.seen.forget(&pkey);
+                        }
+                        // Only a stale guess alone is not contention: retry at once.
+                        if !(guessed && failed(parent_op) && !failed(seq_op)) {
                             conflict_backoff(attempt).await;
                         }
                         continue;

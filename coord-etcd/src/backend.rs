@@ -572,11 +572,12 @@ impl Backend for EtcdBackend {
             {
                 Ok((p, _)) => p,
                 // Compacted past `rev` in between: read both again, atomically.
-                Err(_) => {
+                Err(e) if e.to_string().contains("compacted") => {
                     let specs = w::children_specs(layout, path);
                     let (snap, _) = self.shared.snapshot(&specs).await?;
                     snap.into_iter().nth(1).unwrap_or_default()
                 }
+                Err(e) => return Err(e),
             };
             if parent.is_empty() {
                 return Err(Error::NotFound {

@@ -198,6 +198,41 @@ pub async fn parent_replaced_between_creates(h: &dyn Harness) {
     assert!(matches!(r, Err(Error::NotFound { .. })), "{r:?}");
 }
 
+/// Checks: a delete racing a child create under a parent that had a child before never lets
+/// both succeed (that would leave an orphan), and the tree afterwards matches the outcome.
+pub async fn delete_races_child_create(h: &dyn Harness) {
+    let c = h.client().await;
+    let c2 = h.client().await;
+    let (mut deleted, mut created) = (0, 0);
+    for i in 0..20 {
+        let parent = p(&format!("/race{i}"));
+        c.create(&parent, b"", CreateMode::Exact).await.unwrap();
+        let first = parent.join("a").unwrap();
+        c.create(&first, b"", CreateMode::Exact).await.unwrap();
+        c.delete(&first, None).await.unwrap();
+        let kid = parent.join("b").unwrap();
+        let (d, k) = tokio::join!(
+            c.delete(&parent, None),
+            c2.create(&kid, b"", CreateMode::Exact)
+        );
+        assert!(
+            !(d.is_ok() && k.is_ok()),
+            "round {i}: both the delete and the create succeeded"
+        );
+        if d.is_ok() {
+            deleted += 1;
+            assert!(c.exists(&kid).await.unwrap().is_none(), "round {i}: orphan");
+            assert!(matches!(k, Err(Error::NoParent { .. })), "round {i}: {k:?}");
+        } else {
+            created += 1;
+            assert!(matches!(d, Err(Error::NotEmpty { .. })), "round {i}: {d:?}");
+            c.delete(&kid, None).await.unwrap();
+            c.delete(&parent, None).await.unwrap();
+        }
+    }
+    assert_eq!(deleted + created, 20);
+}
+
 /// Checks: delete missing.
 pub async fn delete_missing(h: &dyn Harness) {
     let c = h.client().await;

@@ -192,6 +192,7 @@ macro_rules! conformance_tests {
                 delete_with_stale_version,
                 delete_non_empty,
                 parent_replaced_between_creates,
+                delete_races_child_create,
                 delete_missing,
                 children_sorted,
                 exists_reports_stat,

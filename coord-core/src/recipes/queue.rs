@@ -261,10 +261,27 @@ pub(crate) async fn acquire(
         return Ok(Acquire::Busy);
     }
     // The candidates ahead of us. Every later candidate gets a larger number, so this set only
-    // shrinks: a wake-up never needs to list the directory again (O(1), not O(candidates)).
+    // shrinks: a `Deleted` event of the one we watch needs no new listing (O(1), not
+    // O(candidates)). An "absent" answer without an event may come from a lagging server (a
+    // new ZooKeeper connection, a Consul index reset), so it is checked by a new listing: a
+    // listing that holds our node holds every live candidate ahead of it.
     let mut ahead: Vec<Entry> = list;
     ahead.truncate(pos);
+    // Set when the watched candidate looked absent without a `Deleted` event: its name.
+    let mut relist: Option<String> = None;
     loop {
+        if let Some(absent) = relist.take() {
+            let list = entries(&*backend, dir).await?;
+            let Some(pos) = list.iter().position(|e| e.name == me) else {
+                return Err(own_node_gone(&*session, &mut states, &created.path).await);
+            };
+            ahead = list;
+            ahead.truncate(pos);
+            if ahead.last().is_some_and(|e| e.name == absent) {
+                // The two reads disagree (servers catching up): do not spin.
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
         let Some(pred) = ahead.last() else {
             // Nobody ahead: one read confirms our own node is still there.
             if backend.exists(&created.path).await?.is_none() {
@@ -280,10 +297,11 @@ pub(crate) async fn acquire(
                 policy,
             )));
         };
-        let pred = dir.join(&pred.name)?;
+        let pred_name = pred.name.clone();
+        let pred = dir.join(&pred_name)?;
         let (current, mut events) = backend.watch(&pred).await?;
         if current.is_none() {
-            ahead.pop();
+            relist = Some(pred_name);
             continue;
         }
         // Wait for the predecessor to go, or for our session to end.
@@ -293,8 +311,12 @@ pub(crate) async fn acquire(
                     instruments.wakeups.fetch_add(1, Ordering::Relaxed);
                     match ev {
                         // Gone for good: sequence numbers are never reused.
-                        Some(Ok(KeyEvent::Deleted)) | Some(Ok(KeyEvent::Resync(None))) => {
+                        Some(Ok(KeyEvent::Deleted)) => {
                             ahead.pop();
+                            break;
+                        }
+                        Some(Ok(KeyEvent::Resync(None))) => {
+                            relist = Some(pred_name);
                             break;
                         }
                         // The watch ended without telling: look again.
