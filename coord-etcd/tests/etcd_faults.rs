@@ -13,11 +13,8 @@ use coord_core::{
 };
 use coord_etcd::testing::fresh_namespace;
 use coord_etcd::EtcdBackend;
-use coord_testkit::{require_backends, Cluster, Server};
+use coord_testkit::{require_backends, Cluster, Proxy, Server};
 use futures::{Stream, StreamExt};
-use tokio::io::copy_bidirectional;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::broadcast;
 
 /// A bound that only catches a hang; timings are measured, not asserted.
 const HANG: Duration = Duration::from_secs(15);
@@ -320,73 +317,15 @@ async fn pause_longer_than_ttl_loses_leadership() {
     assert!(matches!(r, Err(Error::SessionExpired { .. })), "{r:?}");
 }
 
-/// A TCP proxy on 127.0.0.1 that can cut and refuse connections: it breaks one client's
-/// watch streams while the server goes on.
-struct Proxy {
-    addr: String,
-    enabled: Arc<AtomicBool>,
-    cut: broadcast::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Proxy {
-    async fn start(target: String) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let enabled = Arc::new(AtomicBool::new(true));
-        let (cut, _) = broadcast::channel(4);
-        let (en, cut2) = (enabled.clone(), cut.clone());
-        let task = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                if !en.load(Ordering::SeqCst) {
-                    continue; // dropped: refused
-                }
-                let mut stop = cut2.subscribe();
-                let target = target.clone();
-                tokio::spawn(async move {
-                    let Ok(mut outbound) = TcpStream::connect(&target).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = stop.recv() => {}
-                    }
-                });
-            }
-        });
-        Proxy {
-            addr,
-            enabled,
-            cut,
-            task,
-        }
-    }
-
-    fn disable(&self) {
-        self.enabled.store(false, Ordering::SeqCst);
-        let _ = self.cut.send(());
-    }
-
-    fn enable(&self) {
-        self.enabled.store(true, Ordering::SeqCst);
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 /// A watch whose stream is cut while its key changes and the history is compacted resumes
 /// with `Resync` carrying the current state (never a silent gap), then goes on normally.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_across_compaction_resyncs() {
     let Some(server) = server() else { return };
     let ns = fresh_namespace("compaction");
-    let proxy = Proxy::start(server.endpoint()).await;
+    let proxy = Proxy::start(&server.endpoint()).expect("proxy");
     let writer = connect(&server.endpoint(), &ns, "").await;
-    let watcher = connect(&proxy.addr, &ns, "?timeout=1s").await;
+    let watcher = connect(proxy.addr(), &ns, "?timeout=1s").await;
     writer
         .create(&p("/k"), b"0", CreateMode::Exact)
         .await

@@ -12,22 +12,18 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::namespace;
+use common::{namespace, own_server};
 use coord::election::Leadership;
 use coord::recipes::{HoldState, SuspendPolicy};
 use coord::registry::{Instance, Registration, ServiceCache};
 use coord::{
     Backend, ChildrenEvent, ChildrenWatch, Client, Error, Path, SessionOptions, SessionState,
 };
-use coord_testkit::{require_backends, Server};
+use coord_testkit::Proxy;
 use futures::StreamExt;
-use tokio::io::copy_bidirectional;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
 /// A bound that only catches a hang.
@@ -41,24 +37,6 @@ async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(BOUND, f)
         .await
         .unwrap_or_else(|_| panic!("timed out after {BOUND:?} waiting for {what}"))
-}
-
-/// A private server of `kind` (restarted, paused or compacted by the test), or `None` (loud
-/// skip) when it cannot be started and backends are not required.
-async fn own_server(kind: coord_testkit::Kind) -> Option<Server> {
-    match tokio::task::spawn_blocking(move || Server::start(kind))
-        .await
-        .expect("start task")
-    {
-        Ok(s) => Some(s),
-        Err(e) if require_backends() => {
-            panic!("{kind} is required (COORD_REQUIRE_BACKENDS=1) but did not start: {e}")
-        }
-        Err(e) => {
-            eprintln!("SKIPPED: {kind} not available: {e}");
-            None
-        }
-    }
 }
 
 fn ids(list: &[Instance]) -> BTreeSet<String> {
@@ -252,64 +230,6 @@ async fn hand_over(
 
 // ---- etcd: compaction past a cut watcher's revision ----------------------------------------
 
-/// A TCP proxy on 127.0.0.1 that can cut and refuse connections: it breaks one client's
-/// watch streams while the server goes on (as in coord-etcd's `watch_across_compaction_resyncs`).
-struct Proxy {
-    addr: String,
-    enabled: Arc<AtomicBool>,
-    cut: broadcast::Sender<()>,
-    task: JoinHandle<()>,
-}
-
-impl Proxy {
-    async fn start(target: String) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr").to_string();
-        let enabled = Arc::new(AtomicBool::new(true));
-        let (cut, _) = broadcast::channel(4);
-        let (en, cut2) = (enabled.clone(), cut.clone());
-        let task = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                if !en.load(Ordering::SeqCst) {
-                    continue; // dropped: refused
-                }
-                let mut stop = cut2.subscribe();
-                let target = target.clone();
-                tokio::spawn(async move {
-                    let Ok(mut outbound) = TcpStream::connect(&target).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = stop.recv() => {}
-                    }
-                });
-            }
-        });
-        Proxy {
-            addr,
-            enabled,
-            cut,
-            task,
-        }
-    }
-
-    fn disable(&self) {
-        self.enabled.store(false, Ordering::SeqCst);
-        let _ = self.cut.send(());
-    }
-
-    fn enable(&self) {
-        self.enabled.store(true, Ordering::SeqCst);
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 /// etcd: two waiting candidates, an election observer and a registry cache use a connection
 /// that is cut while instances change and the history is compacted past their watches'
 /// revisions; their watches resume with `Resync`. The leader (on a direct connection) keeps
@@ -322,14 +242,14 @@ async fn etcd_compaction_resync_recipes_recover() {
     };
     let ep = server.endpoint();
     let ns = namespace("resync-etcd");
-    let proxy = Proxy::start(ep.clone()).await;
+    let proxy = Proxy::start(&ep).expect("proxy");
     let raw = coord_etcd::EtcdBackend::connect(&format!("etcd://{ep}{ns}?timeout=2s"))
         .await
         .expect("connect");
     let etcd = raw.etcd_client().clone();
     let direct: Arc<dyn Backend> = Arc::new(raw);
     let cut: Arc<dyn Backend> =
-        coord::connect_backend(&format!("etcd://{}{ns}?timeout=1s", proxy.addr))
+        coord::connect_backend(&format!("etcd://{}{ns}?timeout=1s", proxy.addr()))
             .await
             .expect("connect through the proxy");
     // Sessions outlive the cut (a few seconds): only the watches lose their history.

@@ -14,10 +14,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use common::namespace;
+use common::{namespace, own_server};
 use coord::registry::Instance;
 use coord::{Client, CreateMode, Error, Path};
-use coord_testkit::{require_backends, Server};
+use coord_testkit::require_backends;
 use futures::StreamExt;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
@@ -218,22 +218,6 @@ async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
 
 fn p(s: &str) -> Path {
     Path::new(s).expect("path")
-}
-
-async fn own_server(kind: coord_testkit::Kind) -> Option<Server> {
-    match tokio::task::spawn_blocking(move || Server::start(kind))
-        .await
-        .expect("start task")
-    {
-        Ok(s) => Some(s),
-        Err(e) if require_backends() => {
-            panic!("{kind} is required (COORD_REQUIRE_BACKENDS=1) but did not start: {e}")
-        }
-        Err(e) => {
-            eprintln!("SKIPPED: {kind} not available: {e}");
-            None
-        }
-    }
 }
 
 /// Normal operations through every recipe kind, so that the adapter's paths run.

@@ -56,6 +56,7 @@
 
 mod error;
 mod probe;
+mod proxy;
 mod server;
 mod supervisor;
 mod util;
@@ -67,6 +68,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 pub use error::Error;
+pub use proxy::Proxy;
 pub use server::{Cluster, Server};
 
 /// Which coordination server.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use coord_reliability::history::{Event, FaultWindow, Record};
 use coord_reliability::now_us;
-use coord_testkit::Kind;
+use coord_testkit::{require_backends, Kind, Server};
 
 /// A unique namespace for one test run.
 pub fn namespace(tag: &str) -> String {
@@ -336,4 +336,22 @@ pub fn bounded<T>(
             Err(_) => panic!("{what} did not finish within {limit:?}"),
         }
     })
+}
+
+/// A private server of `kind` (restarted, paused or compacted by the test), or `None` (loud
+/// skip) when it cannot be started and backends are not required.
+pub async fn own_server(kind: Kind) -> Option<Server> {
+    match tokio::task::spawn_blocking(move || Server::start(kind))
+        .await
+        .expect("start task")
+    {
+        Ok(s) => Some(s),
+        Err(e) if require_backends() => {
+            panic!("{kind} is required (COORD_REQUIRE_BACKENDS=1) but did not start: {e}")
+        }
+        Err(e) => {
+            eprintln!("SKIPPED: {kind} not available: {e}");
+            None
+        }
+    }
 }
