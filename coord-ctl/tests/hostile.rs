@@ -9,6 +9,7 @@
 //! and after. Run on mem:// (where "nothing written" is vacuous: a store per process) and on
 //! every real backend compiled in (features `zk`, `etcd`, `consul`, servers from the test kit).
 
+use coord_testkit::hostile;
 use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -144,53 +145,10 @@ fn assert_failure(o: &Out, want: i32, what: &str, secrets: &[&str]) {
     assert!(o.stdout.trim().is_empty(), "{what}: stdout: {}", o.stdout);
 }
 
-fn bad_paths() -> Vec<String> {
-    vec![
-        "relative".into(),
-        "/a/../b".into(),
-        "/..".into(),
-        "/.".into(),
-        "/a/./b".into(),
-        "//".into(),
-        "/a/".into(),
-        "/a\x01b".into(),
-        "/a\nb".into(),
-        "/a\x1bb".into(),
-        "/a\x7fb".into(),
-        "/a\u{85}b".into(),
-        "/a\u{200D}b".into(),
-        "/\u{202E}rtl".into(),
-        "/\u{FEFF}bom".into(),
-        "/😀".into(),
-        "/\u{E000}".into(),
-        "/\u{FFFF}".into(),
-        "/__coord".into(),
-        format!("/{}", "x".repeat(300)),
-        format!("/{}", "é".repeat(128)),
-        "/a".repeat(513),
-    ]
-}
-
-fn bad_names() -> Vec<String> {
-    vec![
-        "".into(),
-        ".".into(),
-        "..".into(),
-        "a/b".into(),
-        "../escape".into(),
-        "\x07".into(),
-        "x".repeat(300),
-        "__coord_x".into(),
-        "\u{F8FF}".into(),
-        "\u{202E}rtl".into(),
-        "😀".into(),
-    ]
-}
-
 /// Every command with a hostile path or name: exit 2 (usage) with one error line.
 fn path_and_name_cases() -> Vec<Vec<OsString>> {
     let mut cases = Vec::new();
-    for bad in bad_paths() {
+    for bad in hostile::argv_safe(hostile::bad_paths()) {
         let b = bad.as_str();
         for args in [
             &["create", b, "v", "--parents"][..],
@@ -207,7 +165,7 @@ fn path_and_name_cases() -> Vec<Vec<OsString>> {
             cases.push(os(args));
         }
     }
-    for bad in bad_names() {
+    for bad in hostile::argv_safe(hostile::bad_names()) {
         let b = bad.as_str();
         for args in [
             &["elect", b, "v"][..],

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::{namespace, rt};
 use coord::registry::Instance;
 use coord::{Client, CreateMode, Error, Path};
-use coord_testkit::{shared_endpoints, Kind};
+use coord_testkit::{hostile, shared_endpoints, Kind};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -22,52 +22,6 @@ async fn bounded<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
         Ok(v) => v,
         Err(_) => panic!("{what}: no answer within {LIMIT:?} (a hang)"),
     }
-}
-
-fn bad_paths() -> Vec<String> {
-    vec![
-        "".into(),
-        "relative".into(),
-        "/a/../b".into(),
-        "/..".into(),
-        "/.".into(),
-        "/a/./b".into(),
-        "//".into(),
-        "/a/".into(),
-        "/a\0b".into(),
-        "/a\nb".into(),
-        "/a\x1bb".into(),
-        "/a\x7fb".into(),
-        "/a\u{85}b".into(),
-        // Format characters (Consul cannot read them back) and non-BMP code points (ZooKeeper
-        // refuses them): rejected by `Path` so that a valid path is valid on every backend.
-        "/a\u{200D}b".into(),
-        "/\u{202E}rtl".into(),
-        "/\u{FEFF}bom".into(),
-        "/😀".into(),
-        "/\u{E000}".into(),
-        "/\u{FFFF}".into(),
-        "/\u{FFF0}".into(),
-        "/__coord".into(),
-        format!("/{}", "x".repeat(256)),
-        format!("/{}", "é".repeat(128)),
-        "/a".repeat(513),
-    ]
-}
-
-fn bad_names() -> Vec<String> {
-    vec![
-        "".into(),
-        ".".into(),
-        "..".into(),
-        "a/b".into(),
-        "../escape".into(),
-        "a\0b".into(),
-        "\x07".into(),
-        "x".repeat(300),
-        "__coord_x".into(),
-        "\u{F8FF}".into(),
-    ]
 }
 
 /// Valid but unusual names: every backend must store and list them unchanged.
@@ -93,13 +47,13 @@ fn is_invalid_name(e: &Error) -> bool {
 }
 
 async fn hostile_input(client: &Client, label: &str) {
-    for bad in bad_paths() {
+    for bad in hostile::bad_paths() {
         match Path::new(&bad) {
             Err(Error::InvalidPath { .. }) => {}
             other => panic!("{label}: path {bad:?} gave {other:?}"),
         }
     }
-    for bad in bad_names() {
+    for bad in hostile::bad_names() {
         let e = client.election(&bad).err();
         assert!(
             e.as_ref().is_some_and(is_invalid_name),

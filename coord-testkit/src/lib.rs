@@ -55,6 +55,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 mod error;
+pub mod hostile;
 mod probe;
 mod proxy;
 mod server;
