@@ -206,6 +206,16 @@ async fn supervise(weak: Weak<Shared>, mut rx: watch::Receiver<MainConn>) {
             drop(s);
             match connect_client(&cfg, acls, ttl, true, None).await {
                 Ok(client) => {
+                    // A new session carries no record of what the old one read, and its server
+                    // may lag: catch it up with the leader before it serves reads, so that an
+                    // answer never comes from a state older than one given before (a candidate
+                    // must not see a live predecessor as gone).
+                    if let Err(e) = client.sync("/").await {
+                        tracing::warn!("zk: syncing the new main session failed: {e}");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                        continue;
+                    }
                     let Some(s) = weak.upgrade() else { return };
                     s.conn.send_modify(|c| {
                         c.client = client;

@@ -8,6 +8,7 @@
 //! duplicate is created by a retry.
 
 use std::collections::hash_map::RandomState;
+use std::collections::HashSet;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -173,6 +174,9 @@ pub(crate) struct Held {
     released: bool,
 }
 
+/// Candidates ahead checked one by one after a wake-up; with more left, one listing is cheaper.
+const WALK_MAX: usize = 8;
+
 /// How an acquire ends without holding.
 pub(crate) enum Acquire {
     /// Acquired.
@@ -260,27 +264,26 @@ pub(crate) async fn acquire(
         }
         return Ok(Acquire::Busy);
     }
-    // The candidates ahead of us. Every later candidate gets a larger number, so this set only
-    // shrinks: a `Deleted` event of the one we watch needs no new listing (O(1), not
-    // O(candidates)). An "absent" answer without an event may come from a lagging server (a
-    // new ZooKeeper connection, a Consul index reset), so it is checked by a new listing: a
-    // listing that holds our node holds every live candidate ahead of it.
+    // The candidates ahead of us, in order. Every later candidate gets a larger number, so this
+    // set only shrinks, and a name once gone never comes back: when the one we watch goes, the
+    // next one ahead is checked, with no new listing (O(1) per wake-up in the usual queue, not
+    // O(candidates)). Only when many are left to check is one listing cheaper; it drops the
+    // names already seen gone, so that a listing and a read that disagree cannot make us spin.
+    // (Adapters never answer from a state older than one they answered from before: coord-zk
+    // syncs a replacement connection before it serves reads.)
     let mut ahead: Vec<Entry> = list;
     ahead.truncate(pos);
-    // Set when the watched candidate looked absent without a `Deleted` event: its name.
-    let mut relist: Option<String> = None;
+    let mut seen_gone: HashSet<String> = HashSet::new();
+    let mut relist = false;
     loop {
-        if let Some(absent) = relist.take() {
+        if std::mem::take(&mut relist) {
             let list = entries(&*backend, dir).await?;
             let Some(pos) = list.iter().position(|e| e.name == me) else {
                 return Err(own_node_gone(&*session, &mut states, &created.path).await);
             };
             ahead = list;
             ahead.truncate(pos);
-            if ahead.last().is_some_and(|e| e.name == absent) {
-                // The two reads disagree (servers catching up): do not spin.
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
+            ahead.retain(|e| !seen_gone.contains(&e.name));
         }
         let Some(pred) = ahead.last() else {
             // Nobody ahead: one read confirms our own node is still there.
@@ -300,8 +303,14 @@ pub(crate) async fn acquire(
         let pred_name = pred.name.clone();
         let pred = dir.join(&pred_name)?;
         let (current, mut events) = backend.watch(&pred).await?;
+        // Gone (now or while we waited): check the next one ahead.
+        let mut went = |ahead: &mut Vec<Entry>, relist: &mut bool, name: &str| {
+            ahead.pop();
+            seen_gone.insert(name.to_owned());
+            *relist = ahead.len() > WALK_MAX;
+        };
         if current.is_none() {
-            relist = Some(pred_name);
+            went(&mut ahead, &mut relist, &pred_name);
             continue;
         }
         // Wait for the predecessor to go, or for our session to end.
@@ -311,12 +320,8 @@ pub(crate) async fn acquire(
                     instruments.wakeups.fetch_add(1, Ordering::Relaxed);
                     match ev {
                         // Gone for good: sequence numbers are never reused.
-                        Some(Ok(KeyEvent::Deleted)) => {
-                            ahead.pop();
-                            break;
-                        }
-                        Some(Ok(KeyEvent::Resync(None))) => {
-                            relist = Some(pred_name);
+                        Some(Ok(KeyEvent::Deleted)) | Some(Ok(KeyEvent::Resync(None))) => {
+                            went(&mut ahead, &mut relist, &pred_name);
                             break;
                         }
                         // The watch ended without telling: look again.
