@@ -265,25 +265,45 @@ pub(crate) async fn acquire(
         return Ok(Acquire::Busy);
     }
     // The candidates ahead of us, in order. Every later candidate gets a larger number, so this
-    // set only shrinks, and a name once gone never comes back: when the one we watch goes, the
-    // next one ahead is checked, with no new listing (O(1) per wake-up in the usual queue, not
-    // O(candidates)). Only when many are left to check is one listing cheaper; it drops the
-    // names already seen gone, so that a listing and a read that disagree cannot make us spin.
-    // (Adapters never answer from a state older than one they answered from before: coord-zk
-    // syncs a replacement connection before it serves reads.)
+    // set only shrinks, and a name once gone never comes back. When the one we watch goes, the
+    // rest are checked at once (one round trip, however many went while we watched only our
+    // neighbour) instead of listing every candidate again: O(1) per wake-up, not
+    // O(candidates). With many left, one listing is cheaper; it drops the names already seen
+    // gone, so that a listing and a read that disagree cannot make us spin. (Adapters never
+    // answer from a state older than one they answered from before: coord-zk syncs a
+    // replacement connection before it serves reads.)
     let mut ahead: Vec<Entry> = list;
     ahead.truncate(pos);
     let mut seen_gone: HashSet<String> = HashSet::new();
-    let mut relist = false;
+    // Set when the watched candidate went: the rest ahead need checking.
+    let mut went = false;
     loop {
-        if std::mem::take(&mut relist) {
-            let list = entries(&*backend, dir).await?;
-            let Some(pos) = list.iter().position(|e| e.name == me) else {
-                return Err(own_node_gone(&*session, &mut states, &created.path).await);
-            };
-            ahead = list;
-            ahead.truncate(pos);
-            ahead.retain(|e| !seen_gone.contains(&e.name));
+        if std::mem::take(&mut went) && !ahead.is_empty() {
+            if ahead.len() > WALK_MAX {
+                let list = entries(&*backend, dir).await?;
+                let Some(pos) = list.iter().position(|e| e.name == me) else {
+                    return Err(own_node_gone(&*session, &mut states, &created.path).await);
+                };
+                ahead = list;
+                ahead.truncate(pos);
+                ahead.retain(|e| !seen_gone.contains(&e.name));
+            } else {
+                let paths = ahead
+                    .iter()
+                    .map(|e| dir.join(&e.name))
+                    .collect::<Result<Vec<Path>>>()?;
+                let present =
+                    futures::future::try_join_all(paths.iter().map(|p| backend.exists(p))).await?;
+                let mut rest = Vec::with_capacity(ahead.len());
+                for (e, st) in ahead.drain(..).zip(present) {
+                    if st.is_some() {
+                        rest.push(e);
+                    } else {
+                        seen_gone.insert(e.name);
+                    }
+                }
+                ahead = rest;
+            }
         }
         let Some(pred) = ahead.last() else {
             // Nobody ahead: one read confirms our own node is still there.
@@ -303,14 +323,10 @@ pub(crate) async fn acquire(
         let pred_name = pred.name.clone();
         let pred = dir.join(&pred_name)?;
         let (current, mut events) = backend.watch(&pred).await?;
-        // Gone (now or while we waited): check the next one ahead.
-        let mut went = |ahead: &mut Vec<Entry>, relist: &mut bool, name: &str| {
-            ahead.pop();
-            seen_gone.insert(name.to_owned());
-            *relist = ahead.len() > WALK_MAX;
-        };
         if current.is_none() {
-            went(&mut ahead, &mut relist, &pred_name);
+            ahead.pop();
+            seen_gone.insert(pred_name);
+            went = true;
             continue;
         }
         // Wait for the predecessor to go, or for our session to end.
@@ -321,7 +337,9 @@ pub(crate) async fn acquire(
                     match ev {
                         // Gone for good: sequence numbers are never reused.
                         Some(Ok(KeyEvent::Deleted)) | Some(Ok(KeyEvent::Resync(None))) => {
-                            went(&mut ahead, &mut relist, &pred_name);
+                            ahead.pop();
+                            seen_gone.insert(pred_name);
+                            went = true;
                             break;
                         }
                         // The watch ended without telling: look again.
