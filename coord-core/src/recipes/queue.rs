@@ -91,6 +91,15 @@ pub(crate) async fn entries(backend: &dyn Backend, dir: &Path) -> Result<Vec<Ent
     Ok(out)
 }
 
+/// The entries of `dir` ahead of `me`, in order; `None` if `me` is not there.
+async fn entries_ahead(backend: &dyn Backend, dir: &Path, me: &str) -> Result<Option<Vec<Entry>>> {
+    let mut list = entries(backend, dir).await?;
+    Ok(list.iter().position(|e| e.name == me).map(|pos| {
+        list.truncate(pos);
+        list
+    }))
+}
+
 /// Removes a candidate node in the background (used on drop, where we cannot await).
 pub(crate) fn remove_in_background(
     backend: Arc<dyn Backend>,
@@ -174,7 +183,8 @@ pub(crate) struct Held {
     released: bool,
 }
 
-/// Candidates ahead checked one by one after a wake-up; with more left, one listing is cheaper.
+/// Candidates ahead checked with concurrent reads after a wake-up; with more left, one listing
+/// is cheaper.
 const WALK_MAX: usize = 8;
 
 /// How an acquire ends without holding.
@@ -252,11 +262,10 @@ pub(crate) async fn acquire(
             retryable: false,
         })?;
     let mut states = session.states();
-    let list = entries(&*backend, dir).await?;
-    let Some(pos) = list.iter().position(|e| e.name == me) else {
+    let Some(ahead) = entries_ahead(&*backend, dir, &me).await? else {
         return Err(own_node_gone(&*session, &mut states, &created.path).await);
     };
-    if try_only && pos > 0 {
+    if try_only && !ahead.is_empty() {
         match backend.delete(&created.path, None).await {
             Ok(()) | Err(Error::NotFound { .. }) => pending.armed = false,
             // Dropping `pending` retries in the background.
@@ -272,20 +281,17 @@ pub(crate) async fn acquire(
     // gone, so that a listing and a read that disagree cannot make us spin. (Adapters never
     // answer from a state older than one they answered from before: coord-zk syncs a
     // replacement connection before it serves reads.)
-    let mut ahead: Vec<Entry> = list;
-    ahead.truncate(pos);
+    let mut ahead = ahead;
     let mut seen_gone: HashSet<String> = HashSet::new();
     // Set when the watched candidate went: the rest ahead need checking.
     let mut went = false;
     loop {
         if std::mem::take(&mut went) && !ahead.is_empty() {
             if ahead.len() > WALK_MAX {
-                let list = entries(&*backend, dir).await?;
-                let Some(pos) = list.iter().position(|e| e.name == me) else {
+                let Some(listed) = entries_ahead(&*backend, dir, &me).await? else {
                     return Err(own_node_gone(&*session, &mut states, &created.path).await);
                 };
-                ahead = list;
-                ahead.truncate(pos);
+                ahead = listed;
                 ahead.retain(|e| !seen_gone.contains(&e.name));
             } else {
                 let paths = ahead
