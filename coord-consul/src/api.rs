@@ -175,11 +175,7 @@ pub(crate) enum Pass {
 }
 
 pub(crate) fn backend_err(message: String, retryable: bool) -> Error {
-    Error::Backend {
-        backend: BACKEND,
-        message,
-        retryable,
-    }
+    Error::backend(BACKEND, message, retryable)
 }
 
 fn shorten(body: &[u8]) -> String {
@@ -196,7 +192,7 @@ fn shorten(body: &[u8]) -> String {
 fn status_error(status: StatusCode, body: &[u8], what: &str) -> Error {
     let msg = format!("{what}: HTTP {}: {}", status.as_u16(), shorten(body));
     match status.as_u16() {
-        401 | 403 => Error::Unauthorized(msg),
+        401 | 403 => Error::unauthorized(msg),
         // The caller knows the sizes and rewrites this (see `Api::too_large`).
         413 => Error::ValueTooLarge { size: 0, max: 0 },
         408 | 429 | 502 | 503 | 504 => backend_err(msg, true),
@@ -222,13 +218,13 @@ fn status_error(status: StatusCode, body: &[u8], what: &str) -> Error {
 fn transport_error(e: reqwest::Error, what: &str, timeout: Duration) -> Error {
     let e = e.without_url();
     if e.is_timeout() {
-        Error::Timeout(format!(
+        Error::timeout(format!(
             "{what}: no answer from the Consul agent within {timeout:?}"
         ))
     } else if e.is_decode() {
         backend_err(format!("{what}: undecodable answer: {e}"), false)
     } else {
-        Error::ConnectionLost(format!("{what}: {e}"))
+        Error::connection_lost(format!("{what}: {e}"))
     }
 }
 
@@ -683,7 +679,7 @@ mod tests {
     fn statuses_map() {
         assert!(matches!(
             status_error(StatusCode::FORBIDDEN, b"ACL not found", "x"),
-            Error::Unauthorized(_)
+            Error::Unauthorized { .. }
         ));
         assert!(
             status_error(StatusCode::INTERNAL_SERVER_ERROR, b"No cluster leader", "x")

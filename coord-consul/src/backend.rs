@@ -48,14 +48,12 @@ impl ConsulBackend {
         // One O(1) read up front so that a wrong address or token fails here, not later.
         api.kv_get(&Layout::new(&config.namespace).seq(&Path::root()), None)
             .await?;
-        let caps = Capabilities::new(
-            "consul",
-            config.max_value_size,
-            MIN_SESSION_TTL,
-            MAX_SESSION_TTL,
-            config.session_ttl,
-            true,
-        );
+        let caps = Capabilities::new("consul")
+            .with_max_value_size(config.max_value_size)
+            .with_min_session_ttl(MIN_SESSION_TTL)
+            .with_max_session_ttl(MAX_SESSION_TTL)
+            .with_default_session_ttl(config.session_ttl)
+            .with_watch_coalesces(true);
         let (tx, rx) = watch::channel(());
         Ok(ConsulBackend {
             core: Arc::new(Core {

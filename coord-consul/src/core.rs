@@ -119,7 +119,7 @@ impl Seen {
 
 impl Core {
     fn exhausted(&self, what: &str, path: &Path) -> Error {
-        Error::Timeout(format!(
+        Error::timeout(format!(
             "{what} of {path}: still conflicting after {MAX_ATTEMPTS} attempts"
         ))
     }

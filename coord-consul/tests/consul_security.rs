@@ -149,7 +149,7 @@ async fn tls_with_client_certificate() {
         format!("consul://127.0.0.1:{port}/tls?tls=true&timeout=2s&ca={d}/consul-agent-ca.pem");
     let r = ConsulBackend::connect(&no_cert).await;
     assert!(
-        matches!(r, Err(Error::ConnectionLost(_))),
+        matches!(r, Err(Error::ConnectionLost { .. })),
         "{:?}",
         r.map(|_| ())
     );
@@ -261,7 +261,9 @@ async fn acl_token_works_and_never_shows() {
     ] {
         let r = ConsulBackend::connect(&bad).await;
         match r {
-            Err(Error::Unauthorized(msg)) => assert!(!msg.contains(MASTER), "{msg}"),
+            Err(Error::Unauthorized { message: msg, .. }) => {
+                assert!(!msg.contains(MASTER), "{msg}")
+            }
             other => panic!("expected Unauthorized, got {:?}", other.map(|_| ())),
         }
     }

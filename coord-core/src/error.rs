@@ -1,6 +1,56 @@
 //! The one error type of coord, shared by every backend and recipe.
 
+use std::fmt;
+use std::sync::Arc;
+
 use crate::kernel::{SessionId, SessionState, Version};
+
+/// The underlying error an [`Error`] came from (a client library's error, an I/O error),
+/// reachable through [`std::error::Error::source`].
+///
+/// Shared behind an `Arc` so that [`Error`] stays `Clone`. It takes no part in equality: two
+/// errors are equal when their variants and fields other than the source are (tests compare
+/// what coord decided, not how a client library phrased its cause).
+#[derive(Clone)]
+pub struct Source(Arc<dyn std::error::Error + Send + Sync + 'static>);
+
+impl Source {
+    /// Wraps an error.
+    pub fn new(e: impl std::error::Error + Send + Sync + 'static) -> Source {
+        Source(Arc::new(e))
+    }
+
+    /// The wrapped error, for downcasting.
+    pub fn get(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        &*self.0
+    }
+}
+
+impl fmt::Debug for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for Source {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+impl PartialEq for Source {
+    fn eq(&self, _: &Source) -> bool {
+        true
+    }
+}
+
+impl Eq for Source {}
 
 /// A `Result` whose error is coord's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -9,7 +59,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 ///
 /// Match on the variant, never on the message. Backends map their own error codes onto these
 /// variants; what does not fit goes into [`Error::Backend`] with the backend's name.
-/// The enum is `#[non_exhaustive]`: new variants may arrive in minor releases.
+/// The enum is `#[non_exhaustive]`: new variants may arrive in minor releases. Where a client
+/// library's error caused it, that error is the [`std::error::Error::source`] (see [`Source`];
+/// it does not take part in `==`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -118,14 +170,44 @@ pub enum Error {
     #[error("unsupported: {0}")]
     Unsupported(String),
     /// The operation did not complete in time. It may or may not have taken effect.
-    #[error("timed out: {0}")]
-    Timeout(String),
+    #[error("timed out: {message}")]
+    Timeout {
+        /// What did not complete, and the bound it missed.
+        message: String,
+        /// The underlying error, if any.
+        #[source]
+        source: Option<Source>,
+    },
     /// Contact with the server was lost. The operation may or may not have taken effect.
-    #[error("connection lost: {0}")]
-    ConnectionLost(String),
+    #[error("connection lost: {message}")]
+    ConnectionLost {
+        /// What was lost (the endpoint, without credentials).
+        message: String,
+        /// The underlying error, if any.
+        #[source]
+        source: Option<Source>,
+    },
     /// The server refused the credentials or the operation.
-    #[error("unauthorized: {0}")]
-    Unauthorized(String),
+    #[error("unauthorized: {message}")]
+    Unauthorized {
+        /// What was refused.
+        message: String,
+        /// The underlying error, if any.
+        #[source]
+        source: Option<Source>,
+    },
+    /// An optimistic operation (a create or delete that must win a compare-and-set race on
+    /// the store) lost the race on every one of its attempts. Nothing was written; retrying
+    /// may succeed. The same on every backend.
+    #[error("contended: {op} of {path} lost the race {attempts} times; nothing was written")]
+    Contended {
+        /// The operation (`create`, `delete`, …).
+        op: &'static str,
+        /// The key.
+        path: String,
+        /// How many attempts were made.
+        attempts: u32,
+    },
     /// The client was closed.
     #[error("client closed")]
     Closed,
@@ -138,6 +220,9 @@ pub enum Error {
         message: String,
         /// Whether retrying may succeed.
         retryable: bool,
+        /// The underlying error, if any.
+        #[source]
+        source: Option<Source>,
     },
 }
 
@@ -149,10 +234,58 @@ impl Error {
     /// happened: never retry those blindly (the recipes look for their own node first).
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Timeout(_) | Error::ConnectionLost(_) => true,
+            Error::Timeout { .. } | Error::ConnectionLost { .. } | Error::Contended { .. } => true,
             Error::Backend { retryable, .. } => *retryable,
             _ => false,
         }
+    }
+
+    /// [`Error::Timeout`] without a source.
+    pub fn timeout(message: impl Into<String>) -> Error {
+        Error::Timeout {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// [`Error::ConnectionLost`] without a source.
+    pub fn connection_lost(message: impl Into<String>) -> Error {
+        Error::ConnectionLost {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// [`Error::Unauthorized`] without a source.
+    pub fn unauthorized(message: impl Into<String>) -> Error {
+        Error::Unauthorized {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// [`Error::Backend`] without a source.
+    pub fn backend(backend: &'static str, message: impl Into<String>, retryable: bool) -> Error {
+        Error::Backend {
+            backend,
+            message: message.into(),
+            retryable,
+            source: None,
+        }
+    }
+
+    /// The same error with `cause` as its [`std::error::Error::source`], on the variants that
+    /// carry one (`Timeout`, `ConnectionLost`, `Unauthorized`, `Backend`); others are returned
+    /// unchanged.
+    pub fn with_source(mut self, cause: impl std::error::Error + Send + Sync + 'static) -> Error {
+        match &mut self {
+            Error::Timeout { source, .. }
+            | Error::ConnectionLost { source, .. }
+            | Error::Unauthorized { source, .. }
+            | Error::Backend { source, .. } => *source = Some(Source::new(cause)),
+            _ => {}
+        }
+        self
     }
 
     /// The error for using a session that is gone: [`Error::SessionClosed`] after its owner

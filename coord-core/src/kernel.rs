@@ -42,8 +42,9 @@ use tokio::sync::watch;
 use crate::error::Result;
 use crate::path::Path;
 
-/// The version of a key's value, for compare-and-set. Opaque: compare for equality only.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// The version of a key's value, for compare-and-set. Opaque: compare for equality only (it has
+/// no order: on etcd and Consul it is a store-wide revision, not a per-key count).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Version(pub u64);
 
 impl fmt::Display for Version {
@@ -184,24 +185,48 @@ pub struct Capabilities {
 }
 
 impl Capabilities {
-    /// Capabilities with every field given (the struct is non-exhaustive, so backends outside
-    /// coord-core build it here; fields added later get conservative defaults).
-    pub fn new(
-        backend: &'static str,
-        max_value_size: usize,
-        min_session_ttl: Duration,
-        max_session_ttl: Duration,
-        default_session_ttl: Duration,
-        watch_coalesces: bool,
-    ) -> Capabilities {
+    /// The capabilities of `backend` with conservative defaults (values up to 1 MiB, session
+    /// TTLs from 1 s to 24 h with 10 s by default, watches that may coalesce); a backend sets
+    /// what differs with the named `with_*` methods, so no two limits can be swapped.
+    pub fn new(backend: &'static str) -> Capabilities {
         Capabilities {
             backend,
-            max_value_size,
-            min_session_ttl,
-            max_session_ttl,
-            default_session_ttl,
-            watch_coalesces,
+            max_value_size: 1024 * 1024,
+            min_session_ttl: Duration::from_secs(1),
+            max_session_ttl: Duration::from_secs(24 * 3600),
+            default_session_ttl: Duration::from_secs(10),
+            watch_coalesces: true,
         }
+    }
+
+    /// Sets [`Capabilities::max_value_size`].
+    pub fn with_max_value_size(mut self, bytes: usize) -> Capabilities {
+        self.max_value_size = bytes;
+        self
+    }
+
+    /// Sets [`Capabilities::min_session_ttl`].
+    pub fn with_min_session_ttl(mut self, ttl: Duration) -> Capabilities {
+        self.min_session_ttl = ttl;
+        self
+    }
+
+    /// Sets [`Capabilities::max_session_ttl`].
+    pub fn with_max_session_ttl(mut self, ttl: Duration) -> Capabilities {
+        self.max_session_ttl = ttl;
+        self
+    }
+
+    /// Sets [`Capabilities::default_session_ttl`].
+    pub fn with_default_session_ttl(mut self, ttl: Duration) -> Capabilities {
+        self.default_session_ttl = ttl;
+        self
+    }
+
+    /// Sets [`Capabilities::watch_coalesces`].
+    pub fn with_watch_coalesces(mut self, coalesces: bool) -> Capabilities {
+        self.watch_coalesces = coalesces;
+        self
     }
 }
 

@@ -406,14 +406,12 @@ impl Drop for MemBackend {
 }
 
 fn default_caps() -> Capabilities {
-    Capabilities::new(
-        "mem",
-        DEFAULT_MAX_VALUE,
-        Duration::from_millis(10),
-        Duration::from_secs(3600),
-        Duration::from_secs(10),
-        false,
-    )
+    Capabilities::new("mem")
+        .with_max_value_size(DEFAULT_MAX_VALUE)
+        .with_min_session_ttl(Duration::from_millis(10))
+        .with_max_session_ttl(Duration::from_secs(3600))
+        .with_default_session_ttl(Duration::from_secs(10))
+        .with_watch_coalesces(false)
 }
 
 fn receiver_stream<E: Send + 'static>(
@@ -686,9 +684,7 @@ impl Session for MemSession {
         match *self.state.borrow() {
             SessionState::Connected => {}
             SessionState::Suspended => {
-                return Err(Error::ConnectionLost(
-                    "session suspended (mem partition)".into(),
-                ))
+                return Err(Error::connection_lost("session suspended (mem partition)"))
             }
             s => return Err(self.gone_error(s)),
         }

@@ -295,13 +295,15 @@ impl From<Error> for Failure {
                 ),
             ),
             Error::InvalidArgument(_) => (USAGE, format!("{e} (see `coordctl --help`)")),
-            Error::Timeout(_) | Error::ConnectionLost(_) | Error::Closed => (
+            Error::Timeout { .. } | Error::ConnectionLost { .. } | Error::Closed => (
                 CONNECTION,
                 format!(
                     "{e} (is the server running and reachable? check --url, or raise --timeout)"
                 ),
             ),
-            Error::Unauthorized(_) => (OTHER, format!("{e} (check the credentials in the URL)")),
+            Error::Unauthorized { .. } => {
+                (OTHER, format!("{e} (check the credentials in the URL)"))
+            }
             Error::MalformedData { .. } => (
                 OTHER,
                 format!("{e} (it was not written by coord; look at it with `coordctl get`)"),
@@ -400,7 +402,7 @@ async fn timed<T>(
                 eprintln!("{label} ({} s)…", start.elapsed().as_secs());
             }
             _ = &mut deadline => {
-                return Err(Failure::from(Error::Timeout(format!(
+                return Err(Failure::from(Error::timeout(format!(
                     "{label}: no answer within {:?}", ctx.timeout
                 ))));
             }

@@ -231,11 +231,11 @@ impl Shared {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
             }
         }
-        Err(Error::Backend {
-            backend: "etcd",
-            message: format!("create of {path}: still contended after {MAX_ATTEMPTS} attempts"),
-            retryable: true,
-        })
+        Err(Error::backend(
+            "etcd",
+            format!("create of {path}: still contended after {MAX_ATTEMPTS} attempts"),
+            true,
+        ))
     }
 
     /// Reads the ranges of `specs` atomically: their kvs and the revision of the read.
@@ -318,14 +318,12 @@ impl EtcdBackend {
         if let Some(files) = &cfg.tls {
             opts = opts.with_tls(tls_options(files)?);
         }
-        let caps = Capabilities::new(
-            "etcd",
-            cfg.max_value_size,
-            Duration::from_secs(1),
-            Duration::from_secs(24 * 3600),
-            cfg.session_ttl,
-            false,
-        );
+        let caps = Capabilities::new("etcd")
+            .with_max_value_size(cfg.max_value_size)
+            .with_min_session_ttl(Duration::from_secs(1))
+            .with_max_session_ttl(Duration::from_secs(24 * 3600))
+            .with_default_session_ttl(cfg.session_ttl)
+            .with_watch_coalesces(false);
         check_ttl(&caps, None).map_err(|e| Error::InvalidUrl {
             reason: e.to_string(),
         })?;
@@ -542,11 +540,11 @@ impl Backend for EtcdBackend {
             }
             // The state changed between the compare and the read: decide again.
         }
-        Err(Error::Backend {
-            backend: "etcd",
-            message: format!("delete of {path}: still contended after {MAX_ATTEMPTS} attempts"),
-            retryable: true,
-        })
+        Err(Error::backend(
+            "etcd",
+            format!("delete of {path}: still contended after {MAX_ATTEMPTS} attempts"),
+            true,
+        ))
     }
 
     async fn children(&self, path: &Path) -> Result<Vec<String>> {

@@ -16,11 +16,7 @@ pub(crate) struct Ctx<'a> {
 }
 
 fn backend(message: String, retryable: bool) -> Error {
-    Error::Backend {
-        backend: "etcd",
-        message,
-        retryable,
-    }
+    Error::backend("etcd", message, retryable)
 }
 
 fn is_lease_not_found(msg: &str) -> bool {
@@ -61,12 +57,12 @@ pub(crate) fn map(e: etcd_client::Error, ctx: Ctx<'_>) -> Error {
                 }
             }
             if is_auth(&msg) {
-                return Error::Unauthorized(msg);
+                return Error::unauthorized(msg);
             }
             match status.code() {
-                Code::Unavailable | Code::Cancelled => Error::ConnectionLost(msg),
-                Code::DeadlineExceeded => Error::Timeout(msg),
-                Code::Unauthenticated | Code::PermissionDenied => Error::Unauthorized(msg),
+                Code::Unavailable | Code::Cancelled => Error::connection_lost(msg),
+                Code::DeadlineExceeded => Error::timeout(msg),
+                Code::Unauthenticated | Code::PermissionDenied => Error::unauthorized(msg),
                 Code::Aborted | Code::ResourceExhausted | Code::Unknown => backend(msg, true),
                 other => backend(format!("{other:?}: {msg}"), false),
             }
@@ -74,9 +70,9 @@ pub(crate) fn map(e: etcd_client::Error, ctx: Ctx<'_>) -> Error {
         E::LeaseKeepAliveError(msg) if is_lease_not_found(&msg) => Error::SessionExpired {
             session: ctx.session.map(|s| s.0.clone()).unwrap_or_default(),
         },
-        E::TransportError(t) => Error::ConnectionLost(t.to_string()),
-        E::IoError(io) => Error::ConnectionLost(io.to_string()),
-        E::WatchError(m) | E::LeaseKeepAliveError(m) => Error::ConnectionLost(m),
+        E::TransportError(t) => Error::connection_lost(t.to_string()),
+        E::IoError(io) => Error::connection_lost(io.to_string()),
+        E::WatchError(m) | E::LeaseKeepAliveError(m) => Error::connection_lost(m),
         E::InvalidArgs(m) | E::EndpointError(m) => Error::InvalidUrl { reason: m },
         E::InvalidUri(u) => Error::InvalidUrl {
             reason: u.to_string(),
@@ -122,7 +118,7 @@ where
             }
             Ok(Err(e)) => return Err(map(e, ctx)),
             Err(_) => {
-                return Err(Error::Timeout(format!(
+                return Err(Error::timeout(format!(
                     "etcd {what}: no answer within {timeout:?}"
                 )))
             }
@@ -144,15 +140,15 @@ mod tests {
         };
         assert!(matches!(
             map(st(Code::Unavailable, "etcdserver: no leader"), ctx),
-            Error::ConnectionLost(_)
+            Error::ConnectionLost { .. }
         ));
         assert!(matches!(
             map(st(Code::DeadlineExceeded, "x"), ctx),
-            Error::Timeout(_)
+            Error::Timeout { .. }
         ));
         assert!(matches!(
             map(st(Code::PermissionDenied, "x"), ctx),
-            Error::Unauthorized(_)
+            Error::Unauthorized { .. }
         ));
         assert_eq!(
             map(

@@ -258,7 +258,7 @@ async fn open(shared: &Shared, specs: &[WatchSpec], next: &[i64]) -> Result<Watc
         // A request on the open stream (a local channel send): no retry.
         tokio::time::timeout(shared.timeout, stream.watch(s.key.clone(), Some(opts(i))))
             .await
-            .map_err(|_| Error::Timeout("etcd watch: request not sent in time".into()))?
+            .map_err(|_| Error::timeout("etcd watch: request not sent in time"))?
             .map_err(|e| crate::errors::map(e, Ctx::default()))?;
     }
     Ok(stream)
@@ -305,7 +305,7 @@ async fn drive<L: Logic>(
                         run_stream(&shared, &specs, &mut stream, &mut next, &mut floor, &mut logic, &tx)
                             .await
                     }
-                    Err(e @ Error::Unauthorized(_)) => {
+                    Err(e @ Error::Unauthorized { .. }) => {
                         let _ = tx.send(Err(e));
                         Break::Done
                     }

@@ -368,11 +368,11 @@ fn garbage_server(mode: &'static str) -> (u16, std::sync::Arc<std::sync::atomic:
 fn typed_connection_error(e: &Error) -> bool {
     matches!(
         e,
-        Error::ConnectionLost(_)
-            | Error::Timeout(_)
+        Error::ConnectionLost { .. }
+            | Error::Timeout { .. }
             | Error::Backend { .. }
             | Error::MalformedData { .. }
-            | Error::Unauthorized(_)
+            | Error::Unauthorized { .. }
     )
 }
 

@@ -294,7 +294,7 @@ async fn zookeeper_password_never_logged() {
         "zk wrong password",
     )
     .await;
-    assert!(matches!(e, Error::Unauthorized(_)), "{e:?}");
+    assert!(matches!(e, Error::Unauthorized { .. }), "{e:?}");
     let e = failing(
         &format!("zk://alice:{ZK_UNREACHABLE}@127.0.0.1:1{ns}?timeout=2s"),
         "zk unreachable",
@@ -369,7 +369,7 @@ async fn etcd_password_never_logged() {
         "etcd wrong password",
     )
     .await;
-    assert!(matches!(e, Error::Unauthorized(_)), "{e:?}");
+    assert!(matches!(e, Error::Unauthorized { .. }), "{e:?}");
     let e = failing(
         &format!("etcd://root:{ETCD_UNREACHABLE}@127.0.0.1:1{ns}?timeout=1s"),
         "etcd unreachable",
@@ -531,7 +531,7 @@ async fn consul_token_never_logged() {
         ),
     ] {
         let e = failing(&bad, label).await;
-        assert!(matches!(e, Error::Unauthorized(_)), "{e:?}");
+        assert!(matches!(e, Error::Unauthorized { .. }), "{e:?}");
     }
     let e = failing(
         &format!("consul://{CONSUL_UNREACHABLE}@127.0.0.1:1{ns}?timeout=1s"),

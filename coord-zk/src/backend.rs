@@ -148,7 +148,7 @@ pub(crate) async fn connect_client(
     };
     let client = match connected {
         Err(_) => {
-            return Err(Error::Timeout(format!(
+            return Err(Error::timeout(format!(
                 "no ZooKeeper session established with {} within {:?}",
                 cfg.connect_string, cfg.timeout
             )))
@@ -290,10 +290,12 @@ pub(crate) fn created(
             stat: stat_of(stat),
         }),
         CreateMode::Sequential => {
-            let n = u64::try_from(seq.into_i64()).map_err(|_| Error::Backend {
-                backend: "zk",
-                message: format!("negative sequence number {seq} for {path}"),
-                retryable: false,
+            let n = u64::try_from(seq.into_i64()).map_err(|_| {
+                Error::backend(
+                    "zk",
+                    format!("negative sequence number {seq} for {path}"),
+                    false,
+                )
             })?;
             let full = Path::new(format!(
                 "{}{}",
@@ -317,7 +319,7 @@ impl ZkBackend {
         let (min, max) = probe::session_bounds(&cfg.connect_string, cfg.timeout)
             .await
             .map_err(|why| {
-                Error::ConnectionLost(format!(
+                Error::connection_lost(format!(
                     "no ZooKeeper server answered at {} within {:?} ({why})",
                     cfg.connect_string, cfg.timeout
                 ))
@@ -333,7 +335,12 @@ impl ZkBackend {
             Some(t) => t,
             None => DEFAULT_SESSION_TIMEOUT.clamp(min, max),
         };
-        let caps = Capabilities::new("zk", MAX_VALUE_SIZE, min, max, default_ttl, true);
+        let caps = Capabilities::new("zk")
+            .with_max_value_size(MAX_VALUE_SIZE)
+            .with_min_session_ttl(min)
+            .with_max_session_ttl(max)
+            .with_default_session_ttl(default_ttl)
+            .with_watch_coalesces(true);
         let acls = if cfg.credentials.is_some() {
             zk::Acls::new(&CREATOR_ALL_WORLD_READ)
         } else {

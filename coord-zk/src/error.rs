@@ -57,23 +57,19 @@ pub(crate) fn map(e: zk::Error, path: &str, op: Op, session: Option<&str>) -> Er
             None => Error::Closed,
         },
         zk::Error::ConnectionLoss | zk::Error::NoHosts => {
-            Error::ConnectionLost(format!("ZooKeeper: {e} (at {path})"))
+            Error::connection_lost(format!("ZooKeeper: {e} (at {path})"))
         }
-        zk::Error::Timeout => Error::Timeout(format!("ZooKeeper: {e} (at {path})")),
+        zk::Error::Timeout => Error::timeout(format!("ZooKeeper: {e} (at {path})")),
         zk::Error::NoAuth | zk::Error::AuthFailed | zk::Error::InvalidAcl => {
-            Error::Unauthorized(format!("ZooKeeper: {e} (at {path})"))
+            Error::unauthorized(format!("ZooKeeper: {e} (at {path})"))
         }
-        zk::Error::Throttled => Error::Backend {
-            backend: "zk",
-            message: format!("{e} (at {path})"),
-            retryable: true,
-        },
+        zk::Error::Throttled => Error::backend("zk", format!("{e} (at {path})"), true),
         // zookeeper-client reports a request whose connection task went away before the
         // answer (the client was cut off or crashed) only through this message. The request
         // may or may not have been applied: that is a lost connection, not a bug to give up on
         // (the recipes then look for their own node instead of failing).
         zk::Error::UnexpectedError(ref m) if m.contains("expect response, but got none") => {
-            Error::ConnectionLost(format!(
+            Error::connection_lost(format!(
                 "ZooKeeper: request dropped without an answer (at {path})"
             ))
         }
@@ -83,18 +79,14 @@ pub(crate) fn map(e: zk::Error, path: &str, op: Op, session: Option<&str>) -> Er
         // session expires) and the request may or may not have been applied: a lost
         // connection, which callers retry (a removal that gave up on it would leave a
         // candidate node of a live session behind, blocking its queue forever).
-        zk::Error::Custom(_) => Error::ConnectionLost(format!("ZooKeeper: {e} (at {path})")),
-        other => Error::Backend {
-            backend: "zk",
-            message: format!("{other} (at {path})"),
-            retryable: false,
-        },
+        zk::Error::Custom(_) => Error::connection_lost(format!("ZooKeeper: {e} (at {path})")),
+        other => Error::backend("zk", format!("{other} (at {path})"), false),
     }
 }
 
 /// The error of a call that did not finish within `after`.
 pub(crate) fn timeout(what: &str, path: &str, after: Duration) -> Error {
-    Error::Timeout(format!(
+    Error::timeout(format!(
         "ZooKeeper {what} {path}: no answer within {after:?}"
     ))
 }
@@ -141,11 +133,11 @@ mod tests {
             zk::Error::UnexpectedError("BUG: Create2 expect response, but got none".into());
         assert!(matches!(
             map(dropped, "/a", Op::Create, None),
-            Error::ConnectionLost(_)
+            Error::ConnectionLost { .. }
         ));
         assert!(matches!(
             map(zk::Error::NoAuth, "/", Op::Other, None),
-            Error::Unauthorized(_)
+            Error::Unauthorized { .. }
         ));
         assert!(map(zk::Error::SessionExpired, "/", Op::Other, Some("0x1")).is_session_gone());
     }

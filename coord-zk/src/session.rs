@@ -274,7 +274,7 @@ impl Session for ZkSession {
             });
         }
         let Some(client) = self.client() else {
-            return Err(Error::ConnectionLost(format!(
+            return Err(Error::connection_lost(format!(
                 "session {} no longer has a client",
                 self.id
             )));

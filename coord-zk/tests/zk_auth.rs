@@ -43,15 +43,18 @@ async fn other_identities_cannot_change_coords_nodes() {
         );
         // ...but nobody else may write, delete, or create under coord's nodes.
         let r = other.set(&p("/cfg"), b"evil", None).await;
-        assert!(matches!(r, Err(Error::Unauthorized(_))), "{who} set: {r:?}");
+        assert!(
+            matches!(r, Err(Error::Unauthorized { .. })),
+            "{who} set: {r:?}"
+        );
         let r = other.delete(&p("/eph"), None).await;
         assert!(
-            matches!(r, Err(Error::Unauthorized(_))),
+            matches!(r, Err(Error::Unauthorized { .. })),
             "{who} delete: {r:?}"
         );
         let r = other.create(&p("/cfg/child"), b"", CreateMode::Exact).await;
         assert!(
-            matches!(r, Err(Error::Unauthorized(_))),
+            matches!(r, Err(Error::Unauthorized { .. })),
             "{who} create: {r:?}"
         );
     }

@@ -83,11 +83,11 @@ impl Election {
         .await?
         {
             Acquire::Held(held) => Ok(Leadership { held }),
-            Acquire::Busy => Err(Error::Backend {
-                backend: self.client.capabilities().backend,
-                message: "campaign ended without leadership".into(),
-                retryable: true,
-            }),
+            Acquire::Busy => Err(Error::backend(
+                self.client.capabilities().backend,
+                "campaign ended without leadership",
+                true,
+            )),
         }
     }
 
@@ -151,7 +151,7 @@ pub(crate) async fn leader_of(client: &Client, path: &Path) -> Result<Option<Lea
             Err(e) => return Err(e),
         }
     }
-    Err(Error::Timeout(format!(
+    Err(Error::timeout(format!(
         "the leader of {path} kept changing"
     )))
 }

@@ -62,11 +62,11 @@ impl Lock {
     pub async fn lock(&self) -> Result<LockGuard> {
         match self.acquire(false).await? {
             Acquire::Held(held) => Ok(LockGuard { held }),
-            Acquire::Busy => Err(Error::Backend {
-                backend: self.client.capabilities().backend,
-                message: "lock wait ended without the lock".into(),
-                retryable: true,
-            }),
+            Acquire::Busy => Err(Error::backend(
+                self.client.capabilities().backend,
+                "lock wait ended without the lock",
+                true,
+            )),
         }
     }
 
@@ -83,7 +83,7 @@ impl Lock {
     pub async fn lock_timeout(&self, timeout: Duration) -> Result<LockGuard> {
         match tokio::time::timeout(timeout, self.lock()).await {
             Ok(r) => r,
-            Err(_) => Err(Error::Timeout(format!(
+            Err(_) => Err(Error::timeout(format!(
                 "lock {} not acquired within {timeout:?}",
                 self.path
             ))),

@@ -256,10 +256,12 @@ pub(crate) async fn acquire(
     let token = created
         .sequence
         .or_else(|| parse_sequence(&me).map(|(_, n)| n))
-        .ok_or_else(|| Error::Backend {
-            backend: backend.capabilities().backend,
-            message: format!("sequential create returned {me} without a sequence"),
-            retryable: false,
+        .ok_or_else(|| {
+            Error::backend(
+                backend.capabilities().backend,
+                format!("sequential create returned {me} without a sequence"),
+                false,
+            )
         })?;
     let mut states = session.states();
     let Some(ahead) = entries_ahead(&*backend, dir, &me).await? else {

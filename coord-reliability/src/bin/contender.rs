@@ -240,7 +240,7 @@ async fn lock_loop(
         };
         let guard = match guard {
             Ok(g) => g,
-            Err(coord::Error::Timeout(_)) => continue,
+            Err(coord::Error::Timeout { .. }) => continue,
             Err(e) => {
                 error(&a.id, "lock", e);
                 tokio::time::sleep(Duration::from_millis(200)).await;
