@@ -6,9 +6,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::sync::watch;
 
+use coord_core::adapter::check_ttl;
 use coord_core::{
-    check_ttl, Backend, Capabilities, ChildrenWatch, CreateMode, Created, KeyWatch, Node, Path,
-    Result, Session, SessionOptions, Stat, Version,
+    Backend, Capabilities, ChildrenWatch, CreateMode, Created, KeyWatch, Node, Path, Result,
+    Session, SessionOptions, Stat, Version,
 };
 
 use crate::api::Api;

@@ -19,10 +19,10 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use coord_core::adapter::check_value;
 use coord_core::path::format_sequence;
 use coord_core::{
-    check_value, Capabilities, CreateMode, Created, Error, Node, Path, Result, SessionId, Stat,
-    Version,
+    Capabilities, CreateMode, Created, Error, Node, Path, Result, SessionId, Stat, Version,
 };
 
 use crate::api::{backend_err, too_large, Api, KvEntry, TxnOp, TxnOutcome};

@@ -23,9 +23,9 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use coord_core::adapter::check_value;
 use coord_core::{
-    check_value, CreateMode, Created, Error, Path, Result, Session, SessionId, SessionState,
-    SessionStates,
+    CreateMode, Created, Error, Path, Result, Session, SessionId, SessionState, SessionStates,
 };
 
 use crate::api::{backend_err, Pass};
@@ -273,7 +273,7 @@ impl Session for ConsulSession {
     }
 
     fn states(&self) -> SessionStates {
-        coord_core::session_states(self.shared.state.subscribe())
+        coord_core::adapter::states_of(self.shared.state.subscribe())
     }
 
     async fn create(&self, path: &Path, value: &[u8], mode: CreateMode) -> Result<Created> {

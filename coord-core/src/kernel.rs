@@ -36,8 +36,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::{Stream, StreamExt};
-use tokio::sync::watch;
+use futures::Stream;
 
 use crate::error::Result;
 use crate::path::Path;
@@ -319,40 +318,6 @@ pub trait Backend: Send + Sync + 'static {
     fn as_any(&self) -> &dyn Any;
 }
 
-/// Rejects a value larger than the backend's limit before any I/O.
-pub fn check_value(caps: &Capabilities, value: &[u8]) -> Result<()> {
-    if value.len() > caps.max_value_size {
-        return Err(crate::Error::ValueTooLarge {
-            size: value.len(),
-            max: caps.max_value_size,
-        });
-    }
-    Ok(())
-}
-
-/// Rejects writes to the namespace root: it always exists, holds no value and cannot be
-/// written or deleted (on every backend; it is the chroot or key prefix itself).
-pub fn check_not_root(path: &Path, op: &str) -> Result<()> {
-    if path.is_root() {
-        return Err(crate::Error::InvalidArgument(format!(
-            "the namespace root cannot be {op}"
-        )));
-    }
-    Ok(())
-}
-
-/// Resolves a requested TTL against the backend's bounds.
-pub fn check_ttl(caps: &Capabilities, ttl: Option<Duration>) -> Result<Duration> {
-    let ttl = ttl.unwrap_or(caps.default_session_ttl);
-    if ttl < caps.min_session_ttl || ttl > caps.max_session_ttl {
-        return Err(crate::Error::InvalidArgument(format!(
-            "session TTL {ttl:?} is outside {}'s bounds [{:?}, {:?}]",
-            caps.backend, caps.min_session_ttl, caps.max_session_ttl
-        )));
-    }
-    Ok(ttl)
-}
-
 /// Creates `path` and any missing ancestors as persistent keys with empty values; keys that
 /// already exist are left as they are. Returns without error if `path` exists.
 pub async fn create_parents(backend: &dyn Backend, path: &Path) -> Result<()> {
@@ -366,28 +331,4 @@ pub async fn create_parents(backend: &dyn Backend, path: &Path) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Turns a `watch` receiver of states into a [`SessionStates`] stream: the current state,
-/// then every change, ending after a final state. Backends share it.
-pub fn session_states(rx: watch::Receiver<SessionState>) -> SessionStates {
-    futures::stream::unfold((rx, None::<SessionState>), |(mut rx, last)| async move {
-        if last.is_some_and(SessionState::is_final) {
-            return None;
-        }
-        if last.is_some() {
-            // A closed sender with no final state seen: report what it last said, then end.
-            if rx.changed().await.is_err() {
-                let s = *rx.borrow();
-                return if Some(s) == last {
-                    None
-                } else {
-                    Some((s, (rx, Some(s))))
-                };
-            }
-        }
-        let s = *rx.borrow_and_update();
-        Some((s, (rx, Some(s))))
-    })
-    .boxed()
 }

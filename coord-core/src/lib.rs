@@ -9,6 +9,7 @@
 #![warn(missing_docs, unreachable_pub)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod adapter;
 pub mod client;
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -20,11 +21,11 @@ pub mod recipes;
 pub mod url;
 
 pub use client::Client;
-pub use error::{Error, Result};
+pub use error::{Error, Result, Source};
 pub use kernel::{
-    check_not_root, check_ttl, check_value, create_parents, session_states, Backend, Capabilities,
-    ChildrenEvent, ChildrenWatch, CreateMode, Created, KeyEvent, KeyWatch, Node, Session,
-    SessionId, SessionOptions, SessionState, SessionStates, Stat, Version,
+    create_parents, Backend, Capabilities, ChildrenEvent, ChildrenWatch, CreateMode, Created,
+    KeyEvent, KeyWatch, Node, Session, SessionId, SessionOptions, SessionState, SessionStates,
+    Stat, Version,
 };
 pub use path::Path;
 pub use recipes::{election, group, lock, registry};

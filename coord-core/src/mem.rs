@@ -20,9 +20,9 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 
+use crate::adapter::{check_ttl, stream_of, RawBackend, RawSession};
 use crate::error::{Error, Result};
 use crate::kernel::*;
 use crate::path::{format_sequence, Path};
@@ -375,10 +375,6 @@ impl MemBackend {
             self.caps.clone(),
         ))
     }
-
-    fn check_path_write(&self, value: &[u8]) -> Result<()> {
-        check_value(&self.caps, value)
-    }
 }
 
 impl Default for MemBackend {
@@ -414,14 +410,8 @@ fn default_caps() -> Capabilities {
         .with_watch_coalesces(false)
 }
 
-fn receiver_stream<E: Send + 'static>(
-    rx: mpsc::UnboundedReceiver<Result<E>>,
-) -> std::pin::Pin<Box<dyn futures::Stream<Item = Result<E>> + Send>> {
-    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) }).boxed()
-}
-
 #[async_trait]
-impl Backend for MemBackend {
+impl RawBackend for MemBackend {
     fn capabilities(&self) -> &Capabilities {
         &self.caps
     }
@@ -430,8 +420,7 @@ impl Backend for MemBackend {
         &self.ns
     }
 
-    async fn open_session(&self, options: SessionOptions) -> Result<Arc<dyn Session>> {
-        let ttl = check_ttl(&self.caps, options.ttl)?;
+    async fn open_session(&self, ttl: Duration) -> Result<Arc<dyn Session>> {
         let id = self.store.ids.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = watch::channel(SessionState::Connected);
         self.store.lock().sessions.insert(
@@ -454,7 +443,6 @@ impl Backend for MemBackend {
     }
 
     async fn create(&self, path: &Path, value: &[u8], mode: CreateMode) -> Result<Created> {
-        self.check_path_write(value)?;
         self.store.lock().create(&self.ns, path, value, mode, None)
     }
 
@@ -481,8 +469,6 @@ impl Backend for MemBackend {
     }
 
     async fn set(&self, path: &Path, value: &[u8], expected: Option<Version>) -> Result<Stat> {
-        check_not_root(path, "written")?;
-        self.check_path_write(value)?;
         let mut inner = self.store.lock();
         let node = inner
             .tree(&self.ns)
@@ -511,7 +497,6 @@ impl Backend for MemBackend {
     }
 
     async fn delete(&self, path: &Path, expected: Option<Version>) -> Result<()> {
-        check_not_root(path, "deleted")?;
         self.store.lock().delete(&self.ns, path.as_str(), expected)
     }
 
@@ -541,7 +526,7 @@ impl Backend for MemBackend {
                 client: self.client_id,
                 tx,
             });
-        Ok((current, receiver_stream(rx)))
+        Ok((current, stream_of(rx)))
     }
 
     async fn watch_children(&self, path: &Path) -> Result<(Vec<String>, ChildrenWatch)> {
@@ -559,7 +544,7 @@ impl Backend for MemBackend {
                 client: self.client_id,
                 tx,
             });
-        Ok((current, receiver_stream(rx)))
+        Ok((current, stream_of(rx)))
     }
 
     fn as_any(&self) -> &dyn Any {
@@ -661,7 +646,11 @@ impl MemSession {
 }
 
 #[async_trait]
-impl Session for MemSession {
+impl RawSession for MemSession {
+    fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+
     fn id(&self) -> &SessionId {
         &self.sid
     }
@@ -675,11 +664,10 @@ impl Session for MemSession {
     }
 
     fn states(&self) -> SessionStates {
-        session_states(self.state.clone())
+        crate::adapter::states_of(self.state.clone())
     }
 
     async fn create(&self, path: &Path, value: &[u8], mode: CreateMode) -> Result<Created> {
-        check_value(&self.caps, value)?;
         let mut inner = self.store.lock();
         match *self.state.borrow() {
             SessionState::Connected => {}

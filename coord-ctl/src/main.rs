@@ -637,7 +637,7 @@ async fn create(
         CreateMode::Exact
     };
     // Refuse an oversized value before any write (not even the parents).
-    coord::check_value(client.capabilities(), value.as_bytes())?;
+    coord::adapter::check_value(client.capabilities(), value.as_bytes())?;
     if parents {
         if let Some(parent) = path.parent() {
             timed(

@@ -5,10 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use coord_core::adapter::{check_ttl, check_value};
 use coord_core::path::format_sequence;
 use coord_core::{
-    check_ttl, check_value, Backend, Capabilities, ChildrenWatch, CreateMode, Created, Error,
-    KeyWatch, Node, Path, Result, Session, SessionId, SessionOptions, Stat, Version,
+    Backend, Capabilities, ChildrenWatch, CreateMode, Created, Error, KeyWatch, Node, Path, Result,
+    Session, SessionId, SessionOptions, Stat, Version,
 };
 use etcd_client::proto::{PbKeyValue, PbTxnOpResponse};
 use etcd_client::{
@@ -440,7 +441,11 @@ impl Backend for EtcdBackend {
     }
 
     async fn set(&self, path: &Path, value: &[u8], expected: Option<Version>) -> Result<Stat> {
-        coord_core::check_not_root(path, "written")?;
+        if path.is_root() {
+            return Err(Error::InvalidArgument(
+                "the namespace root cannot be written".into(),
+            ));
+        }
         check_value(&self.shared.caps, value)?;
         let key = self.shared.layout.node_key(path);
         let mut when = Vec::new();

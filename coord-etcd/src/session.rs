@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use coord_core::session_states;
 use coord_core::{
     CreateMode, Created, Error, Path, Result, Session, SessionId, SessionState, SessionStates,
 };
@@ -260,7 +259,7 @@ impl Session for EtcdSession {
     }
 
     fn states(&self) -> SessionStates {
-        session_states(self.inner.state.subscribe())
+        coord_core::adapter::states_of(self.inner.state.subscribe())
     }
 
     async fn create(&self, path: &Path, value: &[u8], mode: CreateMode) -> Result<Created> {

@@ -7,10 +7,11 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use coord_core::adapter::{check_ttl, check_value};
 use coord_core::kernel::{ChildrenWatch, KeyWatch};
 use coord_core::{
-    check_ttl, check_value, Backend, Capabilities, CreateMode, Created, Error, Node, Path, Result,
-    Session, SessionId, SessionOptions, Stat, Version,
+    Backend, Capabilities, CreateMode, Created, Error, Node, Path, Result, Session, SessionId,
+    SessionOptions, Stat, Version,
 };
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -438,7 +439,11 @@ impl Backend for ZkBackend {
     }
 
     async fn set(&self, path: &Path, value: &[u8], expected: Option<Version>) -> Result<Stat> {
-        coord_core::check_not_root(path, "written")?;
+        if path.is_root() {
+            return Err(Error::InvalidArgument(
+                "the namespace root cannot be written".into(),
+            ));
+        }
         check_value(&self.shared.caps, value)?;
         let v = zk_version(path, expected)?;
         let p = path.as_str();

@@ -8,10 +8,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use coord_core::session_states;
+use coord_core::adapter::check_value;
 use coord_core::{
-    check_value, CreateMode, Created, Error, Path, Result, Session, SessionId, SessionState,
-    SessionStates,
+    CreateMode, Created, Error, Path, Result, Session, SessionId, SessionState, SessionStates,
 };
 use tokio::sync::watch;
 use zookeeper_client as zk;
@@ -259,7 +258,7 @@ impl Session for ZkSession {
     }
 
     fn states(&self) -> SessionStates {
-        session_states(self.state.subscribe())
+        coord_core::adapter::states_of(self.state.subscribe())
     }
 
     async fn create(&self, path: &Path, value: &[u8], mode: CreateMode) -> Result<Created> {

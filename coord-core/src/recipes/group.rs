@@ -49,7 +49,7 @@ impl Group {
     /// [`Error::AlreadyExists`] if a live member already has that id.
     pub async fn join(&self, id: &str, data: &[u8]) -> Result<Membership> {
         let node = self.path.join(id)?;
-        crate::kernel::check_value(self.client.capabilities(), data)?;
+        crate::adapter::check_value(self.client.capabilities(), data)?;
         create_parents(&**self.client.backend(), &self.path).await?;
         let mut session = self.client.session().await?;
         if let Err(e) = session.create(&node, data, CreateMode::Exact).await {

@@ -208,7 +208,7 @@ pub(crate) async fn acquire(
     let backend = client.backend().clone();
     let mut session = client.session().await?;
     // Refuse an oversized value before any write (not even the parents).
-    crate::kernel::check_value(backend.capabilities(), value)?;
+    crate::adapter::check_value(backend.capabilities(), value)?;
     create_parents(&*backend, dir).await?;
     let marker = format!("c-{}-", nonce());
     let mut pending = Pending {
