@@ -126,18 +126,8 @@ impl Cx {
         let ns = self.backend.namespace();
         Ok(match self.name {
             "zk" => format!("{}{}", ns.trim_end_matches('/'), p.as_str()).into_bytes(),
-            "etcd" => coord_etcd::KeyLayout::new(ns).node_key(p),
-            "consul" => {
-                // Mirrors coord-consul's layout: `<ns>/n/<depth><path>`.
-                let trimmed = ns.trim_matches('/');
-                let prefix = if trimmed.is_empty() {
-                    String::new()
-                } else {
-                    format!("{trimmed}/")
-                };
-                let depth = p.as_str().split('/').filter(|s| !s.is_empty()).count();
-                format!("{prefix}n/{depth}{}", p.as_str()).into_bytes()
-            }
+            // etcd and Consul share coord's flat-store layout.
+            "etcd" | "consul" => coord::adapter::flat::Layout::new(ns).node(p).into_bytes(),
             other => return Err(format!("{other} has no server keys").into()),
         })
     }

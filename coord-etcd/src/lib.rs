@@ -3,7 +3,7 @@
 //! - **Sessions** are leases kept alive by the adapter ([`EtcdSession`]); ephemerals are keys
 //!   attached to the lease.
 //! - **The key tree** is mapped onto etcd's flat key space with the depth in every key, so that
-//!   the children of a parent are one exact key prefix ([`KeyLayout`]): listing and watching
+//!   the children of a parent are one exact key prefix ([`Layout`]): listing and watching
 //!   children costs O(children), not O(subtree).
 //! - **Every rule is one transaction**: a create compares the parent (exists, has no lease)
 //!   and the key (absent); a sequential create also compares the parent's counter; a delete
@@ -21,8 +21,8 @@
 
 mod backend;
 mod config;
-mod errors;
-mod layout;
+mod context;
+mod error;
 mod session;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -31,7 +31,7 @@ mod watch;
 use std::sync::Arc;
 
 pub use backend::EtcdBackend;
-pub use layout::KeyLayout;
+pub use coord_core::adapter::flat::Layout;
 pub use session::EtcdSession;
 
 /// Connects to etcd from an `etcd://` URL (see the crate docs). This is what

@@ -6,15 +6,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use coord_core::adapter::{RawSession, StateCell};
 use coord_core::{
-    CreateMode, Created, Error, Path, Result, Session, SessionId, SessionState, SessionStates,
+    Capabilities, CreateMode, Created, Error, Path, Result, SessionId, SessionState, SessionStates,
 };
 use etcd_client::{LeaseKeepAliveStream, LeaseKeeper};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::backend::{lease_sid, Shared};
-use crate::errors::{bounded, map, not_sent, Ctx};
+use crate::context::{lease_sid, Context, EtcdStore};
+use crate::error::{bounded, map, not_sent, Ctx};
 
 /// The longest pause between two keep-alives, whatever the TTL: a stopped server is noticed
 /// (Suspended) within about a second.
@@ -25,7 +26,7 @@ struct Inner {
     lease: i64,
     sid: SessionId,
     ttl: Duration,
-    state: watch::Sender<SessionState>,
+    state: StateCell,
     /// Set to stop the keep-alive task (close, crash, drop, expiry).
     stop: watch::Sender<bool>,
     crashed: AtomicBool,
@@ -33,20 +34,12 @@ struct Inner {
 }
 
 impl Inner {
-    /// Moves to `to` unless the state is final or already `to`.
     fn transition(&self, to: SessionState) -> bool {
-        self.state.send_if_modified(|s| {
-            if s.is_final() || *s == to {
-                false
-            } else {
-                *s = to;
-                true
-            }
-        })
+        self.state.advance(to)
     }
 
     fn current(&self) -> SessionState {
-        *self.state.borrow()
+        self.state.get()
     }
 
     fn gone_error(&self, state: SessionState) -> Error {
@@ -63,7 +56,7 @@ impl Inner {
 /// [`Session::close`] (the lease is revoked, so ephemerals go at once). Dropping the last
 /// handle revokes the lease in the background.
 pub struct EtcdSession {
-    shared: Arc<Shared>,
+    cx: Arc<Context>,
     inner: Arc<Inner>,
 }
 
@@ -79,17 +72,18 @@ impl std::fmt::Debug for EtcdSession {
 
 impl EtcdSession {
     /// Grants a lease of `ttl` and starts keeping it alive.
-    pub(crate) async fn open(shared: Arc<Shared>, ttl: Duration) -> Result<EtcdSession> {
+    pub(crate) async fn open(cx: Arc<Context>, ttl: Duration) -> Result<EtcdSession> {
         let secs = i64::try_from(ttl.as_millis().div_ceil(1000)).unwrap_or(i64::MAX);
         let granted_at = Instant::now();
-        let resp = bounded(shared.timeout, "lease grant", Ctx::default(), || {
-            let mut lc = shared.client.lease_client();
+        let store = cx.store();
+        let resp = bounded(store.timeout, "lease grant", Ctx::default(), || {
+            let mut lc = store.client.lease_client();
             async move { lc.grant(secs, None).await }
         })
         .await?;
         let lease = resp.id();
         let granted = u64::try_from(resp.ttl()).unwrap_or(0).max(1);
-        let (state, _) = watch::channel(SessionState::Connected);
+        let state = StateCell::new(SessionState::Connected);
         let (stop, stop_rx) = watch::channel(false);
         let inner = Arc::new(Inner {
             lease,
@@ -101,12 +95,12 @@ impl EtcdSession {
             revoked: AtomicBool::new(false),
         });
         tokio::spawn(keep_alive_loop(
-            shared.clone(),
+            cx.clone(),
             inner.clone(),
             stop_rx,
             granted_at,
         ));
-        Ok(EtcdSession { shared, inner })
+        Ok(EtcdSession { cx, inner })
     }
 
     /// The etcd lease id.
@@ -125,8 +119,9 @@ impl EtcdSession {
 
     async fn revoke(&self) -> Result<()> {
         let lease = self.inner.lease;
-        let r = bounded(self.shared.timeout, "lease revoke", Ctx::default(), || {
-            let mut lc = self.shared.client.lease_client();
+        let store = self.cx.store();
+        let r = bounded(store.timeout, "lease revoke", Ctx::default(), || {
+            let mut lc = store.client.lease_client();
             async move { lc.revoke(lease).await }
         })
         .await;
@@ -143,7 +138,7 @@ impl EtcdSession {
 
 /// One renewal over the (re)opened keep-alive stream: the TTL the server answered (0: gone).
 async fn renew(
-    shared: &Shared,
+    store: &EtcdStore,
     lease: i64,
     keeper: &mut Option<(LeaseKeeper, LeaseKeepAliveStream)>,
 ) -> std::result::Result<i64, etcd_client::Error> {
@@ -162,7 +157,7 @@ async fn renew(
     // Opening the stream sends a first keep-alive and reads its answer. A member that cannot
     // be reached is skipped (the caller bounds the whole renewal).
     loop {
-        let mut lc = shared.client.lease_client();
+        let mut lc = store.client.lease_client();
         match lc.keep_alive(lease).await {
             Ok(pair) => {
                 *keeper = Some(pair);
@@ -178,7 +173,7 @@ async fn renew(
 }
 
 async fn keep_alive_loop(
-    shared: Arc<Shared>,
+    cx: Arc<Context>,
     inner: Arc<Inner>,
     mut stop: watch::Receiver<bool>,
     granted_at: Instant,
@@ -200,7 +195,7 @@ async fn keep_alive_loop(
         let sent = Instant::now();
         let r = tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
-            r = tokio::time::timeout(step_timeout, renew(&shared, inner.lease, &mut keeper)) => r,
+            r = tokio::time::timeout(step_timeout, renew(cx.store(), inner.lease, &mut keeper)) => r,
         };
         match r {
             Ok(Ok(ttl)) if ttl > 0 => {
@@ -227,11 +222,7 @@ async fn keep_alive_loop(
                     // No renewal for a whole TTL: the server has expired the lease (or will,
                     // unless a leader change extended it). Report it, and make sure of it.
                     inner.transition(SessionState::Expired);
-                    let (shared, lease) = (shared.clone(), inner.lease);
-                    tokio::spawn(async move {
-                        let mut lc = shared.client.lease_client();
-                        let _ = tokio::time::timeout(shared.timeout, lc.revoke(lease)).await;
-                    });
+                    revoke_in_background(cx.clone(), inner.lease);
                     return;
                 }
                 inner.transition(SessionState::Suspended);
@@ -244,8 +235,23 @@ async fn keep_alive_loop(
     }
 }
 
+/// Revokes `lease` without waiting (a drop, or a lease given up for lost).
+fn revoke_in_background(cx: Arc<Context>, lease: i64) {
+    if let Ok(handle) = tokio::runtime::Handle::try_current() {
+        handle.spawn(async move {
+            let store = cx.store();
+            let mut lc = store.client.lease_client();
+            let _ = tokio::time::timeout(store.timeout, lc.revoke(lease)).await;
+        });
+    }
+}
+
 #[async_trait]
-impl Session for EtcdSession {
+impl RawSession for EtcdSession {
+    fn capabilities(&self) -> &Capabilities {
+        &self.cx.caps
+    }
+
     fn id(&self) -> &SessionId {
         &self.inner.sid
     }
@@ -259,18 +265,12 @@ impl Session for EtcdSession {
     }
 
     fn states(&self) -> SessionStates {
-        coord_core::adapter::states_of(self.inner.state.subscribe())
+        self.inner.state.states()
     }
 
     async fn create(&self, path: &Path, value: &[u8], mode: CreateMode) -> Result<Created> {
-        let st = self.inner.current();
-        if st.is_final() {
-            return Err(self.inner.gone_error(st));
-        }
-        let r = self
-            .shared
-            .create_node(path, value, mode, self.inner.lease, Some(&self.inner.sid))
-            .await;
+        let owner = (&self.inner.lease, &self.inner.sid);
+        let r = self.cx.tree.create(path, value, mode, Some(owner)).await;
         if let Err(Error::SessionExpired { .. }) = &r {
             // The server does not know the lease any more.
             self.inner.transition(SessionState::Expired);
@@ -308,12 +308,6 @@ impl Drop for EtcdSession {
             return;
         }
         inner.transition(SessionState::Closed);
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            let (shared, lease) = (self.shared.clone(), inner.lease);
-            handle.spawn(async move {
-                let mut lc = shared.client.lease_client();
-                let _ = tokio::time::timeout(shared.timeout, lc.revoke(lease)).await;
-            });
-        }
+        revoke_in_background(self.cx.clone(), inner.lease);
     }
 }

@@ -4,58 +4,20 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
 
+use coord_core::adapter::flat::Layout;
+use coord_core::adapter::{stream_of, Backoff};
 use coord_core::{ChildrenEvent, ChildrenWatch, Error, KeyEvent, KeyWatch, Node, Path, Result};
 use etcd_client::proto::{PbEvent, PbKeyValue};
 use etcd_client::{WatchOptions, WatchStream};
-use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 
-use crate::backend::{stat_of, Shared};
-use crate::errors::{bounded, Ctx};
-use crate::layout::KeyLayout;
+use crate::context::{children_ranges, names, stat_of, Context, Range, MAX_DECODE};
+use crate::error::{bounded, Ctx};
 
 /// etcd's event type numbers.
 const PUT: i32 = 0;
 const DELETE: i32 = 1;
-
-/// One watched range: a key, or every key under a prefix.
-#[derive(Clone, Debug)]
-pub(crate) struct WatchSpec {
-    pub(crate) key: Vec<u8>,
-    pub(crate) prefix: bool,
-    /// Whether a snapshot of this range needs only keys.
-    pub(crate) keys_only: bool,
-}
-
-/// The ranges of a children watch: 0 = the children prefix, 1 = the parent's own key.
-pub(crate) fn children_specs(layout: &KeyLayout, parent: &Path) -> Vec<WatchSpec> {
-    vec![
-        WatchSpec {
-            key: layout.children_prefix(parent),
-            prefix: true,
-            keys_only: true,
-        },
-        WatchSpec {
-            key: layout.node_key(parent),
-            prefix: false,
-            keys_only: true,
-        },
-    ]
-}
-
-/// The sorted child names in a children snapshot.
-pub(crate) fn names(specs: &[WatchSpec], snap: &[Vec<PbKeyValue>]) -> Vec<String> {
-    let (Some(spec), Some(kvs)) = (specs.first(), snap.first()) else {
-        return Vec::new();
-    };
-    let set: BTreeSet<String> = kvs
-        .iter()
-        .filter_map(|kv| KeyLayout::child_name(&spec.key, &kv.key).map(str::to_owned))
-        .collect();
-    set.into_iter().collect()
-}
 
 /// What a watch does with the events of its ranges.
 trait Logic: Send + 'static {
@@ -113,7 +75,7 @@ impl Logic for KeyLogic {
 }
 
 struct ChildrenLogic {
-    specs: Vec<WatchSpec>,
+    ranges: Vec<Range>,
     set: BTreeSet<String>,
     /// The revision of the last children event applied.
     last_child: i64,
@@ -134,10 +96,11 @@ impl Logic for ChildrenLogic {
                 let Some(kv) = ev.kv.as_ref() else {
                     return Step::None;
                 };
-                let Some(spec) = self.specs.first() else {
+                let Some(range) = self.ranges.first() else {
                     return Step::None;
                 };
-                let Some(name) = KeyLayout::child_name(&spec.key, &kv.key) else {
+                let key = std::str::from_utf8(&kv.key).unwrap_or_default();
+                let Some(name) = Layout::child_name(&range.key, key) else {
                     return Step::None;
                 };
                 self.last_child = self.last_child.max(rev);
@@ -169,30 +132,30 @@ impl Logic for ChildrenLogic {
     }
 
     fn resync(&mut self, snap: &[Vec<PbKeyValue>], rev: i64) -> ChildrenEvent {
-        self.set = names(&self.specs, snap).into_iter().collect();
+        let kids = snap.first().map(Vec::as_slice).unwrap_or_default();
+        let prefix = self
+            .ranges
+            .first()
+            .map(|r| r.key.as_str())
+            .unwrap_or_default();
+        self.set = names(prefix, kids).into_iter().collect();
         self.last_child = rev;
         ChildrenEvent::Resync(self.list())
     }
 }
 
-fn receiver_stream<E: Send + 'static>(
-    rx: mpsc::UnboundedReceiver<Result<E>>,
-) -> std::pin::Pin<Box<dyn futures::Stream<Item = Result<E>> + Send>> {
-    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) }).boxed()
-}
-
 /// Reads `path` and watches it from the revision after the read.
 pub(crate) async fn watch_key(
-    shared: Arc<Shared>,
+    cx: Arc<Context>,
     alive: watch::Receiver<()>,
     path: &Path,
 ) -> Result<(Option<Node>, KeyWatch)> {
-    let specs = vec![WatchSpec {
-        key: shared.layout.node_key(path),
+    let ranges = vec![Range {
+        key: cx.layout().node(path),
         prefix: false,
         keys_only: false,
     }];
-    let (snap, rev) = shared.snapshot(&specs).await?;
+    let (snap, rev) = cx.store().snapshot(&ranges).await?;
     let mut logic = KeyLogic { path: path.clone() };
     let current = match logic.resync(&snap, rev) {
         KeyEvent::Resync(n) => n,
@@ -207,20 +170,20 @@ pub(crate) async fn watch_key(
         })
     });
     let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(drive(shared, specs, rev + 1, logic, tx, alive));
-    Ok((current, receiver_stream(rx)))
+    tokio::spawn(drive(cx, ranges, rev + 1, logic, tx, alive));
+    Ok((current, stream_of(rx)))
 }
 
 /// Lists `path`'s children and watches the list from the revision after the read.
 pub(crate) async fn watch_children(
-    shared: Arc<Shared>,
+    cx: Arc<Context>,
     alive: watch::Receiver<()>,
     path: &Path,
 ) -> Result<(Vec<String>, ChildrenWatch)> {
-    let specs = children_specs(&shared.layout, path);
-    let (snap, rev) = shared.snapshot(&specs).await?;
+    let ranges = children_ranges(cx.layout(), path);
+    let (snap, rev) = cx.store().snapshot(&ranges).await?;
     let mut logic = ChildrenLogic {
-        specs: specs.clone(),
+        ranges: ranges.clone(),
         set: BTreeSet::new(),
         last_child: 0,
     };
@@ -229,37 +192,38 @@ pub(crate) async fn watch_children(
         _ => Vec::new(),
     };
     let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(drive(shared, specs, rev + 1, logic, tx, alive));
-    Ok((current, receiver_stream(rx)))
+    tokio::spawn(drive(cx, ranges, rev + 1, logic, tx, alive));
+    Ok((current, stream_of(rx)))
 }
 
 /// Opens one etcd watch stream with a watcher per range (watch id = range index + 1).
-async fn open(shared: &Shared, specs: &[WatchSpec], next: &[i64]) -> Result<WatchStream> {
+async fn open(cx: &Context, ranges: &[Range], next: &[i64]) -> Result<WatchStream> {
     let opts = |i: usize| {
         let mut o = WatchOptions::new()
             .with_start_revision(next.get(i).copied().unwrap_or(0))
             .with_watch_id(i as i64 + 1);
-        if specs.get(i).is_some_and(|s| s.prefix) {
+        if ranges.get(i).is_some_and(|s| s.prefix) {
             o = o.with_prefix();
         }
         o
     };
-    let first = specs.first().map(|s| s.key.clone()).unwrap_or_default();
-    let mut stream = bounded(shared.timeout, "watch", Ctx::default(), || {
-        let mut wc = shared
+    let first = ranges.first().map(|s| s.key.clone()).unwrap_or_default();
+    let store = cx.store();
+    let mut stream = bounded(store.timeout, "watch", Ctx::default(), || {
+        let mut wc = store
             .client
             .watch_client()
-            .max_decoding_message_size(256 * 1024 * 1024);
+            .max_decoding_message_size(MAX_DECODE);
         let (key, o) = (first.clone(), opts(0));
         async move { wc.watch(key, Some(o)).await }
     })
     .await?;
-    for (i, s) in specs.iter().enumerate().skip(1) {
+    for (i, s) in ranges.iter().enumerate().skip(1) {
         // A request on the open stream (a local channel send): no retry.
-        tokio::time::timeout(shared.timeout, stream.watch(s.key.clone(), Some(opts(i))))
+        tokio::time::timeout(store.timeout, stream.watch(s.key.clone(), Some(opts(i))))
             .await
             .map_err(|_| Error::timeout("etcd watch: request not sent in time"))?
-            .map_err(|e| crate::errors::map(e, Ctx::default()))?;
+            .map_err(|e| crate::error::map(e, Ctx::default()))?;
     }
     Ok(stream)
 }
@@ -276,17 +240,17 @@ enum Break {
 
 /// Runs a watch until its consumer drops the stream or the backend is dropped.
 async fn drive<L: Logic>(
-    shared: Arc<Shared>,
-    specs: Vec<WatchSpec>,
+    cx: Arc<Context>,
+    ranges: Vec<Range>,
     start: i64,
     mut logic: L,
     tx: mpsc::UnboundedSender<Result<L::Ev>>,
     mut alive: watch::Receiver<()>,
 ) {
-    let mut next = vec![start; specs.len()];
+    let mut next = vec![start; ranges.len()];
     // Events at or below `floor` are already reflected in what was delivered.
     let mut floor = start - 1;
-    let mut backoff = Duration::from_millis(50);
+    let mut backoff = Backoff::reconnect();
     let mut need_resync = false;
     loop {
         let brk = tokio::select! {
@@ -294,15 +258,15 @@ async fn drive<L: Logic>(
             _ = tx.closed() => return,
             b = async {
                 if need_resync {
-                    if !resync(&shared, &specs, &mut next, &mut floor, &mut logic, &tx).await {
+                    if !resync(&cx, &ranges, &mut next, &mut floor, &mut logic, &tx).await {
                         return Break::Resync;
                     }
                     need_resync = false;
                 }
-                match open(&shared, &specs, &next).await {
+                match open(&cx, &ranges, &next).await {
                     Ok(mut stream) => {
-                        backoff = Duration::from_millis(50);
-                        run_stream(&shared, &specs, &mut stream, &mut next, &mut floor, &mut logic, &tx)
+                        backoff.reset();
+                        run_stream(&cx, &ranges, &mut stream, &mut next, &mut floor, &mut logic, &tx)
                             .await
                     }
                     Err(e @ Error::Unauthorized { .. }) => {
@@ -324,23 +288,22 @@ async fn drive<L: Logic>(
         tokio::select! {
             _ = alive.changed() => return,
             _ = tx.closed() => return,
-            _ = tokio::time::sleep(backoff) => {}
+            _ = backoff.wait() => {}
         }
-        backoff = (backoff * 2).min(Duration::from_secs(1));
     }
 }
 
 /// Re-reads after changes may have been missed and yields `Resync`; all ranges go on after the
 /// read's revision. `false` if the read failed (the caller retries).
 async fn resync<L: Logic>(
-    shared: &Shared,
-    specs: &[WatchSpec],
+    cx: &Context,
+    ranges: &[Range],
     next: &mut [i64],
     floor: &mut i64,
     logic: &mut L,
     tx: &mpsc::UnboundedSender<Result<L::Ev>>,
 ) -> bool {
-    match shared.snapshot(specs).await {
+    match cx.store().snapshot(ranges).await {
         Ok((snap, rev)) => {
             let ev = logic.resync(&snap, rev);
             let _ = tx.send(Ok(ev));
@@ -358,8 +321,8 @@ async fn resync<L: Logic>(
 }
 
 async fn run_stream<L: Logic>(
-    shared: &Shared,
-    specs: &[WatchSpec],
+    cx: &Context,
+    ranges: &[Range],
     stream: &mut WatchStream,
     next: &mut [i64],
     floor: &mut i64,
@@ -385,7 +348,7 @@ async fn run_stream<L: Logic>(
         }
         let Some(idx) = usize::try_from(resp.watch_id - 1)
             .ok()
-            .filter(|i| *i < specs.len())
+            .filter(|i| *i < ranges.len())
         else {
             continue;
         };
@@ -407,7 +370,7 @@ async fn run_stream<L: Logic>(
                     *floor = (*floor).max(f);
                 }
                 Step::Resync => {
-                    if !resync(shared, specs, next, floor, logic, tx).await {
+                    if !resync(cx, ranges, next, floor, logic, tx).await {
                         return Break::Resync;
                     }
                 }

@@ -40,8 +40,25 @@ fn is_too_large(msg: &str) -> bool {
     msg.contains("too large") || msg.contains("larger than max")
 }
 
-/// Maps an etcd-client error. Credentials never appear in etcd's messages.
+/// Maps an etcd-client error by its gRPC code, and by etcd's error description where etcd
+/// gives the same code to different errors (etcd's own Go client tells them apart the same
+/// way: `rpctypes.ErrorDesc`). The client's error becomes the `source`. Credentials never
+/// appear in etcd's messages.
 pub(crate) fn map(e: etcd_client::Error, ctx: Ctx<'_>) -> Error {
+    classify(&e, ctx).with_source(e)
+}
+
+/// Whether a mapped error says that the revision asked for was compacted (gRPC OutOfRange).
+pub(crate) fn is_compacted(e: &Error) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<coord_core::Source>())
+        .and_then(|s| s.get().downcast_ref::<etcd_client::Error>())
+        .is_some_and(
+            |e| matches!(e, etcd_client::Error::GRpcStatus(s) if s.code() == Code::OutOfRange),
+        )
+}
+
+fn classify(e: &etcd_client::Error, ctx: Ctx<'_>) -> Error {
     use etcd_client::Error as E;
     match e {
         E::GRpcStatus(status) => {
@@ -67,13 +84,13 @@ pub(crate) fn map(e: etcd_client::Error, ctx: Ctx<'_>) -> Error {
                 other => backend(format!("{other:?}: {msg}"), false),
             }
         }
-        E::LeaseKeepAliveError(msg) if is_lease_not_found(&msg) => Error::SessionExpired {
+        E::LeaseKeepAliveError(msg) if is_lease_not_found(msg) => Error::SessionExpired {
             session: ctx.session.map(|s| s.0.clone()).unwrap_or_default(),
         },
         E::TransportError(t) => Error::connection_lost(t.to_string()),
         E::IoError(io) => Error::connection_lost(io.to_string()),
-        E::WatchError(m) | E::LeaseKeepAliveError(m) => Error::connection_lost(m),
-        E::InvalidArgs(m) | E::EndpointError(m) => Error::InvalidUrl { reason: m },
+        E::WatchError(m) | E::LeaseKeepAliveError(m) => Error::connection_lost(m.as_str()),
+        E::InvalidArgs(m) | E::EndpointError(m) => Error::InvalidUrl { reason: m.clone() },
         E::InvalidUri(u) => Error::InvalidUrl {
             reason: u.to_string(),
         },

@@ -1,0 +1,387 @@
+//! [`Context`]: what the backend, its sessions and its watch tasks share — the etcd client, the
+//! namespace's tree over [`EtcdStore`], the limits — and the transactions etcd runs for coord's
+//! tree rules ([`FlatStore`]).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use coord_core::adapter::flat::{
+    Counter, CreateAttempt, CreateOutcome, DeleteOutcome, Entry, FlatStore, Layout, SetOutcome,
+    Tree,
+};
+use coord_core::{Capabilities, Path, Result, SessionId, Stat, Version};
+use etcd_client::proto::{PbKeyValue, PbTxnOpResponse};
+use etcd_client::{
+    Client, Compare, CompareOp, DeleteOptions, GetOptions, KvClient, PutOptions, Txn, TxnOp,
+    TxnResponse,
+};
+
+use crate::error::{bounded, is_compacted, Ctx};
+
+/// Responses may carry many keys (large children lists) and values up to the request limit.
+pub(crate) const MAX_DECODE: usize = 256 * 1024 * 1024;
+
+/// The session id of an etcd lease: the lease id in hex, as `etcdctl` prints it.
+pub(crate) fn lease_sid(lease: i64) -> SessionId {
+    SessionId(format!("{lease:x}"))
+}
+
+fn rev_u64(rev: i64) -> u64 {
+    u64::try_from(rev).unwrap_or(0)
+}
+
+fn rev_i64(rev: u64) -> i64 {
+    i64::try_from(rev).unwrap_or(i64::MAX)
+}
+
+/// The metadata of a stored node.
+pub(crate) fn stat_of(kv: &PbKeyValue) -> Stat {
+    Stat::new(
+        Version(rev_u64(kv.mod_revision)),
+        (kv.lease != 0).then(|| lease_sid(kv.lease)),
+    )
+}
+
+/// The kvs of the `i`-th (range) answer of a transaction; empty if there is none.
+fn range_kvs(resp: &TxnResponse, i: usize) -> &[PbKeyValue] {
+    match resp.0.responses.get(i).and_then(|r| r.response.as_ref()) {
+        Some(PbTxnOpResponse::ResponseRange(r)) => &r.kvs,
+        _ => &[],
+    }
+}
+
+fn put_prev_kv(resp: &TxnResponse, i: usize) -> Option<&PbKeyValue> {
+    match resp.0.responses.get(i).and_then(|r| r.response.as_ref()) {
+        Some(PbTxnOpResponse::ResponsePut(p)) => p.prev_kv.as_ref(),
+        _ => None,
+    }
+}
+
+/// The store revision a response was answered at.
+fn txn_revision(resp: &TxnResponse) -> i64 {
+    resp.0.header.as_ref().map(|h| h.revision).unwrap_or(0)
+}
+
+fn keys_only() -> Option<GetOptions> {
+    Some(GetOptions::new().with_keys_only())
+}
+
+/// One range of a watch or a snapshot: a key, or every key under a prefix.
+#[derive(Clone, Debug)]
+pub(crate) struct Range {
+    pub(crate) key: String,
+    pub(crate) prefix: bool,
+    /// Whether a snapshot of this range needs only keys.
+    pub(crate) keys_only: bool,
+}
+
+/// The ranges of a children watch: 0 = the children prefix, 1 = the parent's own key.
+pub(crate) fn children_ranges(layout: &Layout, parent: &Path) -> Vec<Range> {
+    vec![
+        Range {
+            key: layout.children_prefix(parent),
+            prefix: true,
+            keys_only: true,
+        },
+        Range {
+            key: layout.node(parent),
+            prefix: false,
+            keys_only: true,
+        },
+    ]
+}
+
+/// The sorted child names among `kvs`, keys found under `prefix`.
+pub(crate) fn names(prefix: &str, kvs: &[PbKeyValue]) -> Vec<String> {
+    let mut v: Vec<String> = kvs
+        .iter()
+        .filter_map(|kv| std::str::from_utf8(&kv.key).ok())
+        .filter_map(|k| Layout::child_name(prefix, k).map(str::to_owned))
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// The etcd side of coord's tree: one client, one namespace's layout, one call bound.
+pub(crate) struct EtcdStore {
+    pub(crate) client: Client,
+    pub(crate) layout: Layout,
+    /// The bound of every call to the server.
+    pub(crate) timeout: Duration,
+    /// The value limit, for the error of a request etcd refuses as too large.
+    pub(crate) max_value: usize,
+}
+
+/// What a backend, its sessions and its watch tasks share. Holds no watch-stopping handle, so
+/// tasks holding it do not keep the backend alive.
+pub(crate) struct Context {
+    pub(crate) tree: Tree<EtcdStore>,
+    pub(crate) ns: String,
+    pub(crate) caps: Capabilities,
+}
+
+impl Context {
+    pub(crate) fn store(&self) -> &EtcdStore {
+        &self.tree.store
+    }
+
+    pub(crate) fn layout(&self) -> &Layout {
+        &self.tree.layout
+    }
+}
+
+impl EtcdStore {
+    pub(crate) fn kv(&self) -> KvClient {
+        self.client
+            .kv_client()
+            .max_decoding_message_size(MAX_DECODE)
+    }
+
+    pub(crate) async fn txn(&self, what: &str, ctx: Ctx<'_>, txn: Txn) -> Result<TxnResponse> {
+        bounded(self.timeout, what, ctx, || {
+            let (mut kv, txn) = (self.kv(), txn.clone());
+            async move { kv.txn(txn).await }
+        })
+        .await
+    }
+
+    /// One range read: its kvs and the revision it was answered at.
+    async fn range(&self, key: &str, opts: GetOptions) -> Result<(Vec<PbKeyValue>, i64)> {
+        let mut resp = bounded(self.timeout, "get", Ctx::default(), || {
+            let (mut kv, opts) = (self.kv(), opts.clone());
+            async move { kv.get(key, Some(opts)).await }
+        })
+        .await?;
+        let rev = resp.0.header.as_ref().map(|h| h.revision).unwrap_or(0);
+        Ok((std::mem::take(&mut resp.0.kvs), rev))
+    }
+
+    pub(crate) async fn get_one(
+        &self,
+        key: &str,
+        opts: Option<GetOptions>,
+    ) -> Result<Option<PbKeyValue>> {
+        let (kvs, _) = self.range(key, opts.unwrap_or_default()).await?;
+        Ok(kvs.into_iter().next())
+    }
+
+    /// Reads `ranges` atomically: their kvs and the revision of the read.
+    pub(crate) async fn snapshot(&self, ranges: &[Range]) -> Result<(Vec<Vec<PbKeyValue>>, i64)> {
+        let ops: Vec<TxnOp> = ranges
+            .iter()
+            .map(|s| {
+                let mut o = GetOptions::new();
+                if s.prefix {
+                    o = o.with_prefix();
+                }
+                if s.keys_only {
+                    o = o.with_keys_only();
+                }
+                TxnOp::get(s.key.as_str(), Some(o))
+            })
+            .collect();
+        let resp = self
+            .txn("read", Ctx::default(), Txn::new().and_then(ops))
+            .await?;
+        let out = (0..ranges.len())
+            .map(|i| range_kvs(&resp, i).to_vec())
+            .collect();
+        Ok((out, txn_revision(&resp)))
+    }
+}
+
+/// Per store: etcd checks the parent (exists, has no lease) inside the create's own
+/// transaction, and its `or_else` branch reads the parent, the key and the counter in the same
+/// round trip, so a lost race needs no extra read.
+#[async_trait]
+impl FlatStore for EtcdStore {
+    type Owner = i64;
+
+    async fn read(&self, key: &str) -> Result<Option<Entry>> {
+        Ok(self.get_one(key, None).await?.map(|kv| Entry {
+            owner: (kv.lease != 0).then(|| lease_sid(kv.lease)),
+            modified: rev_u64(kv.mod_revision),
+            value: kv.value,
+        }))
+    }
+
+    async fn try_create(&self, a: &CreateAttempt<'_, i64>) -> Result<CreateOutcome> {
+        let (mut when, mut otherwise) = (Vec::new(), Vec::new());
+        if let Some(pkey) = a.parent {
+            when.push(Compare::create_revision(pkey, CompareOp::Greater, 0));
+            when.push(Compare::lease(pkey, CompareOp::Equal, 0));
+            otherwise.push(TxnOp::get(pkey, keys_only()));
+        }
+        when.push(Compare::create_revision(a.key, CompareOp::Equal, 0));
+        let key_at = otherwise.len();
+        otherwise.push(TxnOp::get(a.key, keys_only()));
+        let lease = a.owner.copied().unwrap_or(0);
+        let mut then = vec![TxnOp::put(
+            a.key,
+            a.value,
+            Some(PutOptions::new().with_lease(lease)),
+        )];
+        if let Some((ckey, c)) = a.counter {
+            when.push(Compare::mod_revision(
+                ckey,
+                CompareOp::Equal,
+                rev_i64(c.stamp),
+            ));
+            then.push(TxnOp::put(ckey, (c.next + 1).to_string(), None));
+            otherwise.push(TxnOp::get(ckey, None));
+        }
+        let sid = a.owner.map(|l| lease_sid(*l));
+        let ctx = Ctx {
+            session: sid.as_ref(),
+            value: Some((a.value.len(), self.max_value)),
+        };
+        let resp = self
+            .txn(
+                "create",
+                ctx,
+                Txn::new().when(when).and_then(then).or_else(otherwise),
+            )
+            .await?;
+        if resp.succeeded() {
+            return Ok(CreateOutcome::Created(rev_u64(txn_revision(&resp))));
+        }
+        if a.parent.is_some() {
+            match range_kvs(&resp, 0).first() {
+                None => return Ok(CreateOutcome::NoParent),
+                Some(p) if p.lease != 0 => return Ok(CreateOutcome::EphemeralParent),
+                Some(_) => {}
+            }
+        }
+        if let Some((ckey, c)) = a.counter {
+            let seen = range_kvs(&resp, key_at + 1).first().map(|kv| Entry {
+                value: kv.value.clone(),
+                modified: rev_u64(kv.mod_revision),
+                owner: None,
+            });
+            let now = Counter::parse(ckey, seen.as_ref())?;
+            if now.stamp != c.stamp {
+                return Ok(CreateOutcome::CounterMoved(Some(now)));
+            }
+        }
+        if !range_kvs(&resp, key_at).is_empty() {
+            return Ok(CreateOutcome::Taken);
+        }
+        // The state changed between the compare and the read: decide again.
+        Ok(CreateOutcome::Retry { contended: true })
+    }
+
+    /// Per store: etcd compares a whole key range inside a transaction (every key of the
+    /// children range has create revision 0 exactly when the range is empty), so no
+    /// child-version counter is needed.
+    async fn try_delete(&self, path: &Path, expected: Option<Version>) -> Result<DeleteOutcome> {
+        let key = self.layout.node(path);
+        let kids = self.layout.children_prefix(path);
+        let mut when = vec![Compare::create_revision(
+            key.as_str(),
+            CompareOp::Greater,
+            0,
+        )];
+        if let Some(v) = expected {
+            when.push(Compare::mod_revision(
+                key.as_str(),
+                CompareOp::Equal,
+                rev_i64(v.0),
+            ));
+        }
+        when.push(Compare::create_revision(kids.as_str(), CompareOp::Equal, 0).with_prefix());
+        let first_child = GetOptions::new()
+            .with_prefix()
+            .with_keys_only()
+            .with_limit(1);
+        let txn = Txn::new()
+            .when(when)
+            .and_then(vec![
+                TxnOp::delete(key.as_str(), None),
+                TxnOp::delete(self.layout.sequence(path), None::<DeleteOptions>),
+            ])
+            .or_else(vec![
+                TxnOp::get(key.as_str(), keys_only()),
+                TxnOp::get(kids.as_str(), Some(first_child)),
+            ]);
+        let resp = self.txn("delete", Ctx::default(), txn).await?;
+        if resp.succeeded() {
+            return Ok(DeleteOutcome::Deleted);
+        }
+        let Some(node) = range_kvs(&resp, 0).first() else {
+            return Ok(DeleteOutcome::Missing);
+        };
+        if expected.is_some_and(|v| rev_u64(node.mod_revision) != v.0) {
+            return Ok(DeleteOutcome::Mismatch);
+        }
+        if !range_kvs(&resp, 1).is_empty() {
+            return Ok(DeleteOutcome::NotEmpty);
+        }
+        Ok(DeleteOutcome::Retry)
+    }
+
+    async fn try_set(
+        &self,
+        path: &Path,
+        value: &[u8],
+        expected: Option<Version>,
+    ) -> Result<SetOutcome> {
+        let key = self.layout.node(path);
+        let mut when = vec![Compare::create_revision(
+            key.as_str(),
+            CompareOp::Greater,
+            0,
+        )];
+        if let Some(v) = expected {
+            when.push(Compare::mod_revision(
+                key.as_str(),
+                CompareOp::Equal,
+                rev_i64(v.0),
+            ));
+        }
+        // Keep an ephemeral's lease: a value write does not change the owner.
+        let put = PutOptions::new().with_prev_key().with_ignore_lease();
+        let txn = Txn::new()
+            .when(when)
+            .and_then(vec![TxnOp::put(key.as_str(), value, Some(put))])
+            .or_else(vec![TxnOp::get(key.as_str(), keys_only())]);
+        let ctx = Ctx {
+            session: None,
+            value: Some((value.len(), self.max_value)),
+        };
+        let resp = self.txn("set", ctx, txn).await?;
+        if resp.succeeded() {
+            let owner = put_prev_kv(&resp, 0)
+                .filter(|kv| kv.lease != 0)
+                .map(|kv| lease_sid(kv.lease));
+            let version = Version(rev_u64(txn_revision(&resp)));
+            return Ok(SetOutcome::Written(Stat::new(version, owner)));
+        }
+        Ok(if range_kvs(&resp, 0).is_empty() {
+            SetOutcome::Missing
+        } else {
+            SetOutcome::Mismatch
+        })
+    }
+
+    async fn list(&self, prefix: &str) -> Result<(Vec<String>, u64)> {
+        let opts = GetOptions::new().with_prefix().with_keys_only();
+        let (kvs, rev) = self.range(prefix, opts).await?;
+        Ok((names(prefix, &kvs), rev_u64(rev)))
+    }
+
+    /// Read at the listing's revision, so that both reads describe one state.
+    async fn existed_at(&self, key: &str, stamp: u64) -> Result<bool> {
+        let opts = GetOptions::new()
+            .with_keys_only()
+            .with_revision(rev_i64(stamp));
+        match self.range(key, opts).await {
+            Ok((kvs, _)) => Ok(!kvs.is_empty()),
+            // Compacted past the listing's revision in between: the parent's current state
+            // will do (a parent exists before its children, so "present, no children" held
+            // at some moment between the listing and now).
+            Err(e) if is_compacted(&e) => Ok(self.get_one(key, keys_only()).await?.is_some()),
+            Err(e) => Err(e),
+        }
+    }
+}
