@@ -3,7 +3,8 @@
 use std::fmt;
 use std::time::Duration;
 
-use coord_core::{ConnectUrl, Error, Result};
+use coord_core::url::{endpoint, url_err, Redacted};
+use coord_core::{ConnectUrl, Result};
 
 /// Consul's default HTTP port.
 pub(crate) const DEFAULT_PORT: u16 = 8500;
@@ -63,7 +64,7 @@ impl fmt::Debug for Config {
             .field("host", &self.host)
             .field("port", &self.port)
             .field("namespace", &self.namespace)
-            .field("token", &self.token.as_ref().map(|_| "***"))
+            .field("token", &self.token.as_ref().map(|_| Redacted))
             .field("timeout", &self.timeout)
             .field("session_ttl", &self.session_ttl)
             .field("wait", &self.wait)
@@ -75,79 +76,61 @@ impl fmt::Debug for Config {
     }
 }
 
-fn bad(reason: impl Into<String>) -> Error {
-    Error::InvalidUrl {
-        reason: reason.into(),
-    }
-}
-
 impl Config {
     /// Parses and checks a `consul://` URL (unknown options are an error).
     pub fn from_url(url: &str) -> Result<Config> {
         let mut u = ConnectUrl::parse(url)?;
-        if u.scheme != "consul" {
-            return Err(bad(format!("expected consul://, got {}://", u.scheme)));
-        }
+        u.expect_scheme(&["consul"])?;
         if u.password.is_some() {
-            return Err(bad(
+            return Err(url_err(
                 "consul:// takes an ACL token as the user part (`token@host`), not user:password",
             ));
         }
-        let hosts = u.host_ports(DEFAULT_PORT)?;
         let (host, port) =
-            match hosts.as_slice() {
+            match u.host_ports(DEFAULT_PORT)?.as_slice() {
                 [one] => one.clone(),
-                _ => return Err(bad(
+                _ => return Err(url_err(
                     "consul:// talks to one agent (sessions are bound to that agent's checks): \
                      give exactly one host:port",
                 )),
             };
         let token = match (u.username.take(), u.take("token")) {
             (Some(_), Some(_)) => {
-                return Err(bad("the token is given twice (user part and `token=`)"));
+                return Err(url_err("the token is given twice (user part and `token=`)"));
             }
             (a, b) => a.or(b).filter(|t| !t.is_empty()),
         };
         if let Some(t) = &token {
             if reqwest::header::HeaderValue::from_str(t).is_err() {
-                return Err(bad("the token has characters an HTTP header cannot carry"));
+                return Err(url_err(
+                    "the token has characters an HTTP header cannot carry",
+                ));
             }
         }
-        let timeout = u.take_duration("timeout")?.unwrap_or(DEFAULT_TIMEOUT);
-        if timeout < Duration::from_millis(10) {
-            return Err(bad("`timeout` must be at least 10ms"));
-        }
+        let timeout = u
+            .take_duration_in("timeout", Duration::from_millis(10)..=Duration::MAX)?
+            .unwrap_or(DEFAULT_TIMEOUT);
         let session_ttl = u
-            .take_duration("session_ttl")?
+            .take_duration_in("session_ttl", MIN_SESSION_TTL..=MAX_SESSION_TTL)?
             .unwrap_or(DEFAULT_SESSION_TTL);
-        if !(MIN_SESSION_TTL..=MAX_SESSION_TTL).contains(&session_ttl) {
-            return Err(bad(format!(
-                "`session_ttl` {session_ttl:?} is outside [{MIN_SESSION_TTL:?}, {MAX_SESSION_TTL:?}]"
-            )));
-        }
-        let wait = u.take_duration("wait")?.unwrap_or(DEFAULT_WAIT);
-        if wait < Duration::from_millis(100) || wait > Duration::from_secs(600) {
-            return Err(bad("`wait` must lie within [100ms, 10m]"));
-        }
-        let max_value_size = match u.take_u64("max_value_size")? {
-            None => DEFAULT_MAX_VALUE_SIZE,
-            Some(n) => usize::try_from(n).map_err(|_| bad("`max_value_size` is too large"))?,
-        };
-        let tls = match u.take("tls").as_deref() {
-            None | Some("false") => false,
-            Some("true") => true,
-            Some(_) => return Err(bad("`tls` must be true or false")),
-        };
+        let wait = u
+            .take_duration_in(
+                "wait",
+                Duration::from_millis(100)..=Duration::from_secs(600),
+            )?
+            .unwrap_or(DEFAULT_WAIT);
+        let max_value_size = u.take_size("max_value_size", DEFAULT_MAX_VALUE_SIZE, usize::MAX)?;
+        let tls = u.take_bool("tls")?.unwrap_or(false);
         if tls && !cfg!(feature = "tls") {
-            return Err(bad(
+            return Err(url_err(
                 "`tls=true` needs the cargo feature `tls` of coord-consul (on by default)",
             ));
         }
         let file = |u: &mut ConnectUrl, name: &str| -> Result<Option<std::path::PathBuf>> {
             match u.take(name) {
                 None => Ok(None),
-                Some(v) if v.is_empty() => Err(bad(format!("`{name}` is empty"))),
-                Some(_) if !tls => Err(bad(format!("`{name}` needs `tls=true`"))),
+                Some(v) if v.is_empty() => Err(url_err(format!("`{name}` is empty"))),
+                Some(_) if !tls => Err(url_err(format!("`{name}` needs `tls=true`"))),
                 Some(v) => Ok(Some(v.into())),
             }
         };
@@ -155,13 +138,13 @@ impl Config {
         let client_cert = match (file(&mut u, "cert")?, file(&mut u, "key")?) {
             (Some(c), Some(k)) => Some((c, k)),
             (None, None) => None,
-            _ => return Err(bad("`cert` and `key` go together")),
+            _ => return Err(url_err("`cert` and `key` go together")),
         };
         u.finish()?;
         Ok(Config {
             host,
             port,
-            namespace: u.namespace.clone(),
+            namespace: u.namespace,
             token,
             timeout,
             session_ttl,
@@ -175,20 +158,16 @@ impl Config {
 
     /// The base URL of the agent's HTTP API.
     pub(crate) fn base_url(&self) -> Result<reqwest::Url> {
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
         let scheme = if self.tls { "https" } else { "http" };
-        reqwest::Url::parse(&format!("{scheme}://{host}:{}/", self.port))
-            .map_err(|e| bad(format!("bad host: {e}")))
+        reqwest::Url::parse(&format!("{scheme}://{}/", endpoint(&self.host, self.port)))
+            .map_err(|e| url_err(format!("bad host: {e}")))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use coord_core::Error;
 
     #[test]
     fn parses_options() {
@@ -206,6 +185,8 @@ mod tests {
         let c = Config::from_url("consul://h?token=abc").unwrap();
         assert_eq!((c.port, c.token.as_deref()), (8500, Some("abc")));
         assert_eq!(c.namespace, "");
+        let c = Config::from_url("consul://[::1]?tls=no").unwrap();
+        assert_eq!(c.base_url().unwrap().as_str(), "http://[::1]:8500/");
     }
 
     #[test]

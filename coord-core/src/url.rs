@@ -2,12 +2,14 @@
 //!
 //! `scheme://[user[:password]@]host:port[,host:port…][/namespace][?option=value&…]`
 //!
-//! Each backend takes the options it knows with [`ConnectUrl::take`] and then calls
+//! Each backend checks its scheme with [`ConnectUrl::expect_scheme`], takes the options it knows
+//! with [`ConnectUrl::take`] and the typed `take_*` helpers, and then calls
 //! [`ConnectUrl::finish`], which rejects whatever is left: an unknown option is an error, not
 //! ignored. Credentials are never shown by `Debug`, `Display` or an error.
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
@@ -29,9 +31,28 @@ pub struct ConnectUrl {
     options: BTreeMap<String, String>,
 }
 
-fn url_err(reason: impl Into<String>) -> Error {
+/// An [`Error::InvalidUrl`] with `reason`, which must not carry credentials.
+pub fn url_err(reason: impl Into<String>) -> Error {
     Error::InvalidUrl {
         reason: reason.into(),
+    }
+}
+
+/// `host:port`, with an IPv6 host in brackets (`[::1]:2379`).
+pub fn endpoint(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// Stands for a secret in `Debug` output: prints `***`.
+pub struct Redacted;
+
+impl fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
     }
 }
 
@@ -141,6 +162,45 @@ impl ConnectUrl {
         })
     }
 
+    /// Durations greater than zero: the range of [`ConnectUrl::take_positive_duration`].
+    pub const POSITIVE: RangeInclusive<Duration> = Duration::from_nanos(1)..=Duration::MAX;
+
+    /// Fails unless the scheme is one of `schemes` (`expected zk:// or zookeeper://, got …`).
+    pub fn expect_scheme(&self, schemes: &[&str]) -> Result<()> {
+        if schemes.contains(&self.scheme.as_str()) {
+            return Ok(());
+        }
+        let expected: Vec<String> = schemes.iter().map(|s| format!("{s}://")).collect();
+        Err(url_err(format!(
+            "expected {}, got {}://",
+            expected.join(" or "),
+            self.scheme
+        )))
+    }
+
+    /// Removes and returns `user:password@`: `None` without a user part; an error for a user
+    /// name without a password.
+    pub fn take_credentials(&mut self) -> Result<Option<(String, String)>> {
+        match (self.username.take(), self.password.take()) {
+            (None, _) => Ok(None),
+            (Some(_), None) => Err(url_err(format!(
+                "{}:// needs a password with the user name (`user:password@`)",
+                self.scheme
+            ))),
+            (Some(user), Some(password)) => Ok(Some((user, password))),
+        }
+    }
+
+    /// The hosts as `host:port` strings (see [`endpoint`]); `default_port` applies where none
+    /// is given.
+    pub fn endpoints(&self, default_port: u16) -> Result<Vec<String>> {
+        Ok(self
+            .host_ports(default_port)?
+            .iter()
+            .map(|(h, p)| endpoint(h, *p))
+            .collect())
+    }
+
     /// Removes and returns the option `name`.
     pub fn take(&mut self, name: &str) -> Option<String> {
         self.options.remove(name)
@@ -155,6 +215,61 @@ impl ConnectUrl {
                         "option `{name}`: {v:?} is not a duration such as 500ms, 2s, 1m"
                     ))
                 })
+            })
+            .transpose()
+    }
+
+    /// Like [`ConnectUrl::take_duration`], and fails unless the duration lies within `range`.
+    pub fn take_duration_in(
+        &mut self,
+        name: &str,
+        range: RangeInclusive<Duration>,
+    ) -> Result<Option<Duration>> {
+        let d = self.take_duration(name)?;
+        match d {
+            Some(d) if !range.contains(&d) => {
+                let (lo, hi) = (*range.start(), *range.end());
+                Err(url_err(if hi < Duration::MAX {
+                    format!("option `{name}`: {d:?} is outside [{lo:?}, {hi:?}]")
+                } else if lo == Duration::from_nanos(1) {
+                    format!("option `{name}` must be positive")
+                } else {
+                    format!("option `{name}` must be at least {lo:?}")
+                }))
+            }
+            d => Ok(d),
+        }
+    }
+
+    /// The duration option `name`, `default` when absent; zero is an error.
+    pub fn take_positive_duration(&mut self, name: &str, default: Duration) -> Result<Duration> {
+        Ok(self
+            .take_duration_in(name, Self::POSITIVE)?
+            .unwrap_or(default))
+    }
+
+    /// The size option `name` (bytes), `default` when absent; more than `max` is an error.
+    pub fn take_size(&mut self, name: &str, default: usize, max: usize) -> Result<usize> {
+        match self.take_u64(name)? {
+            None => Ok(default),
+            Some(n) => usize::try_from(n)
+                .ok()
+                .filter(|n| *n <= max)
+                .ok_or_else(|| {
+                    url_err(format!("option `{name}`: {n} is too large (at most {max})"))
+                }),
+        }
+    }
+
+    /// Removes the option `name` and parses it as a flag: `true`/`1`/`yes` or `false`/`0`/`no`.
+    pub fn take_bool(&mut self, name: &str) -> Result<Option<bool>> {
+        self.take(name)
+            .map(|v| match v.as_str() {
+                "true" | "1" | "yes" => Ok(true),
+                "false" | "0" | "no" => Ok(false),
+                _ => Err(url_err(format!(
+                    "option `{name}`: {v:?} is not true or false"
+                ))),
             })
             .transpose()
     }
@@ -332,6 +447,37 @@ mod tests {
             .is_err());
         let mut u = ConnectUrl::parse("zk://h?t=5").unwrap();
         assert!(u.take_duration("t").is_err());
+    }
+
+    #[test]
+    fn typed_helpers() {
+        let mut u = ConnectUrl::parse(
+            "zookeeper://bob:pw@h1,[::1]:7?a=2s&z=0s&w=1h&n=10&big=11&f=yes&g=maybe",
+        )
+        .unwrap();
+        u.expect_scheme(&["zk", "zookeeper"]).unwrap();
+        let e = u.expect_scheme(&["etcd"]).unwrap_err().to_string();
+        assert!(e.contains("expected etcd://, got zookeeper://"), "{e}");
+        assert_eq!(u.endpoints(9).unwrap(), ["h1:9", "[::1]:7"]);
+        assert_eq!(
+            u.take_credentials().unwrap(),
+            Some(("bob".into(), "pw".into()))
+        );
+        let one = Duration::from_secs(1);
+        assert_eq!(u.take_positive_duration("a", one).unwrap(), 2 * one);
+        assert_eq!(u.take_positive_duration("absent", one).unwrap(), one);
+        let e = u.take_positive_duration("z", one).unwrap_err().to_string();
+        assert!(e.contains("option `z` must be positive"), "{e}");
+        assert!(u.take_duration_in("w", one..=60 * one).is_err());
+        assert_eq!(u.take_size("n", 1, 10).unwrap(), 10);
+        assert_eq!(u.take_size("absent", 1, 10).unwrap(), 1);
+        assert!(u.take_size("big", 1, 10).is_err());
+        assert_eq!(u.take_bool("f").unwrap(), Some(true));
+        assert!(u.take_bool("g").is_err());
+        u.finish().unwrap();
+        let mut u = ConnectUrl::parse("etcd://bob@h").unwrap();
+        assert!(u.take_credentials().is_err());
+        assert_eq!(format!("{:?}", Some(Redacted)), "Some(***)");
     }
 
     #[test]

@@ -4,7 +4,8 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use coord_core::{ConnectUrl, Error, Result};
+use coord_core::url::{url_err, Redacted};
+use coord_core::{ConnectUrl, Result};
 
 /// etcd's default port.
 pub(crate) const DEFAULT_PORT: u16 = 2379;
@@ -44,7 +45,7 @@ impl fmt::Debug for Config {
         f.debug_struct("Config")
             .field("endpoints", &self.endpoints)
             .field("namespace", &self.namespace)
-            .field("user", &self.user.as_ref().map(|(u, _)| u))
+            .field("user", &self.user.as_ref().map(|(u, _)| (u, Redacted)))
             .field("session_ttl", &self.session_ttl)
             .field("timeout", &self.timeout)
             .field("connect_timeout", &self.connect_timeout)
@@ -55,77 +56,20 @@ impl fmt::Debug for Config {
     }
 }
 
-fn url_err(reason: impl Into<String>) -> Error {
-    Error::InvalidUrl {
-        reason: reason.into(),
-    }
-}
-
-fn positive(name: &str, d: Option<Duration>, default: Duration) -> Result<Duration> {
-    match d {
-        None => Ok(default),
-        Some(d) if d.is_zero() => Err(url_err(format!("option `{name}` must be positive"))),
-        Some(d) => Ok(d),
-    }
-}
-
 impl Config {
     /// Parses `etcd://[user:password@]host:port[,host:port…][/namespace][?options]`.
     pub(crate) fn parse(url: &str) -> Result<Config> {
         let mut u = ConnectUrl::parse(url)?;
-        if u.scheme != "etcd" {
-            return Err(url_err(format!("expected etcd://, got {}://", u.scheme)));
-        }
-        let endpoints = u
-            .host_ports(DEFAULT_PORT)?
-            .into_iter()
-            .map(|(h, p)| {
-                if h.contains(':') {
-                    format!("[{h}]:{p}")
-                } else {
-                    format!("{h}:{p}")
-                }
-            })
-            .collect();
-        let user = match (u.username.take(), u.password.take()) {
-            (Some(user), Some(pw)) => Some((user, pw)),
-            (Some(_), None) => {
-                return Err(url_err(
-                    "etcd:// needs a password with the user name (user:password@)",
-                ))
-            }
-            _ => None,
-        };
-        let session_ttl = positive(
-            "session_ttl",
-            u.take_duration("session_ttl")?,
-            Duration::from_secs(10),
-        )?;
-        let timeout = positive(
-            "timeout",
-            u.take_duration("timeout")?,
-            Duration::from_secs(5),
-        )?;
-        let connect_timeout = positive(
-            "connect_timeout",
-            u.take_duration("connect_timeout")?,
-            Duration::from_secs(1).min(timeout),
-        )?;
-        let keepalive = positive(
-            "keepalive",
-            u.take_duration("keepalive")?,
-            Duration::from_secs(5),
-        )?;
-        let max_value_size = match u.take_u64("max_value_size")? {
-            None => DEFAULT_MAX_VALUE,
-            Some(n) => usize::try_from(n).map_err(|_| url_err("max_value_size is too large"))?,
-        };
-        let tls_flag = match u.take("tls").as_deref() {
-            None => None,
-            Some("true" | "1" | "yes") => Some(true),
-            Some("false" | "0" | "no") => Some(false),
-            Some(v) => return Err(url_err(format!("option `tls`: {v:?} is not true or false"))),
-        };
+        u.expect_scheme(&["etcd"])?;
+        let endpoints = u.endpoints(DEFAULT_PORT)?;
+        let user = u.take_credentials()?;
+        let session_ttl = u.take_positive_duration("session_ttl", Duration::from_secs(10))?;
+        let timeout = u.take_positive_duration("timeout", Duration::from_secs(5))?;
+        let connect_timeout =
+            u.take_positive_duration("connect_timeout", Duration::from_secs(1).min(timeout))?;
+        let keepalive = u.take_positive_duration("keepalive", Duration::from_secs(5))?;
+        let max_value_size = u.take_size("max_value_size", DEFAULT_MAX_VALUE, usize::MAX)?;
+        let tls_flag = u.take_bool("tls")?;
         let files = TlsFiles {
             ca: u.take("ca").map(PathBuf::from),
             cert: u.take("cert").map(PathBuf::from),
@@ -166,6 +110,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use coord_core::Error;
 
     #[test]
     fn parses() {
@@ -180,7 +125,11 @@ mod tests {
         assert_eq!(c.connect_timeout, Duration::from_millis(500));
         assert_eq!(c.max_value_size, 10);
         assert_eq!(c.tls, None);
-        assert!(!format!("{c:?}").contains("s3cret"));
+        let dbg = format!("{c:?}");
+        assert!(
+            dbg.contains("(\"bob\", ***)") && !dbg.contains("s3cret"),
+            "{dbg}"
+        );
         let d = Config::parse("etcd://h").unwrap();
         assert_eq!(d.namespace, "");
         assert_eq!(d.max_value_size, DEFAULT_MAX_VALUE);

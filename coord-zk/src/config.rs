@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use coord_core::{ConnectUrl, Error, Result};
+use coord_core::{ConnectUrl, Result};
 
 /// ZooKeeper's default client port.
 pub(crate) const DEFAULT_PORT: u16 = 2181;
@@ -48,51 +48,21 @@ pub(crate) struct Config {
 }
 
 impl Config {
-    /// Parses a `zk://[user:password@]host:port[,host:port…][/namespace][?options]` URL.
+    /// Parses a `zk://[user:password@]host:port[,host:port…][/namespace][?options]` URL
+    /// (`zookeeper://` is the same).
     pub(crate) fn parse(url: &str) -> Result<Config> {
         let mut u = ConnectUrl::parse(url)?;
-        if u.scheme != "zk" {
-            return Err(Error::InvalidUrl {
-                reason: format!("expected zk://, got {}://", u.scheme),
-            });
-        }
-        let hosts = u.host_ports(DEFAULT_PORT)?;
-        let connect_string = hosts
-            .iter()
-            .map(|(h, p)| {
-                if h.contains(':') {
-                    format!("[{h}]:{p}")
-                } else {
-                    format!("{h}:{p}")
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(",");
-        let credentials = match (u.username.take(), u.password.take()) {
-            (None, _) => None,
-            (Some(_), None) => {
-                return Err(Error::InvalidUrl {
-                    reason: "zk:// digest auth needs `user:password@`".into(),
-                })
-            }
-            (Some(user), Some(password)) => Some(Credentials { user, password }),
-        };
-        let session_timeout = u.take_duration("session_timeout")?;
-        if session_timeout.is_some_and(|d| d.is_zero()) {
-            return Err(Error::InvalidUrl {
-                reason: "session_timeout must be positive".into(),
-            });
-        }
-        let timeout = u.take_duration("timeout")?.unwrap_or(DEFAULT_TIMEOUT);
-        if timeout.is_zero() {
-            return Err(Error::InvalidUrl {
-                reason: "timeout must be positive".into(),
-            });
-        }
+        u.expect_scheme(&["zk", "zookeeper"])?;
+        let connect_string = u.endpoints(DEFAULT_PORT)?.join(",");
+        let credentials = u
+            .take_credentials()?
+            .map(|(user, password)| Credentials { user, password });
+        let session_timeout = u.take_duration_in("session_timeout", ConnectUrl::POSITIVE)?;
+        let timeout = u.take_positive_duration("timeout", DEFAULT_TIMEOUT)?;
         u.finish()?;
         Ok(Config {
             connect_string,
-            namespace: u.namespace.clone(),
+            namespace: u.namespace,
             credentials,
             session_timeout,
             timeout,
@@ -103,6 +73,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use coord_core::Error;
 
     #[test]
     fn parses_full_url() {
@@ -115,6 +86,9 @@ mod tests {
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("s3cret"), "{dbg}");
         assert_eq!(c.credentials.unwrap().digest(), b"bob:s3cret");
+        let c = Config::parse("zookeeper://[::1]").unwrap();
+        assert_eq!(c.connect_string, "[::1]:2181");
+        assert_eq!((c.session_timeout, c.timeout), (None, DEFAULT_TIMEOUT));
     }
 
     #[test]
@@ -125,6 +99,7 @@ mod tests {
             "etcd://h:1",
             "zk://h:1?timeout=0s",
             "zk://bob@h:1",
+            "zk://h:1?session_timeout=0s",
         ] {
             assert!(
                 matches!(Config::parse(bad), Err(Error::InvalidUrl { .. })),
