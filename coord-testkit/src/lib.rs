@@ -11,8 +11,12 @@
 //!   members ([`Cluster::zookeeper`], [`Cluster::etcd`], [`Cluster::consul`]).
 //! - [`shared_endpoints`]: the endpoints a test suite should use — from an environment
 //!   variable when set, else one server per kind shared by the whole test process.
+//! - [`harness`]: the conformance [`Harness`](coord_core::conformance::Harness) of a backend
+//!   reached by URL ([`harness::UrlHarness`]), which the adapters' `testing` modules
+//!   instantiate with their backend's expire/crash mechanics.
 //!
-//! The API is synchronous (no async runtime needed), so it works from any test.
+//! The servers' API is synchronous (no async runtime needed), so it works from any test;
+//! only [`harness`] is async (tokio).
 //!
 //! # No leaked processes
 //!
@@ -55,6 +59,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 mod error;
+pub mod harness;
 pub mod hostile;
 mod probe;
 mod proxy;
@@ -161,6 +166,13 @@ static SHARED_SERVERS: Mutex<Vec<Server>> = Mutex::new(Vec::new());
 /// clear message; otherwise it prints a loud `SKIPPED: <kind> not available: <why>` line to
 /// stderr (not captured by the test harness) and returns `None`, and the test should return.
 pub fn shared_endpoints(kind: Kind) -> Option<String> {
+    let thread = std::thread::current();
+    shared_endpoints_for(kind, thread.name().unwrap_or("?"))
+}
+
+/// [`shared_endpoints`] for the test named `test` in the skip line (when called from another
+/// thread than the test's own, as [`harness::endpoints`] does).
+fn shared_endpoints_for(kind: Kind, test: &str) -> Option<String> {
     let result = SHARED[kind.index()].get_or_init(|| init_shared(kind));
     match result {
         Ok(endpoints) => Some(endpoints.clone()),
@@ -168,8 +180,6 @@ pub fn shared_endpoints(kind: Kind) -> Option<String> {
             if require_backends() {
                 panic!("{kind} is required (COORD_REQUIRE_BACKENDS=1) but not available: {why}");
             }
-            let thread = std::thread::current();
-            let test = thread.name().unwrap_or("?");
             let _ = writeln!(
                 std::io::stderr().lock(),
                 "SKIPPED: {kind} not available: {why}\n  \

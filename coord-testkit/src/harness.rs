@@ -1,0 +1,230 @@
+//! The conformance harness of a backend reached by URL, over the servers of this kit.
+//!
+//! Every adapter's `testing` module (cargo feature `testing`) needs the same
+//! [`Harness`]: the shared endpoints of its kind ([`endpoints`], which skips or fails like
+//! [`shared_endpoints`](crate::shared_endpoints)), a fresh namespace
+//! `/coordtest/<test>-<random>` per test ([`fresh_namespace`]) and one more for
+//! [`Harness::other_namespace`], clients connected by URL `<scheme>://<endpoints><namespace>`.
+//! [`UrlHarness`] does all of that; the adapter only implements [`HarnessBackend`]: how to
+//! connect, how to make the server expire a session, how to crash a session's client, and its
+//! short TTL.
+//!
+//! ```ignore
+//! #[derive(Debug, Default)]
+//! pub struct Zk;
+//!
+//! #[async_trait]
+//! impl HarnessBackend for Zk {
+//!     const KIND: Kind = Kind::ZooKeeper;
+//!     const SCHEME: &'static str = "zk";
+//!     const SHORT_TTL: Duration = Duration::from_secs(2);
+//!     type Client = ZkBackend;
+//!     type Session = ZkSession;
+//!     async fn connect(&self, url: &str) -> ZkBackend {
+//!         ZkBackend::connect(url).await.expect("connect to ZooKeeper")
+//!     }
+//!     async fn expire(&self, _: &UrlHarness<Zk>, session: &ZkSession) {
+//!         session.expire_on_server().await;
+//!     }
+//!     async fn crash(&self, session: &ZkSession) -> bool {
+//!         session.crash()
+//!     }
+//! }
+//!
+//! pub async fn harness(test: &str) -> Option<Arc<dyn Harness>> {
+//!     coord_testkit::harness::harness::<Zk>(test).await
+//! }
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use coord_core::conformance::Harness;
+use coord_core::{Backend, Session, SessionState};
+use futures::StreamExt;
+
+use crate::Kind;
+
+/// A random suffix for names that must not collide between tests and test runs: 12 hex
+/// digits (48 random bits).
+pub fn unique_suffix() -> String {
+    format!("{:012x}", fastrand::u64(..1 << 48))
+}
+
+/// A fresh namespace for the test `test`: `/coordtest/<test>-<random>`, where every character
+/// of `test` other than ASCII letters, digits, `_` and `-` becomes `_`.
+pub fn fresh_namespace(test: &str) -> String {
+    let name: String = test
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("/coordtest/{name}-{}", unique_suffix())
+}
+
+/// [`shared_endpoints`](crate::shared_endpoints) from async code: the (possibly slow) server
+/// start runs on tokio's blocking pool, and the skip line names the calling thread's test.
+/// `None` after the loud skip line; panics with `COORD_REQUIRE_BACKENDS=1` (the panic is
+/// carried over to the caller).
+pub async fn endpoints(kind: Kind) -> Option<String> {
+    let test = std::thread::current().name().unwrap_or("?").to_owned();
+    match tokio::task::spawn_blocking(move || crate::shared_endpoints_for(kind, &test)).await {
+        Ok(endpoints) => endpoints,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// Waits for `session` to reach a final state (Expired or Closed) and returns it; panics if it
+/// does not within `patience`.
+pub async fn wait_final(session: &dyn Session, patience: Duration) -> SessionState {
+    let mut states = session.states();
+    let last = tokio::time::timeout(patience, async {
+        while let Some(state) = states.next().await {
+            if state.is_final() {
+                return state;
+            }
+        }
+        session.state()
+    })
+    .await;
+    last.unwrap_or_else(|_| panic!("the session reaches no final state within {patience:?}"))
+}
+
+/// What differs between backends in a [`UrlHarness`].
+#[async_trait]
+pub trait HarnessBackend: Default + std::fmt::Debug + Send + Sync + Sized + 'static {
+    /// The kind of server, for [`endpoints`].
+    const KIND: Kind;
+    /// The URL scheme (`zk`, `etcd`, `consul`).
+    const SCHEME: &'static str;
+    /// Query options of every client URL (`a=1&b=2`; empty for none).
+    const OPTIONS: &'static str = "";
+    /// [`Harness::patience`].
+    const PATIENCE: Duration = Duration::from_secs(20);
+    /// [`Harness::short_ttl`].
+    const SHORT_TTL: Duration;
+    /// The backend's client.
+    type Client: Backend;
+    /// The backend's session, which [`UrlHarness`] downcasts the suite's sessions to.
+    type Session: Session;
+
+    /// The URL's host part for `endpoints` (as [`shared_endpoints`](crate::shared_endpoints)
+    /// or a user gives them: comma-separated `host:port`). Unchanged by default.
+    fn host(endpoints: &str) -> String {
+        endpoints.to_owned()
+    }
+
+    /// A client for `url` (panics if it cannot connect).
+    async fn connect(&self, url: &str) -> Self::Client;
+
+    /// Makes the server end `session` now as an expiry ([`Harness::expire`]).
+    async fn expire(&self, harness: &UrlHarness<Self>, session: &Self::Session);
+
+    /// Simulates a crash of the session's client ([`Harness::crash`]); false if impossible.
+    async fn crash(&self, session: &Self::Session) -> bool;
+}
+
+/// A [`Harness`] of one test: clients by URL in the test's own fresh namespace on the
+/// servers at fixed endpoints, the backend-specific parts from `B`.
+#[derive(Debug)]
+pub struct UrlHarness<B> {
+    host: String,
+    namespace: String,
+    other: String,
+    backend: B,
+}
+
+impl<B: HarnessBackend> UrlHarness<B> {
+    /// A harness for `test` on the servers at `endpoints` (see [`HarnessBackend::host`]), in
+    /// a fresh namespace ([`fresh_namespace`]); the other namespace is that of
+    /// `<test>-other`.
+    pub fn new(endpoints: &str, test: &str) -> UrlHarness<B> {
+        UrlHarness {
+            host: B::host(endpoints),
+            namespace: fresh_namespace(test),
+            other: fresh_namespace(&format!("{test}-other")),
+            backend: B::default(),
+        }
+    }
+
+    /// The URL's host part (`host:port,…`).
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// This test's namespace.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The backend-specific part.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// The URL of a client in `namespace`, with the backend's [`HarnessBackend::OPTIONS`] and
+    /// `options` (`""` for none) as query.
+    pub fn url(&self, namespace: &str, options: &str) -> String {
+        let query: Vec<&str> = [B::OPTIONS, options]
+            .into_iter()
+            .filter(|o| !o.is_empty())
+            .collect();
+        let sep = if query.is_empty() { "" } else { "?" };
+        let query = query.join("&");
+        format!("{}://{}{namespace}{sep}{query}", B::SCHEME, self.host)
+    }
+
+    /// A new client of this test's namespace, as the backend's own type.
+    pub async fn connect(&self) -> B::Client {
+        self.backend.connect(&self.url(&self.namespace, "")).await
+    }
+}
+
+fn downcast<S: Session>(session: &Arc<dyn Session>) -> &S {
+    session
+        .as_any()
+        .downcast_ref::<S>()
+        .unwrap_or_else(|| panic!("the session is not a {}", std::any::type_name::<S>()))
+}
+
+#[async_trait]
+impl<B: HarnessBackend> Harness for UrlHarness<B> {
+    async fn client(&self) -> Arc<dyn Backend> {
+        Arc::new(self.connect().await)
+    }
+
+    async fn other_namespace(&self) -> Arc<dyn Backend> {
+        Arc::new(self.backend.connect(&self.url(&self.other, "")).await)
+    }
+
+    async fn expire(&self, session: &Arc<dyn Session>) {
+        self.backend.expire(self, downcast(session)).await;
+    }
+
+    async fn crash(&self, session: &Arc<dyn Session>) -> bool {
+        self.backend.crash(downcast(session)).await
+    }
+
+    fn patience(&self) -> Duration {
+        B::PATIENCE
+    }
+
+    fn short_ttl(&self) -> Duration {
+        B::SHORT_TTL
+    }
+}
+
+/// The conformance factory of backend `B`: a [`UrlHarness`] for `test` on the shared servers
+/// ([`endpoints`]), or `None` after the loud skip line when they are unavailable and
+/// `COORD_REQUIRE_BACKENDS` is not set (with it, this panics).
+pub async fn harness<B: HarnessBackend>(test: &str) -> Option<Arc<dyn Harness>> {
+    let endpoints = endpoints(B::KIND).await?;
+    Some(Arc::new(UrlHarness::<B>::new(&endpoints, test)))
+}
