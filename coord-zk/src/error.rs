@@ -1,4 +1,7 @@
-//! ZooKeeper errors onto coord's one error enum.
+//! ZooKeeper errors onto coord's one error enum, by the client's error variants (the server's
+//! codes). Where coord keeps an underlying error (`Timeout`, `ConnectionLost`, `Unauthorized`,
+//! `Backend`), the client's error is attached as the `source`; the message says what failed
+//! where, without repeating the source.
 
 use std::time::Duration;
 
@@ -19,36 +22,29 @@ pub(crate) enum Op {
     Other,
 }
 
-/// Maps a ZooKeeper error of a call on `path`.
+/// Maps a ZooKeeper error of a call on `path`; `session` names the coord session the call
+/// was made through (`None`: the backend's main client).
 pub(crate) fn map(e: zk::Error, path: &str, op: Op, session: Option<&str>) -> Error {
-    let session_name = || session.unwrap_or("main").to_owned();
+    let path_owned = || path.to_owned();
     match e {
         zk::Error::NoNode => match op {
-            Op::Create => Error::NoParent {
-                path: path.to_owned(),
-            },
-            _ => Error::NotFound {
-                path: path.to_owned(),
-            },
+            Op::Create => Error::NoParent { path: path_owned() },
+            _ => Error::NotFound { path: path_owned() },
         },
-        zk::Error::NodeExists => Error::AlreadyExists {
-            path: path.to_owned(),
-        },
+        zk::Error::NodeExists => Error::AlreadyExists { path: path_owned() },
         zk::Error::BadVersion => Error::VersionMismatch {
-            path: path.to_owned(),
+            path: path_owned(),
             expected: match op {
                 Op::Versioned(Some(v)) => v,
                 _ => Version(0),
             },
         },
-        zk::Error::NotEmpty => Error::NotEmpty {
-            path: path.to_owned(),
-        },
+        zk::Error::NotEmpty => Error::NotEmpty { path: path_owned() },
         zk::Error::NoChildrenForEphemerals => Error::EphemeralParent {
             path: parent_of(path),
         },
         zk::Error::SessionExpired | zk::Error::SessionMoved => Error::SessionExpired {
-            session: session_name(),
+            session: session.unwrap_or("main").to_owned(),
         },
         zk::Error::ClientClosed => match session {
             Some(s) => Error::SessionClosed {
@@ -57,21 +53,17 @@ pub(crate) fn map(e: zk::Error, path: &str, op: Op, session: Option<&str>) -> Er
             None => Error::Closed,
         },
         zk::Error::ConnectionLoss | zk::Error::NoHosts => {
-            Error::connection_lost(format!("ZooKeeper: {e} (at {path})"))
+            Error::connection_lost(format!("ZooKeeper connection lost (at {path})")).with_source(e)
         }
-        zk::Error::Timeout => Error::timeout(format!("ZooKeeper: {e} (at {path})")),
+        zk::Error::Timeout => {
+            Error::timeout(format!("ZooKeeper call timed out (at {path})")).with_source(e)
+        }
         zk::Error::NoAuth | zk::Error::AuthFailed | zk::Error::InvalidAcl => {
-            Error::unauthorized(format!("ZooKeeper: {e} (at {path})"))
+            Error::unauthorized(format!("ZooKeeper refused the call (at {path})")).with_source(e)
         }
-        zk::Error::Throttled => Error::backend("zk", format!("{e} (at {path})"), true),
-        // zookeeper-client reports a request whose connection task went away before the
-        // answer (the client was cut off or crashed) only through this message. The request
-        // may or may not have been applied: that is a lost connection, not a bug to give up on
-        // (the recipes then look for their own node instead of failing).
-        zk::Error::UnexpectedError(ref m) if m.contains("expect response, but got none") => {
-            Error::connection_lost(format!(
-                "ZooKeeper: request dropped without an answer (at {path})"
-            ))
+        zk::Error::Throttled => {
+            Error::backend("zk", format!("throttled by the server (at {path})"), true)
+                .with_source(e)
         }
         // zookeeper-client fails the requests in flight with the error that broke their
         // connection: an I/O error ("Connection reset by peer") or "no response from
@@ -79,12 +71,28 @@ pub(crate) fn map(e: zk::Error, path: &str, op: Op, session: Option<&str>) -> Er
         // session expires) and the request may or may not have been applied: a lost
         // connection, which callers retry (a removal that gave up on it would leave a
         // candidate node of a live session behind, blocking its queue forever).
-        zk::Error::Custom(_) => Error::connection_lost(format!("ZooKeeper: {e} (at {path})")),
-        other => Error::backend("zk", format!("{other} (at {path})"), false),
+        zk::Error::Custom(_) => {
+            Error::connection_lost(format!("ZooKeeper connection broke (at {path})")).with_source(e)
+        }
+        zk::Error::UnexpectedError(ref m) if is_dropped_request(m) => Error::connection_lost(
+            format!("ZooKeeper request dropped without an answer (at {path})"),
+        )
+        .with_source(e),
+        other => Error::backend("zk", format!("call failed (at {path})"), false).with_source(other),
     }
 }
 
-/// The error of a call that did not finish within `after`.
+/// Whether an `UnexpectedError` is the one zookeeper-client 0.11 returns for a request whose
+/// connection task went away before the answer (the client was cut off or crashed). The
+/// client has no variant for this case, only this message (`"BUG: {op} expect response, but
+/// got none"`, `session/request.rs`), so the text is the only way to tell it apart. The request
+/// may or may not have been applied: that is a lost connection, not a bug to give up on (the
+/// recipes then look for their own node instead of failing).
+fn is_dropped_request(message: &str) -> bool {
+    message.contains("expect response, but got none")
+}
+
+/// The error of a call that did not finish within `after` (coord's own bound, so no source).
 pub(crate) fn timeout(what: &str, path: &str, after: Duration) -> Error {
     Error::timeout(format!(
         "ZooKeeper {what} {path}: no answer within {after:?}"
@@ -100,6 +108,8 @@ fn parent_of(path: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::error::Error as _;
+
     use super::*;
 
     #[test]
@@ -140,5 +150,21 @@ mod tests {
             Error::Unauthorized { .. }
         ));
         assert!(map(zk::Error::SessionExpired, "/", Op::Other, Some("0x1")).is_session_gone());
+    }
+
+    #[test]
+    fn keeps_the_client_error_as_source() {
+        let e = map(zk::Error::ConnectionLoss, "/a", Op::Other, None);
+        let src = e.source().expect("a source");
+        assert_eq!(src.to_string(), zk::Error::ConnectionLoss.to_string());
+        let other = map(zk::Error::QuotaExceeded, "/a", Op::Other, None);
+        assert!(matches!(
+            other,
+            Error::Backend {
+                retryable: false,
+                ..
+            }
+        ));
+        assert!(other.source().is_some());
     }
 }

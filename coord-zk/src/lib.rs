@@ -27,8 +27,12 @@
 #![warn(missing_docs, unreachable_pub)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+// Modules import only downwards: `backend` (thin) → `context` (the clients and the key
+// operations) ← `session`, `watch`; `context` → `client`, `probe`; all → `error`, `config`.
 mod backend;
+mod client;
 mod config;
+mod context;
 mod error;
 mod probe;
 mod session;

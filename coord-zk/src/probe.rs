@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
+use coord_core::adapter::Backoff;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -35,7 +36,8 @@ pub(crate) async fn session_bounds(
         return Ok(*b);
     }
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut pause = Duration::from_millis(20);
+    // Shorter than `Backoff::reconnect()`: a server that is just starting answers in < 1 s.
+    let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
     let mut last = String::from("no host tried");
     loop {
         for host in connect_string.split(',') {
@@ -54,12 +56,11 @@ pub(crate) async fn session_bounds(
                 (Err(_), _) | (_, Err(_)) => last = format!("{host}: no answer in time"),
             }
         }
-        let now = tokio::time::Instant::now();
-        if now + pause >= deadline {
+        let pause = backoff.next_delay();
+        if tokio::time::Instant::now() + pause >= deadline {
             return Err(last);
         }
         tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(500));
     }
 }
 

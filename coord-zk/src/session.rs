@@ -2,73 +2,20 @@
 
 use std::any::Any;
 use std::future::Future;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use coord_core::adapter::check_value;
+use coord_core::adapter::{RawSession, StateCell};
 use coord_core::{
-    CreateMode, Created, Error, Path, Result, Session, SessionId, SessionState, SessionStates,
+    Capabilities, CreateMode, Created, Error, Path, Result, SessionId, SessionState, SessionStates,
 };
 use tokio::sync::watch;
 use zookeeper_client as zk;
 
-use crate::backend::{connect_client, created, session_name, Shared};
-use crate::error::{self, Op};
-
-/// Spawns the ZooKeeper client's background task (it keeps the session alive) on tokio and
-/// keeps its abort handle, so that a test can stop it without a close: a crashed process.
-#[derive(Default)]
-pub(crate) struct Capture {
-    handle: Mutex<Option<tokio::task::AbortHandle>>,
-}
-
-impl spawns_core::Spawn for Capture {
-    fn spawn(&self, task: spawns_core::Task) {
-        let h = tokio::spawn(Box::into_pin(task.future));
-        *self.handle.lock().unwrap_or_else(|p| p.into_inner()) = Some(h.abort_handle());
-    }
-}
-
-impl Capture {
-    /// Runs `fut` with this spawner in scope (entered on every poll, as the scope is
-    /// thread-local and the future may move between threads).
-    pub(crate) fn scope<'a, F: Future + 'a>(
-        &'a self,
-        fut: F,
-    ) -> impl Future<Output = F::Output> + 'a {
-        Scoped {
-            fut: Box::pin(fut),
-            capture: self,
-        }
-    }
-
-    fn abort(&self) -> bool {
-        match self.handle.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            Some(h) => {
-                h.abort();
-                true
-            }
-            None => false,
-        }
-    }
-}
-
-struct Scoped<'a, F> {
-    fut: Pin<Box<F>>,
-    capture: &'a Capture,
-}
-
-impl<F: Future> Future for Scoped<'_, F> {
-    type Output = F::Output;
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let capture = self.capture;
-        let _scope = spawns_core::enter(capture);
-        self.fut.as_mut().poll(cx)
-    }
-}
+use crate::client::{self, Capture};
+use crate::context::{created, session_name, Context};
+use crate::error::{self, Op, ZkResult};
 
 /// A coord session backed by its own ZooKeeper session (its own connection). Ephemerals are
 /// created through it; the backend's main client syncs before a create returns, so that
@@ -76,14 +23,15 @@ impl<F: Future> Future for Scoped<'_, F> {
 ///
 /// Dropping the last handle closes the ZooKeeper session (its ephemerals go at once).
 pub struct ZkSession {
-    shared: Arc<Shared>,
+    ctx: Arc<Context>,
     client: Mutex<Option<zk::Client>>,
     info: zk::SessionInfo,
     id: SessionId,
     ttl: Duration,
-    state: Arc<watch::Sender<SessionState>>,
-    /// Keeps the channel open: the state followers stop when the last receiver is gone.
-    _state_rx: watch::Receiver<SessionState>,
+    state: Arc<StateCell>,
+    /// Dropped with the session: ends the state followers (a crashed client's state watcher
+    /// never ends by itself).
+    stop: watch::Sender<()>,
     capture: Capture,
 }
 
@@ -92,7 +40,7 @@ impl std::fmt::Debug for ZkSession {
         f.debug_struct("ZkSession")
             .field("id", &self.id)
             .field("ttl", &self.ttl)
-            .field("state", &*self.state.borrow())
+            .field("state", &self.state.get())
             .finish_non_exhaustive()
     }
 }
@@ -108,50 +56,36 @@ fn coord_state(s: zk::SessionState) -> SessionState {
     }
 }
 
-/// Moves `state` to `to` unless it is already final.
-fn advance(state: &watch::Sender<SessionState>, to: SessionState) {
-    state.send_if_modified(|s| {
-        if s.is_final() || *s == to {
-            false
-        } else {
-            *s = to;
-            true
-        }
-    });
+/// Waits until the client behind `sw` has ended (closed or expired).
+async fn terminated(mut sw: zk::StateWatcher) {
+    let mut st = sw.peek_state();
+    while !st.is_terminated() {
+        st = sw.changed().await;
+    }
 }
 
 impl ZkSession {
-    pub(crate) async fn open(shared: Arc<Shared>, ttl: Duration) -> Result<ZkSession> {
+    /// Opens a ZooKeeper session of its own, asking for `ttl` (the server may clamp it).
+    pub(crate) async fn open(ctx: Arc<Context>, ttl: Duration) -> Result<ZkSession> {
         let capture = Capture::default();
-        let client = connect_client(&shared.cfg, shared.acls(), ttl, false, Some(&capture)).await?;
-        let info = client.session().clone();
-        let id = SessionId(session_name(client.session_id().0));
-        let granted = client.session_timeout();
-        let (tx, rx) = watch::channel(SessionState::Connected);
+        let client = client::connect(&ctx.cfg, ttl, false, Some(&capture)).await?;
         let sw = client.state_watcher();
         let session = ZkSession {
-            shared,
+            info: client.session().clone(),
+            id: SessionId(session_name(client.session_id().0)),
+            ttl: client.session_timeout(),
             client: Mutex::new(Some(client)),
-            info,
-            id,
-            ttl: granted,
-            state: Arc::new(tx),
-            _state_rx: rx,
+            state: Arc::new(StateCell::new(SessionState::Connected)),
+            stop: watch::channel(()).0,
+            ctx,
             capture,
         };
         session.follow(sw);
         Ok(session)
     }
 
-    fn gone(&self, state: SessionState) -> Error {
-        Error::session_gone(&self.id, state)
-    }
-
-    fn client(&self) -> Option<zk::Client> {
-        self.client
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    fn slot(&self) -> MutexGuard<'_, Option<zk::Client>> {
+        self.client.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Makes the server end this session, for tests: the classic trick of attaching a second
@@ -163,70 +97,64 @@ impl ZkSession {
     /// Then the owner reattaches with the session's credentials, as its client would after a
     /// disconnect, and learns the server's verdict (Expired).
     pub async fn expire_on_server(&self) {
-        self.capture.abort();
-        drop(self.client.lock().unwrap_or_else(|p| p.into_inner()).take());
-        advance(&self.state, SessionState::Suspended);
-        let cfg = &self.shared.cfg;
-        let attach = zk::Client::connector()
+        self.crash();
+        self.state.advance(SessionState::Suspended);
+        self.close_from_elsewhere().await;
+        let capture = Capture::default();
+        match tokio::time::timeout(self.ctx.cfg.timeout, capture.scope(self.attach())).await {
+            Ok(Ok(client)) => {
+                // Still alive (the close did not take): carry on with the new connection.
+                tracing::warn!("zk: session {} survived the expiry attempt", self.id);
+                if let Ok(c) = client::chroot(&self.ctx.cfg, client) {
+                    self.follow(c.state_watcher());
+                    *self.slot() = Some(c);
+                    self.capture.adopt(capture);
+                }
+            }
+            _ => {
+                self.state.advance(SessionState::Expired);
+            }
+        }
+    }
+
+    /// A new connection to this session (its id and password).
+    fn attach(&self) -> impl Future<Output = ZkResult<zk::Client>> + '_ {
+        zk::Client::connector()
             .with_session(self.info.clone())
             .with_session_timeout(self.ttl)
-            .connect(&cfg.connect_string);
-        match tokio::time::timeout(cfg.timeout, attach).await {
+            .connect(&self.ctx.cfg.connect_string)
+    }
+
+    /// Attaches a second client to this session and closes it: the server ends the session.
+    async fn close_from_elsewhere(&self) {
+        let after = self.ctx.cfg.timeout;
+        match tokio::time::timeout(after, self.attach()).await {
             Ok(Ok(other)) => {
-                let mut sw = other.state_watcher();
+                let sw = other.state_watcher();
                 drop(other);
-                let _ = tokio::time::timeout(cfg.timeout, async {
-                    let mut st = sw.peek_state();
-                    while !st.is_terminated() {
-                        st = sw.changed().await;
-                    }
-                })
-                .await;
+                let _ = tokio::time::timeout(after, terminated(sw)).await;
             }
             Ok(Err(e)) => tracing::warn!("zk: attaching to session {} failed: {e}", self.id),
             Err(_) => tracing::warn!("zk: attaching to session {} timed out", self.id),
         }
-        let capture = Capture::default();
-        let reattach = zk::Client::connector()
-            .with_session(self.info.clone())
-            .with_session_timeout(self.ttl)
-            .connect(&cfg.connect_string);
-        match tokio::time::timeout(cfg.timeout, capture.scope(reattach)).await {
-            Ok(Ok(client)) => {
-                // Still alive (the close did not take): carry on with the new connection.
-                tracing::warn!("zk: session {} survived the expiry attempt", self.id);
-                if let Ok(c) = client.chroot(cfg.namespace.as_str()) {
-                    self.follow(c.state_watcher());
-                    *self.client.lock().unwrap_or_else(|p| p.into_inner()) = Some(c);
-                    *self
-                        .capture
-                        .handle
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner()) = capture
-                        .handle
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .take();
-                }
-            }
-            _ => advance(&self.state, SessionState::Expired),
-        }
     }
 
-    /// Follows the ZooKeeper client's states into ours.
+    /// Follows the ZooKeeper client's states into ours, until the client ends or the session
+    /// is dropped.
     fn follow(&self, mut sw: zk::StateWatcher) {
-        let follower = self.state.clone();
-        advance(&follower, coord_state(sw.state()));
+        let state = self.state.clone();
+        let mut stop = self.stop.subscribe();
+        state.advance(coord_state(sw.state()));
         tokio::spawn(async move {
             loop {
                 tokio::select! {
                     st = sw.changed() => {
-                        advance(&follower, coord_state(st));
+                        state.advance(coord_state(st));
                         if st.is_terminated() {
                             return;
                         }
                     }
-                    _ = follower.closed() => return,
+                    _ = stop.changed() => return,
                 }
             }
         });
@@ -238,13 +166,17 @@ impl ZkSession {
     pub fn crash(&self) -> bool {
         let aborted = self.capture.abort();
         // Nothing may use the client any more; with its task gone, dropping it sends nothing.
-        drop(self.client.lock().unwrap_or_else(|p| p.into_inner()).take());
+        drop(self.slot().take());
         aborted
     }
 }
 
 #[async_trait]
-impl Session for ZkSession {
+impl RawSession for ZkSession {
+    fn capabilities(&self) -> &Capabilities {
+        &self.ctx.caps
+    }
+
     fn id(&self) -> &SessionId {
         &self.id
     }
@@ -254,25 +186,15 @@ impl Session for ZkSession {
     }
 
     fn state(&self) -> SessionState {
-        *self.state.borrow()
+        self.state.get()
     }
 
     fn states(&self) -> SessionStates {
-        coord_core::adapter::states_of(self.state.subscribe())
+        self.state.states()
     }
 
     async fn create(&self, path: &Path, value: &[u8], mode: CreateMode) -> Result<Created> {
-        check_value(&self.shared.caps, value)?;
-        let st = self.state();
-        if st.is_final() {
-            return Err(self.gone(st));
-        }
-        if path.is_root() {
-            return Err(Error::AlreadyExists {
-                path: path.to_string(),
-            });
-        }
-        let Some(client) = self.client() else {
+        let Some(client) = self.slot().clone() else {
             return Err(Error::connection_lost(format!(
                 "session {} no longer has a client",
                 self.id
@@ -282,51 +204,47 @@ impl Session for ZkSession {
             CreateMode::Exact => zk::CreateMode::Ephemeral,
             CreateMode::Sequential => zk::CreateMode::EphemeralSequential,
         };
-        let opts = zmode.with_acls(self.shared.acls());
-        let after = self.shared.cfg.timeout;
+        let opts = zmode.with_acls(self.ctx.acls());
+        let after = self.ctx.cfg.timeout;
         let p = path.as_str();
         let r = tokio::time::timeout(after, client.create(p, value, &opts)).await;
+        // Only the session may hold its client: a clone left behind would keep it open.
         drop(client);
         let (stat, seq) = match r {
             Err(_) => return Err(error::timeout("create", p, after)),
             Ok(Err(e @ (zk::Error::SessionExpired | zk::Error::SessionMoved))) => {
-                advance(&self.state, SessionState::Expired);
+                self.state.advance(SessionState::Expired);
                 return Err(error::map(e, p, Op::Create, Some(&self.id.0)));
             }
-            Ok(Err(zk::Error::ClientClosed)) => return Err(self.gone(self.state())),
+            Ok(Err(zk::Error::ClientClosed)) => {
+                return Err(Error::session_gone(&self.id, self.state.get()))
+            }
             Ok(Err(e)) => return Err(error::map(e, p, Op::Create, Some(&self.id.0))),
             Ok(Ok(v)) => v,
         };
         let made = created(path, mode, &stat, seq)?;
-        self.shared.sync(made.path.as_str()).await;
+        self.ctx.sync(made.path.as_str()).await;
         Ok(made)
     }
 
     async fn close(&self) -> Result<()> {
-        let client = self.client.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let Some(client) = client else {
-            advance(&self.state, SessionState::Closed);
+        let Some(client) = self.slot().take() else {
+            self.state.advance(SessionState::Closed);
             return Ok(());
         };
-        let mut sw = client.state_watcher();
+        let sw = client.state_watcher();
         // The last clone gone, the client sends closeSession and waits for the answer.
         drop(client);
-        let after = self.shared.cfg.timeout;
-        let done = tokio::time::timeout(after, async {
-            let mut st = sw.peek_state();
-            while !st.is_terminated() {
-                st = sw.changed().await;
-            }
-        })
-        .await;
-        advance(&self.state, SessionState::Closed);
+        let after = self.ctx.cfg.timeout;
+        let done = tokio::time::timeout(after, terminated(sw)).await;
+        self.state.advance(SessionState::Closed);
         if done.is_err() {
             tracing::warn!(
                 "zk: closing session {} got no answer within {after:?}; the server will expire it",
                 self.id
             );
         }
-        self.shared.sync("/").await;
+        self.ctx.sync("/").await;
         Ok(())
     }
 
@@ -337,6 +255,6 @@ impl Session for ZkSession {
 
 impl Drop for ZkSession {
     fn drop(&mut self) {
-        advance(&self.state, SessionState::Closed);
+        self.state.advance(SessionState::Closed);
     }
 }

@@ -3,8 +3,9 @@
 //! Each watch is a task: it holds one armed one-shot watcher; when it fires, the task reads
 //! the current state while arming the next watcher (one call: `get_and_watch_data`,
 //! `check_and_watch_stat`, `get_and_watch_children`), and derives the events from the
-//! previous and the new state. Quick changes between two reads are coalesced into one event
-//! that shows the latest state.
+//! previous and the new snapshot ([`KeySnapshot`] / [`ChildrenSnapshot`]: czxid is the
+//! creation stamp, mzxid the modification stamp). Quick changes between two reads are
+//! coalesced into one event that shows the latest state.
 //!
 //! After a reconnect of the main client the task re-reads at once and yields `Resync` if the
 //! state differs from what it last reported (events may have been missed during the gap).
@@ -17,14 +18,35 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::time::Duration;
 
+use coord_core::adapter::{stream_of, Backoff, ChildrenSnapshot, KeySnapshot};
 use coord_core::kernel::{ChildrenWatch, KeyWatch};
 use coord_core::{ChildrenEvent, KeyEvent, Node, Path, Result};
-use futures::{FutureExt, Stream, StreamExt};
+use futures::{FutureExt, Stream};
 use tokio::sync::{mpsc, watch};
 use zookeeper_client as zk;
 
-use crate::backend::{stat_of, Epoch, MainConn, Shared};
+use crate::context::{stat_of, Context, Epoch, MainConn};
 use crate::error::{Op, ZkResult};
+
+/// Reads `path` and watches it (see the module docs).
+pub(crate) async fn watch_key(
+    ctx: &Context,
+    alive: watch::Receiver<()>,
+    path: &Path,
+) -> Result<(Option<Node>, KeyWatch)> {
+    let (snap, rx) = start::<KeyKind>(ctx, alive, path).await?;
+    Ok((snap.map(|s| s.node), rx))
+}
+
+/// Lists `path`'s children and watches the list (see the module docs).
+pub(crate) async fn watch_children(
+    ctx: &Context,
+    alive: watch::Receiver<()>,
+    path: &Path,
+) -> Result<(Vec<String>, ChildrenWatch)> {
+    let (snap, rx) = start::<ChildrenKind>(ctx, alive, path).await?;
+    Ok((snap.visible(), rx))
+}
 
 /// An armed watcher: resolves to `true` on a node event, `false` when the watcher was lost
 /// (the session ended).
@@ -32,6 +54,8 @@ type Fired = Pin<Box<dyn Future<Output = bool> + Send>>;
 
 fn fired(w: zk::OneshotWatcher) -> Fired {
     Box::pin(async move {
+        // zookeeper-client 0.11 unwraps the watcher's channel: a watcher whose client task
+        // is gone panics instead of resolving. That is a lost watcher too.
         match AssertUnwindSafe(w.changed()).catch_unwind().await {
             Ok(ev) => ev.event_type != zk::EventType::Session,
             Err(_) => false,
@@ -39,47 +63,51 @@ fn fired(w: zk::OneshotWatcher) -> Fired {
     })
 }
 
+/// A zxid as a snapshot stamp: the stamps are only compared, and the cast keeps them distinct.
+fn stamp(zxid: i64) -> u64 {
+    zxid as u64
+}
+
+/// After a read found no node: arms a watcher on its creation (`Some`), or `None` if it was
+/// created in between (read it again, with its data).
+async fn watch_absent(c: &zk::Client, path: &str) -> ZkResult<Option<zk::OneshotWatcher>> {
+    match c.check_and_watch_stat(path).await? {
+        (None, w) => Ok(Some(w)),
+        (Some(_), _) => Ok(None),
+    }
+}
+
 /// What a kind of watch reads and reports.
 trait WatchKind: Send + 'static {
-    type Snap: Clone + Send + Sync + 'static;
+    type Snap: Clone + PartialEq + Send + Sync + 'static;
     type Event: Send + 'static;
 
     /// Reads the state and arms a watcher, atomically.
     fn arm(
         c: zk::Client,
-        path: String,
-    ) -> impl Future<Output = ZkResult<(Option<Self::Snap>, zk::OneshotWatcher)>> + Send;
-    /// Whether two states differ.
-    fn differs(prev: &Option<Self::Snap>, new: &Option<Self::Snap>) -> bool;
+        path: Path,
+    ) -> impl Future<Output = ZkResult<(Self::Snap, zk::OneshotWatcher)>> + Send;
     /// The events from `prev` to `new`.
-    fn derive(prev: &Option<Self::Snap>, new: &Option<Self::Snap>) -> Vec<Self::Event>;
+    fn events(prev: &Self::Snap, new: &Self::Snap) -> Vec<Self::Event>;
     /// The resync event for the state `new`.
-    fn resync(new: &Option<Self::Snap>) -> Self::Event;
-}
-
-#[derive(Clone)]
-struct KeySnap {
-    czxid: i64,
-    mzxid: i64,
-    node: Node,
+    fn resync(new: &Self::Snap) -> Self::Event;
 }
 
 struct KeyKind;
 
 impl WatchKind for KeyKind {
-    type Snap = KeySnap;
+    type Snap = Option<KeySnapshot>;
     type Event = KeyEvent;
 
-    async fn arm(c: zk::Client, path: String) -> ZkResult<(Option<KeySnap>, zk::OneshotWatcher)> {
-        let p = Path::new(&path).map_err(|e| zk::Error::UnexpectedError(e.to_string()))?;
+    async fn arm(c: zk::Client, path: Path) -> ZkResult<(Self::Snap, zk::OneshotWatcher)> {
         loop {
-            match c.get_and_watch_data(&path).await {
+            match c.get_and_watch_data(path.as_str()).await {
                 Ok((value, stat, w)) => {
-                    let snap = KeySnap {
-                        czxid: stat.czxid,
-                        mzxid: stat.mzxid,
+                    let snap = KeySnapshot {
+                        created: stamp(stat.czxid),
+                        modified: stamp(stat.mzxid),
                         node: Node {
-                            path: p,
+                            path,
                             value,
                             stat: stat_of(&stat),
                         },
@@ -89,245 +117,198 @@ impl WatchKind for KeyKind {
                 Err(zk::Error::NoNode) => {}
                 Err(e) => return Err(e),
             }
-            match c.check_and_watch_stat(&path).await? {
-                (None, w) => return Ok((None, w)),
-                // Created in between: read it with its data.
-                (Some(_), _) => continue,
+            if let Some(w) = watch_absent(&c, path.as_str()).await? {
+                return Ok((None, w));
             }
         }
     }
 
-    fn differs(prev: &Option<KeySnap>, new: &Option<KeySnap>) -> bool {
-        match (prev, new) {
-            (None, None) => false,
-            (Some(a), Some(b)) => a.czxid != b.czxid || a.mzxid != b.mzxid,
-            _ => true,
-        }
+    fn events(prev: &Self::Snap, new: &Self::Snap) -> Vec<KeyEvent> {
+        KeySnapshot::events(prev.as_ref(), new.as_ref())
     }
 
-    fn derive(prev: &Option<KeySnap>, new: &Option<KeySnap>) -> Vec<KeyEvent> {
-        match (prev, new) {
-            (None, None) => vec![],
-            (None, Some(b)) => vec![KeyEvent::Created(b.node.clone())],
-            (Some(_), None) => vec![KeyEvent::Deleted],
-            (Some(a), Some(b)) if a.czxid != b.czxid => {
-                vec![KeyEvent::Deleted, KeyEvent::Created(b.node.clone())]
-            }
-            (Some(a), Some(b)) if a.mzxid != b.mzxid => vec![KeyEvent::Changed(b.node.clone())],
-            _ => vec![],
-        }
+    fn resync(new: &Self::Snap) -> KeyEvent {
+        KeySnapshot::resync(new.as_ref())
     }
-
-    fn resync(new: &Option<KeySnap>) -> KeyEvent {
-        KeyEvent::Resync(new.as_ref().map(|s| s.node.clone()))
-    }
-}
-
-#[derive(Clone)]
-struct ChildrenSnap {
-    czxid: i64,
-    list: Vec<String>,
 }
 
 struct ChildrenKind;
 
 impl WatchKind for ChildrenKind {
-    type Snap = ChildrenSnap;
+    type Snap = ChildrenSnapshot;
     type Event = ChildrenEvent;
 
-    async fn arm(
-        c: zk::Client,
-        path: String,
-    ) -> ZkResult<(Option<ChildrenSnap>, zk::OneshotWatcher)> {
+    async fn arm(c: zk::Client, path: Path) -> ZkResult<(ChildrenSnapshot, zk::OneshotWatcher)> {
         loop {
-            match c.get_and_watch_children(&path).await {
+            match c.get_and_watch_children(path.as_str()).await {
                 Ok((mut list, stat, w)) => {
                     list.sort();
-                    let snap = ChildrenSnap {
-                        czxid: stat.czxid,
+                    let snap = ChildrenSnapshot {
+                        parent: Some(stamp(stat.czxid)),
                         list,
                     };
-                    return Ok((Some(snap), w));
+                    return Ok((snap, w));
                 }
                 Err(zk::Error::NoNode) => {}
                 Err(e) => return Err(e),
             }
-            match c.check_and_watch_stat(&path).await? {
-                (None, w) => return Ok((None, w)),
-                (Some(_), _) => continue,
+            if let Some(w) = watch_absent(&c, path.as_str()).await? {
+                return Ok((ChildrenSnapshot::default(), w));
             }
         }
     }
 
-    fn differs(prev: &Option<ChildrenSnap>, new: &Option<ChildrenSnap>) -> bool {
-        match (prev, new) {
-            (None, None) => false,
-            (Some(a), Some(b)) => a.czxid != b.czxid || a.list != b.list,
-            _ => true,
-        }
+    fn events(prev: &ChildrenSnapshot, new: &ChildrenSnapshot) -> Vec<ChildrenEvent> {
+        ChildrenSnapshot::events(prev, new)
     }
 
-    fn derive(prev: &Option<ChildrenSnap>, new: &Option<ChildrenSnap>) -> Vec<ChildrenEvent> {
-        match (prev, new) {
-            (None, None) => vec![],
-            (Some(_), None) => vec![ChildrenEvent::ParentDeleted],
-            (None, Some(b)) if b.list.is_empty() => vec![],
-            (None, Some(b)) => vec![ChildrenEvent::Changed(b.list.clone())],
-            (Some(a), Some(b)) if a.czxid != b.czxid => {
-                let mut v = vec![ChildrenEvent::ParentDeleted];
-                if !b.list.is_empty() {
-                    v.push(ChildrenEvent::Changed(b.list.clone()));
-                }
-                v
-            }
-            (Some(a), Some(b)) if a.list != b.list => vec![ChildrenEvent::Changed(b.list.clone())],
-            _ => vec![],
-        }
+    fn resync(new: &ChildrenSnapshot) -> ChildrenEvent {
+        ChildrenSnapshot::resync(new)
     }
-
-    fn resync(new: &Option<ChildrenSnap>) -> ChildrenEvent {
-        ChildrenEvent::Resync(new.as_ref().map(|s| s.list.clone()).unwrap_or_default())
-    }
-}
-
-/// Reads `path` and watches it (see the module docs).
-pub(crate) async fn watch_key(
-    shared: &Shared,
-    alive: watch::Receiver<()>,
-    path: &Path,
-) -> Result<(Option<Node>, KeyWatch)> {
-    let (snap, rx) = start::<KeyKind>(shared, alive, path).await?;
-    Ok((snap.map(|s| s.node), rx))
-}
-
-/// Lists `path`'s children and watches the list (see the module docs).
-pub(crate) async fn watch_children(
-    shared: &Shared,
-    alive: watch::Receiver<()>,
-    path: &Path,
-) -> Result<(Vec<String>, ChildrenWatch)> {
-    let (snap, rx) = start::<ChildrenKind>(shared, alive, path).await?;
-    Ok((snap.map(|s| s.list).unwrap_or_default(), rx))
 }
 
 type EventStream<E> = Pin<Box<dyn Stream<Item = Result<E>> + Send>>;
 
+/// Reads and arms through the main client, then hands the watcher to a task.
 async fn start<K: WatchKind>(
-    shared: &Shared,
+    ctx: &Context,
     alive: watch::Receiver<()>,
     path: &Path,
-) -> Result<(Option<K::Snap>, EventStream<K::Event>)> {
-    let p = path.as_str().to_owned();
-    let ((snap, w), epoch) = shared
-        .with_main("watch", &p, Op::Other, |c| K::arm(c, p.clone()))
+) -> Result<(K::Snap, EventStream<K::Event>)> {
+    let ((snap, w), epoch) = ctx
+        .with_main("watch", path.as_str(), Op::Other, |c| {
+            K::arm(c, path.clone())
+        })
         .await?;
     let (tx, rx) = mpsc::unbounded_channel();
-    let mut conns = shared.conns();
+    let mut conns = ctx.conns();
     // Compare the epoch at once: the main client may have changed since the read.
     conns.mark_changed();
     let task = Task::<K> {
         conns,
         alive,
-        timeout: shared.cfg.timeout,
-        path: p,
+        timeout: ctx.cfg.timeout,
+        path: path.clone(),
         prev: snap.clone(),
         seen: epoch,
         tx,
+        armed: Some(fired(w)),
+        force_resync: false,
+        backoff: Backoff::reconnect(),
     };
-    tokio::spawn(task.run(fired(w)));
-    let stream =
-        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) })
-            .boxed();
-    Ok((snap, stream))
+    tokio::spawn(task.run());
+    Ok((snap, stream_of(rx)))
 }
 
+/// One watch's task (see the module docs).
 struct Task<K: WatchKind> {
     conns: watch::Receiver<MainConn>,
     alive: watch::Receiver<()>,
     timeout: Duration,
-    path: String,
-    prev: Option<K::Snap>,
+    path: Path,
+    /// The state last reported.
+    prev: K::Snap,
+    /// The main client `prev` was read from.
     seen: Epoch,
     tx: mpsc::UnboundedSender<Result<K::Event>>,
+    /// The armed watcher; `None` after a failed re-arm (retried after `backoff`).
+    armed: Option<Fired>,
+    /// Set when a watcher was lost: the next read is reported as a `Resync`.
+    force_resync: bool,
+    backoff: Backoff,
 }
 
+/// Why the task woke up.
 enum Trigger {
+    /// The stream or the backend is gone.
     Stop,
-    Fired(bool),
+    /// The watcher fired.
+    Fired,
+    /// The watcher was lost with its session.
+    Lost,
+    /// The main client reconnected or was replaced.
     Conn,
+    /// Time to retry a failed re-arm.
     Retry,
 }
 
 impl<K: WatchKind> Task<K> {
-    async fn run(mut self, first: Fired) {
-        let mut armed = Some(first);
-        let mut force_resync = false;
-        let mut backoff = Duration::from_millis(50);
+    async fn run(mut self) {
         loop {
-            let trigger = match armed.as_mut() {
-                Some(f) => tokio::select! {
-                    _ = self.tx.closed() => Trigger::Stop,
-                    _ = self.alive.changed() => Trigger::Stop,
-                    ok = f => Trigger::Fired(ok),
-                    r = self.conns.changed() => if r.is_err() { Trigger::Stop } else { Trigger::Conn },
-                },
-                None => tokio::select! {
-                    _ = self.tx.closed() => Trigger::Stop,
-                    _ = self.alive.changed() => Trigger::Stop,
-                    _ = tokio::time::sleep(backoff) => Trigger::Retry,
-                    r = self.conns.changed() => if r.is_err() { Trigger::Stop } else { Trigger::Conn },
-                },
-            };
-            match trigger {
+            match self.trigger().await {
                 Trigger::Stop => return,
-                Trigger::Fired(true) => {}
-                Trigger::Fired(false) => {
-                    armed = None;
-                    force_resync = true;
+                Trigger::Lost => {
+                    self.armed = None;
+                    self.force_resync = true;
                     continue;
                 }
-                Trigger::Conn => {
-                    if armed.is_some() && self.conns.borrow().epoch == self.seen {
-                        continue;
-                    }
+                // Nothing was missed while the watcher stays armed on the same connection.
+                Trigger::Conn if self.armed.is_some() && self.conns.borrow().epoch == self.seen => {
+                    continue
                 }
-                Trigger::Retry => backoff = (backoff * 2).min(Duration::from_secs(1)),
+                Trigger::Fired | Trigger::Conn | Trigger::Retry => {}
             }
-            let conn = self.conns.borrow_and_update().clone();
-            let read =
-                tokio::time::timeout(self.timeout, K::arm(conn.client.clone(), self.path.clone()))
-                    .await;
-            match read {
-                Ok(Ok((snap, w))) => {
-                    armed = Some(fired(w));
-                    backoff = Duration::from_millis(50);
-                    let new_session = force_resync || conn.epoch.generation != self.seen.generation;
-                    let reconnected = conn.epoch != self.seen;
-                    self.seen = conn.epoch;
-                    force_resync = false;
-                    let events = if new_session || (reconnected && K::differs(&self.prev, &snap)) {
-                        vec![K::resync(&snap)]
-                    } else if reconnected {
-                        vec![]
-                    } else {
-                        K::derive(&self.prev, &snap)
-                    };
-                    self.prev = snap;
-                    for ev in events {
-                        if self.tx.send(Ok(ev)).is_err() {
-                            return;
-                        }
-                    }
-                }
-                Ok(Err(e)) => {
-                    tracing::debug!("zk: re-arming the watch on {} failed: {e}", self.path);
-                    armed = None;
-                }
-                Err(_) => {
-                    tracing::debug!("zk: re-arming the watch on {} timed out", self.path);
-                    armed = None;
-                }
+            if !self.rearm().await {
+                return;
             }
+        }
+    }
+
+    async fn trigger(&mut self) -> Trigger {
+        match self.armed.as_mut() {
+            Some(f) => tokio::select! {
+                _ = self.tx.closed() => Trigger::Stop,
+                _ = self.alive.changed() => Trigger::Stop,
+                ok = f => if ok { Trigger::Fired } else { Trigger::Lost },
+                r = self.conns.changed() => if r.is_err() { Trigger::Stop } else { Trigger::Conn },
+            },
+            None => tokio::select! {
+                _ = self.tx.closed() => Trigger::Stop,
+                _ = self.alive.changed() => Trigger::Stop,
+                _ = self.backoff.wait() => Trigger::Retry,
+                r = self.conns.changed() => if r.is_err() { Trigger::Stop } else { Trigger::Conn },
+            },
+        }
+    }
+
+    /// Reads the state and arms the next watcher on the current main client, and sends the
+    /// events since the last read. `false` when the stream is gone.
+    async fn rearm(&mut self) -> bool {
+        let conn = self.conns.borrow_and_update().clone();
+        let read = K::arm(conn.client, self.path.clone());
+        let (snap, w) = match tokio::time::timeout(self.timeout, read).await {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => {
+                tracing::debug!("zk: re-arming the watch on {} failed: {e}", self.path);
+                self.armed = None;
+                return true;
+            }
+            Err(_) => {
+                tracing::debug!("zk: re-arming the watch on {} timed out", self.path);
+                self.armed = None;
+                return true;
+            }
+        };
+        self.armed = Some(fired(w));
+        self.backoff.reset();
+        let events = self.events(conn.epoch, &snap);
+        self.prev = snap;
+        events.into_iter().all(|ev| self.tx.send(Ok(ev)).is_ok())
+    }
+
+    /// The events from the last reported state to `snap`, read from the client at `epoch`.
+    fn events(&mut self, epoch: Epoch, snap: &K::Snap) -> Vec<K::Event> {
+        let new_session = self.force_resync || epoch.generation != self.seen.generation;
+        let reconnected = epoch != self.seen;
+        self.seen = epoch;
+        self.force_resync = false;
+        if new_session || (reconnected && self.prev != *snap) {
+            vec![K::resync(snap)]
+        } else if reconnected {
+            // The same state: nothing to report, and no event can have been missed.
+            vec![]
+        } else {
+            K::events(&self.prev, snap)
         }
     }
 }

@@ -1,0 +1,372 @@
+//! [`Context`]: what the backend, its sessions and its watch tasks share: the configuration,
+//! the capabilities, the main ZooKeeper client (replaced when its session expires) and the key
+//! operations on it.
+
+use std::future::Future;
+use std::sync::{Arc, Weak};
+
+use coord_core::adapter::Backoff;
+use coord_core::{
+    Capabilities, CreateMode, Created, Error, Node, Path, Result, SessionId, Stat, Version,
+};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use zookeeper_client as zk;
+
+use crate::config::{Config, DEFAULT_SESSION_TIMEOUT};
+use crate::error::{self, Op, ZkResult};
+use crate::{client, probe};
+
+/// The largest value the server takes, with room for the request's path and header inside
+/// ZooKeeper's default `jute.maxbuffer` (1 MiB - 1): paths are at most 1024 bytes plus the
+/// namespace.
+pub(crate) const MAX_VALUE_SIZE: usize = 1024 * 1024 - 4096;
+
+/// Which main client a value came from: its generation (bumped when the main session expired
+/// and was replaced) and how many reconnects it went through (each may have missed events).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Epoch {
+    pub(crate) generation: u64,
+    pub(crate) reconnects: u64,
+}
+
+/// The current main client.
+#[derive(Clone)]
+pub(crate) struct MainConn {
+    pub(crate) client: zk::Client,
+    pub(crate) epoch: Epoch,
+}
+
+/// The shared state of one backend: what `ZkBackend`, its sessions and its watch tasks use.
+pub(crate) struct Context {
+    pub(crate) cfg: Config,
+    pub(crate) caps: Capabilities,
+    conn: watch::Sender<MainConn>,
+}
+
+impl Context {
+    /// Parses `url`, learns the server's session bounds, connects the main client (creating
+    /// the namespace) and starts following it.
+    pub(crate) async fn connect(url: &str) -> Result<Arc<Context>> {
+        let cfg = Config::parse(url)?;
+        let caps = capabilities(&cfg).await?;
+        let client = client::connect(&cfg, caps.default_session_ttl, true, None).await?;
+        let (conn, rx) = watch::channel(MainConn {
+            client,
+            epoch: Epoch {
+                generation: 0,
+                reconnects: 0,
+            },
+        });
+        let ctx = Arc::new(Context { cfg, caps, conn });
+        tokio::spawn(supervise(Arc::downgrade(&ctx), rx));
+        Ok(ctx)
+    }
+
+    /// The ACLs for nodes coord creates.
+    pub(crate) fn acls(&self) -> zk::Acls<'static> {
+        client::acls(&self.cfg)
+    }
+
+    /// A receiver of the current main client.
+    pub(crate) fn conns(&self) -> watch::Receiver<MainConn> {
+        self.conn.subscribe()
+    }
+
+    /// The current main ZooKeeper session id.
+    pub(crate) fn main_session_id(&self) -> SessionId {
+        SessionId(session_name(self.conn.borrow().client.session_id().0))
+    }
+
+    /// Runs `f` on the main client within the timeout. If the main session is gone (the call
+    /// was then never sent), waits for its replacement and runs `f` again.
+    pub(crate) async fn with_main<T, F, Fut>(
+        &self,
+        what: &str,
+        path: &str,
+        op: Op,
+        f: F,
+    ) -> Result<(T, Epoch)>
+    where
+        F: Fn(zk::Client) -> Fut,
+        Fut: Future<Output = ZkResult<T>>,
+    {
+        let after = self.cfg.timeout;
+        let deadline = Instant::now() + after;
+        let mut rx = self.conn.subscribe();
+        loop {
+            let conn = rx.borrow_and_update().clone();
+            match tokio::time::timeout_at(deadline, f(conn.client)).await {
+                Err(_) => return Err(error::timeout(what, path, after)),
+                Ok(Ok(v)) => return Ok((v, conn.epoch)),
+                Ok(Err(zk::Error::SessionExpired | zk::Error::ClientClosed)) => loop {
+                    if rx.borrow().epoch.generation != conn.epoch.generation {
+                        break;
+                    }
+                    match tokio::time::timeout_at(deadline, rx.changed()).await {
+                        Err(_) => return Err(error::timeout(what, path, after)),
+                        Ok(Err(_)) => return Err(Error::Closed),
+                        Ok(Ok(())) => {}
+                    }
+                },
+                Ok(Err(e)) => return Err(error::map(e, path, op, None)),
+            }
+        }
+    }
+
+    /// Makes the main client's server catch up with the leader, so that it sees what another
+    /// connection (a session) wrote. Best effort: a failure only weakens read-your-writes.
+    /// Not needed with a single host: both connections then talk to the same server, which
+    /// answers a write only after applying it.
+    pub(crate) async fn sync(&self, path: &str) {
+        if !self.cfg.connect_string.contains(',') {
+            return;
+        }
+        let p = path.to_owned();
+        if let Err(e) = self
+            .with_main("sync", path, Op::Other, |c| {
+                let p = p.clone();
+                async move { c.sync(&p).await }
+            })
+            .await
+        {
+            tracing::debug!("zk: sync of {path} failed: {e}");
+        }
+    }
+
+    /// Creates a persistent node through the main client.
+    pub(crate) async fn create(
+        &self,
+        path: &Path,
+        value: &[u8],
+        mode: CreateMode,
+    ) -> Result<Created> {
+        let zmode = match mode {
+            CreateMode::Exact => zk::CreateMode::Persistent,
+            CreateMode::Sequential => zk::CreateMode::PersistentSequential,
+        };
+        let acls = self.acls();
+        let p = path.as_str();
+        let ((stat, seq), _) = self
+            .with_main("create", p, Op::Create, |c| {
+                let opts = zmode.with_acls(acls);
+                async move { c.create(p, value, &opts).await }
+            })
+            .await?;
+        created(path, mode, &stat, seq)
+    }
+
+    /// Reads a node.
+    pub(crate) async fn get(&self, path: &Path) -> Result<Node> {
+        let p = path.as_str();
+        let ((value, stat), _) = self
+            .with_main("get", p, Op::Other, |c| async move { c.get_data(p).await })
+            .await?;
+        Ok(Node {
+            path: path.clone(),
+            value,
+            stat: stat_of(&stat),
+        })
+    }
+
+    /// A node's stat, `None` if it does not exist.
+    pub(crate) async fn exists(&self, path: &Path) -> Result<Option<Stat>> {
+        let p = path.as_str();
+        let (stat, _) = self
+            .with_main(
+                "exists",
+                p,
+                Op::Other,
+                |c| async move { c.check_stat(p).await },
+            )
+            .await?;
+        Ok(stat.as_ref().map(stat_of))
+    }
+
+    /// Writes a node's value, if it is at `expected` (when given).
+    pub(crate) async fn set(
+        &self,
+        path: &Path,
+        value: &[u8],
+        expected: Option<Version>,
+    ) -> Result<Stat> {
+        let v = zk_version(path, expected)?;
+        let p = path.as_str();
+        let (stat, _) = self
+            .with_main("set", p, Op::Versioned(expected), |c| async move {
+                c.set_data(p, value, v).await
+            })
+            .await?;
+        Ok(stat_of(&stat))
+    }
+
+    /// Deletes a node, if it is at `expected` (when given).
+    pub(crate) async fn delete(&self, path: &Path, expected: Option<Version>) -> Result<()> {
+        let v = zk_version(path, expected)?;
+        let p = path.as_str();
+        self.with_main("delete", p, Op::Versioned(expected), |c| async move {
+            c.delete(p, v).await
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// A node's children, sorted.
+    pub(crate) async fn children(&self, path: &Path) -> Result<Vec<String>> {
+        let p = path.as_str();
+        let (mut list, _) = self
+            .with_main("children", p, Op::Other, |c| async move {
+                c.list_children(p).await
+            })
+            .await?;
+        list.sort();
+        Ok(list)
+    }
+}
+
+/// The capabilities for `cfg`: the session bounds are those the servers really grant.
+async fn capabilities(cfg: &Config) -> Result<Capabilities> {
+    let (min, max) = probe::session_bounds(&cfg.connect_string, cfg.timeout)
+        .await
+        .map_err(|why| {
+            Error::connection_lost(format!(
+                "no ZooKeeper server answered at {} within {:?} ({why})",
+                cfg.connect_string, cfg.timeout
+            ))
+        })?;
+    let default_ttl = match cfg.session_timeout {
+        Some(t) if t < min || t > max => {
+            return Err(Error::InvalidUrl {
+                reason: format!(
+                    "session_timeout {t:?} is outside the server's bounds [{min:?}, {max:?}]"
+                ),
+            })
+        }
+        Some(t) => t,
+        None => DEFAULT_SESSION_TIMEOUT.clamp(min, max),
+    };
+    Ok(Capabilities::new("zk")
+        .with_max_value_size(MAX_VALUE_SIZE)
+        .with_min_session_ttl(min)
+        .with_max_session_ttl(max)
+        .with_default_session_ttl(default_ttl)
+        .with_watch_coalesces(true))
+}
+
+/// Follows the main client's state: counts reconnects and replaces the client when its
+/// session expired, so that watches carry on (with a `Resync`). Ends with the context.
+async fn supervise(weak: Weak<Context>, mut rx: watch::Receiver<MainConn>) {
+    loop {
+        let mut sw = rx.borrow_and_update().client.state_watcher();
+        let mut disconnected = false;
+        loop {
+            tokio::select! {
+                st = sw.changed() => match st {
+                    zk::SessionState::Disconnected => disconnected = true,
+                    zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {
+                        if disconnected {
+                            disconnected = false;
+                            let Some(ctx) = weak.upgrade() else { return };
+                            ctx.conn.send_modify(|c| c.epoch.reconnects += 1);
+                        }
+                    }
+                    _ => break,
+                },
+                r = rx.changed() => if r.is_err() { return },
+            }
+        }
+        tracing::warn!("zk: the main ZooKeeper session ended; opening a new one");
+        let Some(client) = reconnect(&weak).await else {
+            return;
+        };
+        let Some(ctx) = weak.upgrade() else { return };
+        ctx.conn.send_modify(|c| {
+            c.client = client;
+            c.epoch.generation += 1;
+        });
+    }
+}
+
+/// A new main client, synced with the leader, after the old one's session ended; retried
+/// until it works (`None`: the context is gone).
+async fn reconnect(weak: &Weak<Context>) -> Option<zk::Client> {
+    let mut backoff = Backoff::reconnect();
+    loop {
+        let (cfg, ttl) = {
+            let ctx = weak.upgrade()?;
+            (ctx.cfg.clone(), ctx.caps.default_session_ttl)
+        };
+        match client::connect(&cfg, ttl, true, None).await {
+            // A new session carries no record of what the old one read, and its server may
+            // lag: catch it up with the leader before it serves reads, so that an answer never
+            // comes from a state older than one given before (a candidate must not see a live
+            // predecessor as gone).
+            Ok(client) => match client.sync("/").await {
+                Ok(()) => return Some(client),
+                Err(e) => tracing::warn!("zk: syncing the new main session failed: {e}"),
+            },
+            Err(e) => tracing::warn!("zk: reconnecting the main session failed: {e}"),
+        }
+        backoff.wait().await;
+    }
+}
+
+/// The coord [`SessionId`] for a ZooKeeper session id (hex, as ZooKeeper logs it).
+pub(crate) fn session_name(id: i64) -> String {
+    format!("{id:#x}")
+}
+
+/// coord's [`Stat`] of a ZooKeeper stat.
+pub(crate) fn stat_of(s: &zk::Stat) -> Stat {
+    let owner = (s.ephemeral_owner != 0).then(|| SessionId(session_name(s.ephemeral_owner)));
+    Stat::new(Version(u64::try_from(s.version).unwrap_or(0)), owner)
+}
+
+/// The ZooKeeper version for an expected coord version (`Err` if it cannot match any).
+fn zk_version(path: &Path, v: Option<Version>) -> Result<Option<i32>> {
+    match v {
+        None => Ok(None),
+        Some(v) => i32::try_from(v.0)
+            .map(Some)
+            .map_err(|_| Error::VersionMismatch {
+                path: path.to_string(),
+                expected: v,
+            }),
+    }
+}
+
+/// The [`Created`] of a create's answer.
+pub(crate) fn created(
+    path: &Path,
+    mode: CreateMode,
+    stat: &zk::Stat,
+    seq: zk::CreateSequence,
+) -> Result<Created> {
+    let stat = stat_of(stat);
+    match mode {
+        CreateMode::Exact => Ok(Created {
+            path: path.clone(),
+            sequence: None,
+            stat,
+        }),
+        CreateMode::Sequential => {
+            let n = u64::try_from(seq.into_i64()).map_err(|_| {
+                Error::backend(
+                    "zk",
+                    format!("negative sequence number {seq} for {path}"),
+                    false,
+                )
+            })?;
+            let full = Path::new(format!(
+                "{}{}",
+                path.as_str(),
+                coord_core::path::format_sequence(n)
+            ))?;
+            Ok(Created {
+                path: full,
+                sequence: Some(n),
+                stat,
+            })
+        }
+    }
+}
