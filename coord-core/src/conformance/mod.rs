@@ -244,6 +244,7 @@ macro_rules! conformance_tests {
                 lock_lost_on_expiry,
                 group_join_leave_watch,
                 group_duplicate_member_rejected,
+                group_rejoin_failure_is_visible,
             ]
         );
     };
