@@ -158,7 +158,9 @@ const REJOIN_MAX_PAUSE: Duration = Duration::from_secs(2);
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum MembershipState {
-    /// The member's node is in the group, on the client's current session.
+    /// The member joined on its current session, and that session has not ended. (The
+    /// membership follows the session, not the node: a node deleted by somebody else is not
+    /// noticed.)
     Joined,
     /// The session ended; joining again on a new one.
     Rejoining,
@@ -216,7 +218,7 @@ async fn follow(
                 state.send_replace(MembershipState::Joined);
             }
             Err(e) => {
-                tracing::error!(%node, error = %e, "re-join failed for good: the member left the group");
+                tracing::error!(%node, error = %e, "re-join failed for good: not in the group");
                 state.send_replace(MembershipState::Failed(e));
                 return;
             }
