@@ -26,11 +26,65 @@
 //!
 //! A known scheme whose feature is off gives [`Error::FeatureNotEnabled`] naming the feature;
 //! an unknown scheme gives [`Error::UnknownScheme`].
+//!
+//! # What this crate exports
+//!
+//! - [`connect`] and [`connect_backend`]; [`Client`], the handle the recipes hang off.
+//! - The recipes: [`election`], [`registry`], [`lock`], [`group`], and [`recipes`] for the
+//!   types they share ([`recipes::HoldState`], [`recipes::SuspendPolicy`]).
+//! - The kernel, for key operations and custom sessions: the traits [`Backend`] and
+//!   [`Session`], their value types ([`CreateMode`], [`Created`], [`Node`], [`Stat`],
+//!   [`Version`], [`KeyEvent`], [`ChildrenEvent`], the watch streams, [`SessionId`],
+//!   [`SessionOptions`], [`SessionState`]), [`Capabilities`] and [`create_parents`].
+//! - [`Path`] (and the [`path`] module's limits and sequence helpers), [`ConnectUrl`],
+//!   [`Error`], [`Result`] and [`Source`] (an error's underlying cause).
+//! - [`mem`]: the in-process backend, always compiled in (its fault injection,
+//!   [`mem::MemSession::expire_now`] and friends, is for tests).
+//! - Each enabled backend's adapter crate as a module, for what only that backend has (a
+//!   session's lease id, a simulated crash) without depending on the adapter crate:
+//!   `coord::zk` (feature `zk`, the `coord-zk` crate: `ZkBackend`, `ZkSession`),
+//!   `coord::etcd` (feature `etcd`, `coord-etcd`: `EtcdBackend`, `EtcdSession::lease_id`, …),
+//!   `coord::consul` (feature `consul`, `coord-consul`: `ConsulBackend`, `ConsulSession`, …).
+//!   From a `dyn Session`:
+//!   `session.as_any().downcast_ref::<coord::etcd::EtcdSession>()`.
+//!
+//! The helpers backends are built with (value and TTL validation, state-stream glue) are not
+//! part of this API; the conformance suite lives in `coord-core` behind its `conformance`
+//! feature.
 #![warn(missing_docs, unreachable_pub)]
 
 use std::sync::Arc;
 
-pub use coord_core::*;
+pub use coord_core::client::Client;
+pub use coord_core::error::{Error, Result, Source};
+pub use coord_core::kernel::{
+    create_parents, Backend, Capabilities, ChildrenEvent, ChildrenWatch, CreateMode, Created,
+    KeyEvent, KeyWatch, Node, Session, SessionId, SessionOptions, SessionState, SessionStates,
+    Stat, Version,
+};
+pub use coord_core::mem;
+pub use coord_core::path::{self, Path};
+pub use coord_core::recipes::{self, election, group, lock, registry};
+pub use coord_core::url::ConnectUrl;
+
+/// The ZooKeeper adapter (the `coord-zk` crate), for what only ZooKeeper sessions have.
+#[cfg(feature = "zk")]
+pub use coord_zk as zk;
+
+/// The etcd adapter (the `coord-etcd` crate), for what only etcd sessions have.
+#[cfg(feature = "etcd")]
+pub use coord_etcd as etcd;
+
+/// The Consul adapter (the `coord-consul` crate), for what only Consul sessions have.
+#[cfg(feature = "consul")]
+pub use coord_consul as consul;
+
+// Not part of the API: coordctl (`create --parents`) still calls it to refuse an oversized
+// value before it writes the parents. It moves to the adapter-support module with
+// `check_ttl`, `check_not_root` and `session_states`; remove this once coordctl no longer
+// needs it.
+#[doc(hidden)]
+pub use coord_core::kernel::check_value;
 
 /// Connects to the backend named by `url` and returns a [`Client`] in the URL's namespace.
 ///

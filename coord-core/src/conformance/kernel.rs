@@ -571,7 +571,9 @@ pub async fn session_ttl_bounds(h: &dyn Harness) {
     s.close().await.unwrap();
 }
 
-/// Checks: watch create change delete order.
+/// A key watch sees create, change and delete in order; a burst of them made without waiting
+/// yields every state where the backend does not coalesce ([`Capabilities::watch_coalesces`]),
+/// at least the latest one where it does.
 pub async fn watch_create_change_delete_order(h: &dyn Harness) {
     let c = h.client().await;
     let (cur, mut w) = c.watch(&p("/w")).await.unwrap();
@@ -601,10 +603,93 @@ pub async fn watch_create_change_delete_order(h: &dyn Harness) {
         next(h, "re-Created", &mut w).await.unwrap(),
         KeyEvent::Created(_)
     ));
+    // The same without waiting between the writes: every state in order where the backend
+    // does not coalesce, the latest one at least where it does.
+    let (_, mut w) = c.watch(&p("/wb")).await.unwrap();
+    writer
+        .create(&p("/wb"), b"a", CreateMode::Exact)
+        .await
+        .unwrap();
+    writer.set(&p("/wb"), b"b", None).await.unwrap();
+    writer.delete(&p("/wb"), None).await.unwrap();
+    writer
+        .create(&p("/wb"), b"c", CreateMode::Exact)
+        .await
+        .unwrap();
+    writer.set(&p("/wb"), b"d", None).await.unwrap();
+    let every = [
+        "created a",
+        "changed b",
+        "deleted",
+        "created c",
+        "changed d",
+    ];
+    let coalesces = c.capabilities().watch_coalesces;
+    expect_burst(h, &mut w, coalesces, &every, Some(b"d")).await;
+}
+
+/// A watch event as its kind and value (versions are opaque and differ between backends).
+fn shape(ev: &KeyEvent) -> String {
+    let text = |n: &Node| String::from_utf8_lossy(&n.value).into_owned();
+    match ev {
+        KeyEvent::Created(n) => format!("created {}", text(n)),
+        KeyEvent::Changed(n) => format!("changed {}", text(n)),
+        KeyEvent::Deleted => "deleted".to_owned(),
+        KeyEvent::Resync(Some(n)) => format!("resync {}", text(n)),
+        KeyEvent::Resync(None) => "resync absent".to_owned(),
+    }
+}
+
+/// Whether `ev` shows the key holding `value` (`None`: absent).
+fn describes(ev: &KeyEvent, value: Option<&[u8]>) -> bool {
+    match (ev, value) {
+        (KeyEvent::Created(n) | KeyEvent::Changed(n) | KeyEvent::Resync(Some(n)), Some(v)) => {
+            n.value == v
+        }
+        (KeyEvent::Deleted | KeyEvent::Resync(None), None) => true,
+        _ => false,
+    }
+}
+
+/// Reads the events of a burst of writes made without waiting, whose states were `every` (as
+/// [`shape`]s, in order) ending with the key holding `latest`.
+///
+/// Where the backend does not coalesce ([`Capabilities::watch_coalesces`] false) every state
+/// arrives, in order, exactly once, and nothing else. Where it does, the documented weaker
+/// rule: events arrive until one shows the latest state (intermediate ones may be merged or
+/// skipped, never the latest), and any event after that shows the latest state too.
+async fn expect_burst(
+    h: &dyn Harness,
+    w: &mut KeyWatch,
+    coalesces: bool,
+    every: &[impl AsRef<str>],
+    latest: Option<&[u8]>,
+) {
+    if !coalesces {
+        for (i, want) in every.iter().enumerate() {
+            let ev = next(h, want.as_ref(), w).await.unwrap();
+            assert_eq!(
+                shape(&ev),
+                want.as_ref(),
+                "event {i} of the burst: a backend that does not coalesce delivers every state"
+            );
+        }
+        assert_quiet("event after the burst", w, Duration::from_millis(200)).await;
+        return;
+    }
+    while !describes(&next(h, "the latest state", w).await.unwrap(), latest) {}
+    while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(200), w.next()).await {
+        let ev = ev.unwrap();
+        assert!(
+            describes(&ev, latest),
+            "an event after the latest state: {ev:?}"
+        );
+    }
 }
 
 /// A change made right after the watch is registered is never missed, and the last event
-/// always shows the latest state.
+/// always shows the latest state; a burst of quick writes yields every value in order where
+/// the backend does not coalesce ([`Capabilities::watch_coalesces`]).
 pub async fn watch_no_gap_after_registration(h: &dyn Harness) {
     let c = h.client().await;
     c.create(&p("/gap"), b"0", CreateMode::Exact).await.unwrap();
@@ -631,13 +716,9 @@ pub async fn watch_no_gap_after_registration(h: &dyn Harness) {
             .await
             .unwrap();
     }
-    loop {
-        match next(h, "burst events", &mut w).await.unwrap() {
-            KeyEvent::Changed(n) | KeyEvent::Resync(Some(n)) if n.value == b"burst-49" => break,
-            KeyEvent::Changed(_) | KeyEvent::Resync(Some(_)) => {}
-            other => panic!("{other:?}"),
-        }
-    }
+    let every: Vec<String> = (0..50u32).map(|i| format!("changed burst-{i}")).collect();
+    let coalesces = c.capabilities().watch_coalesces;
+    expect_burst(h, &mut w, coalesces, &every, Some(b"burst-49")).await;
 }
 
 /// Checks: watch children events.

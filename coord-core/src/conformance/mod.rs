@@ -12,9 +12,12 @@
 //! }
 //! ```
 //!
-//! Every test is then named `<backend>::<test>` (`cargo test mem::`). The factory takes the
-//! test's name and returns `None` only when the backend is unavailable and not required (it
-//! prints the loud skip line itself); with `COORD_REQUIRE_BACKENDS=1` it must panic instead.
+//! Every test is then named `<backend>::<test>` (`cargo test mem::`), and
+//! `<backend>::every_conformance_test_is_listed` fails naming any test function (a top-level
+//! `pub async fn` of the suite's modules) that the macro's list leaves out, so that none can
+//! silently never run. The factory takes the test's name and returns `None` only when the
+//! backend is unavailable and not required (it prints the loud skip line itself); with
+//! `COORD_REQUIRE_BACKENDS=1` it must panic instead.
 //!
 //! The test functions panic on failure (they are tests). Every wait is bounded by
 //! [`Harness::patience`].
@@ -244,6 +247,7 @@ macro_rules! conformance_tests {
                 lock_lost_on_expiry,
                 group_join_leave_watch,
                 group_duplicate_member_rejected,
+                group_rejoin_failure_is_visible,
             ]
         );
     };
@@ -261,5 +265,78 @@ macro_rules! __conformance_each {
                 }
             }
         )*)*
+
+        /// The list above is complete: every test function of the suite's sources is in it.
+        #[test]
+        fn every_conformance_test_is_listed() {
+            $crate::conformance::assert_every_test_listed(&[
+                $($(concat!(stringify!($module), "::", stringify!($name)),)*)*
+            ]);
+        }
     };
+}
+
+/// The suite's source files, by module. Their test functions are every top-level
+/// `pub async fn` (helpers there are private).
+const SOURCES: &[(&str, &str)] = &[
+    ("kernel", include_str!("kernel.rs")),
+    ("recipes", include_str!("recipes.rs")),
+];
+
+/// Every test function of the suite, as `module::name`, read from the sources.
+pub fn test_functions() -> Vec<String> {
+    SOURCES
+        .iter()
+        .flat_map(|(module, source)| {
+            source.lines().filter_map(move |line| {
+                let rest = line.strip_prefix("pub async fn ")?;
+                let name = rest
+                    .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+                    .next()?;
+                Some(format!("{module}::{name}"))
+            })
+        })
+        .collect()
+}
+
+/// Panics naming every test function of the suite's sources that `listed` (the list of
+/// [`conformance_tests!`](crate::conformance_tests), as `module::name`) leaves out, any name
+/// listed twice, and any module of the suite whose source is not scanned. A test missing from
+/// the list would silently never run; [`conformance_tests!`](crate::conformance_tests) runs
+/// this check as `<backend>::every_conformance_test_is_listed`.
+pub fn assert_every_test_listed(listed: &[&str]) {
+    let modules: Vec<&str> = include_str!("mod.rs")
+        .lines()
+        .filter_map(|l| l.strip_prefix("pub mod ")?.strip_suffix(';'))
+        .collect();
+    let scanned: Vec<&str> = SOURCES.iter().map(|(m, _)| *m).collect();
+    assert_eq!(
+        modules, scanned,
+        "every module of the conformance suite must be in conformance::SOURCES"
+    );
+    let found = test_functions();
+    let missing: Vec<&String> = found
+        .iter()
+        .filter(|t| !listed.contains(&t.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "conformance tests missing from the list of conformance_tests! (they would never run): \
+         {missing:?}"
+    );
+    // The other way round keeps the scan honest: a scan that finds nothing fails here.
+    let unseen: Vec<&&str> = listed
+        .iter()
+        .filter(|t| !found.iter().any(|f| f == *t))
+        .collect();
+    assert!(
+        unseen.is_empty(),
+        "listed conformance tests not found as `pub async fn` in the suite's sources: {unseen:?}"
+    );
+    let mut seen = std::collections::HashSet::new();
+    let twice: Vec<&&str> = listed.iter().filter(|t| !seen.insert(**t)).collect();
+    assert!(
+        twice.is_empty(),
+        "conformance tests listed twice: {twice:?}"
+    );
 }

@@ -4,9 +4,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::StreamExt;
+
 use super::{assert_quiet, client, eventually, next, short_client, within, Harness};
 use crate::election::{Election, Leadership};
-use crate::kernel::CreateMode;
+use crate::group::MembershipState;
+use crate::kernel::{CreateMode, SessionOptions};
 use crate::mem::MemSession;
 use crate::recipes::{HoldState, SuspendPolicy};
 use crate::registry::Instance;
@@ -676,4 +679,53 @@ pub async fn group_duplicate_member_rejected(h: &dyn Harness) {
     let r = other.group("dup").unwrap().join("same", b"2").await;
     assert!(matches!(r, Err(Error::AlreadyExists { .. })), "{r:?}");
     assert_eq!(g.members().await.unwrap()[0].data, b"1");
+}
+
+/// A membership whose re-join after a session expiry fails for a reason retrying cannot fix
+/// ends visibly: its state becomes `Failed` with the error, `failed()` resolves with it and
+/// the state stream yields it and ends. (Here an operator removed the member and put an
+/// ephemeral node of another session in the group directory's place: ephemeral nodes cannot
+/// have children, so the re-join's create fails for good.)
+pub async fn group_rejoin_failure_is_visible(h: &dyn Harness) {
+    let c = short_client(h).await;
+    let g = c.group("doomed").unwrap();
+    let m = g.join("m", b"x").await.unwrap();
+    assert_eq!(m.state(), MembershipState::Joined);
+    let mut states = Box::pin(m.states());
+    assert_eq!(
+        next(h, "Joined", &mut states).await,
+        MembershipState::Joined
+    );
+    let other = client(h).await;
+    other.delete(m.node(), None).await.unwrap();
+    other.delete(g.path(), None).await.unwrap();
+    let squatter = other.open_session(SessionOptions::new()).await.unwrap();
+    squatter
+        .create(g.path(), b"", CreateMode::Exact)
+        .await
+        .unwrap();
+    h.expire(&current(&c).await).await;
+    let err = within(h, "the membership fails", m.failed()).await;
+    assert!(
+        matches!(err, Error::EphemeralParent { .. } | Error::NoParent { .. }),
+        "{err:?}"
+    );
+    assert_eq!(m.state(), MembershipState::Failed(err.clone()));
+    loop {
+        match next(h, "Failed", &mut states).await {
+            MembershipState::Rejoining => {}
+            MembershipState::Failed(e) => {
+                assert_eq!(e, err);
+                break;
+            }
+            other => panic!("unexpected {other:?} after the session expired"),
+        }
+    }
+    assert_eq!(
+        within(h, "the end of the states", states.next()).await,
+        None
+    );
+    assert_eq!(m.rejoins(), 0);
+    assert!(other.exists(m.node()).await.unwrap().is_none());
+    squatter.close().await.unwrap();
 }

@@ -3,12 +3,19 @@
 //!
 //! A [`Membership`] follows the client's session: when the session expires, it joins again on
 //! the client's next session, so a member that lost contact for a while comes back by itself.
+//! Failures that may pass (a lost connection, a timeout, a session that ended again) are
+//! retried with a bounded exponential back-off and logged as warnings. A failure that retrying
+//! cannot fix (refused credentials, a parent that cannot hold the node, the id taken by
+//! another live member) ends the membership visibly: [`Membership::state`] becomes
+//! [`MembershipState::Failed`] with the error, [`Membership::states`] yields it and ends, and
+//! [`Membership::failed`] resolves with it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt, TryStreamExt};
+use tokio::sync::watch;
 
 use crate::client::Client;
 use crate::error::{Error, Result};
@@ -63,6 +70,7 @@ impl Group {
         }
         let rejoins = Arc::new(AtomicU64::new(0));
         let owner = Arc::new(Mutex::new(session.id().clone()));
+        let (state_tx, state) = watch::channel(MembershipState::Joined);
         let task = tokio::spawn(follow(
             self.client.clone(),
             session,
@@ -70,6 +78,7 @@ impl Group {
             data.to_vec(),
             rejoins.clone(),
             owner.clone(),
+            state_tx,
         ));
         Ok(Membership {
             client: self.client.clone(),
@@ -77,6 +86,7 @@ impl Group {
             task,
             rejoins,
             owner,
+            state,
             left: false,
         })
     }
@@ -131,7 +141,62 @@ async fn read_members(client: &Client, path: &Path, ids: Vec<String>) -> Result<
     Ok(found.into_iter().flatten().collect())
 }
 
-/// Re-joins on each new session after the current one ends, until the membership is dropped.
+/// The first pause between two re-join attempts; it doubles after each failure.
+const REJOIN_FIRST_PAUSE: Duration = Duration::from_millis(50);
+/// The longest pause between two re-join attempts.
+const REJOIN_MAX_PAUSE: Duration = Duration::from_secs(2);
+
+/// The state of a [`Membership`].
+///
+/// A membership starts [`Joined`](MembershipState::Joined). When its session ends it is
+/// [`Rejoining`](MembershipState::Rejoining) until it is in the group again on a new session
+/// (back to `Joined`), retrying what may succeed later (a lost connection, a timeout, a session
+/// that ended again) for as long as it takes. A failure that retrying cannot fix (the server
+/// refused the credentials, the group's parent cannot hold the node, another live member took
+/// the id) makes it [`Failed`](MembershipState::Failed): final, the member is not in the group
+/// and the membership stops following. Join again once the cause is fixed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MembershipState {
+    /// The member joined on its current session, and that session has not ended. (The
+    /// membership follows the session, not the node: a node deleted by somebody else is not
+    /// noticed.)
+    Joined,
+    /// The session ended; joining again on a new one.
+    Rejoining,
+    /// Final: a re-join failed with this error, and the membership stopped following.
+    Failed(Error),
+}
+
+impl MembershipState {
+    /// Whether the state is final ([`MembershipState::Failed`]).
+    pub fn is_final(&self) -> bool {
+        matches!(self, MembershipState::Failed(_))
+    }
+}
+
+/// Why a re-join attempt failed.
+enum Failure {
+    /// Trying again later may succeed.
+    Retry(Error),
+    /// Retrying cannot fix it.
+    Fatal(Error),
+}
+
+impl Failure {
+    /// Classifies an error of a re-join step. A session that is gone is retried: the next
+    /// attempt takes a new one.
+    fn of(e: Error) -> Failure {
+        if e.is_retryable() || e.is_session_gone() {
+            Failure::Retry(e)
+        } else {
+            Failure::Fatal(e)
+        }
+    }
+}
+
+/// Re-joins on each new session after the current one ends, until the membership is dropped
+/// or a re-join fails for good (reported as [`MembershipState::Failed`]).
 async fn follow(
     client: Client,
     mut session: Arc<dyn Session>,
@@ -139,43 +204,93 @@ async fn follow(
     data: Vec<u8>,
     rejoins: Arc<AtomicU64>,
     owner: Arc<Mutex<SessionId>>,
+    state: watch::Sender<MembershipState>,
 ) {
-    let mut backoff = Duration::from_millis(50);
     loop {
-        // Wait for the session to end.
-        let mut states = session.states();
-        while let Some(s) = states.next().await {
-            if s.is_final() {
-                break;
+        wait_for_end(&*session).await;
+        state.send_replace(MembershipState::Rejoining);
+        let previous = session.id().clone();
+        match rejoin(&client, &node, &data, &previous).await {
+            Ok(s) => {
+                *owner.lock().unwrap_or_else(|p| p.into_inner()) = s.id().clone();
+                session = s;
+                rejoins.fetch_add(1, Ordering::Relaxed);
+                state.send_replace(MembershipState::Joined);
+            }
+            Err(e) => {
+                tracing::error!(%node, error = %e, "re-join failed for good: not in the group");
+                state.send_replace(MembershipState::Failed(e));
+                return;
             }
         }
-        // Join again on a fresh session; retry transient failures with a bounded back-off.
-        loop {
-            let attempt = async {
-                let s = client.session().await?;
-                create_parents(&**client.backend(), node.parent().as_ref().unwrap_or(&node))
-                    .await?;
-                match s.create(&node, &data, CreateMode::Exact).await {
-                    Ok(_) => Ok(s),
-                    Err(e) => Err(e),
-                }
-            };
-            match attempt.await {
-                Ok(s) => {
-                    *owner.lock().unwrap_or_else(|p| p.into_inner()) = s.id().clone();
-                    session = s;
-                    rejoins.fetch_add(1, Ordering::Relaxed);
-                    backoff = Duration::from_millis(50);
-                    break;
-                }
-                Err(e) => {
-                    // AlreadyExists: the old session's node may not be cleaned up yet.
-                    tracing::debug!(%node, error = %e, "re-join failed, retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                }
+    }
+}
+
+/// Waits until `session` reaches a final state (or its state stream ends).
+async fn wait_for_end(session: &dyn Session) {
+    let mut states = session.states();
+    while let Some(s) = states.next().await {
+        if s.is_final() {
+            break;
+        }
+    }
+}
+
+/// Joins again on a fresh session, retrying what may succeed later with a bounded exponential
+/// back-off (each retry logged as a warning). `Err`: a failure that retrying cannot fix.
+async fn rejoin(
+    client: &Client,
+    node: &Path,
+    data: &[u8],
+    previous: &SessionId,
+) -> Result<Arc<dyn Session>> {
+    let mut pause = REJOIN_FIRST_PAUSE;
+    loop {
+        match rejoin_once(client, node, data, previous).await {
+            Ok(s) => return Ok(s),
+            Err(Failure::Fatal(e)) => return Err(e),
+            Err(Failure::Retry(e)) => {
+                tracing::warn!(%node, error = %e, retry_in = ?pause, "re-join failed, retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(REJOIN_MAX_PAUSE);
             }
         }
+    }
+}
+
+/// One re-join attempt: a session (the current one, or a new one if it ended), the parents,
+/// the node.
+async fn rejoin_once(
+    client: &Client,
+    node: &Path,
+    data: &[u8],
+    previous: &SessionId,
+) -> std::result::Result<Arc<dyn Session>, Failure> {
+    let s = client.session().await.map_err(Failure::of)?;
+    if let Some(parent) = node.parent() {
+        create_parents(&**client.backend(), &parent)
+            .await
+            .map_err(Failure::of)?;
+    }
+    match s.create(node, data, CreateMode::Exact).await {
+        Ok(_) => Ok(s),
+        Err(e @ Error::AlreadyExists { .. }) => {
+            // Whose node is it? The ended session's (not cleaned up yet) or one gone meanwhile:
+            // try again. Ours (an answer lost on the way): joined. Anybody else's: the id is
+            // taken, and waiting for it would be waiting in silence.
+            let owner = client
+                .exists(node)
+                .await
+                .map_err(Failure::of)?
+                .map(|st| st.ephemeral_owner);
+            match owner {
+                None => Err(Failure::Retry(e)),
+                Some(Some(id)) if &id == s.id() => Ok(s),
+                Some(Some(id)) if &id == previous => Err(Failure::Retry(e)),
+                Some(_) => Err(Failure::Fatal(e)),
+            }
+        }
+        Err(e) => Err(Failure::of(e)),
     }
 }
 
@@ -188,6 +303,7 @@ pub struct Membership {
     /// The session that owns the node now: we only ever delete our own node, never one
     /// another member made under the same id after our session ended.
     owner: Arc<Mutex<SessionId>>,
+    state: watch::Receiver<MembershipState>,
     left: bool,
 }
 
@@ -209,6 +325,7 @@ impl std::fmt::Debug for Membership {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Membership")
             .field("node", &self.node)
+            .field("state", &*self.state.borrow())
             .finish()
     }
 }
@@ -222,6 +339,55 @@ impl Membership {
     /// How many times the membership joined again on a new session.
     pub fn rejoins(&self) -> u64 {
         self.rejoins.load(Ordering::Relaxed)
+    }
+
+    /// The state now (see [`MembershipState`]).
+    pub fn state(&self) -> MembershipState {
+        self.state.borrow().clone()
+    }
+
+    /// The state after each change, starting with the current one; ends after
+    /// [`MembershipState::Failed`]. Quick successive changes may be merged, but the last
+    /// item is always the current state.
+    pub fn states(&self) -> impl Stream<Item = MembershipState> + Send {
+        futures::stream::unfold(
+            (self.state.clone(), false, true),
+            |(mut rx, done, first)| async move {
+                if done || (!first && rx.changed().await.is_err()) {
+                    return None;
+                }
+                let s = rx.borrow_and_update().clone();
+                let done = s.is_final();
+                Some((s, (rx, done, false)))
+            },
+        )
+    }
+
+    /// Resolves with the error when the membership fails for good
+    /// ([`MembershipState::Failed`]): the member is no longer in the group and will not join
+    /// again by itself. Pending for as long as the membership follows its sessions.
+    pub async fn failed(&self) -> Error {
+        let mut rx = self.state.clone();
+        let failed = match rx.wait_for(MembershipState::is_final).await {
+            Ok(s) => match &*s {
+                MembershipState::Failed(e) => Some(e.clone()),
+                _ => None,
+            },
+            Err(_) => None,
+        };
+        match failed {
+            Some(e) => e,
+            // The follower ended without a verdict (it panicked): the membership is not
+            // followed any more, which is a failure too.
+            None => Error::backend(
+                self.client.capabilities().backend,
+                format!(
+                    "the membership of {} stopped following its session",
+                    self.node
+                ),
+                false,
+            ),
+        }
     }
 
     /// Leaves the group now.

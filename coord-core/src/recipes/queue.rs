@@ -19,7 +19,8 @@ use tokio::sync::watch;
 use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::kernel::{
-    create_parents, Backend, CreateMode, KeyEvent, Session, SessionState, SessionStates,
+    create_parents, Backend, CreateMode, Created, KeyEvent, KeyWatch, Session, SessionState,
+    SessionStates,
 };
 use crate::path::{parse_sequence, Path};
 
@@ -211,6 +212,8 @@ pub(crate) async fn acquire(
     crate::adapter::check_value(backend.capabilities(), value)?;
     create_parents(&*backend, dir).await?;
     let marker = format!("c-{}-", nonce());
+    // Armed until we hold the role or our node is removed: every other exit path (an error, a
+    // dropped future) removes the node in the background.
     let mut pending = Pending {
         backend: backend.clone(),
         session: session.clone(),
@@ -218,126 +221,231 @@ pub(crate) async fn acquire(
         marker: marker.clone(),
         armed: true,
     };
-    let prefix = dir.join(&marker)?;
+    let created = create_candidate(
+        client,
+        &*backend,
+        &mut session,
+        &mut pending,
+        dir,
+        &marker,
+        value,
+    )
+    .await?;
+    let me = created.path.name().to_owned();
+    let token = token_of(&*backend, &created)?;
+    let mut states = session.states();
+    let Some(ahead) = entries_ahead(&*backend, dir, &me).await? else {
+        return Err(own_node_gone(&*session, &mut states, &created.path).await);
+    };
+    if try_only && !ahead.is_empty() {
+        withdraw(&*backend, &created.path, &mut pending).await;
+        return Ok(Acquire::Busy);
+    }
+    let mut waiting = Waiting {
+        backend: &*backend,
+        session: &*session,
+        dir,
+        me: &me,
+        node: &created.path,
+        states,
+        ahead,
+        seen_gone: HashSet::new(),
+    };
+    waiting.until_first(instruments).await?;
+    pending.armed = false;
+    Ok(Acquire::Held(Held::start(
+        backend.clone(),
+        session.clone(),
+        dir.clone(),
+        created.path.clone(),
+        token,
+        policy,
+    )))
+}
+
+/// Creates our candidate node `<dir>/<marker><seq>` on `session`.
+///
+/// A session that had already ended when we took it (the server knew before the client did)
+/// created nothing: we start once more on a fresh session (`session` and `pending` follow it).
+/// A session that ends later, while we wait, fails the acquire as documented. After a
+/// retryable failure the create may have happened: we look for our node by its marker before
+/// giving up, and never retry blindly (that could leave a duplicate candidate).
+async fn create_candidate(
+    client: &Client,
+    backend: &dyn Backend,
+    session: &mut Arc<dyn Session>,
+    pending: &mut Pending,
+    dir: &Path,
+    marker: &str,
+    value: &[u8],
+) -> Result<Created> {
+    let prefix = dir.join(marker)?;
     let mut fresh_session_tried = false;
-    let created = loop {
+    loop {
         match session.create(&prefix, value, CreateMode::Sequential).await {
-            Ok(c) => break c,
-            // The session had already ended when we took it (the server knew before the
-            // client did): nothing was created. Start once more on a fresh session. A session
-            // that ends later, while we wait, fails the acquire as documented.
+            Ok(c) => return Ok(c),
             Err(e) if e.is_session_gone() && session.state().is_final() && !fresh_session_tried => {
                 fresh_session_tried = true;
-                session = client.session().await?;
+                *session = client.session().await?;
                 pending.session = session.clone();
             }
             Err(e) if e.is_retryable() => {
-                // The create may have happened: look for our node before giving up, never retry
-                // blindly (that could leave a duplicate candidate).
-                match entries(&*backend, dir)
-                    .await?
-                    .into_iter()
-                    .find(|en| en.name.starts_with(&marker))
-                {
-                    Some(en) => {
-                        break crate::kernel::Created {
-                            path: dir.join(&en.name)?,
-                            sequence: Some(en.seq),
-                            stat: backend.get(&dir.join(&en.name)?).await?.stat,
-                        }
-                    }
-                    None => return Err(e),
-                }
+                return match find_created(backend, dir, marker).await? {
+                    Some(c) => Ok(c),
+                    None => Err(e),
+                };
             }
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// Our node after a create whose answer was lost, found by its marker; `None` if the create
+/// did not happen.
+async fn find_created(backend: &dyn Backend, dir: &Path, marker: &str) -> Result<Option<Created>> {
+    let Some(en) = entries(backend, dir)
+        .await?
+        .into_iter()
+        .find(|en| en.name.starts_with(marker))
+    else {
+        return Ok(None);
     };
-    let me = created.path.name().to_owned();
-    let token = created
+    Ok(Some(Created {
+        path: dir.join(&en.name)?,
+        sequence: Some(en.seq),
+        stat: backend.get(&dir.join(&en.name)?).await?.stat,
+    }))
+}
+
+/// The fencing token of our node: its sequence number.
+fn token_of(backend: &dyn Backend, created: &Created) -> Result<u64> {
+    let me = created.path.name();
+    created
         .sequence
-        .or_else(|| parse_sequence(&me).map(|(_, n)| n))
+        .or_else(|| parse_sequence(me).map(|(_, n)| n))
         .ok_or_else(|| {
             Error::backend(
                 backend.capabilities().backend,
                 format!("sequential create returned {me} without a sequence"),
                 false,
             )
-        })?;
-    let mut states = session.states();
-    let Some(ahead) = entries_ahead(&*backend, dir, &me).await? else {
-        return Err(own_node_gone(&*session, &mut states, &created.path).await);
-    };
-    if try_only && !ahead.is_empty() {
-        match backend.delete(&created.path, None).await {
-            Ok(()) | Err(Error::NotFound { .. }) => pending.armed = false,
-            // Dropping `pending` retries in the background.
-            Err(e) => tracing::debug!(error = %e, "try-acquire cleanup deferred"),
-        }
-        return Ok(Acquire::Busy);
+        })
+}
+
+/// A try-acquire found candidates ahead: removes our node now, or leaves it to `pending`
+/// (which retries in the background when dropped) if that fails.
+async fn withdraw(backend: &dyn Backend, node: &Path, pending: &mut Pending) {
+    match backend.delete(node, None).await {
+        Ok(()) | Err(Error::NotFound { .. }) => pending.armed = false,
+        // Dropping `pending` retries in the background.
+        Err(e) => tracing::debug!(error = %e, "try-acquire cleanup deferred"),
     }
-    // The candidates ahead of us, in order. Every later candidate gets a larger number, so this
-    // set only shrinks, and a name once gone never comes back. When the one we watch goes, the
-    // rest are checked at once (one round trip, however many went while we watched only our
-    // neighbour) instead of listing every candidate again: O(1) per wake-up, not
-    // O(candidates). With many left, one listing is cheaper; it drops the names already seen
-    // gone, so that a listing and a read that disagree cannot make us spin. (Adapters never
-    // answer from a state older than one they answered from before: coord-zk syncs a
-    // replacement connection before it serves reads.)
-    let mut ahead = ahead;
-    let mut seen_gone: HashSet<String> = HashSet::new();
-    // Set when the watched candidate went: the rest ahead need checking.
-    let mut went = false;
-    loop {
-        if std::mem::take(&mut went) && !ahead.is_empty() {
-            if ahead.len() > WALK_MAX {
-                let Some(listed) = entries_ahead(&*backend, dir, &me).await? else {
-                    return Err(own_node_gone(&*session, &mut states, &created.path).await);
-                };
-                ahead = listed;
-                ahead.retain(|e| !seen_gone.contains(&e.name));
-            } else {
-                let paths = ahead
-                    .iter()
-                    .map(|e| dir.join(&e.name))
-                    .collect::<Result<Vec<Path>>>()?;
-                let present =
-                    futures::future::try_join_all(paths.iter().map(|p| backend.exists(p))).await?;
-                let mut rest = Vec::with_capacity(ahead.len());
-                for (e, st) in ahead.drain(..).zip(present) {
-                    if st.is_some() {
-                        rest.push(e);
-                    } else {
-                        seen_gone.insert(e.name);
-                    }
+}
+
+/// A candidate waiting for its turn: our node and the candidates ahead of it, in order.
+///
+/// Every later candidate gets a larger number, so `ahead` only shrinks, and a name once gone
+/// never comes back. When the one we watch goes, the rest are checked at once (one round trip,
+/// however many went while we watched only our neighbour) instead of listing every candidate
+/// again: O(1) per wake-up, not O(candidates). With many left, one listing is cheaper; it
+/// drops the names already seen gone, so that a listing and a read that disagree cannot make
+/// us spin. (Adapters never answer from a state older than one they answered from before:
+/// coord-zk syncs a replacement connection before it serves reads.)
+struct Waiting<'a> {
+    backend: &'a dyn Backend,
+    session: &'a dyn Session,
+    dir: &'a Path,
+    /// Our node's name.
+    me: &'a str,
+    /// Our node.
+    node: &'a Path,
+    states: SessionStates,
+    ahead: Vec<Entry>,
+    seen_gone: HashSet<String>,
+}
+
+/// How the wait for a watched predecessor ended.
+enum Watched {
+    /// It is gone: the rest ahead need checking.
+    Went,
+    /// The watch ended without telling: look again.
+    Ended,
+}
+
+impl Waiting<'_> {
+    /// Waits until nobody is ahead and our node is still there. Errors: our session ended,
+    /// our node went, a watch failed, or a read failed.
+    async fn until_first(&mut self, instruments: &Instruments) -> Result<()> {
+        // Set when the watched candidate went: the rest ahead need checking.
+        let mut went = false;
+        loop {
+            if std::mem::take(&mut went) && !self.ahead.is_empty() {
+                self.recheck_ahead().await?;
+            }
+            let Some(pred) = self.ahead.last() else {
+                // Nobody ahead: one read confirms our own node is still there.
+                if self.backend.exists(self.node).await?.is_none() {
+                    return Err(self.own_node_gone().await);
                 }
-                ahead = rest;
+                return Ok(());
+            };
+            let pred_name = pred.name.clone();
+            let pred = self.dir.join(&pred_name)?;
+            let (current, mut events) = self.backend.watch(&pred).await?;
+            if current.is_none() {
+                self.predecessor_gone(pred_name);
+                went = true;
+                continue;
+            }
+            if let Watched::Went = self.await_predecessor(&mut events, instruments).await? {
+                self.predecessor_gone(pred_name);
+                went = true;
             }
         }
-        let Some(pred) = ahead.last() else {
-            // Nobody ahead: one read confirms our own node is still there.
-            if backend.exists(&created.path).await?.is_none() {
-                return Err(own_node_gone(&*session, &mut states, &created.path).await);
-            }
-            pending.armed = false;
-            return Ok(Acquire::Held(Held::start(
-                backend.clone(),
-                session.clone(),
-                dir.clone(),
-                created.path.clone(),
-                token,
-                policy,
-            )));
-        };
-        let pred_name = pred.name.clone();
-        let pred = dir.join(&pred_name)?;
-        let (current, mut events) = backend.watch(&pred).await?;
-        if current.is_none() {
-            ahead.pop();
-            seen_gone.insert(pred_name);
-            went = true;
-            continue;
+    }
+
+    /// Our watched predecessor (the last one ahead) is gone for good.
+    fn predecessor_gone(&mut self, name: String) {
+        self.ahead.pop();
+        self.seen_gone.insert(name);
+    }
+
+    /// Checks which candidates ahead are still there: one listing if many are left,
+    /// concurrent reads otherwise.
+    async fn recheck_ahead(&mut self) -> Result<()> {
+        if self.ahead.len() > WALK_MAX {
+            let Some(mut listed) = entries_ahead(self.backend, self.dir, self.me).await? else {
+                return Err(self.own_node_gone().await);
+            };
+            listed.retain(|e| !self.seen_gone.contains(&e.name));
+            self.ahead = listed;
+            return Ok(());
         }
-        // Wait for the predecessor to go, or for our session to end.
+        let paths = self
+            .ahead
+            .iter()
+            .map(|e| self.dir.join(&e.name))
+            .collect::<Result<Vec<Path>>>()?;
+        let present =
+            futures::future::try_join_all(paths.iter().map(|p| self.backend.exists(p))).await?;
+        let mut rest = Vec::with_capacity(self.ahead.len());
+        for (e, st) in self.ahead.drain(..).zip(present) {
+            if st.is_some() {
+                rest.push(e);
+            } else {
+                self.seen_gone.insert(e.name);
+            }
+        }
+        self.ahead = rest;
+        Ok(())
+    }
+
+    /// Waits for the watched predecessor to go, or for our session to end (an error).
+    async fn await_predecessor(
+        &mut self,
+        events: &mut KeyWatch,
+        instruments: &Instruments,
+    ) -> Result<Watched> {
         loop {
             tokio::select! {
                 ev = events.next() => {
@@ -345,26 +453,27 @@ pub(crate) async fn acquire(
                     match ev {
                         // Gone for good: sequence numbers are never reused.
                         Some(Ok(KeyEvent::Deleted)) | Some(Ok(KeyEvent::Resync(None))) => {
-                            ahead.pop();
-                            seen_gone.insert(pred_name);
-                            went = true;
-                            break;
+                            return Ok(Watched::Went);
                         }
-                        // The watch ended without telling: look again.
-                        None => break,
+                        None => return Ok(Watched::Ended),
                         Some(Ok(_)) => continue,
                         Some(Err(e)) => return Err(e),
                     }
                 }
-                st = states.next() => {
+                st = self.states.next() => {
                     match st {
-                        Some(s) if s.is_final() => return Err(gone(&*session, s)),
+                        Some(s) if s.is_final() => return Err(gone(self.session, s)),
                         Some(_) => continue,
-                        None => return Err(gone(&*session, session.state())),
+                        None => return Err(gone(self.session, self.session.state())),
                     }
                 }
             }
         }
+    }
+
+    /// The error for our node missing (see [`own_node_gone`]).
+    async fn own_node_gone(&mut self) -> Error {
+        own_node_gone(self.session, &mut self.states, self.node).await
     }
 }
 

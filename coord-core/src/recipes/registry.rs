@@ -8,7 +8,8 @@
 //!
 //! `metadata` is optional (an empty map when absent); unknown fields are ignored so that
 //! newer writers stay readable. A [`Registration`] re-registers on the client's next session
-//! after an expiry.
+//! after an expiry; if that fails for good, [`Registration::state`] says so (see
+//! [`MembershipState::Failed`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use tokio::sync::watch;
 use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::path::Path;
-use crate::recipes::group::{Group, Member, Membership};
+use crate::recipes::group::{Group, Member, Membership, MembershipState};
 
 /// One instance of a service.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -188,6 +189,24 @@ impl Registration {
     /// The instance's node.
     pub fn node(&self) -> &Path {
         self.membership.node()
+    }
+
+    /// The registration's state now: registered, registering again after a session expiry,
+    /// or failed for good (see [`MembershipState`]).
+    pub fn state(&self) -> MembershipState {
+        self.membership.state()
+    }
+
+    /// The state after each change, starting with the current one; ends after
+    /// [`MembershipState::Failed`].
+    pub fn states(&self) -> impl Stream<Item = MembershipState> + Send {
+        self.membership.states()
+    }
+
+    /// Resolves with the error when registering again after a session expiry failed for
+    /// good: the instance is no longer discoverable (see [`Membership::failed`]).
+    pub async fn failed(&self) -> Error {
+        self.membership.failed().await
     }
 }
 
