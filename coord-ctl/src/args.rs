@@ -11,6 +11,7 @@ Examples:
   coordctl --url consul://127.0.0.1:8500/myapp elect scheduler node-1
   COORD_URL=zk://127.0.0.1:2181/myapp coordctl lock nightly -- ./backup.sh
   coordctl --url mem:// shell        (mem:// lives inside one process: try it in the shell)
+  coordctl backends                  (the URL schemes compiled into this coordctl)
 
 Exit codes:
   0    success
@@ -156,6 +157,12 @@ pub(crate) enum Cmd {
         /// A service's name
         name: Option<String>,
     },
+    /// List the URL schemes this coordctl was built with (mem, zk, etcd, consul), one per line
+    #[command(
+        after_help = "Needs no --url. A scheme that is not listed was left out at build time \
+        (coord's cargo features zk, etcd, consul): a URL with it is a usage error (exit 2)."
+    )]
+    Backends,
     /// Read commands from standard input, one per line, on one connection (like zkCli).
     /// A line ending in `&` runs in the background; `wait` waits for those; `exit` leaves
     #[command(

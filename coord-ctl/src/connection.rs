@@ -1,13 +1,18 @@
-//! The backend: the URL, connecting and closing, and the per-request timeout.
+//! The backend: the URL, connecting and closing, the per-request timeout, and which URL
+//! schemes this binary was built with.
 
 use std::future::Future;
 use std::time::Duration;
 
 use coord::{Client, ConnectUrl, Error};
+use futures::FutureExt;
 
 use crate::args::Cli;
 use crate::context::Ctx;
 use crate::output::{Failure, USAGE};
+
+/// Every URL scheme coord knows (`zookeeper://` is an alias of `zk://`).
+const SCHEMES: [&str; 4] = ["mem", "zk", "etcd", "consul"];
 
 /// The settings of this run from the global flags (see [`check_timeout`]).
 pub(crate) fn settings(cli: &Cli) -> Ctx {
@@ -85,4 +90,25 @@ pub(crate) async fn timed<T>(
             }
         }
     }
+}
+
+/// The URL schemes compiled into this binary, in [`SCHEMES`] order.
+///
+/// coord has no list of them, and this crate's own cargo features do not tell: a workspace
+/// build unifies coord's features, compiling in backends that other crates asked for. So
+/// coord itself is asked (see [`compiled`]).
+pub(crate) fn compiled_backends() -> Vec<&'static str> {
+    SCHEMES.into_iter().filter(|s| compiled(s)).collect()
+}
+
+/// Whether coord has `scheme`'s backend: a URL with an option no backend knows fails while it
+/// is parsed, before any I/O, with `FeatureNotEnabled` if the backend was left out (coord's
+/// documented answer) and with an unknown-option error if it is there.
+fn compiled(scheme: &str) -> bool {
+    let probe = format!("{scheme}://coordctl-probe/?coordctl-probe=1");
+    // One poll: a future still pending has got past the feature check too (and is dropped).
+    !matches!(
+        coord::connect(&probe).now_or_never(),
+        Some(Err(Error::FeatureNotEnabled { .. }))
+    )
 }

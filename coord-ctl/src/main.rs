@@ -57,6 +57,10 @@ async fn real_main(cli: Cli) -> i32 {
 /// Connects to the URL's backend, runs the command on it, and closes the connection.
 async fn connect_and_run(ctx: &Ctx, cli: Cli) -> Outcome {
     connection::check_timeout(ctx)?;
+    if let Cmd::Backends = cli.command {
+        // Needs no backend: it says which ones a URL can name.
+        return commands::backends(ctx);
+    }
     let url = connection::url(&cli)?;
     let client = connection::connect(ctx, url).await?;
     if client.capabilities().backend == "mem" && !matches!(cli.command, Cmd::Shell { .. }) {

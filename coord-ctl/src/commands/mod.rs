@@ -10,10 +10,12 @@ mod write;
 use std::future::Future;
 
 use coord::Client;
+use serde_json::json;
 
 use crate::args::Cmd;
+use crate::connection;
 use crate::context::Ctx;
-use crate::output::{Failure, Outcome, USAGE};
+use crate::output::{emit, emit_json, Failure, Outcome, OK, USAGE};
 
 /// Runs one command (from the command line or a shell line) on `client`.
 pub(crate) async fn run(ctx: &Ctx, client: &Client, cmd: Cmd) -> Outcome {
@@ -61,8 +63,22 @@ pub(crate) async fn run(ctx: &Ctx, client: &Client, cmd: Cmd) -> Outcome {
         Cmd::Elect { election, value } => recipes::elect(ctx, client, election, value).await,
         Cmd::Lock { name, command } => lock::lock(ctx, client, name, command).await,
         Cmd::Services { name } => recipes::services(ctx, client, name).await,
+        Cmd::Backends => backends(ctx),
         Cmd::Shell { .. } => Err(Failure::new(USAGE, "already in the shell")),
     }
+}
+
+/// `backends`: the URL schemes compiled into this coordctl, one per line.
+pub(crate) fn backends(ctx: &Ctx) -> Outcome {
+    let list = connection::compiled_backends();
+    if ctx.json {
+        emit_json(&json!({ "backends": list }));
+    } else {
+        for scheme in list {
+            emit(scheme);
+        }
+    }
+    Ok(OK)
 }
 
 /// Resolves on Ctrl-C (never, if the signal cannot be listened to).
