@@ -79,13 +79,6 @@ pub use coord_etcd as etcd;
 #[cfg(feature = "consul")]
 pub use coord_consul as consul;
 
-// Not part of the API: coordctl (`create --parents`) still calls it to refuse an oversized
-// value before it writes the parents. It moves to the adapter-support module with
-// `check_ttl`, `check_not_root` and `session_states`; remove this once coordctl no longer
-// needs it.
-#[doc(hidden)]
-pub use coord_core::kernel::check_value;
-
 /// Connects to the backend named by `url` and returns a [`Client`] in the URL's namespace.
 ///
 /// `scheme://[user[:password]@]host:port[,host:port…][/namespace][?option=value&…]`;

@@ -127,7 +127,7 @@ impl Cx {
         Ok(match self.name {
             "zk" => format!("{}{}", ns.trim_end_matches('/'), p.as_str()).into_bytes(),
             // etcd and Consul share coord's flat-store layout.
-            "etcd" | "consul" => coord::adapter::flat::Layout::new(ns).node(p).into_bytes(),
+            "etcd" | "consul" => coord_etcd::Layout::new(ns).node(p).into_bytes(),
             other => return Err(format!("{other} has no server keys").into()),
         })
     }

@@ -3,14 +3,17 @@
 //! On `mem://` every process has its own empty store, so each test either checks one command
 //! on its own or runs several commands in one process through `coordctl shell`. The tests at
 //! the end need a shared backend (one process campaigns, another reads the leader, …): they
-//! run against every real backend compiled in (features `zk`, `etcd`, `consul`), on servers
-//! the test kit starts, and against `COORDCTL_TEST_URL` when it is set.
+//! run against every real backend compiled into the binary (as `coordctl backends` lists them),
+//! on servers the test kit starts, and against `COORDCTL_TEST_URL` when it is set.
+
+mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::built_with;
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_coordctl");
@@ -218,16 +221,42 @@ fn bad_urls_and_missing_backends_are_usage_errors() {
     assert!(one_line_error(&o).contains("unknown URL scheme"));
     let o = run(Some("mem://x?bogus=1"), &["ls", "/"]);
     assert_eq!(o.code, 2, "{}", o.stderr);
-    // The zk adapter is not compiled into coordctl by default (usage error naming the
-    // feature); where a workspace build enables it, nothing listens on port 1 (exit 5).
-    let o = run(Some("zk://127.0.0.1:1/x"), &["--timeout", "2", "ls", "/"]);
-    match o.code {
-        2 => assert!(one_line_error(&o).contains("built without the zk:// backend")),
-        5 => {
-            one_line_error(&o);
+    // A backend left out of the binary is a usage error naming the feature; one built in
+    // finds nothing listening on port 1 (exit 5).
+    for scheme in ["zk", "etcd", "consul"] {
+        let url = format!("{scheme}://127.0.0.1:1/x");
+        let o = run(Some(&url), &["--timeout", "2", "ls", "/"]);
+        let e = one_line_error(&o);
+        if built_with(scheme) {
+            assert_eq!(o.code, 5, "{url}: {e}");
+        } else {
+            assert_eq!(o.code, 2, "{url}: {e}");
+            assert!(
+                e.contains(&format!("built without the {scheme}:// backend")),
+                "{e}"
+            );
         }
-        c => panic!("exit {c}: {}", o.stderr),
     }
+}
+
+#[test]
+fn backends_lists_the_compiled_in_schemes_without_a_url() {
+    let o = run(None, &["backends"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let text: Vec<&str> = o.stdout.lines().collect();
+    assert!(text.contains(&"mem"), "{}", o.stdout);
+    for s in &text {
+        assert!(["mem", "zk", "etcd", "consul"].contains(s), "{s}");
+    }
+    let o = run(None, &["--json", "backends"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let v = &json_lines(&o.stdout)[0];
+    assert_eq!(v["backends"], serde_json::json!(text), "{}", o.stdout);
+    let o = shell(&[], "backends\n");
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(o.stdout.lines().collect::<Vec<_>>(), text);
+    let o = run(None, &["--help"]);
+    assert!(o.stdout.contains("coordctl backends"), "{}", o.stdout);
 }
 
 #[test]
@@ -634,7 +663,7 @@ fn shell_reports_bad_lines_and_goes_on() {
 
 // ---- across processes, on a shared backend (COORDCTL_TEST_URL) ------------------------------
 
-/// One URL per real backend compiled in (servers from the test kit, or the endpoints in
+/// One URL per real backend compiled into the binary (servers from the test kit, or the endpoints in
 /// `COORD_ZK_ENDPOINTS` & co.), plus `COORDCTL_TEST_URL` if set; each with a fresh namespace for
 /// `test`. A backend whose server cannot be started panics under `COORD_REQUIRE_BACKENDS=1`
 /// and is skipped loudly otherwise (the test kit prints the line).
@@ -645,21 +674,21 @@ fn shared_urls(test: &str) -> Vec<String> {
             bases.push(u);
         }
     }
-    #[cfg(feature = "zk")]
-    if let Some(ep) = coord_testkit::shared_endpoints(coord_testkit::Kind::ZooKeeper) {
-        bases.push(format!("zk://{ep}?session_timeout=2s"));
-    }
-    #[cfg(feature = "etcd")]
-    if let Some(ep) = coord_testkit::shared_endpoints(coord_testkit::Kind::Etcd) {
-        bases.push(format!("etcd://{ep}?session_ttl=2s"));
-    }
-    #[cfg(feature = "consul")]
-    if let Some(ep) = coord_testkit::shared_endpoints(coord_testkit::Kind::Consul) {
-        bases.push(format!("consul://{ep}?session_ttl=2s"));
+    for (scheme, kind, session) in [
+        ("zk", coord_testkit::Kind::ZooKeeper, "session_timeout"),
+        ("etcd", coord_testkit::Kind::Etcd, "session_ttl"),
+        ("consul", coord_testkit::Kind::Consul, "session_ttl"),
+    ] {
+        if !built_with(scheme) {
+            continue;
+        }
+        if let Some(ep) = coord_testkit::shared_endpoints(kind) {
+            bases.push(format!("{scheme}://{ep}?{session}=2s"));
+        }
     }
     if bases.is_empty() {
         eprintln!(
-            "!!! {test}: no real backend compiled into coordctl (features zk, etcd, consul) and \
+            "!!! {test}: no real backend compiled into coordctl (see `coordctl backends`) and \
              COORDCTL_TEST_URL unset: the cross-process tests have nothing to run against"
         );
     }

@@ -7,8 +7,12 @@
 //! error, 1 for a refusal by the server, 5 for an unreachable server), one `error:` line on
 //! stderr, no panic, no secret, and nothing written: the namespace's `tree` is the same before
 //! and after. Run on mem:// (where "nothing written" is vacuous: a store per process) and on
-//! every real backend compiled in (features `zk`, `etcd`, `consul`, servers from the test kit).
+//! every real backend compiled into the binary (as `coordctl backends` lists them; servers from
+//! the test kit).
 
+mod common;
+
+use common::built_with;
 use coord_testkit::hostile;
 use std::ffi::OsString;
 use std::io::{Read, Write};
@@ -337,15 +341,26 @@ fn fresh(base: &str, test: &str) -> String {
     format!("{base}/coordctl-hostile-{test}-{nanos}")
 }
 
+/// Whether the binary has `scheme`'s backend; if not, says the test has nothing to run.
+fn testable(scheme: &str, test: &str) -> bool {
+    if built_with(scheme) {
+        return true;
+    }
+    eprintln!("{test}: coordctl was built without {scheme}:// (see `coordctl backends`): skipped");
+    false
+}
+
 #[test]
 fn hostile_input_mem() {
     // One store per process: "nothing written" is vacuous here, the codes and messages are not.
     hostile_table("mem://hostile", "mem", max_value("mem://hostile"));
 }
 
-#[cfg(feature = "zk")]
 #[test]
 fn hostile_input_zookeeper() {
+    if !testable("zk", "hostile_input_zookeeper") {
+        return;
+    }
     let Some(ep) = coord_testkit::shared_endpoints(coord_testkit::Kind::ZooKeeper) else {
         return;
     };
@@ -353,9 +368,11 @@ fn hostile_input_zookeeper() {
     hostile_table(&url, "zk", max_value(&url));
 }
 
-#[cfg(feature = "etcd")]
 #[test]
 fn hostile_input_etcd() {
+    if !testable("etcd", "hostile_input_etcd") {
+        return;
+    }
     let Some(ep) = coord_testkit::shared_endpoints(coord_testkit::Kind::Etcd) else {
         return;
     };
@@ -363,9 +380,11 @@ fn hostile_input_etcd() {
     hostile_table(&url, "etcd", max_value(&url));
 }
 
-#[cfg(feature = "consul")]
 #[test]
 fn hostile_input_consul() {
+    if !testable("consul", "hostile_input_consul") {
+        return;
+    }
     let Some(ep) = coord_testkit::shared_endpoints(coord_testkit::Kind::Consul) else {
         return;
     };
@@ -389,64 +408,67 @@ fn malformed_urls_are_usage_errors_without_secrets() {
     );
 }
 
-/// Wrong credentials: an unreachable server with a password in the URL (exit 5), and on
-/// ZooKeeper another identity writing under coord's nodes (refused: exit 1, nothing changed).
+/// Wrong credentials: an unreachable server with a password in the URL (exit 5; 2 for a
+/// backend the binary was built without), and on ZooKeeper another identity writing under
+/// coord's nodes (refused: exit 1, nothing changed).
 #[test]
 fn wrong_credentials() {
     let secret = "S3cr3t-cli-pw-62";
     let mut n = 0;
-    for (url, feature) in [
+    for (url, scheme) in [
         (format!("zk://alice:{secret}@127.0.0.1:1/ns"), "zk"),
         (format!("etcd://root:{secret}@127.0.0.1:1/ns"), "etcd"),
         (format!("consul://{secret}@127.0.0.1:1/ns"), "consul"),
         (format!("consul://127.0.0.1:1/ns?token={secret}"), "consul"),
     ] {
         let o = run(Some(&url), &os(&["--timeout", "3", "create", "/x", "v"]));
-        let compiled = match feature {
-            "zk" => cfg!(feature = "zk"),
-            "etcd" => cfg!(feature = "etcd"),
-            _ => cfg!(feature = "consul"),
-        };
-        let want = if compiled { 5 } else { 2 };
+        let want = if built_with(scheme) { 5 } else { 2 };
         assert_failure(&o, want, &url.replace(secret, "***"), &[secret]);
         n += 1;
     }
     println!("{n} unreachable servers with credentials: exit 5 (2 if not compiled in), no secret");
-    #[cfg(feature = "zk")]
-    {
-        let Some(ep) = coord_testkit::shared_endpoints(coord_testkit::Kind::ZooKeeper) else {
-            return;
-        };
-        let base = fresh("", "auth");
-        let owner = format!("zk://alice:{secret}@{ep}{base}");
-        let o = run(Some(&owner), &os(&["create", "/cfg", "v1"]));
-        assert_eq!(o.code, 0, "{}", o.stderr);
-        let before = run(Some(&owner), &os(&["--json", "tree", "/"]));
-        let wrong = "Wr0ng-cli-pw-63";
-        for url in [
-            format!("zk://alice:{wrong}@{ep}{base}"),
-            format!("zk://bob:{wrong}@{ep}{base}"),
-            format!("zk://{ep}{base}"),
-        ] {
-            for args in [
-                &["set", "/cfg", "evil"][..],
-                &["create", "/cfg/child", "x"],
-                &["rm", "/cfg"],
-            ] {
-                let o = run(Some(&url), &os(args));
-                let what = format!("{} {args:?}", url.replace(wrong, "***"));
-                assert_failure(&o, 1, &what, &[secret, wrong]);
-                assert!(o.stderr.contains("credentials"), "{what}: {}", o.stderr);
-            }
-        }
-        let after = run(Some(&owner), &os(&["--json", "tree", "/"]));
-        assert_eq!(
-            before.stdout, after.stdout,
-            "another identity changed something"
-        );
-        assert!(after.stdout.contains("v1"), "{}", after.stdout);
-        let o = run(Some(&owner), &os(&["rm", "/cfg"]));
-        assert_eq!(o.code, 0, "{}", o.stderr);
-        println!("zk: 3 wrong identities x 3 writes: exit 1 (\"check the credentials\"), nothing changed");
+    if testable("zk", "wrong_credentials (zk identities)") {
+        zk_other_identities_are_refused(secret);
     }
+}
+
+/// On ZooKeeper, nodes created with credentials cannot be changed by another identity (or by
+/// none): exit 1 with a hint about the credentials, and the tree is unchanged.
+fn zk_other_identities_are_refused(secret: &str) {
+    let Some(ep) = coord_testkit::shared_endpoints(coord_testkit::Kind::ZooKeeper) else {
+        return;
+    };
+    let base = fresh("", "auth");
+    let owner = format!("zk://alice:{secret}@{ep}{base}");
+    let o = run(Some(&owner), &os(&["create", "/cfg", "v1"]));
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let before = run(Some(&owner), &os(&["--json", "tree", "/"]));
+    let wrong = "Wr0ng-cli-pw-63";
+    for url in [
+        format!("zk://alice:{wrong}@{ep}{base}"),
+        format!("zk://bob:{wrong}@{ep}{base}"),
+        format!("zk://{ep}{base}"),
+    ] {
+        for args in [
+            &["set", "/cfg", "evil"][..],
+            &["create", "/cfg/child", "x"],
+            &["rm", "/cfg"],
+        ] {
+            let o = run(Some(&url), &os(args));
+            let what = format!("{} {args:?}", url.replace(wrong, "***"));
+            assert_failure(&o, 1, &what, &[secret, wrong]);
+            assert!(o.stderr.contains("credentials"), "{what}: {}", o.stderr);
+        }
+    }
+    let after = run(Some(&owner), &os(&["--json", "tree", "/"]));
+    assert_eq!(
+        before.stdout, after.stdout,
+        "another identity changed something"
+    );
+    assert!(after.stdout.contains("v1"), "{}", after.stdout);
+    let o = run(Some(&owner), &os(&["rm", "/cfg"]));
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    println!(
+        "zk: 3 wrong identities x 3 writes: exit 1 (\"check the credentials\"), nothing changed"
+    );
 }
