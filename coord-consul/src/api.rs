@@ -15,8 +15,7 @@ use reqwest::{Method, StatusCode, Url};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
-
-const BACKEND: &str = "consul";
+use crate::error::{backend_err, parse, refusal, status_error, transport_error, Refusal};
 
 /// One KV entry as Consul returns it.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -40,7 +39,9 @@ impl KvEntry {
             None => Ok(Vec::new()),
             Some(v) => base64::engine::general_purpose::STANDARD
                 .decode(v)
-                .map_err(|e| backend_err(format!("bad base64 value of {}: {e}", self.key), false)),
+                .map_err(|e| {
+                    backend_err(format!("bad base64 value of {}", self.key), false).with_source(e)
+                }),
         }
     }
 
@@ -166,71 +167,20 @@ struct SessionCreated {
     id: String,
 }
 
+/// What a session create found.
+pub(crate) enum SessionCreate {
+    /// Created, with this ID.
+    Created(String),
+    /// The servers do not know the check yet (see [`Refusal::MissingCheck`]).
+    CheckNotKnownYet,
+}
+
 /// What passing a TTL check found.
 pub(crate) enum Pass {
     /// The check was passed.
     Passed,
     /// The agent does not know the check (deregistered, or the agent lost its state).
     UnknownCheck,
-}
-
-pub(crate) fn backend_err(message: String, retryable: bool) -> Error {
-    Error::backend(BACKEND, message, retryable)
-}
-
-fn shorten(body: &[u8]) -> String {
-    let s = String::from_utf8_lossy(body);
-    let s = s.trim();
-    let mut out: String = s.chars().take(200).collect();
-    if out.len() < s.len() {
-        out.push('…');
-    }
-    out
-}
-
-/// Maps an HTTP status (that the caller did not handle itself) onto coord's errors.
-fn status_error(status: StatusCode, body: &[u8], what: &str) -> Error {
-    let msg = format!("{what}: HTTP {}: {}", status.as_u16(), shorten(body));
-    match status.as_u16() {
-        401 | 403 => Error::unauthorized(msg),
-        // The caller knows the sizes and rewrites this (see `Api::too_large`).
-        413 => Error::ValueTooLarge { size: 0, max: 0 },
-        408 | 429 | 502 | 503 | 504 => backend_err(msg, true),
-        500 => {
-            let lower = msg.to_ascii_lowercase();
-            let transient = [
-                "no cluster leader",
-                "leadership lost",
-                "timeout",
-                "timed out",
-                "rpc error",
-                "connection refused",
-                "eof",
-            ]
-            .iter()
-            .any(|p| lower.contains(p));
-            backend_err(msg, transient)
-        }
-        _ => backend_err(msg, false),
-    }
-}
-
-fn transport_error(e: reqwest::Error, what: &str, timeout: Duration) -> Error {
-    let e = e.without_url();
-    if e.is_timeout() {
-        Error::timeout(format!(
-            "{what}: no answer from the Consul agent within {timeout:?}"
-        ))
-    } else if e.is_decode() {
-        backend_err(format!("{what}: undecodable answer: {e}"), false)
-    } else {
-        Error::connection_lost(format!("{what}: {e}"))
-    }
-}
-
-fn parse<T: for<'de> Deserialize<'de>>(body: &[u8], what: &str) -> Result<T> {
-    serde_json::from_slice(body)
-        .map_err(|e| backend_err(format!("{what}: malformed JSON from Consul: {e}"), false))
 }
 
 /// An HTTP answer: status, `X-Consul-Index` (0 if absent) and body.
@@ -275,7 +225,7 @@ impl Api {
             .connect_timeout(cfg.timeout.min(Duration::from_secs(3)))
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
-            .map_err(|e| backend_err(format!("cannot build the HTTP client: {e}"), false))?;
+            .map_err(|e| backend_err("cannot build the HTTP client", false).with_source(e))?;
         Ok(Api {
             http,
             base: cfg.base_url()?,
@@ -295,7 +245,7 @@ impl Api {
         {
             let mut p = u
                 .path_segments_mut()
-                .map_err(|_| backend_err("the agent URL cannot carry a path".into(), false))?;
+                .map_err(|_| backend_err("the agent URL cannot carry a path", false))?;
             p.clear();
             p.extend(segments);
             if let Some(k) = key {
@@ -423,7 +373,7 @@ impl Api {
             )));
         }
         let body = serde_json::to_vec(ops)
-            .map_err(|e| backend_err(format!("cannot encode a transaction: {e}"), false))?;
+            .map_err(|e| backend_err("cannot encode a transaction", false).with_source(e))?;
         let u = self.url(&["v1", "txn"], None)?;
         let a = self
             .send(Method::PUT, u, Some(body), self.timeout, "transaction")
@@ -449,7 +399,7 @@ impl Api {
                     .collect();
                 if errors.is_empty() {
                     return Err(backend_err(
-                        "transaction rolled back without a reason".into(),
+                        "transaction rolled back without a reason",
                         true,
                     ));
                 }
@@ -513,12 +463,7 @@ impl Api {
         if a.status.is_success() {
             return Ok(Pass::Passed);
         }
-        let text = String::from_utf8_lossy(&a.body).to_ascii_lowercase();
-        if a.status == StatusCode::NOT_FOUND
-            || (a.status == StatusCode::INTERNAL_SERVER_ERROR
-                && (text.contains("does not have associated ttl")
-                    || text.contains("unknown check")))
-        {
+        if refusal(a.status, &a.body) == Some(Refusal::UnknownCheck) {
             return Ok(Pass::UnknownCheck);
         }
         Err(status_error(a.status, &a.body, "check pass"))
@@ -526,7 +471,7 @@ impl Api {
 
     /// Creates a session bound to `serfHealth` and the check, deleting its locks when it
     /// ends, with no lock delay and no TTL of its own (the check is its liveness).
-    pub(crate) async fn create_session(&self, check: &str) -> Result<String> {
+    pub(crate) async fn create_session(&self, check: &str) -> Result<SessionCreate> {
         let body = serde_json::json!({
             "Name": "coord",
             "Checks": ["serfHealth", check],
@@ -543,17 +488,17 @@ impl Api {
                 "session create",
             )
             .await?;
+        if refusal(a.status, &a.body) == Some(Refusal::MissingCheck) {
+            return Ok(SessionCreate::CheckNotKnownYet);
+        }
         if !a.status.is_success() {
             return Err(status_error(a.status, &a.body, "session create"));
         }
         let c: SessionCreated = parse(&a.body, "session create")?;
         if c.id.is_empty() || c.id.contains('/') {
-            return Err(backend_err(
-                "session create returned no usable ID".into(),
-                false,
-            ));
+            return Err(backend_err("session create returned no usable ID", false));
         }
-        Ok(c.id)
+        Ok(SessionCreate::Created(c.id))
     }
 
     /// Destroys a session (its locked keys are deleted: `Behavior=delete`).
@@ -649,22 +594,12 @@ fn tls_setup(b: reqwest::ClientBuilder, cfg: &Config) -> Result<reqwest::ClientB
     Ok(b)
 }
 
-/// Rewrites a size-less `ValueTooLarge` (from HTTP 413) with the real sizes.
-pub(crate) fn too_large(e: Error, size: usize, max: usize) -> Error {
-    match e {
-        Error::ValueTooLarge { .. } => Error::ValueTooLarge { size, max },
-        e => e,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn malformed_answers_are_backend_errors() {
-        let r: Result<Vec<KvEntry>> = parse(b"{not json", "x");
-        assert!(matches!(r, Err(Error::Backend { .. })));
+    fn malformed_values_are_backend_errors() {
         let e = KvEntry {
             key: "k".into(),
             value: Some("!!!".into()),
@@ -673,22 +608,5 @@ mod tests {
             modify_index: 1,
         };
         assert!(matches!(e.bytes(), Err(Error::Backend { .. })));
-    }
-
-    #[test]
-    fn statuses_map() {
-        assert!(matches!(
-            status_error(StatusCode::FORBIDDEN, b"ACL not found", "x"),
-            Error::Unauthorized { .. }
-        ));
-        assert!(
-            status_error(StatusCode::INTERNAL_SERVER_ERROR, b"No cluster leader", "x")
-                .is_retryable()
-        );
-        assert!(!status_error(StatusCode::BAD_REQUEST, b"bad", "x").is_retryable());
-        assert!(matches!(
-            too_large(status_error(StatusCode::PAYLOAD_TOO_LARGE, b"", "x"), 10, 5),
-            Error::ValueTooLarge { size: 10, max: 5 }
-        ));
     }
 }
