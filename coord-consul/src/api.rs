@@ -190,6 +190,17 @@ struct Answer {
     body: Vec<u8>,
 }
 
+impl Answer {
+    /// The answer if its status is a success (or `also`), else its error.
+    fn ok(self, also: Option<StatusCode>, what: &str) -> Result<Answer> {
+        if self.status.is_success() || Some(self.status) == also {
+            Ok(self)
+        } else {
+            Err(status_error(self.status, &self.body, what))
+        }
+    }
+}
+
 /// The typed Consul client shared by a backend, its sessions and its watches.
 #[derive(Clone)]
 pub(crate) struct Api {
@@ -255,21 +266,17 @@ impl Api {
         Ok(u)
     }
 
-    fn blocking(u: &mut Url, block: Option<(u64, Duration)>) {
+    /// A `GET`, optionally as a blocking query from an index for up to a wait, bounded on
+    /// the client by the wait, Consul's wait/16 of jitter and the request timeout.
+    async fn get(&self, mut u: Url, block: Option<(u64, Duration)>, what: &str) -> Result<Answer> {
+        let mut bound = self.timeout;
         if let Some((index, wait)) = block {
             u.query_pairs_mut()
                 .append_pair("index", &index.to_string())
                 .append_pair("wait", &format!("{}ms", wait.as_millis()));
+            bound += wait + wait / 16;
         }
-    }
-
-    /// The client-side bound of a request that may block for `wait` on the server (Consul
-    /// adds up to wait/16 of jitter).
-    fn bound(&self, block: Option<(u64, Duration)>) -> Duration {
-        match block {
-            None => self.timeout,
-            Some((_, wait)) => wait + wait / 16 + self.timeout,
-        }
+        self.send(Method::GET, u, None, bound, what).await
     }
 
     async fn send(
@@ -307,6 +314,19 @@ impl Api {
         })
     }
 
+    /// A `PUT` to an agent or session endpoint with an optional JSON body.
+    async fn put(
+        &self,
+        segments: &[&str],
+        body: Option<serde_json::Value>,
+        timeout: Duration,
+        what: &str,
+    ) -> Result<Answer> {
+        let u = self.url(segments, None)?;
+        let body = body.map(|b| b.to_string().into_bytes());
+        self.send(Method::PUT, u, body, timeout, what).await
+    }
+
     /// Reads one key (`None` if absent), optionally as a blocking query from `index`.
     /// Returns the entry and the `X-Consul-Index`.
     pub(crate) async fn kv_get(
@@ -314,11 +334,8 @@ impl Api {
         key: &str,
         block: Option<(u64, Duration)>,
     ) -> Result<(Option<KvEntry>, u64)> {
-        let mut u = self.url(&["v1", "kv"], Some(key))?;
-        Api::blocking(&mut u, block);
-        let a = self
-            .send(Method::GET, u, None, self.bound(block), "KV read")
-            .await?;
+        let u = self.url(&["v1", "kv"], Some(key))?;
+        let a = self.get(u, block, "KV read").await?;
         match a.status {
             StatusCode::OK => {
                 let entries: Vec<KvEntry> = parse(&a.body, "KV read")?;
@@ -341,10 +358,7 @@ impl Api {
         u.query_pairs_mut()
             .append_key_only("keys")
             .append_pair("separator", "/");
-        Api::blocking(&mut u, block);
-        let a = self
-            .send(Method::GET, u, None, self.bound(block), "KV list")
-            .await?;
+        let a = self.get(u, block, "KV list").await?;
         match a.status {
             StatusCode::OK => {
                 let keys: Vec<String> = parse(&a.body, "KV list")?;
@@ -424,49 +438,34 @@ impl Api {
                 "DeregisterCriticalServiceAfter": "1m",
             },
         });
-        let u = self.url(&["v1", "agent", "service", "register"], None)?;
-        let a = self
-            .send(
-                Method::PUT,
-                u,
-                Some(body.to_string().into_bytes()),
-                self.timeout,
-                "check registration",
-            )
-            .await?;
-        if a.status.is_success() {
-            Ok(())
-        } else {
-            Err(status_error(a.status, &a.body, "check registration"))
-        }
+        let what = "check registration";
+        let seg = ["v1", "agent", "service", "register"];
+        self.put(&seg, Some(body), self.timeout, what)
+            .await?
+            .ok(None, what)?;
+        Ok(())
     }
 
     /// Deregisters the per-session service and its check.
     pub(crate) async fn deregister_check(&self, id: &str) -> Result<()> {
-        let u = self.url(&["v1", "agent", "service", "deregister", id], None)?;
-        let a = self
-            .send(Method::PUT, u, None, self.timeout, "check deregistration")
-            .await?;
-        if a.status.is_success() || a.status == StatusCode::NOT_FOUND {
-            Ok(())
-        } else {
-            Err(status_error(a.status, &a.body, "check deregistration"))
-        }
+        let what = "check deregistration";
+        let seg = ["v1", "agent", "service", "deregister", id];
+        let a = self.put(&seg, None, self.timeout, what).await?;
+        a.ok(Some(StatusCode::NOT_FOUND), what)?;
+        Ok(())
     }
 
     /// Passes the TTL check `id`, bounded by `timeout`.
     pub(crate) async fn pass_check(&self, id: &str, timeout: Duration) -> Result<Pass> {
-        let u = self.url(&["v1", "agent", "check", "pass", id], None)?;
+        let what = "check pass";
         let a = self
-            .send(Method::PUT, u, None, timeout, "check pass")
+            .put(&["v1", "agent", "check", "pass", id], None, timeout, what)
             .await?;
-        if a.status.is_success() {
-            return Ok(Pass::Passed);
-        }
         if refusal(a.status, &a.body) == Some(Refusal::UnknownCheck) {
             return Ok(Pass::UnknownCheck);
         }
-        Err(status_error(a.status, &a.body, "check pass"))
+        a.ok(None, what)?;
+        Ok(Pass::Passed)
     }
 
     /// Creates a session bound to `serfHealth` and the check, deleting its locks when it
@@ -478,23 +477,13 @@ impl Api {
             "Behavior": "delete",
             "LockDelay": "0s",
         });
-        let u = self.url(&["v1", "session", "create"], None)?;
-        let a = self
-            .send(
-                Method::PUT,
-                u,
-                Some(body.to_string().into_bytes()),
-                self.timeout,
-                "session create",
-            )
-            .await?;
+        let what = "session create";
+        let seg = ["v1", "session", "create"];
+        let a = self.put(&seg, Some(body), self.timeout, what).await?;
         if refusal(a.status, &a.body) == Some(Refusal::MissingCheck) {
             return Ok(SessionCreate::CheckNotKnownYet);
         }
-        if !a.status.is_success() {
-            return Err(status_error(a.status, &a.body, "session create"));
-        }
-        let c: SessionCreated = parse(&a.body, "session create")?;
+        let c: SessionCreated = parse(&a.ok(None, what)?.body, what)?;
         if c.id.is_empty() || c.id.contains('/') {
             return Err(backend_err("session create returned no usable ID", false));
         }
@@ -503,15 +492,12 @@ impl Api {
 
     /// Destroys a session (its locked keys are deleted: `Behavior=delete`).
     pub(crate) async fn destroy_session(&self, id: &str) -> Result<()> {
-        let u = self.url(&["v1", "session", "destroy", id], None)?;
-        let a = self
-            .send(Method::PUT, u, None, self.timeout, "session destroy")
-            .await?;
-        if a.status.is_success() {
-            Ok(())
-        } else {
-            Err(status_error(a.status, &a.body, "session destroy"))
-        }
+        let what = "session destroy";
+        let seg = ["v1", "session", "destroy", id];
+        self.put(&seg, None, self.timeout, what)
+            .await?
+            .ok(None, what)?;
+        Ok(())
     }
 
     /// Whether the session exists, optionally as a blocking query; with the index.
@@ -520,11 +506,8 @@ impl Api {
         id: &str,
         block: Option<(u64, Duration)>,
     ) -> Result<(bool, u64)> {
-        let mut u = self.url(&["v1", "session", "info", id], None)?;
-        Api::blocking(&mut u, block);
-        let a = self
-            .send(Method::GET, u, None, self.bound(block), "session info")
-            .await?;
+        let u = self.url(&["v1", "session", "info", id], None)?;
+        let a = self.get(u, block, "session info").await?;
         match a.status {
             StatusCode::OK => {
                 let v: Option<Vec<serde_json::Value>> = parse(&a.body, "session info")?;

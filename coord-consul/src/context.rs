@@ -66,18 +66,12 @@ fn entry_of(e: &KvEntry) -> Result<Entry> {
     })
 }
 
-fn stat_of(e: &KvEntry) -> Stat {
-    Stat::new(
-        Version(e.modify_index),
-        e.owner().map(|s| SessionId(s.to_owned())),
-    )
-}
-
 pub(crate) fn node_of(path: &Path, e: &KvEntry) -> Result<Node> {
+    let e = entry_of(e)?;
     Ok(Node {
         path: path.clone(),
-        value: e.bytes()?,
-        stat: stat_of(e),
+        value: e.value,
+        stat: Stat::new(Version(e.modified), e.owner),
     })
 }
 
@@ -137,6 +131,12 @@ fn failed(errors: &[(usize, String)], op: Option<usize>) -> bool {
 }
 
 impl ConsulStore {
+    /// A transaction writing `value`: an agent's 413 is `ValueTooLarge` with the sizes.
+    async fn write(&self, ops: &[TxnOp], value: &[u8]) -> Result<TxnOutcome> {
+        let r = self.api.txn(ops).await;
+        r.map_err(|e| too_large(e, value.len(), self.max_value))
+    }
+
     async fn get(&self, key: &str) -> Result<Option<KvEntry>> {
         Ok(self.api.kv_get(key, None).await?.0)
     }
@@ -295,12 +295,7 @@ impl FlatStore for ConsulStore {
             },
         };
         let c = self.create_ops(a, parent);
-        let outcome = self
-            .api
-            .txn(&c.ops)
-            .await
-            .map_err(|e| too_large(e, a.value.len(), self.max_value))?;
-        match outcome {
+        match self.write(&c.ops, a.value).await? {
             TxnOutcome::Applied(results) => {
                 let e = results
                     .iter()
@@ -355,17 +350,12 @@ impl FlatStore for ConsulStore {
             Some(v) => vec![TxnOp::check_index(&key, v.0), TxnOp::set(&key, value)],
             None => vec![TxnOp::get(&key), TxnOp::set(&key, value)],
         };
-        let outcome = self
-            .api
-            .txn(&ops)
-            .await
-            .map_err(|e| too_large(e, value.len(), self.max_value))?;
-        match outcome {
+        match self.write(&ops, value).await? {
             TxnOutcome::Applied(results) => {
                 let e = results.last().filter(|e| e.key == key).ok_or_else(|| {
                     backend_err(format!("the write of {key} returned no entry"), false)
                 })?;
-                Ok(SetOutcome::Written(stat_of(e)))
+                Ok(SetOutcome::Written(node_of(path, e)?.stat))
             }
             TxnOutcome::Failed(_) if expected.is_none() => Ok(SetOutcome::Missing),
             TxnOutcome::Failed(_) => Ok(match self.get(&key).await? {

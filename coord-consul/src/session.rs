@@ -68,6 +68,14 @@ impl Shared {
         self.cleanup().await;
     }
 
+    /// Destroys the session (its ephemerals go with it) and its check: Closed.
+    async fn shut_down(&self) -> Result<()> {
+        let r = self.ctx.api().destroy_session(&self.id.0).await;
+        self.cleanup().await;
+        self.set(SessionState::Closed);
+        r
+    }
+
     fn gone_error(&self) -> Error {
         Error::session_gone(&self.id, self.state.get())
     }
@@ -345,11 +353,7 @@ impl Drop for ConsulSession {
         let shared = self.shared.clone();
         match tokio::runtime::Handle::try_current() {
             Ok(h) => {
-                h.spawn(async move {
-                    let _ = shared.ctx.api().destroy_session(&shared.id.0).await;
-                    shared.cleanup().await;
-                    shared.set(SessionState::Closed);
-                });
+                h.spawn(async move { shared.shut_down().await });
             }
             // No runtime: the check is no longer passed, the session expires after its TTL.
             Err(_) => {
