@@ -15,8 +15,7 @@ use reqwest::{Method, StatusCode, Url};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
-
-const BACKEND: &str = "consul";
+use crate::error::{backend_err, parse, refusal, status_error, transport_error, Refusal};
 
 /// One KV entry as Consul returns it.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -40,7 +39,9 @@ impl KvEntry {
             None => Ok(Vec::new()),
             Some(v) => base64::engine::general_purpose::STANDARD
                 .decode(v)
-                .map_err(|e| backend_err(format!("bad base64 value of {}: {e}", self.key), false)),
+                .map_err(|e| {
+                    backend_err(format!("bad base64 value of {}", self.key), false).with_source(e)
+                }),
         }
     }
 
@@ -166,6 +167,14 @@ struct SessionCreated {
     id: String,
 }
 
+/// What a session create found.
+pub(crate) enum SessionCreate {
+    /// Created, with this ID.
+    Created(String),
+    /// The servers do not know the check yet (see [`Refusal::MissingCheck`]).
+    CheckNotKnownYet,
+}
+
 /// What passing a TTL check found.
 pub(crate) enum Pass {
     /// The check was passed.
@@ -174,70 +183,22 @@ pub(crate) enum Pass {
     UnknownCheck,
 }
 
-pub(crate) fn backend_err(message: String, retryable: bool) -> Error {
-    Error::backend(BACKEND, message, retryable)
-}
-
-fn shorten(body: &[u8]) -> String {
-    let s = String::from_utf8_lossy(body);
-    let s = s.trim();
-    let mut out: String = s.chars().take(200).collect();
-    if out.len() < s.len() {
-        out.push('…');
-    }
-    out
-}
-
-/// Maps an HTTP status (that the caller did not handle itself) onto coord's errors.
-fn status_error(status: StatusCode, body: &[u8], what: &str) -> Error {
-    let msg = format!("{what}: HTTP {}: {}", status.as_u16(), shorten(body));
-    match status.as_u16() {
-        401 | 403 => Error::unauthorized(msg),
-        // The caller knows the sizes and rewrites this (see `Api::too_large`).
-        413 => Error::ValueTooLarge { size: 0, max: 0 },
-        408 | 429 | 502 | 503 | 504 => backend_err(msg, true),
-        500 => {
-            let lower = msg.to_ascii_lowercase();
-            let transient = [
-                "no cluster leader",
-                "leadership lost",
-                "timeout",
-                "timed out",
-                "rpc error",
-                "connection refused",
-                "eof",
-            ]
-            .iter()
-            .any(|p| lower.contains(p));
-            backend_err(msg, transient)
-        }
-        _ => backend_err(msg, false),
-    }
-}
-
-fn transport_error(e: reqwest::Error, what: &str, timeout: Duration) -> Error {
-    let e = e.without_url();
-    if e.is_timeout() {
-        Error::timeout(format!(
-            "{what}: no answer from the Consul agent within {timeout:?}"
-        ))
-    } else if e.is_decode() {
-        backend_err(format!("{what}: undecodable answer: {e}"), false)
-    } else {
-        Error::connection_lost(format!("{what}: {e}"))
-    }
-}
-
-fn parse<T: for<'de> Deserialize<'de>>(body: &[u8], what: &str) -> Result<T> {
-    serde_json::from_slice(body)
-        .map_err(|e| backend_err(format!("{what}: malformed JSON from Consul: {e}"), false))
-}
-
 /// An HTTP answer: status, `X-Consul-Index` (0 if absent) and body.
 struct Answer {
     status: StatusCode,
     index: u64,
     body: Vec<u8>,
+}
+
+impl Answer {
+    /// The answer if its status is a success (or `also`), else its error.
+    fn ok(self, also: Option<StatusCode>, what: &str) -> Result<Answer> {
+        if self.status.is_success() || Some(self.status) == also {
+            Ok(self)
+        } else {
+            Err(status_error(self.status, &self.body, what))
+        }
+    }
 }
 
 /// The typed Consul client shared by a backend, its sessions and its watches.
@@ -275,7 +236,7 @@ impl Api {
             .connect_timeout(cfg.timeout.min(Duration::from_secs(3)))
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
-            .map_err(|e| backend_err(format!("cannot build the HTTP client: {e}"), false))?;
+            .map_err(|e| backend_err("cannot build the HTTP client", false).with_source(e))?;
         Ok(Api {
             http,
             base: cfg.base_url()?,
@@ -295,7 +256,7 @@ impl Api {
         {
             let mut p = u
                 .path_segments_mut()
-                .map_err(|_| backend_err("the agent URL cannot carry a path".into(), false))?;
+                .map_err(|_| backend_err("the agent URL cannot carry a path", false))?;
             p.clear();
             p.extend(segments);
             if let Some(k) = key {
@@ -305,21 +266,17 @@ impl Api {
         Ok(u)
     }
 
-    fn blocking(u: &mut Url, block: Option<(u64, Duration)>) {
+    /// A `GET`, optionally as a blocking query from an index for up to a wait, bounded on
+    /// the client by the wait, Consul's wait/16 of jitter and the request timeout.
+    async fn get(&self, mut u: Url, block: Option<(u64, Duration)>, what: &str) -> Result<Answer> {
+        let mut bound = self.timeout;
         if let Some((index, wait)) = block {
             u.query_pairs_mut()
                 .append_pair("index", &index.to_string())
                 .append_pair("wait", &format!("{}ms", wait.as_millis()));
+            bound += wait + wait / 16;
         }
-    }
-
-    /// The client-side bound of a request that may block for `wait` on the server (Consul
-    /// adds up to wait/16 of jitter).
-    fn bound(&self, block: Option<(u64, Duration)>) -> Duration {
-        match block {
-            None => self.timeout,
-            Some((_, wait)) => wait + wait / 16 + self.timeout,
-        }
+        self.send(Method::GET, u, None, bound, what).await
     }
 
     async fn send(
@@ -357,6 +314,19 @@ impl Api {
         })
     }
 
+    /// A `PUT` to an agent or session endpoint with an optional JSON body.
+    async fn put(
+        &self,
+        segments: &[&str],
+        body: Option<serde_json::Value>,
+        timeout: Duration,
+        what: &str,
+    ) -> Result<Answer> {
+        let u = self.url(segments, None)?;
+        let body = body.map(|b| b.to_string().into_bytes());
+        self.send(Method::PUT, u, body, timeout, what).await
+    }
+
     /// Reads one key (`None` if absent), optionally as a blocking query from `index`.
     /// Returns the entry and the `X-Consul-Index`.
     pub(crate) async fn kv_get(
@@ -364,11 +334,8 @@ impl Api {
         key: &str,
         block: Option<(u64, Duration)>,
     ) -> Result<(Option<KvEntry>, u64)> {
-        let mut u = self.url(&["v1", "kv"], Some(key))?;
-        Api::blocking(&mut u, block);
-        let a = self
-            .send(Method::GET, u, None, self.bound(block), "KV read")
-            .await?;
+        let u = self.url(&["v1", "kv"], Some(key))?;
+        let a = self.get(u, block, "KV read").await?;
         match a.status {
             StatusCode::OK => {
                 let entries: Vec<KvEntry> = parse(&a.body, "KV read")?;
@@ -391,10 +358,7 @@ impl Api {
         u.query_pairs_mut()
             .append_key_only("keys")
             .append_pair("separator", "/");
-        Api::blocking(&mut u, block);
-        let a = self
-            .send(Method::GET, u, None, self.bound(block), "KV list")
-            .await?;
+        let a = self.get(u, block, "KV list").await?;
         match a.status {
             StatusCode::OK => {
                 let keys: Vec<String> = parse(&a.body, "KV list")?;
@@ -423,7 +387,7 @@ impl Api {
             )));
         }
         let body = serde_json::to_vec(ops)
-            .map_err(|e| backend_err(format!("cannot encode a transaction: {e}"), false))?;
+            .map_err(|e| backend_err("cannot encode a transaction", false).with_source(e))?;
         let u = self.url(&["v1", "txn"], None)?;
         let a = self
             .send(Method::PUT, u, Some(body), self.timeout, "transaction")
@@ -449,7 +413,7 @@ impl Api {
                     .collect();
                 if errors.is_empty() {
                     return Err(backend_err(
-                        "transaction rolled back without a reason".into(),
+                        "transaction rolled back without a reason",
                         true,
                     ));
                 }
@@ -474,99 +438,66 @@ impl Api {
                 "DeregisterCriticalServiceAfter": "1m",
             },
         });
-        let u = self.url(&["v1", "agent", "service", "register"], None)?;
-        let a = self
-            .send(
-                Method::PUT,
-                u,
-                Some(body.to_string().into_bytes()),
-                self.timeout,
-                "check registration",
-            )
-            .await?;
-        if a.status.is_success() {
-            Ok(())
-        } else {
-            Err(status_error(a.status, &a.body, "check registration"))
-        }
+        let what = "check registration";
+        let seg = ["v1", "agent", "service", "register"];
+        self.put(&seg, Some(body), self.timeout, what)
+            .await?
+            .ok(None, what)?;
+        Ok(())
     }
 
     /// Deregisters the per-session service and its check.
     pub(crate) async fn deregister_check(&self, id: &str) -> Result<()> {
-        let u = self.url(&["v1", "agent", "service", "deregister", id], None)?;
-        let a = self
-            .send(Method::PUT, u, None, self.timeout, "check deregistration")
-            .await?;
-        if a.status.is_success() || a.status == StatusCode::NOT_FOUND {
-            Ok(())
-        } else {
-            Err(status_error(a.status, &a.body, "check deregistration"))
-        }
+        let what = "check deregistration";
+        let seg = ["v1", "agent", "service", "deregister", id];
+        let a = self.put(&seg, None, self.timeout, what).await?;
+        a.ok(Some(StatusCode::NOT_FOUND), what)?;
+        Ok(())
     }
 
     /// Passes the TTL check `id`, bounded by `timeout`.
     pub(crate) async fn pass_check(&self, id: &str, timeout: Duration) -> Result<Pass> {
-        let u = self.url(&["v1", "agent", "check", "pass", id], None)?;
+        let what = "check pass";
         let a = self
-            .send(Method::PUT, u, None, timeout, "check pass")
+            .put(&["v1", "agent", "check", "pass", id], None, timeout, what)
             .await?;
-        if a.status.is_success() {
-            return Ok(Pass::Passed);
-        }
-        let text = String::from_utf8_lossy(&a.body).to_ascii_lowercase();
-        if a.status == StatusCode::NOT_FOUND
-            || (a.status == StatusCode::INTERNAL_SERVER_ERROR
-                && (text.contains("does not have associated ttl")
-                    || text.contains("unknown check")))
-        {
+        if refusal(a.status, &a.body) == Some(Refusal::UnknownCheck) {
             return Ok(Pass::UnknownCheck);
         }
-        Err(status_error(a.status, &a.body, "check pass"))
+        a.ok(None, what)?;
+        Ok(Pass::Passed)
     }
 
     /// Creates a session bound to `serfHealth` and the check, deleting its locks when it
     /// ends, with no lock delay and no TTL of its own (the check is its liveness).
-    pub(crate) async fn create_session(&self, check: &str) -> Result<String> {
+    pub(crate) async fn create_session(&self, check: &str) -> Result<SessionCreate> {
         let body = serde_json::json!({
             "Name": "coord",
             "Checks": ["serfHealth", check],
             "Behavior": "delete",
             "LockDelay": "0s",
         });
-        let u = self.url(&["v1", "session", "create"], None)?;
-        let a = self
-            .send(
-                Method::PUT,
-                u,
-                Some(body.to_string().into_bytes()),
-                self.timeout,
-                "session create",
-            )
-            .await?;
-        if !a.status.is_success() {
-            return Err(status_error(a.status, &a.body, "session create"));
+        let what = "session create";
+        let seg = ["v1", "session", "create"];
+        let a = self.put(&seg, Some(body), self.timeout, what).await?;
+        if refusal(a.status, &a.body) == Some(Refusal::MissingCheck) {
+            return Ok(SessionCreate::CheckNotKnownYet);
         }
-        let c: SessionCreated = parse(&a.body, "session create")?;
+        let c: SessionCreated = parse(&a.ok(None, what)?.body, what)?;
         if c.id.is_empty() || c.id.contains('/') {
-            return Err(backend_err(
-                "session create returned no usable ID".into(),
-                false,
-            ));
+            return Err(backend_err("session create returned no usable ID", false));
         }
-        Ok(c.id)
+        Ok(SessionCreate::Created(c.id))
     }
 
     /// Destroys a session (its locked keys are deleted: `Behavior=delete`).
     pub(crate) async fn destroy_session(&self, id: &str) -> Result<()> {
-        let u = self.url(&["v1", "session", "destroy", id], None)?;
-        let a = self
-            .send(Method::PUT, u, None, self.timeout, "session destroy")
-            .await?;
-        if a.status.is_success() {
-            Ok(())
-        } else {
-            Err(status_error(a.status, &a.body, "session destroy"))
-        }
+        let what = "session destroy";
+        let seg = ["v1", "session", "destroy", id];
+        self.put(&seg, None, self.timeout, what)
+            .await?
+            .ok(None, what)?;
+        Ok(())
     }
 
     /// Whether the session exists, optionally as a blocking query; with the index.
@@ -575,11 +506,8 @@ impl Api {
         id: &str,
         block: Option<(u64, Duration)>,
     ) -> Result<(bool, u64)> {
-        let mut u = self.url(&["v1", "session", "info", id], None)?;
-        Api::blocking(&mut u, block);
-        let a = self
-            .send(Method::GET, u, None, self.bound(block), "session info")
-            .await?;
+        let u = self.url(&["v1", "session", "info", id], None)?;
+        let a = self.get(u, block, "session info").await?;
         match a.status {
             StatusCode::OK => {
                 let v: Option<Vec<serde_json::Value>> = parse(&a.body, "session info")?;
@@ -649,22 +577,12 @@ fn tls_setup(b: reqwest::ClientBuilder, cfg: &Config) -> Result<reqwest::ClientB
     Ok(b)
 }
 
-/// Rewrites a size-less `ValueTooLarge` (from HTTP 413) with the real sizes.
-pub(crate) fn too_large(e: Error, size: usize, max: usize) -> Error {
-    match e {
-        Error::ValueTooLarge { .. } => Error::ValueTooLarge { size, max },
-        e => e,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn malformed_answers_are_backend_errors() {
-        let r: Result<Vec<KvEntry>> = parse(b"{not json", "x");
-        assert!(matches!(r, Err(Error::Backend { .. })));
+    fn malformed_values_are_backend_errors() {
         let e = KvEntry {
             key: "k".into(),
             value: Some("!!!".into()),
@@ -673,22 +591,5 @@ mod tests {
             modify_index: 1,
         };
         assert!(matches!(e.bytes(), Err(Error::Backend { .. })));
-    }
-
-    #[test]
-    fn statuses_map() {
-        assert!(matches!(
-            status_error(StatusCode::FORBIDDEN, b"ACL not found", "x"),
-            Error::Unauthorized { .. }
-        ));
-        assert!(
-            status_error(StatusCode::INTERNAL_SERVER_ERROR, b"No cluster leader", "x")
-                .is_retryable()
-        );
-        assert!(!status_error(StatusCode::BAD_REQUEST, b"bad", "x").is_retryable());
-        assert!(matches!(
-            too_large(status_error(StatusCode::PAYLOAD_TOO_LARGE, b"", "x"), 10, 5),
-            Error::ValueTooLarge { size: 10, max: 5 }
-        ));
     }
 }

@@ -1,4 +1,4 @@
-//! [`ConsulBackend`]: the [`Backend`] over one Consul agent, in one namespace.
+//! [`ConsulBackend`]: the [`Backend`](coord_core::Backend) over one Consul agent, in one namespace.
 
 use std::any::Any;
 use std::sync::Arc;
@@ -6,23 +6,23 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::sync::watch;
 
-use coord_core::adapter::check_ttl;
+use coord_core::adapter::flat::Layout;
+use coord_core::adapter::{check_ttl, RawBackend};
 use coord_core::{
-    Backend, Capabilities, ChildrenWatch, CreateMode, Created, KeyWatch, Node, Path, Result,
-    Session, SessionOptions, Stat, Version,
+    Capabilities, ChildrenWatch, CreateMode, Created, KeyWatch, Node, Path, Result, Session,
+    SessionOptions, Stat, Version,
 };
 
 use crate::api::Api;
 use crate::config::{Config, MAX_SESSION_TTL, MIN_SESSION_TTL};
-use crate::core::Core;
-use crate::layout::Layout;
+use crate::context::Context;
 use crate::session::ConsulSession;
 use crate::watch::{watch_children, watch_key};
 
 /// A client of one Consul agent in one namespace (see the crate docs for the key layout and
 /// the session mapping). Cheap to share behind an `Arc`; its watches end when it is dropped.
 pub struct ConsulBackend {
-    core: Arc<Core>,
+    ctx: Arc<Context>,
     config: Config,
     /// Dropped with the backend: the watch tasks see it and end.
     _shutdown: watch::Sender<()>,
@@ -47,8 +47,11 @@ impl ConsulBackend {
     pub async fn with_config(config: Config) -> Result<ConsulBackend> {
         let api = Api::new(&config)?;
         // One O(1) read up front so that a wrong address or token fails here, not later.
-        api.kv_get(&Layout::new(&config.namespace).seq(&Path::root()), None)
-            .await?;
+        api.kv_get(
+            &Layout::new(&config.namespace).sequence(&Path::root()),
+            None,
+        )
+        .await?;
         let caps = Capabilities::new("consul")
             .with_max_value_size(config.max_value_size)
             .with_min_session_ttl(MIN_SESSION_TTL)
@@ -57,13 +60,7 @@ impl ConsulBackend {
             .with_watch_coalesces(true);
         let (tx, rx) = watch::channel(());
         Ok(ConsulBackend {
-            core: Arc::new(Core {
-                api,
-                layout: Layout::new(&config.namespace),
-                caps,
-                ns: config.namespace.clone(),
-                seen: Default::default(),
-            }),
+            ctx: Arc::new(Context::new(api, caps, &config.namespace)),
             config,
             _shutdown: tx,
             shutdown_rx: rx,
@@ -77,82 +74,84 @@ impl ConsulBackend {
 
     /// Opens a session and returns it with its concrete type (for [`ConsulSession::crash`]).
     pub async fn open_consul_session(&self, options: SessionOptions) -> Result<ConsulSession> {
-        let ttl = check_ttl(&self.core.caps, options.ttl)?;
-        ConsulSession::open(self.core.clone(), ttl).await
+        let ttl = check_ttl(&self.ctx.caps, options.ttl)?;
+        ConsulSession::open(self.ctx.clone(), ttl).await
     }
 
     /// How many keys the children listings of this client have fetched from Consul: a
     /// listing costs the number of children, not the size of the subtree (tests and metrics).
     pub fn listed_keys(&self) -> u64 {
-        self.core.api.listed_keys()
+        self.ctx.api().listed_keys()
     }
 
     /// The Consul key that stores `path` (for operators and tests; see the crate docs).
     pub fn key_of(&self, path: &Path) -> String {
-        self.core.layout.node(path)
+        self.ctx.layout().node(path)
     }
 }
 
 #[async_trait]
-impl Backend for ConsulBackend {
+impl RawBackend for ConsulBackend {
     fn capabilities(&self) -> &Capabilities {
-        &self.core.caps
+        &self.ctx.caps
     }
 
     fn namespace(&self) -> &str {
-        &self.core.ns
+        &self.ctx.ns
     }
 
-    async fn open_session(&self, options: SessionOptions) -> Result<Arc<dyn Session>> {
-        Ok(Arc::new(self.open_consul_session(options).await?))
+    async fn open_session(&self, ttl: std::time::Duration) -> Result<Arc<dyn Session>> {
+        Ok(Arc::new(ConsulSession::open(self.ctx.clone(), ttl).await?))
     }
 
     async fn create(&self, path: &Path, value: &[u8], mode: CreateMode) -> Result<Created> {
-        self.core.create(path, value, mode, None).await
+        self.ctx.tree.create(path, value, mode, None).await
     }
 
     async fn get(&self, path: &Path) -> Result<Node> {
-        self.core.get(path).await
+        self.ctx.tree.get(path).await
     }
 
     async fn exists(&self, path: &Path) -> Result<Option<Stat>> {
-        self.core.exists(path).await
+        self.ctx.tree.exists(path).await
     }
 
     async fn set(&self, path: &Path, value: &[u8], expected: Option<Version>) -> Result<Stat> {
-        self.core.set(path, value, expected).await
+        self.ctx.tree.set(path, value, expected).await
     }
 
     async fn delete(&self, path: &Path, expected: Option<Version>) -> Result<()> {
-        self.core.delete(path, expected).await
+        self.ctx.tree.delete(path, expected).await
     }
 
     async fn children(&self, path: &Path) -> Result<Vec<String>> {
-        self.core.children(path).await
+        self.ctx.tree.children(path).await
     }
 
     async fn watch(&self, path: &Path) -> Result<(Option<Node>, KeyWatch)> {
         if path.is_root() {
             // The root always exists and never changes.
-            let node = self.core.get(path).await?;
+            let node = self.ctx.tree.get(path).await?;
             return Ok((Some(node), Box::pin(futures::stream::pending())));
         }
+        let key = self.ctx.layout().node(path);
         watch_key(
-            self.core.api.clone(),
+            self.ctx.api().clone(),
             self.shutdown_rx.clone(),
             path.clone(),
-            self.core.layout.node(path),
+            key,
         )
         .await
     }
 
     async fn watch_children(&self, path: &Path) -> Result<(Vec<String>, ChildrenWatch)> {
-        let parent_key = (!path.is_root()).then(|| self.core.layout.node(path));
+        let parent_key = (!path.is_root()).then(|| self.ctx.layout().node(path));
+        let prefix = self.ctx.layout().children_prefix(path);
         watch_children(
-            self.core.api.clone(),
+            self.ctx.api().clone(),
             self.shutdown_rx.clone(),
             parent_key,
-            self.core.layout.children_prefix(path),
+            prefix,
         )
         .await
     }

@@ -20,23 +20,23 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use coord_core::adapter::check_value;
+use coord_core::adapter::{random_u64, Backoff, RawSession, StateCell};
 use coord_core::{
-    CreateMode, Created, Error, Path, Result, Session, SessionId, SessionState, SessionStates,
+    Capabilities, CreateMode, Created, Error, Path, Result, SessionId, SessionState, SessionStates,
 };
 
-use crate::api::{backend_err, Pass};
-use crate::core::{jitter, random_u64, Core};
+use crate::api::{Pass, SessionCreate};
+use crate::context::Context;
+use crate::error::backend_err;
 
 struct Shared {
-    core: Arc<Core>,
+    ctx: Arc<Context>,
     id: SessionId,
     check: String,
     ttl: Duration,
-    state: watch::Sender<SessionState>,
+    state: StateCell,
     /// Set by `close` before the session is destroyed, so that the observer does not report
     /// our own destroy as an expiry.
     closing: AtomicBool,
@@ -45,25 +45,16 @@ struct Shared {
 }
 
 impl Shared {
-    fn state(&self) -> SessionState {
-        *self.state.borrow()
-    }
-
     /// Moves to `to` unless the state is final (or `to` is Expired while closing).
     fn set(&self, to: SessionState) -> bool {
         let closing = self.closing.load(Ordering::SeqCst);
-        self.state.send_if_modified(|s| {
-            if s.is_final() || *s == to || (to == SessionState::Expired && closing) {
-                return false;
-            }
-            *s = to;
-            true
-        })
+        self.state
+            .advance_if(to, |_| !(to == SessionState::Expired && closing))
     }
 
     async fn cleanup(&self) {
         if !self.cleaned.swap(true, Ordering::SeqCst) {
-            if let Err(e) = self.core.api.deregister_check(&self.check).await {
+            if let Err(e) = self.ctx.api().deregister_check(&self.check).await {
                 tracing::debug!(session = %self.id, error = %e, "could not deregister the session's check (the agent reaps it after 1 min critical)");
             }
         }
@@ -77,8 +68,16 @@ impl Shared {
         self.cleanup().await;
     }
 
+    /// Destroys the session (its ephemerals go with it) and its check: Closed.
+    async fn shut_down(&self) -> Result<()> {
+        let r = self.ctx.api().destroy_session(&self.id.0).await;
+        self.cleanup().await;
+        self.set(SessionState::Closed);
+        r
+    }
+
     fn gone_error(&self) -> Error {
-        Error::session_gone(&self.id, self.state())
+        Error::session_gone(&self.id, self.state.get())
     }
 }
 
@@ -96,7 +95,7 @@ impl std::fmt::Debug for ConsulSession {
             .field("id", &self.shared.id)
             .field("check", &self.shared.check)
             .field("ttl", &self.shared.ttl)
-            .field("state", &self.shared.state())
+            .field("state", &self.shared.state.get())
             .finish()
     }
 }
@@ -109,29 +108,29 @@ fn abort(slot: &Mutex<Option<JoinHandle<()>>>) {
 }
 
 impl ConsulSession {
-    pub(crate) async fn open(core: Arc<Core>, ttl: Duration) -> Result<ConsulSession> {
+    pub(crate) async fn open(ctx: Arc<Context>, ttl: Duration) -> Result<ConsulSession> {
         let check = format!("coord-{:016x}{:016x}", random_u64(), random_u64());
-        core.api.register_check(&check, ttl).await?;
+        let api = ctx.api();
+        api.register_check(&check, ttl).await?;
         let created = async {
-            let id = create_session(&core, &check).await?;
-            let (_, index) = core.api.session_exists(&id, None).await?;
+            let id = create_session(&ctx, &check).await?;
+            let (_, index) = api.session_exists(&id, None).await?;
             Ok::<_, Error>((id, index))
         }
         .await;
         let (id, index) = match created {
             Ok(v) => v,
             Err(e) => {
-                let _ = core.api.deregister_check(&check).await;
+                let _ = api.deregister_check(&check).await;
                 return Err(e);
             }
         };
-        let (state, _) = watch::channel(SessionState::Connected);
         let shared = Arc::new(Shared {
-            core,
+            ctx,
             id: SessionId(id),
             check,
             ttl,
-            state,
+            state: StateCell::new(SessionState::Connected),
             closing: AtomicBool::new(false),
             cleaned: AtomicBool::new(false),
         });
@@ -156,24 +155,49 @@ impl ConsulSession {
     pub fn check_id(&self) -> &str {
         &self.shared.check
     }
+
+    /// Consul refused a lock by this session: expired if Consul no longer knows it.
+    async fn lock_refused(&self) -> Result<Created> {
+        let sh = &self.shared;
+        if sh.closing.load(Ordering::SeqCst) {
+            return Err(Error::SessionClosed {
+                session: sh.id.0.clone(),
+            });
+        }
+        match sh.ctx.api().session_exists(&sh.id.0, None).await? {
+            (false, _) => {
+                sh.expired().await;
+                Err(sh.gone_error())
+            }
+            (true, _) => Err(backend_err(
+                format!("Consul refused a lock by the live session {}", sh.id),
+                true,
+            )),
+        }
+    }
 }
 
 /// Creates the session. On a client agent the check reaches the servers' catalog by
-/// anti-entropy shortly after its registration: until then Consul answers "Missing check"
-/// (HTTP 500), so that answer is retried for up to the request timeout.
-async fn create_session(core: &Core, check: &str) -> Result<String> {
-    let deadline = tokio::time::Instant::now() + core.api.timeout;
-    let mut pause = Duration::from_millis(20);
+/// anti-entropy shortly after its registration: until then Consul refuses the check
+/// ([`SessionCreate::CheckNotKnownYet`]), so that answer is retried for up to the request
+/// timeout.
+async fn create_session(ctx: &Context, check: &str) -> Result<String> {
+    let deadline = tokio::time::Instant::now() + ctx.api().timeout;
+    let mut backoff =
+        Backoff::new(Duration::from_millis(20), Duration::from_millis(500)).jittered();
     loop {
-        match core.api.create_session(check).await {
-            Err(Error::Backend { message, .. })
-                if message.contains("Missing check")
-                    && tokio::time::Instant::now() + pause < deadline =>
-            {
-                tokio::time::sleep(jitter(pause)).await;
-                pause = (pause * 2).min(Duration::from_millis(500));
+        match ctx.api().create_session(check).await? {
+            SessionCreate::Created(id) => return Ok(id),
+            SessionCreate::CheckNotKnownYet => {
+                let pause = backoff.next_delay();
+                if tokio::time::Instant::now() + pause >= deadline {
+                    return Err(backend_err(
+                        format!("Consul did not learn the check {check} within the timeout"),
+                        true,
+                    ));
+                }
+                tokio::time::sleep(pause).await;
             }
-            r => return r,
         }
     }
 }
@@ -182,7 +206,7 @@ async fn create_session(core: &Core, check: &str) -> Result<String> {
 /// timeout.
 async fn keepalive(shared: Arc<Shared>) {
     let period = shared.ttl / 3;
-    let pass_timeout = period.min(shared.core.api.timeout);
+    let pass_timeout = period.min(shared.ctx.api().timeout);
     let mut next = tokio::time::Instant::now() + period;
     loop {
         tokio::time::sleep_until(next).await;
@@ -191,13 +215,13 @@ async fn keepalive(shared: Arc<Shared>) {
         if next < now {
             next = now + period;
         }
-        if shared.state().is_final() {
+        if shared.state.get().is_final() {
             return;
         }
-        let api = &shared.core.api;
+        let api = shared.ctx.api();
         match api.pass_check(&shared.check, pass_timeout).await {
             Ok(Pass::Passed) => {
-                if shared.state() == SessionState::Suspended {
+                if shared.state.get() == SessionState::Suspended {
                     match api.session_exists(&shared.id.0, None).await {
                         Ok((true, _)) => {
                             if shared.set(SessionState::Connected) {
@@ -231,10 +255,10 @@ async fn keepalive(shared: Arc<Shared>) {
 /// Follows the session server-side with blocking queries: reports Expired the moment Consul
 /// invalidates or destroys it.
 async fn observe(shared: Arc<Shared>, mut index: u64) {
-    let api = &shared.core.api;
-    let mut errors = 0u32;
+    let api = shared.ctx.api();
+    let mut errors = Backoff::new(Duration::from_millis(100), shared.ttl / 3).jittered();
     loop {
-        if shared.state().is_final() {
+        if shared.state.get().is_final() {
             return;
         }
         match api
@@ -242,24 +266,24 @@ async fn observe(shared: Arc<Shared>, mut index: u64) {
             .await
         {
             Ok((true, i)) => {
-                errors = 0;
+                errors.reset();
                 index = i;
             }
             Ok((false, _)) => {
                 shared.expired().await;
                 return;
             }
-            Err(_) => {
-                let d = Duration::from_millis(100u64 << errors.min(5)).min(shared.ttl / 3);
-                tokio::time::sleep(jitter(d)).await;
-                errors += 1;
-            }
+            Err(_) => errors.wait().await,
         }
     }
 }
 
 #[async_trait]
-impl Session for ConsulSession {
+impl RawSession for ConsulSession {
+    fn capabilities(&self) -> &Capabilities {
+        &self.shared.ctx.caps
+    }
+
     fn id(&self) -> &SessionId {
         &self.shared.id
     }
@@ -269,50 +293,32 @@ impl Session for ConsulSession {
     }
 
     fn state(&self) -> SessionState {
-        self.shared.state()
+        self.shared.state.get()
     }
 
     fn states(&self) -> SessionStates {
-        coord_core::adapter::states_of(self.shared.state.subscribe())
+        self.shared.state.states()
     }
 
     async fn create(&self, path: &Path, value: &[u8], mode: CreateMode) -> Result<Created> {
-        let core = &self.shared.core;
-        check_value(&core.caps, value)?;
-        if self.shared.state().is_final() || self.shared.closing.load(Ordering::SeqCst) {
-            return Err(self.shared.gone_error());
+        let sh = &self.shared;
+        if sh.closing.load(Ordering::SeqCst) {
+            return Err(sh.gone_error());
         }
-        match core
-            .create(path, value, mode, Some(&self.shared.id.0))
+        match sh
+            .ctx
+            .tree
+            .create(path, value, mode, Some((&sh.id, &sh.id)))
             .await
         {
-            Err(Error::SessionExpired { .. }) => {
-                // Consul refused the lock: the session is invalid. Confirm and report.
-                if self.shared.closing.load(Ordering::SeqCst) {
-                    return Err(Error::SessionClosed {
-                        session: self.shared.id.0.clone(),
-                    });
-                }
-                match core.api.session_exists(&self.shared.id.0, None).await? {
-                    (false, _) => {
-                        self.shared.expired().await;
-                        Err(self.shared.gone_error())
-                    }
-                    (true, _) => Err(backend_err(
-                        format!(
-                            "Consul refused a lock by the live session {}",
-                            self.shared.id
-                        ),
-                        true,
-                    )),
-                }
-            }
+            // Consul refused the lock: the session is invalid. Confirm and report.
+            Err(Error::SessionExpired { .. }) => self.lock_refused().await,
             r => r,
         }
     }
 
     async fn close(&self) -> Result<()> {
-        if self.shared.state().is_final() {
+        if self.shared.state.get().is_final() {
             return Ok(());
         }
         self.shared.closing.store(true, Ordering::SeqCst);
@@ -320,8 +326,8 @@ impl Session for ConsulSession {
         abort(&self.observer);
         let r = self
             .shared
-            .core
-            .api
+            .ctx
+            .api()
             .destroy_session(&self.shared.id.0)
             .await;
         self.shared.cleanup().await;
@@ -340,18 +346,14 @@ impl Drop for ConsulSession {
     fn drop(&mut self) {
         abort(&self.keepalive);
         abort(&self.observer);
-        if self.shared.state().is_final() {
+        if self.shared.state.get().is_final() {
             return;
         }
         self.shared.closing.store(true, Ordering::SeqCst);
         let shared = self.shared.clone();
         match tokio::runtime::Handle::try_current() {
             Ok(h) => {
-                h.spawn(async move {
-                    let _ = shared.core.api.destroy_session(&shared.id.0).await;
-                    shared.cleanup().await;
-                    shared.set(SessionState::Closed);
-                });
+                h.spawn(async move { shared.shut_down().await });
             }
             // No runtime: the check is no longer passed, the session expires after its TTL.
             Err(_) => {

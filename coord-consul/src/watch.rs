@@ -2,58 +2,65 @@
 //!
 //! Each watch reads once (that read is returned to the caller with its `X-Consul-Index`),
 //! then loops on blocking queries from the last index. Consul answers with the *current*
-//! state, so consecutive answers are compared with what was last delivered and the
-//! differences become events: nothing is lost between two queries, quick changes may be
-//! coalesced (`watch_coalesces = true`). An index that goes backwards (a restarted `-dev`
-//! agent, a restored snapshot) means the history is unknown: the answer becomes a `Resync`
-//! and the loop continues from the new index. Transient errors are retried after a jittered
-//! back-off (the watch yields nothing meanwhile); a permanent error is yielded once and ends
-//! the stream. A watch ends when its backend is dropped or its stream is.
+//! state, so consecutive answers are compared with what was last delivered
+//! ([`KeySnapshot`] / [`ChildrenSnapshot`]) and the differences become events: nothing is lost
+//! between two queries, quick changes may be coalesced (`watch_coalesces = true`). An index
+//! that goes backwards (a restarted `-dev` agent, a restored snapshot) means the history is
+//! unknown: the answer becomes a `Resync` and the loop continues from the new index. Transient
+//! errors are retried after a jittered back-off (the watch yields nothing meanwhile); a
+//! permanent error is yielded once and ends the stream. A watch ends when its backend is
+//! dropped or its stream is.
 
+use std::future::Future;
 use std::time::Duration;
 
-use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 
-use coord_core::{ChildrenEvent, ChildrenWatch, KeyEvent, KeyWatch, Node, Path, Result};
+use coord_core::adapter::{stream_of, Backoff, ChildrenSnapshot, KeySnapshot};
+use coord_core::{ChildrenEvent, ChildrenWatch, Error, KeyEvent, KeyWatch, Node, Path, Result};
 
 use crate::api::{Api, KvEntry};
-use crate::core::{jitter, node_of};
+use crate::context::node_of;
 
-/// Back-off after the `n`-th consecutive error: 100 ms doubling up to 5 s, jittered.
-fn error_backoff(n: u32) -> Duration {
-    jitter(Duration::from_millis(100u64 << n.min(6)).min(Duration::from_secs(5)))
+/// Back-off after consecutive errors of one query: 100 ms doubling up to 5 s, jittered.
+fn error_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(100), Duration::from_secs(5)).jittered()
 }
 
-fn stream_of<E: Send + 'static>(
-    rx: mpsc::UnboundedReceiver<Result<E>>,
-) -> std::pin::Pin<Box<dyn futures::Stream<Item = Result<E>> + Send>> {
-    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) }).boxed()
+/// The delay before the next query after `e`, or `e` itself if it ends the watch.
+fn retry_delay(errors: &mut Backoff, e: Error) -> Result<Duration> {
+    if e.is_retryable() {
+        tracing::debug!(error = %e, "watch query failed; retrying");
+        Ok(errors.next_delay())
+    } else {
+        Err(e)
+    }
 }
 
-/// Waits until the backend is dropped.
-async fn backend_gone(mut shutdown: watch::Receiver<()>) {
-    while shutdown.changed().await.is_ok() {}
-}
-
-fn to_node(path: &Path, e: &Option<KvEntry>) -> Result<Option<Node>> {
-    e.as_ref().map(|e| node_of(path, e)).transpose()
-}
-
-/// The events leading from `old` to `new` (by create and modify index).
-fn key_events(path: &Path, old: &Option<KvEntry>, new: &Option<KvEntry>) -> Result<Vec<KeyEvent>> {
-    Ok(match (old, new) {
-        (None, None) => vec![],
-        (None, Some(n)) => vec![KeyEvent::Created(node_of(path, n)?)],
-        (Some(_), None) => vec![KeyEvent::Deleted],
-        (Some(o), Some(n)) if o.create_index != n.create_index => {
-            vec![KeyEvent::Deleted, KeyEvent::Created(node_of(path, n)?)]
+/// Runs `work` until it ends, the backend is dropped or the watcher drops its stream.
+fn spawn_watch<T: Send + 'static>(
+    mut shutdown: watch::Receiver<()>,
+    tx: mpsc::UnboundedSender<T>,
+    work: impl Future<Output = ()> + Send + 'static,
+) {
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = work => {}
+            _ = async { while shutdown.changed().await.is_ok() {} } => {}
+            _ = tx.closed() => {}
         }
-        (Some(o), Some(n)) if o.modify_index != n.modify_index || o.session != n.session => {
-            vec![KeyEvent::Changed(node_of(path, n)?)]
-        }
-        _ => vec![],
+    });
+}
+
+fn snapshot(path: &Path, e: Option<&KvEntry>) -> Result<Option<KeySnapshot>> {
+    e.map(|e| {
+        Ok(KeySnapshot {
+            created: e.create_index,
+            modified: e.modify_index,
+            node: node_of(path, e)?,
+        })
     })
+    .transpose()
 }
 
 /// Reads `key` and watches it.
@@ -64,15 +71,11 @@ pub(crate) async fn watch_key(
     key: String,
 ) -> Result<(Option<Node>, KeyWatch)> {
     let (first, index) = api.kv_get(&key, None).await?;
-    let current = to_node(&path, &first)?;
+    let last = snapshot(&path, first.as_ref())?;
+    let current = last.as_ref().map(|s| s.node.clone());
     let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = key_loop(api, path, key, first, index, &tx) => {}
-            _ = backend_gone(shutdown) => {}
-            _ = tx.closed() => {}
-        }
-    });
+    let work = key_loop(api, path, key, last, index, tx.clone());
+    spawn_watch(shutdown, tx, work);
     Ok((current, stream_of(rx)))
 }
 
@@ -80,61 +83,42 @@ async fn key_loop(
     api: Api,
     path: Path,
     key: String,
-    mut last: Option<KvEntry>,
+    mut last: Option<KeySnapshot>,
     mut index: u64,
-    tx: &mpsc::UnboundedSender<Result<KeyEvent>>,
+    tx: mpsc::UnboundedSender<Result<KeyEvent>>,
 ) {
-    let mut errors = 0u32;
+    let mut errors = error_backoff();
     loop {
-        let wait = api.wait;
-        match api.kv_get(&key, Some((index, wait))).await {
-            Ok((now, new_index)) => {
-                errors = 0;
-                if new_index < index {
-                    // Index reset: what happened in between is unknown.
-                    index = new_index;
-                    let ev = to_node(&path, &now).map(KeyEvent::Resync);
-                    last = now;
-                    if tx.send(ev).is_err() {
-                        return;
-                    }
+        let answer = api.kv_get(&key, Some((index, api.wait))).await;
+        let (now, new_index) = match answer {
+            Ok(a) => a,
+            Err(e) => match retry_delay(&mut errors, e) {
+                Ok(d) => {
+                    tokio::time::sleep(d).await;
                     continue;
                 }
-                index = new_index;
-                match key_events(&path, &last, &now) {
-                    Ok(evs) => {
-                        for ev in evs {
-                            if tx.send(Ok(ev)).is_err() {
-                                return;
-                            }
-                        }
-                        last = now;
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                        return;
-                    }
-                }
-            }
-            Err(e) if e.is_retryable() => {
-                tracing::debug!(%path, error = %e, "watch query failed; retrying");
-                tokio::time::sleep(error_backoff(errors)).await;
-                errors += 1;
-            }
-            Err(e) => {
-                let _ = tx.send(Err(e));
+                Err(e) => return drop(tx.send(Err(e))),
+            },
+        };
+        errors.reset();
+        let now = match snapshot(&path, now.as_ref()) {
+            Ok(s) => s,
+            Err(e) => return drop(tx.send(Err(e))),
+        };
+        let events = if new_index < index {
+            // Index reset: what happened in between is unknown.
+            vec![KeySnapshot::resync(now.as_ref())]
+        } else {
+            KeySnapshot::events(last.as_ref(), now.as_ref())
+        };
+        index = new_index;
+        last = now;
+        for ev in events {
+            if tx.send(Ok(ev)).is_err() {
                 return;
             }
         }
     }
-}
-
-/// What a children watch last delivered.
-struct ChildState {
-    /// The parent's create index (`Some(0)` for the root, which always exists).
-    parent: Option<u64>,
-    /// The delivered list (empty while the parent is absent).
-    list: Vec<String>,
 }
 
 /// Lists `path`'s children (empty if it is absent) and watches the list.
@@ -152,33 +136,21 @@ pub(crate) async fn watch_children(
             let (e, i) = api.kv_get(k, None).await?;
             (e.map(|e| e.create_index), i)
         }
+        // The root always exists.
         None => (Some(0), 0),
     };
-    let (kids, cindex) = api.kv_children(&prefix, None).await?;
-    let list = if parent.is_some() {
-        kids.clone()
-    } else {
-        Vec::new()
-    };
+    let (list, cindex) = api.kv_children(&prefix, None).await?;
+    let shown = ChildrenSnapshot { parent, list };
     let (tx, rx) = mpsc::unbounded_channel();
-    let state = ChildState {
-        parent,
-        list: list.clone(),
+    let lp = ChildLoop {
+        api,
+        parent_key,
+        prefix,
+        tx: tx.clone(),
     };
-    tokio::spawn(async move {
-        let lp = ChildLoop {
-            api,
-            parent_key,
-            prefix,
-            tx: tx.clone(),
-        };
-        tokio::select! {
-            _ = lp.run(state, kids, pindex, cindex) => {}
-            _ = backend_gone(shutdown) => {}
-            _ = tx.closed() => {}
-        }
-    });
-    Ok((list, stream_of(rx)))
+    let visible = shown.visible();
+    spawn_watch(shutdown, tx, lp.run(shown, pindex, cindex));
+    Ok((visible, stream_of(rx)))
 }
 
 struct ChildLoop {
@@ -186,6 +158,49 @@ struct ChildLoop {
     parent_key: Option<String>,
     prefix: String,
     tx: mpsc::UnboundedSender<Result<ChildrenEvent>>,
+}
+
+/// Where one of the two blocking queries stands.
+struct Query {
+    index: u64,
+    errors: Backoff,
+    /// Re-reading after the other query saw an index reset.
+    awaiting: bool,
+}
+
+impl Query {
+    fn new(index: u64) -> Query {
+        Query {
+            index,
+            errors: error_backoff(),
+            awaiting: false,
+        }
+    }
+
+    /// Takes an answer at index `i`: whether the index went backwards.
+    fn answered(&mut self, i: u64) -> bool {
+        self.errors.reset();
+        self.awaiting = false;
+        let back = i < self.index;
+        self.index = i;
+        back
+    }
+
+    /// Re-reads from index 0 (answered at once).
+    fn restart(&mut self) {
+        self.index = 0;
+        self.awaiting = true;
+    }
+}
+
+/// The two queries and the state their answers add up to.
+struct Progress {
+    parent: Query,
+    kids: Query,
+    now: ChildrenSnapshot,
+    /// After an index reset seen by either query, both re-read (the other one from index 0)
+    /// before one Resync with a consistent state is sent.
+    resync: bool,
 }
 
 type ParentAnswer = Result<(Option<KvEntry>, u64)>;
@@ -212,110 +227,87 @@ impl ChildLoop {
         self.tx.send(ev).is_ok()
     }
 
-    async fn run(
-        self,
-        mut st: ChildState,
-        mut kids: Vec<String>,
-        mut pindex: u64,
-        mut cindex: u64,
-    ) {
-        let mut parent_now = st.parent;
-        let (mut perr, mut cerr) = (0u32, 0u32);
-        let has_parent = self.parent_key.is_some();
-        // After an index reset seen by either query, both re-read (the other one from index
-        // 0, which answers at once) before one Resync with a consistent state is sent.
-        let mut resync = false;
-        let (mut await_parent, mut await_kids) = (false, false);
+    /// Takes the parent query's answer: the delay before the next one, and whether the
+    /// children query must restart (index reset).
+    fn on_parent(p: &mut Progress, r: ParentAnswer) -> Result<(Duration, bool)> {
+        let (e, i) = match r {
+            Ok(a) => a,
+            Err(e) => return Ok((retry_delay(&mut p.parent.errors, e)?, false)),
+        };
+        p.now.parent = e.map(|e| e.create_index);
+        let reset = p.parent.answered(i);
+        if reset {
+            p.resync = true;
+            p.kids.restart();
+        }
+        Ok((Duration::ZERO, reset))
+    }
+
+    /// Takes the children query's answer: the delay before the next one, and whether the
+    /// parent query must restart (index reset; never for the root).
+    fn on_kids(&self, p: &mut Progress, r: KidsAnswer) -> Result<(Duration, bool)> {
+        let (list, i) = match r {
+            Ok(a) => a,
+            Err(e) => return Ok((retry_delay(&mut p.kids.errors, e)?, false)),
+        };
+        p.now.list = list;
+        let reset = p.kids.answered(i);
+        if reset {
+            p.resync = true;
+        }
+        let restart_parent = reset && self.parent_key.is_some();
+        if restart_parent {
+            p.parent.restart();
+        }
+        Ok((Duration::ZERO, restart_parent))
+    }
+
+    /// Sends what the answers so far changed against `shown`; false when the watcher is
+    /// gone.
+    fn emit(&self, shown: &mut ChildrenSnapshot, p: &mut Progress) -> bool {
+        let events = if p.resync {
+            if p.parent.awaiting || p.kids.awaiting {
+                return true;
+            }
+            p.resync = false;
+            vec![ChildrenSnapshot::resync(&p.now)]
+        } else {
+            ChildrenSnapshot::events(shown, &p.now)
+        };
+        *shown = p.now.clone();
+        events.into_iter().all(|ev| self.send(Ok(ev)))
+    }
+
+    async fn run(self, mut shown: ChildrenSnapshot, pindex: u64, cindex: u64) {
+        let mut p = Progress {
+            parent: Query::new(pindex),
+            kids: Query::new(cindex),
+            now: shown.clone(),
+            resync: false,
+        };
         let mut pfut = Box::pin(self.parent_query(pindex, Duration::ZERO));
         let mut cfut = Box::pin(self.kids_query(cindex, Duration::ZERO));
         loop {
-            tokio::select! {
-                r = &mut pfut => {
-                    let mut delay = Duration::ZERO;
-                    match r {
-                        Ok((e, i)) => {
-                            perr = 0;
-                            await_parent = false;
-                            parent_now = e.map(|e| e.create_index);
-                            if i < pindex {
-                                resync = true;
-                                await_kids = true;
-                                cindex = 0;
-                                cfut = Box::pin(self.kids_query(0, Duration::ZERO));
-                            }
-                            pindex = i;
-                        }
-                        Err(e) if e.is_retryable() => {
-                            delay = error_backoff(perr);
-                            perr += 1;
-                        }
-                        Err(e) => {
-                            self.send(Err(e));
-                            return;
-                        }
+            let step = tokio::select! {
+                r = &mut pfut => ChildLoop::on_parent(&mut p, r).map(|(delay, restart)| {
+                    pfut = Box::pin(self.parent_query(p.parent.index, delay));
+                    if restart {
+                        cfut = Box::pin(self.kids_query(0, Duration::ZERO));
                     }
-                    pfut = Box::pin(self.parent_query(pindex, delay));
-                }
-                r = &mut cfut => {
-                    let mut delay = Duration::ZERO;
-                    match r {
-                        Ok((k, i)) => {
-                            cerr = 0;
-                            await_kids = false;
-                            kids = k;
-                            if i < cindex {
-                                resync = true;
-                                if has_parent {
-                                    await_parent = true;
-                                    pindex = 0;
-                                    pfut = Box::pin(self.parent_query(0, Duration::ZERO));
-                                }
-                            }
-                            cindex = i;
-                        }
-                        Err(e) if e.is_retryable() => {
-                            delay = error_backoff(cerr);
-                            cerr += 1;
-                        }
-                        Err(e) => {
-                            self.send(Err(e));
-                            return;
-                        }
+                }),
+                r = &mut cfut => self.on_kids(&mut p, r).map(|(delay, restart)| {
+                    cfut = Box::pin(self.kids_query(p.kids.index, delay));
+                    if restart {
+                        pfut = Box::pin(self.parent_query(0, Duration::ZERO));
                     }
-                    cfut = Box::pin(self.kids_query(cindex, delay));
-                }
-            }
-            let list = if parent_now.is_some() {
-                kids.clone()
-            } else {
-                Vec::new()
+                }),
             };
-            if resync {
-                if await_parent || await_kids {
-                    continue;
-                }
-                resync = false;
-                st = ChildState {
-                    parent: parent_now,
-                    list: list.clone(),
-                };
-                if !self.send(Ok(ChildrenEvent::Resync(list))) {
-                    return;
-                }
-                continue;
+            if let Err(e) = step {
+                self.send(Err(e));
+                return;
             }
-            if st.parent.is_some() && st.parent != parent_now {
-                st.list.clear();
-                if !self.send(Ok(ChildrenEvent::ParentDeleted)) {
-                    return;
-                }
-            }
-            st.parent = parent_now;
-            if st.list != list {
-                st.list = list.clone();
-                if !self.send(Ok(ChildrenEvent::Changed(list))) {
-                    return;
-                }
+            if !self.emit(&mut shown, &mut p) {
+                return;
             }
         }
     }

@@ -145,7 +145,7 @@ async fn children_listing_is_o_children() {
     assert_eq!(c.children(&p("/a/k1")).await.unwrap().len(), 30);
     assert_eq!(backend.listed_keys() - before, 30);
     // The key layout: the depth is in the key.
-    assert!(backend.key_of(&p("/a/k1")).ends_with("/n/2/a/k1"));
+    assert!(backend.key_of(&p("/a/k1")).ends_with("/__coord/n002/a/k1"));
 }
 
 /// Values: over the capability (and over Consul's 512 KiB) → ValueTooLarge before any I/O;
@@ -361,4 +361,38 @@ async fn odd_names_roundtrip() {
         c.delete(&p("/odd").join(n).unwrap(), None).await.unwrap();
     }
     c.delete(&p("/odd"), None).await.unwrap();
+}
+
+/// A sequence counter that is not a decimal number (foreign or damaged data) makes a
+/// sequential create fail with `MalformedData`, and nothing is written: it is never read as 0
+/// (numbers, and so fencing tokens, would go backwards).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_sequence_counter_is_malformed_data() {
+    let Some(h) = coord_consul::testing::harness("bad_counter").await else {
+        return;
+    };
+    let c = h.client().await;
+    c.create(&p("/q"), b"", CreateMode::Exact).await.unwrap();
+    c.create(&p("/q/n-"), b"", CreateMode::Sequential)
+        .await
+        .unwrap();
+    let cfg = c.as_any().downcast_ref::<ConsulBackend>().unwrap().config();
+    let counter = coord_core::adapter::flat::Layout::new(c.namespace()).sequence(&p("/q"));
+    let r = reqwest::Client::new()
+        .put(format!("http://{}:{}/v1/kv/{counter}", cfg.host, cfg.port))
+        .body("not-a-number")
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "raw KV write: {}", r.status());
+    for _ in 0..2 {
+        let r = c.create(&p("/q/n-"), b"", CreateMode::Sequential).await;
+        assert!(matches!(r, Err(Error::MalformedData { .. })), "{r:?}");
+    }
+    assert_eq!(c.children(&p("/q")).await.unwrap(), ["n-0000000000"]);
+    let s = c.open_session(SessionOptions::new()).await.unwrap();
+    let r = s.create(&p("/q/e-"), b"", CreateMode::Sequential).await;
+    assert!(matches!(r, Err(Error::MalformedData { .. })), "{r:?}");
+    s.close().await.unwrap();
 }
