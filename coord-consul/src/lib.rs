@@ -30,13 +30,6 @@ mod session;
 pub mod testing;
 mod watch;
 
-/// `testing.rs` (being rewritten separately) still imports `crate::core::random_u64`; this
-/// alias keeps it compiling until that rewrite lands. Remove it then.
-#[cfg(feature = "testing")]
-mod core {
-    pub(crate) use coord_core::adapter::random_u64;
-}
-
 use std::sync::Arc;
 
 pub use backend::ConsulBackend;
