@@ -2,20 +2,19 @@
 
 use std::any::Any;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::watch;
 
-use coord_core::adapter::flat::Layout;
-use coord_core::adapter::{check_ttl, RawBackend};
+use coord_core::adapter::flat::{FlatBackend, Layout, Tree};
+use coord_core::adapter::{check_ttl, WatchScope};
 use coord_core::{
-    Capabilities, ChildrenWatch, CreateMode, Created, KeyWatch, Node, Path, Result, Session,
-    SessionOptions, Stat, Version,
+    Capabilities, ChildrenWatch, KeyWatch, Node, Path, Result, Session, SessionOptions,
 };
 
 use crate::api::Api;
 use crate::config::{Config, MAX_SESSION_TTL, MIN_SESSION_TTL};
-use crate::context::Context;
+use crate::context::{ConsulStore, Context};
 use crate::session::ConsulSession;
 use crate::watch::{watch_children, watch_key};
 
@@ -24,9 +23,8 @@ use crate::watch::{watch_children, watch_key};
 pub struct ConsulBackend {
     ctx: Arc<Context>,
     config: Config,
-    /// Dropped with the backend: the watch tasks see it and end.
-    _shutdown: watch::Sender<()>,
-    shutdown_rx: watch::Receiver<()>,
+    /// The watch tasks end with the backend.
+    watches: WatchScope,
 }
 
 impl std::fmt::Debug for ConsulBackend {
@@ -58,12 +56,10 @@ impl ConsulBackend {
             .with_max_session_ttl(MAX_SESSION_TTL)
             .with_default_session_ttl(config.session_ttl)
             .with_watch_coalesces(true);
-        let (tx, rx) = watch::channel(());
         Ok(ConsulBackend {
             ctx: Arc::new(Context::new(api, caps, &config.namespace)),
             config,
-            _shutdown: tx,
-            shutdown_rx: rx,
+            watches: WatchScope::new(),
         })
     }
 
@@ -91,7 +87,13 @@ impl ConsulBackend {
 }
 
 #[async_trait]
-impl RawBackend for ConsulBackend {
+impl FlatBackend for ConsulBackend {
+    type Store = ConsulStore;
+
+    fn tree(&self) -> &Tree<ConsulStore> {
+        &self.ctx.tree
+    }
+
     fn capabilities(&self) -> &Capabilities {
         &self.ctx.caps
     }
@@ -100,32 +102,8 @@ impl RawBackend for ConsulBackend {
         &self.ctx.ns
     }
 
-    async fn open_session(&self, ttl: std::time::Duration) -> Result<Arc<dyn Session>> {
+    async fn open_session(&self, ttl: Duration) -> Result<Arc<dyn Session>> {
         Ok(Arc::new(ConsulSession::open(self.ctx.clone(), ttl).await?))
-    }
-
-    async fn create(&self, path: &Path, value: &[u8], mode: CreateMode) -> Result<Created> {
-        self.ctx.tree.create(path, value, mode, None).await
-    }
-
-    async fn get(&self, path: &Path) -> Result<Node> {
-        self.ctx.tree.get(path).await
-    }
-
-    async fn exists(&self, path: &Path) -> Result<Option<Stat>> {
-        self.ctx.tree.exists(path).await
-    }
-
-    async fn set(&self, path: &Path, value: &[u8], expected: Option<Version>) -> Result<Stat> {
-        self.ctx.tree.set(path, value, expected).await
-    }
-
-    async fn delete(&self, path: &Path, expected: Option<Version>) -> Result<()> {
-        self.ctx.tree.delete(path, expected).await
-    }
-
-    async fn children(&self, path: &Path) -> Result<Vec<String>> {
-        self.ctx.tree.children(path).await
     }
 
     async fn watch(&self, path: &Path) -> Result<(Option<Node>, KeyWatch)> {
@@ -135,25 +113,14 @@ impl RawBackend for ConsulBackend {
             return Ok((Some(node), Box::pin(futures::stream::pending())));
         }
         let key = self.ctx.layout().node(path);
-        watch_key(
-            self.ctx.api().clone(),
-            self.shutdown_rx.clone(),
-            path.clone(),
-            key,
-        )
-        .await
+        watch_key(&self.watches, self.ctx.api().clone(), path.clone(), key).await
     }
 
     async fn watch_children(&self, path: &Path) -> Result<(Vec<String>, ChildrenWatch)> {
         let parent_key = (!path.is_root()).then(|| self.ctx.layout().node(path));
         let prefix = self.ctx.layout().children_prefix(path);
-        watch_children(
-            self.ctx.api().clone(),
-            self.shutdown_rx.clone(),
-            parent_key,
-            prefix,
-        )
-        .await
+        let api = self.ctx.api().clone();
+        watch_children(&self.watches, api, parent_key, prefix).await
     }
 
     fn as_any(&self) -> &dyn Any {

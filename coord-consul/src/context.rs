@@ -106,7 +106,7 @@ impl Seen {
 
 /// Consul's KV as coord-core's [`FlatStore`].
 #[derive(Debug)]
-pub(crate) struct ConsulStore {
+pub struct ConsulStore {
     pub(crate) api: Api,
     layout: Layout,
     /// Parent indexes last seen by this client.

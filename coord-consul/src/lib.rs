@@ -37,6 +37,7 @@ pub use config::{
     Config, DEFAULT_MAX_VALUE_SIZE, DEFAULT_SESSION_TTL, DEFAULT_TIMEOUT, DEFAULT_WAIT,
     MAX_SESSION_TTL, MIN_SESSION_TTL,
 };
+pub use context::ConsulStore;
 pub use session::ConsulSession;
 
 /// Connects to the Consul agent named by a `consul://` URL (the facade's `coord::connect`

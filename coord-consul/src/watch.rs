@@ -11,12 +11,11 @@
 //! permanent error is yielded once and ends the stream. A watch ends when its backend is
 //! dropped or its stream is.
 
-use std::future::Future;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
-use coord_core::adapter::{stream_of, Backoff, ChildrenSnapshot, KeySnapshot};
+use coord_core::adapter::{Backoff, ChildrenSnapshot, KeySnapshot, WatchScope};
 use coord_core::{ChildrenEvent, ChildrenWatch, Error, KeyEvent, KeyWatch, Node, Path, Result};
 
 use crate::api::{Api, KvEntry};
@@ -37,21 +36,6 @@ fn retry_delay(errors: &mut Backoff, e: Error) -> Result<Duration> {
     }
 }
 
-/// Runs `work` until it ends, the backend is dropped or the watcher drops its stream.
-fn spawn_watch<T: Send + 'static>(
-    mut shutdown: watch::Receiver<()>,
-    tx: mpsc::UnboundedSender<T>,
-    work: impl Future<Output = ()> + Send + 'static,
-) {
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = work => {}
-            _ = async { while shutdown.changed().await.is_ok() {} } => {}
-            _ = tx.closed() => {}
-        }
-    });
-}
-
 fn snapshot(path: &Path, e: Option<&KvEntry>) -> Result<Option<KeySnapshot>> {
     e.map(|e| {
         Ok(KeySnapshot {
@@ -65,18 +49,16 @@ fn snapshot(path: &Path, e: Option<&KvEntry>) -> Result<Option<KeySnapshot>> {
 
 /// Reads `key` and watches it.
 pub(crate) async fn watch_key(
+    scope: &WatchScope,
     api: Api,
-    shutdown: watch::Receiver<()>,
     path: Path,
     key: String,
 ) -> Result<(Option<Node>, KeyWatch)> {
     let (first, index) = api.kv_get(&key, None).await?;
     let last = snapshot(&path, first.as_ref())?;
     let current = last.as_ref().map(|s| s.node.clone());
-    let (tx, rx) = mpsc::unbounded_channel();
-    let work = key_loop(api, path, key, last, index, tx.clone());
-    spawn_watch(shutdown, tx, work);
-    Ok((current, stream_of(rx)))
+    let rx = scope.spawn(|tx| key_loop(api, path, key, last, index, tx));
+    Ok((current, rx))
 }
 
 async fn key_loop(
@@ -126,8 +108,8 @@ async fn key_loop(
 /// Two blocking queries run side by side: the depth-encoded children prefix (`?keys`) and,
 /// except for the root, the parent key (for `ParentDeleted`).
 pub(crate) async fn watch_children(
+    scope: &WatchScope,
     api: Api,
-    shutdown: watch::Receiver<()>,
     parent_key: Option<String>,
     prefix: String,
 ) -> Result<(Vec<String>, ChildrenWatch)> {
@@ -141,16 +123,17 @@ pub(crate) async fn watch_children(
     };
     let (list, cindex) = api.kv_children(&prefix, None).await?;
     let shown = ChildrenSnapshot { parent, list };
-    let (tx, rx) = mpsc::unbounded_channel();
-    let lp = ChildLoop {
-        api,
-        parent_key,
-        prefix,
-        tx: tx.clone(),
-    };
     let visible = shown.visible();
-    spawn_watch(shutdown, tx, lp.run(shown, pindex, cindex));
-    Ok((visible, stream_of(rx)))
+    let rx = scope.spawn(|tx| {
+        let lp = ChildLoop {
+            api,
+            parent_key,
+            prefix,
+            tx,
+        };
+        lp.run(shown, pindex, cindex)
+    });
+    Ok((visible, rx))
 }
 
 struct ChildLoop {

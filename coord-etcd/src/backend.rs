@@ -1,18 +1,14 @@
-//! [`EtcdBackend`]: the [`RawBackend`] over one etcd cluster, in one namespace.
+//! [`EtcdBackend`]: the [`FlatBackend`] over one etcd cluster, in one namespace.
 
 use std::any::Any;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use coord_core::adapter::flat::{Layout, Tree};
-use coord_core::adapter::{check_ttl, RawBackend};
-use coord_core::{
-    Capabilities, ChildrenWatch, CreateMode, Created, Error, KeyWatch, Node, Path, Result, Session,
-    Stat, Version,
-};
+use coord_core::adapter::flat::{FlatBackend, Layout, Tree};
+use coord_core::adapter::{check_ttl, WatchScope};
+use coord_core::{Capabilities, ChildrenWatch, Error, KeyWatch, Node, Path, Result, Session};
 use etcd_client::{Client, ConnectOptions, GetOptions};
-use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::context::{Context, EtcdStore};
@@ -24,9 +20,8 @@ use crate::watch::{watch_children, watch_key};
 /// layout). Dropping it ends its watches; sessions live on until closed or dropped.
 pub struct EtcdBackend {
     cx: Arc<Context>,
-    /// Dropped with the backend: every watch task sees it and ends its stream.
-    _watches_alive: watch::Sender<()>,
-    alive_rx: watch::Receiver<()>,
+    /// The watch tasks end with the backend.
+    watches: WatchScope,
 }
 
 impl std::fmt::Debug for EtcdBackend {
@@ -83,7 +78,6 @@ impl EtcdBackend {
             timeout: cfg.timeout,
             max_value: cfg.max_value_size,
         };
-        let (tx, rx) = watch::channel(());
         let cx = Arc::new(Context {
             tree: Tree::new(store, &cfg.namespace),
             ns: cfg.namespace.clone(),
@@ -95,8 +89,7 @@ impl EtcdBackend {
         cx.store().get_one(&root, Some(keys_only)).await?;
         Ok(EtcdBackend {
             cx,
-            _watches_alive: tx,
-            alive_rx: rx,
+            watches: WatchScope::new(),
         })
     }
 
@@ -130,7 +123,13 @@ fn tls_options(files: &crate::config::TlsFiles) -> Result<etcd_client::TlsOption
 }
 
 #[async_trait]
-impl RawBackend for EtcdBackend {
+impl FlatBackend for EtcdBackend {
+    type Store = EtcdStore;
+
+    fn tree(&self) -> &Tree<EtcdStore> {
+        &self.cx.tree
+    }
+
     fn capabilities(&self) -> &Capabilities {
         &self.cx.caps
     }
@@ -143,36 +142,12 @@ impl RawBackend for EtcdBackend {
         Ok(Arc::new(EtcdSession::open(self.cx.clone(), ttl).await?))
     }
 
-    async fn create(&self, path: &Path, value: &[u8], mode: CreateMode) -> Result<Created> {
-        self.cx.tree.create(path, value, mode, None).await
-    }
-
-    async fn get(&self, path: &Path) -> Result<Node> {
-        self.cx.tree.get(path).await
-    }
-
-    async fn exists(&self, path: &Path) -> Result<Option<Stat>> {
-        self.cx.tree.exists(path).await
-    }
-
-    async fn set(&self, path: &Path, value: &[u8], expected: Option<Version>) -> Result<Stat> {
-        self.cx.tree.set(path, value, expected).await
-    }
-
-    async fn delete(&self, path: &Path, expected: Option<Version>) -> Result<()> {
-        self.cx.tree.delete(path, expected).await
-    }
-
-    async fn children(&self, path: &Path) -> Result<Vec<String>> {
-        self.cx.tree.children(path).await
-    }
-
     async fn watch(&self, path: &Path) -> Result<(Option<Node>, KeyWatch)> {
-        watch_key(self.cx.clone(), self.alive_rx.clone(), path).await
+        watch_key(&self.watches, self.cx.clone(), path).await
     }
 
     async fn watch_children(&self, path: &Path) -> Result<(Vec<String>, ChildrenWatch)> {
-        watch_children(self.cx.clone(), self.alive_rx.clone(), path).await
+        watch_children(&self.watches, self.cx.clone(), path).await
     }
 
     fn as_any(&self) -> &dyn Any {

@@ -104,7 +104,7 @@ pub(crate) fn names(prefix: &str, kvs: &[PbKeyValue]) -> Vec<String> {
 }
 
 /// The etcd side of coord's tree: one client, one namespace's layout, one call bound.
-pub(crate) struct EtcdStore {
+pub struct EtcdStore {
     pub(crate) client: Client,
     pub(crate) layout: Layout,
     /// The bound of every call to the server.

@@ -31,6 +31,7 @@ mod watch;
 use std::sync::Arc;
 
 pub use backend::EtcdBackend;
+pub use context::EtcdStore;
 pub use coord_core::adapter::flat::Layout;
 pub use session::EtcdSession;
 

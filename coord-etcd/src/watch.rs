@@ -6,11 +6,11 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use coord_core::adapter::flat::Layout;
-use coord_core::adapter::{stream_of, Backoff};
+use coord_core::adapter::{Backoff, WatchScope};
 use coord_core::{ChildrenEvent, ChildrenWatch, Error, KeyEvent, KeyWatch, Node, Path, Result};
 use etcd_client::proto::{PbEvent, PbKeyValue};
 use etcd_client::{WatchOptions, WatchStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 use crate::context::{children_ranges, names, stat_of, Context, Range, MAX_DECODE};
 use crate::error::{bounded, Ctx};
@@ -146,8 +146,8 @@ impl Logic for ChildrenLogic {
 
 /// Reads `path` and watches it from the revision after the read.
 pub(crate) async fn watch_key(
+    scope: &WatchScope,
     cx: Arc<Context>,
-    alive: watch::Receiver<()>,
     path: &Path,
 ) -> Result<(Option<Node>, KeyWatch)> {
     let ranges = vec![Range {
@@ -169,15 +169,14 @@ pub(crate) async fn watch_key(
             stat: coord_core::Stat::new(coord_core::Version(0), None),
         })
     });
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(drive(cx, ranges, rev + 1, logic, tx, alive));
-    Ok((current, stream_of(rx)))
+    let rx = scope.spawn(|tx| drive(cx, ranges, rev + 1, logic, tx));
+    Ok((current, rx))
 }
 
 /// Lists `path`'s children and watches the list from the revision after the read.
 pub(crate) async fn watch_children(
+    scope: &WatchScope,
     cx: Arc<Context>,
-    alive: watch::Receiver<()>,
     path: &Path,
 ) -> Result<(Vec<String>, ChildrenWatch)> {
     let ranges = children_ranges(cx.layout(), path);
@@ -191,9 +190,8 @@ pub(crate) async fn watch_children(
         ChildrenEvent::Resync(l) => l,
         _ => Vec::new(),
     };
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(drive(cx, ranges, rev + 1, logic, tx, alive));
-    Ok((current, stream_of(rx)))
+    let rx = scope.spawn(|tx| drive(cx, ranges, rev + 1, logic, tx));
+    Ok((current, rx))
 }
 
 /// Opens one etcd watch stream with a watcher per range (watch id = range index + 1).
@@ -245,51 +243,51 @@ async fn drive<L: Logic>(
     start: i64,
     mut logic: L,
     tx: mpsc::UnboundedSender<Result<L::Ev>>,
-    mut alive: watch::Receiver<()>,
 ) {
     let mut next = vec![start; ranges.len()];
     // Events at or below `floor` are already reflected in what was delivered.
     let mut floor = start - 1;
     let mut backoff = Backoff::reconnect();
     let mut need_resync = false;
+    // The scope drops this future when the backend or the stream is dropped.
     loop {
-        let brk = tokio::select! {
-            _ = alive.changed() => return,
-            _ = tx.closed() => return,
-            b = async {
-                if need_resync {
-                    if !resync(&cx, &ranges, &mut next, &mut floor, &mut logic, &tx).await {
-                        return Break::Resync;
-                    }
-                    need_resync = false;
-                }
-                match open(&cx, &ranges, &next).await {
-                    Ok(mut stream) => {
-                        backoff.reset();
-                        run_stream(&cx, &ranges, &mut stream, &mut next, &mut floor, &mut logic, &tx)
-                            .await
-                    }
-                    Err(e @ Error::Unauthorized { .. }) => {
-                        let _ = tx.send(Err(e));
-                        Break::Done
-                    }
-                    Err(e) => {
-                        tracing::debug!(error = %e, "etcd watch: cannot open, retrying");
-                        Break::Reopen
-                    }
-                }
-            } => b,
+        if need_resync {
+            if resync(&cx, &ranges, &mut next, &mut floor, &mut logic, &tx).await {
+                need_resync = false;
+            } else {
+                backoff.wait().await;
+                continue;
+            }
+        }
+        let brk = match open(&cx, &ranges, &next).await {
+            Ok(mut stream) => {
+                backoff.reset();
+                run_stream(
+                    &cx,
+                    &ranges,
+                    &mut stream,
+                    &mut next,
+                    &mut floor,
+                    &mut logic,
+                    &tx,
+                )
+                .await
+            }
+            Err(e @ Error::Unauthorized { .. }) => {
+                let _ = tx.send(Err(e));
+                Break::Done
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "etcd watch: cannot open, retrying");
+                Break::Reopen
+            }
         };
         match brk {
             Break::Done => return,
             Break::Resync => need_resync = true,
             Break::Reopen => {}
         }
-        tokio::select! {
-            _ = alive.changed() => return,
-            _ = tx.closed() => return,
-            _ = backoff.wait() => {}
-        }
+        backoff.wait().await;
     }
 }
 

@@ -21,11 +21,18 @@
 //! is an error ([`Error::MalformedData`]), never read as 0 (numbers, and so fencing tokens,
 //! would go backwards).
 
+use std::any::Any;
+use std::sync::Arc;
+use std::time::Duration;
+
 use async_trait::async_trait;
 
-use super::Backoff;
+use super::{Backoff, RawBackend};
 use crate::error::{Error, Result};
-use crate::kernel::{CreateMode, Created, Node, SessionId, Stat, Version};
+use crate::kernel::{
+    Capabilities, ChildrenWatch, CreateMode, Created, KeyWatch, Node, Session, SessionId, Stat,
+    Version,
+};
 use crate::path::{format_sequence, Path, RESERVED_PREFIX};
 
 /// Length of the zero-padded depth in a node key (a path has at most 512 segments).
@@ -446,6 +453,79 @@ impl<S: FlatStore> Tree<S> {
             });
         }
         Ok(names)
+    }
+}
+
+/// A backend over a flat store: its [`Tree`] answers the key operations, the adapter
+/// supplies only sessions and watches; coord-core implements [`RawBackend`] for it.
+#[async_trait]
+pub trait FlatBackend: Send + Sync + 'static {
+    /// The store under the tree.
+    type Store: FlatStore;
+    /// The namespace's tree.
+    fn tree(&self) -> &Tree<Self::Store>;
+    /// See [`RawBackend::capabilities`].
+    fn capabilities(&self) -> &Capabilities;
+    /// See [`RawBackend::namespace`].
+    fn namespace(&self) -> &str;
+    /// See [`RawBackend::open_session`].
+    async fn open_session(&self, ttl: Duration) -> Result<Arc<dyn Session>>;
+    /// See [`RawBackend::watch`].
+    async fn watch(&self, path: &Path) -> Result<(Option<Node>, KeyWatch)>;
+    /// See [`RawBackend::watch_children`].
+    async fn watch_children(&self, path: &Path) -> Result<(Vec<String>, ChildrenWatch)>;
+    /// See [`RawBackend::as_any`].
+    fn as_any(&self) -> &dyn Any;
+}
+
+#[async_trait]
+impl<T: FlatBackend> RawBackend for T {
+    fn capabilities(&self) -> &Capabilities {
+        FlatBackend::capabilities(self)
+    }
+
+    fn namespace(&self) -> &str {
+        FlatBackend::namespace(self)
+    }
+
+    async fn open_session(&self, ttl: Duration) -> Result<Arc<dyn Session>> {
+        FlatBackend::open_session(self, ttl).await
+    }
+
+    async fn create(&self, path: &Path, value: &[u8], mode: CreateMode) -> Result<Created> {
+        self.tree().create(path, value, mode, None).await
+    }
+
+    async fn get(&self, path: &Path) -> Result<Node> {
+        self.tree().get(path).await
+    }
+
+    async fn exists(&self, path: &Path) -> Result<Option<Stat>> {
+        self.tree().exists(path).await
+    }
+
+    async fn set(&self, path: &Path, value: &[u8], expected: Option<Version>) -> Result<Stat> {
+        self.tree().set(path, value, expected).await
+    }
+
+    async fn delete(&self, path: &Path, expected: Option<Version>) -> Result<()> {
+        self.tree().delete(path, expected).await
+    }
+
+    async fn children(&self, path: &Path) -> Result<Vec<String>> {
+        self.tree().children(path).await
+    }
+
+    async fn watch(&self, path: &Path) -> Result<(Option<Node>, KeyWatch)> {
+        FlatBackend::watch(self, path).await
+    }
+
+    async fn watch_children(&self, path: &Path) -> Result<(Vec<String>, ChildrenWatch)> {
+        FlatBackend::watch_children(self, path).await
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        FlatBackend::as_any(self)
     }
 }
 

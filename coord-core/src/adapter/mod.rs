@@ -9,12 +9,14 @@
 //! - [`StateCell`]: a session's state, advanced unless final, observed as a stream.
 //! - [`stream_of`]: a channel receiver as a boxed stream; [`KeySnapshot`] /
 //!   [`ChildrenSnapshot`]: the events between two reads of a polled or re-armed watch.
+//! - [`WatchScope`]: watch tasks that end with their backend or their stream.
 //! - [`flat`]: coord's tree on a flat, transactional key-value store (etcd, Consul).
 
 mod backoff;
 mod diff;
 pub mod flat;
 mod raw;
+mod scope;
 mod state;
 
 use std::pin::Pin;
@@ -26,6 +28,7 @@ use tokio::sync::mpsc;
 pub use backoff::Backoff;
 pub use diff::{ChildrenSnapshot, KeySnapshot};
 pub use raw::{check_ttl, check_value, RawBackend, RawSession};
+pub use scope::WatchScope;
 pub use state::states_of;
 pub use state::StateCell;
 
