@@ -640,3 +640,32 @@ async fn tls_with_client_certificate() {
     let r = EtcdBackend::connect(&no_cert).await;
     assert!(r.is_err(), "connected without a client certificate");
 }
+
+/// A sequence counter that is not a number is an error on every flat store (it was read as 0
+/// on etcd, so numbers — and fencing tokens — could go backwards); nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_sequence_counter_is_malformed_data() {
+    let Some(h) = coord_etcd::testing::harness("bad_counter").await else {
+        return;
+    };
+    let c = h.client().await;
+    c.create(&p("/q"), b"", CreateMode::Exact).await.unwrap();
+    c.create(&p("/q/n-"), b"", CreateMode::Sequential)
+        .await
+        .unwrap();
+    let etcd = c.as_any().downcast_ref::<EtcdBackend>().unwrap();
+    let counter = etcd.layout().sequence(&p("/q"));
+    let mut kv = etcd.etcd_client().kv_client();
+    within("raw put", kv.put(counter, "not-a-number", None))
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let r = c.create(&p("/q/n-"), b"", CreateMode::Sequential).await;
+        assert!(matches!(r, Err(Error::MalformedData { .. })), "{r:?}");
+    }
+    assert_eq!(c.children(&p("/q")).await.unwrap(), ["n-0000000000"]);
+    let s = c.open_session(SessionOptions::new()).await.unwrap();
+    let r = s.create(&p("/q/e-"), b"", CreateMode::Sequential).await;
+    assert!(matches!(r, Err(Error::MalformedData { .. })), "{r:?}");
+    s.close().await.unwrap();
+}

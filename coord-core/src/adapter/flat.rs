@@ -560,6 +560,69 @@ mod tests {
         assert!(!l.node(&p("/x/a")).starts_with(inner.namespace_prefix()));
     }
 
+    /// A store that always loses the race (or reports a counter it cannot parse).
+    struct Hostile {
+        counter: &'static [u8],
+    }
+
+    #[async_trait]
+    impl FlatStore for Hostile {
+        type Owner = ();
+
+        async fn read(&self, _key: &str) -> Result<Option<Entry>> {
+            Ok(Some(Entry {
+                value: self.counter.to_vec(),
+                modified: 1,
+                owner: None,
+            }))
+        }
+
+        async fn try_create(&self, _: &CreateAttempt<'_, ()>) -> Result<CreateOutcome> {
+            Ok(CreateOutcome::CounterMoved(None))
+        }
+
+        async fn try_delete(&self, _: &Path, _: Option<Version>) -> Result<DeleteOutcome> {
+            Ok(DeleteOutcome::Retry)
+        }
+
+        async fn try_set(&self, _: &Path, _: &[u8], _: Option<Version>) -> Result<SetOutcome> {
+            Ok(SetOutcome::Missing)
+        }
+
+        async fn list(&self, _: &str) -> Result<(Vec<String>, u64)> {
+            Ok((vec![], 1))
+        }
+
+        async fn existed_at(&self, _: &str, _: u64) -> Result<bool> {
+            Ok(true)
+        }
+    }
+
+    /// Contention exhaustion is one variant on every flat store (etcd said `Backend`,
+    /// Consul `Timeout`); a malformed counter is an error (etcd read it as 0).
+    #[tokio::test(start_paused = true)]
+    async fn lost_races_end_in_contended_and_bad_counters_in_malformed_data() {
+        let t = Tree::new(Hostile { counter: b"5" }, "/ns");
+        let r = t
+            .create(&p("/q/n-"), b"", CreateMode::Sequential, None)
+            .await;
+        assert!(
+            matches!(&r, Err(Error::Contended { op: "create", attempts, .. }) if *attempts == MAX_ATTEMPTS),
+            "{r:?}"
+        );
+        assert!(r.is_err_and(|e| e.is_retryable()));
+        let r = t.delete(&p("/q"), None).await;
+        assert!(
+            matches!(r, Err(Error::Contended { op: "delete", .. })),
+            "{r:?}"
+        );
+        let t = Tree::new(Hostile { counter: b"x" }, "/ns");
+        let r = t
+            .create(&p("/q/n-"), b"", CreateMode::Sequential, None)
+            .await;
+        assert!(matches!(r, Err(Error::MalformedData { .. })), "{r:?}");
+    }
+
     #[test]
     fn counters_parse_strictly() {
         let e = |v: &[u8]| Entry {
