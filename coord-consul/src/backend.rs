@@ -1,6 +1,5 @@
 //! [`ConsulBackend`]: the [`Backend`](coord_core::Backend) over one Consul agent, in one namespace.
 
-use std::any::Any;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,7 +69,7 @@ impl ConsulBackend {
 
     /// Opens a session and returns it with its concrete type (for [`ConsulSession::crash`]).
     pub async fn open_consul_session(&self, options: SessionOptions) -> Result<ConsulSession> {
-        let ttl = check_ttl(&self.ctx.caps, options.ttl)?;
+        let ttl = check_ttl(&self.ctx.tree.caps, options.ttl)?;
         ConsulSession::open(self.ctx.clone(), ttl).await
     }
 
@@ -90,22 +89,6 @@ impl ConsulBackend {
 impl FlatBackend for ConsulBackend {
     type Store = ConsulStore;
 
-    fn tree(&self) -> &Tree<ConsulStore> {
-        &self.ctx.tree
-    }
-
-    fn capabilities(&self) -> &Capabilities {
-        &self.ctx.caps
-    }
-
-    fn namespace(&self) -> &str {
-        &self.ctx.ns
-    }
-
-    async fn open_session(&self, ttl: Duration) -> Result<Arc<dyn Session>> {
-        Ok(Arc::new(ConsulSession::open(self.ctx.clone(), ttl).await?))
-    }
-
     async fn watch(&self, path: &Path) -> Result<(Option<Node>, KeyWatch)> {
         if path.is_root() {
             // The root always exists and never changes.
@@ -123,7 +106,11 @@ impl FlatBackend for ConsulBackend {
         watch_children(&self.watches, api, parent_key, prefix).await
     }
 
-    fn as_any(&self) -> &dyn Any {
-        self
+    fn tree(&self) -> &Tree<ConsulStore> {
+        &self.ctx.tree
+    }
+
+    async fn open_session(&self, ttl: Duration) -> Result<Arc<dyn Session>> {
+        Ok(Arc::new(ConsulSession::open(self.ctx.clone(), ttl).await?))
     }
 }

@@ -17,7 +17,8 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 use coord_core::adapter::flat::{
-    CreateAttempt, CreateOutcome, DeleteOutcome, Entry, FlatStore, Layout, SetOutcome, Tree,
+    CreateAttempt, CreateOutcome, DeleteOutcome, Entry, FlatStore, Layout, SetAttempt, SetOutcome,
+    Tree,
 };
 use coord_core::adapter::random_u64;
 use coord_core::{Capabilities, Node, Path, Result, SessionId, Stat, Version};
@@ -29,8 +30,6 @@ use crate::error::{backend_err, too_large};
 #[derive(Debug)]
 pub(crate) struct Context {
     pub(crate) tree: Tree<ConsulStore>,
-    pub(crate) caps: Capabilities,
-    pub(crate) ns: String,
 }
 
 impl Context {
@@ -42,9 +41,7 @@ impl Context {
             max_value: caps.max_value_size,
         };
         Context {
-            tree: Tree::new(store, ns),
-            caps,
-            ns: ns.to_owned(),
+            tree: Tree::new(store, ns, caps),
         }
     }
 
@@ -337,28 +334,23 @@ impl FlatStore for ConsulStore {
         }
     }
 
-    async fn try_set(
-        &self,
-        path: &Path,
-        value: &[u8],
-        expected: Option<Version>,
-    ) -> Result<SetOutcome> {
-        let key = self.layout.node(path);
+    async fn try_set(&self, w: &SetAttempt<'_>) -> Result<SetOutcome> {
+        let (key, value, expected) = (w.key, w.value, w.expected);
         let ops = match expected {
             // One `cas` op (index 0 would mean "create", hence the guard for it).
-            Some(v) if v.0 != 0 => vec![TxnOp::cas(&key, value, v.0)],
-            Some(v) => vec![TxnOp::check_index(&key, v.0), TxnOp::set(&key, value)],
-            None => vec![TxnOp::get(&key), TxnOp::set(&key, value)],
+            Some(v) if v.0 != 0 => vec![TxnOp::cas(key, value, v.0)],
+            Some(v) => vec![TxnOp::check_index(key, v.0), TxnOp::set(key, value)],
+            None => vec![TxnOp::get(key), TxnOp::set(key, value)],
         };
         match self.write(&ops, value).await? {
             TxnOutcome::Applied(results) => {
                 let e = results.last().filter(|e| e.key == key).ok_or_else(|| {
                     backend_err(format!("the write of {key} returned no entry"), false)
                 })?;
-                Ok(SetOutcome::Written(node_of(path, e)?.stat))
+                Ok(SetOutcome::Written(node_of(w.path, e)?.stat))
             }
             TxnOutcome::Failed(_) if expected.is_none() => Ok(SetOutcome::Missing),
-            TxnOutcome::Failed(_) => Ok(match self.get(&key).await? {
+            TxnOutcome::Failed(_) => Ok(match self.get(key).await? {
                 None => SetOutcome::Missing,
                 Some(_) => SetOutcome::Mismatch,
             }),

@@ -281,7 +281,7 @@ async fn observe(shared: Arc<Shared>, mut index: u64) {
 #[async_trait]
 impl RawSession for ConsulSession {
     fn capabilities(&self) -> &Capabilities {
-        &self.shared.ctx.caps
+        &self.shared.ctx.tree.caps
     }
 
     fn id(&self) -> &SessionId {

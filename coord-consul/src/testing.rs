@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use coord_core::{conformance::Harness, Session};
-use coord_testkit::harness::{HarnessBackend, UrlHarness};
+use coord_testkit::harness::{HarnessBackend, Spec, UrlHarness};
 use coord_testkit::Kind;
 
 use crate::{ConsulBackend, ConsulSession};
@@ -21,11 +21,9 @@ pub type ConsulHarness = UrlHarness<Consul>;
 
 #[async_trait]
 impl HarnessBackend for Consul {
-    const KIND: Kind = Kind::Consul;
-    const SCHEME: &'static str = "consul";
-    /// 2 s: 1 s is valid too, but on a loaded 2-core machine a pass every 333 ms can slip
-    /// past the TTL and expire a session that the test did not mean to lose.
-    const SHORT_TTL: Duration = Duration::from_secs(2);
+    /// Short TTL 2 s: 1 s is valid too, but on a loaded 2-core machine a pass every 333 ms can
+    /// slip past the TTL and expire a session that the test did not mean to lose.
+    const SPEC: Spec = Spec::new(Kind::Consul, "consul");
     type Client = ConsulBackend;
     type Session = ConsulSession;
 

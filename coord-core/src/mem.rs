@@ -13,7 +13,6 @@
 //!   one lock: an owner that watches its session learns the loss no later than any watcher of
 //!   its keys.
 
-use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
@@ -546,10 +545,6 @@ impl RawBackend for MemBackend {
             });
         Ok((current, stream_of(rx)))
     }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
 }
 
 /// A session of the in-memory backend, with fault injection for tests.
@@ -682,10 +677,6 @@ impl RawSession for MemSession {
     async fn close(&self) -> Result<()> {
         self.store.lock().end_session(self.id, SessionState::Closed);
         Ok(())
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
     }
 }
 

@@ -1,6 +1,5 @@
 //! [`EtcdBackend`]: the [`FlatBackend`] over one etcd cluster, in one namespace.
 
-use std::any::Any;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,7 +26,7 @@ pub struct EtcdBackend {
 impl std::fmt::Debug for EtcdBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EtcdBackend")
-            .field("namespace", &self.cx.ns)
+            .field("namespace", &self.cx.tree.namespace)
             .finish_non_exhaustive()
     }
 }
@@ -79,9 +78,7 @@ impl EtcdBackend {
             max_value: cfg.max_value_size,
         };
         let cx = Arc::new(Context {
-            tree: Tree::new(store, &cfg.namespace),
-            ns: cfg.namespace.clone(),
-            caps,
+            tree: Tree::new(store, &cfg.namespace, caps),
         });
         // etcd-client connects lazily: make a bad address or bad credentials fail here.
         let root = cx.layout().node(&Path::root());
@@ -130,14 +127,6 @@ impl FlatBackend for EtcdBackend {
         &self.cx.tree
     }
 
-    fn capabilities(&self) -> &Capabilities {
-        &self.cx.caps
-    }
-
-    fn namespace(&self) -> &str {
-        &self.cx.ns
-    }
-
     async fn open_session(&self, ttl: Duration) -> Result<Arc<dyn Session>> {
         Ok(Arc::new(EtcdSession::open(self.cx.clone(), ttl).await?))
     }
@@ -148,9 +137,5 @@ impl FlatBackend for EtcdBackend {
 
     async fn watch_children(&self, path: &Path) -> Result<(Vec<String>, ChildrenWatch)> {
         watch_children(&self.watches, self.cx.clone(), path).await
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
     }
 }

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use coord_core::adapter::flat::{
-    Counter, CreateAttempt, CreateOutcome, DeleteOutcome, Entry, FlatStore, Layout, SetOutcome,
-    Tree,
+    Counter, CreateAttempt, CreateOutcome, DeleteOutcome, Entry, FlatStore, Layout, SetAttempt,
+    SetOutcome, Tree,
 };
-use coord_core::{Capabilities, Path, Result, SessionId, Stat, Version};
+use coord_core::{Path, Result, SessionId, Stat, Version};
 use etcd_client::proto::{PbKeyValue, PbTxnOpResponse};
 use etcd_client::{
     Client, Compare, CompareOp, DeleteOptions, GetOptions, KvClient, PutOptions, Txn, TxnOp,
@@ -117,8 +117,6 @@ pub struct EtcdStore {
 /// tasks holding it do not keep the backend alive.
 pub(crate) struct Context {
     pub(crate) tree: Tree<EtcdStore>,
-    pub(crate) ns: String,
-    pub(crate) caps: Capabilities,
 }
 
 impl Context {
@@ -320,31 +318,18 @@ impl FlatStore for EtcdStore {
         Ok(DeleteOutcome::Retry)
     }
 
-    async fn try_set(
-        &self,
-        path: &Path,
-        value: &[u8],
-        expected: Option<Version>,
-    ) -> Result<SetOutcome> {
-        let key = self.layout.node(path);
-        let mut when = vec![Compare::create_revision(
-            key.as_str(),
-            CompareOp::Greater,
-            0,
-        )];
+    async fn try_set(&self, w: &SetAttempt<'_>) -> Result<SetOutcome> {
+        let (key, value, expected) = (w.key, w.value, w.expected);
+        let mut when = vec![Compare::create_revision(key, CompareOp::Greater, 0)];
         if let Some(v) = expected {
-            when.push(Compare::mod_revision(
-                key.as_str(),
-                CompareOp::Equal,
-                rev_i64(v.0),
-            ));
+            when.push(Compare::mod_revision(key, CompareOp::Equal, rev_i64(v.0)));
         }
         // Keep an ephemeral's lease: a value write does not change the owner.
         let put = PutOptions::new().with_prev_key().with_ignore_lease();
         let txn = Txn::new()
             .when(when)
-            .and_then(vec![TxnOp::put(key.as_str(), value, Some(put))])
-            .or_else(vec![TxnOp::get(key.as_str(), keys_only())]);
+            .and_then(vec![TxnOp::put(key, value, Some(put))])
+            .or_else(vec![TxnOp::get(key, keys_only())]);
         let ctx = Ctx {
             session: None,
             value: Some((value.len(), self.max_value)),

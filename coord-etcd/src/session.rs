@@ -249,7 +249,7 @@ fn revoke_in_background(cx: Arc<Context>, lease: i64) {
 #[async_trait]
 impl RawSession for EtcdSession {
     fn capabilities(&self) -> &Capabilities {
-        &self.cx.caps
+        &self.cx.tree.caps
     }
 
     fn id(&self) -> &SessionId {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use coord_core::{conformance::Harness, SessionState};
 pub use coord_testkit::harness::fresh_namespace;
-use coord_testkit::harness::{wait_final, HarnessBackend, UrlHarness};
+use coord_testkit::harness::{wait_final, HarnessBackend, Spec, UrlHarness};
 use coord_testkit::Kind;
 
 use crate::{EtcdBackend, EtcdSession};
@@ -19,9 +19,7 @@ pub struct Etcd;
 
 #[async_trait]
 impl HarnessBackend for Etcd {
-    const KIND: Kind = Kind::Etcd;
-    const SCHEME: &'static str = "etcd";
-    const SHORT_TTL: Duration = Duration::from_secs(1);
+    const SPEC: Spec = Spec::new(Kind::Etcd, "etcd").short_ttl(Duration::from_secs(1));
     type Client = EtcdBackend;
     type Session = EtcdSession;
 
@@ -38,7 +36,7 @@ impl HarnessBackend for Etcd {
         let revoke = leases.revoke(session.lease_id());
         let revoked = tokio::time::timeout(Duration::from_secs(10), revoke).await;
         revoked.expect("revoke in time").expect("revoke");
-        let last = wait_final(session, Self::PATIENCE).await;
+        let last = wait_final(session, Self::SPEC.patience).await;
         assert_eq!(last, SessionState::Expired);
     }
 

@@ -15,9 +15,7 @@
 //!
 //! #[async_trait]
 //! impl HarnessBackend for Zk {
-//!     const KIND: Kind = Kind::ZooKeeper;
-//!     const SCHEME: &'static str = "zk";
-//!     const SHORT_TTL: Duration = Duration::from_secs(2);
+//!     const SPEC: Spec = Spec::new(Kind::ZooKeeper, "zk").short_ttl(Duration::from_secs(2));
 //!     type Client = ZkBackend;
 //!     type Session = ZkSession;
 //!     async fn connect(&self, url: &str) -> ZkBackend {
@@ -100,16 +98,8 @@ pub async fn wait_final(session: &dyn Session, patience: Duration) -> SessionSta
 /// What differs between backends in a [`UrlHarness`].
 #[async_trait]
 pub trait HarnessBackend: Default + std::fmt::Debug + Send + Sync + Sized + 'static {
-    /// The kind of server, for [`endpoints`].
-    const KIND: Kind;
-    /// The URL scheme (`zk`, `etcd`, `consul`).
-    const SCHEME: &'static str;
-    /// Query options of every client URL (`a=1&b=2`; empty for none).
-    const OPTIONS: &'static str = "";
-    /// [`Harness::patience`].
-    const PATIENCE: Duration = Duration::from_secs(20);
-    /// [`Harness::short_ttl`].
-    const SHORT_TTL: Duration;
+    /// The server kind, scheme, URL options and timings.
+    const SPEC: Spec;
     /// The backend's client.
     type Client: Backend;
     /// The backend's session, which [`UrlHarness`] downcasts the suite's sessions to.
@@ -129,6 +119,52 @@ pub trait HarnessBackend: Default + std::fmt::Debug + Send + Sync + Sized + 'sta
 
     /// Simulates a crash of the session's client ([`Harness::crash`]); false if impossible.
     async fn crash(&self, session: &Self::Session) -> bool;
+}
+
+/// What a [`HarnessBackend`] declares: its server kind, URL scheme and options, and timings.
+#[derive(Clone, Copy, Debug)]
+pub struct Spec {
+    /// The kind of server, for [`endpoints`].
+    pub kind: Kind,
+    /// The URL scheme (`zk`, `etcd`, `consul`).
+    pub scheme: &'static str,
+    /// Query options of every client URL (`a=1&b=2`; empty for none).
+    pub options: &'static str,
+    /// [`Harness::patience`] (20 s unless set).
+    pub patience: Duration,
+    /// [`Harness::short_ttl`] (2 s unless set).
+    pub short_ttl: Duration,
+}
+
+impl Spec {
+    /// The spec of `scheme` on servers of `kind`, with no options and default timings.
+    pub const fn new(kind: Kind, scheme: &'static str) -> Spec {
+        Spec {
+            kind,
+            scheme,
+            options: "",
+            patience: Duration::from_secs(20),
+            short_ttl: Duration::from_secs(2),
+        }
+    }
+
+    /// Sets [`Spec::options`].
+    pub const fn options(mut self, options: &'static str) -> Spec {
+        self.options = options;
+        self
+    }
+
+    /// Sets [`Spec::patience`].
+    pub const fn patience(mut self, patience: Duration) -> Spec {
+        self.patience = patience;
+        self
+    }
+
+    /// Sets [`Spec::short_ttl`].
+    pub const fn short_ttl(mut self, ttl: Duration) -> Spec {
+        self.short_ttl = ttl;
+        self
+    }
 }
 
 /// A [`Harness`] of one test: clients by URL in the test's own fresh namespace on the
@@ -169,16 +205,16 @@ impl<B: HarnessBackend> UrlHarness<B> {
         &self.backend
     }
 
-    /// The URL of a client in `namespace`, with the backend's [`HarnessBackend::OPTIONS`] and
+    /// The URL of a client in `namespace`, with the backend's [`Spec::options`] and
     /// `options` (`""` for none) as query.
     pub fn url(&self, namespace: &str, options: &str) -> String {
-        let query: Vec<&str> = [B::OPTIONS, options]
+        let query: Vec<&str> = [B::SPEC.options, options]
             .into_iter()
             .filter(|o| !o.is_empty())
             .collect();
         let sep = if query.is_empty() { "" } else { "?" };
         let query = query.join("&");
-        format!("{}://{}{namespace}{sep}{query}", B::SCHEME, self.host)
+        format!("{}://{}{namespace}{sep}{query}", B::SPEC.scheme, self.host)
     }
 
     /// A new client of this test's namespace, as the backend's own type.
@@ -213,11 +249,11 @@ impl<B: HarnessBackend> Harness for UrlHarness<B> {
     }
 
     fn patience(&self) -> Duration {
-        B::PATIENCE
+        B::SPEC.patience
     }
 
     fn short_ttl(&self) -> Duration {
-        B::SHORT_TTL
+        B::SPEC.short_ttl
     }
 }
 
@@ -225,6 +261,6 @@ impl<B: HarnessBackend> Harness for UrlHarness<B> {
 /// ([`endpoints`]), or `None` after the loud skip line when they are unavailable and
 /// `COORD_REQUIRE_BACKENDS` is not set (with it, this panics).
 pub async fn harness<B: HarnessBackend>(test: &str) -> Option<Arc<dyn Harness>> {
-    let endpoints = endpoints(B::KIND).await?;
+    let endpoints = endpoints(B::SPEC.kind).await?;
     Some(Arc::new(UrlHarness::<B>::new(&endpoints, test)))
 }

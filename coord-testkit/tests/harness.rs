@@ -11,7 +11,7 @@ use coord_core::conformance::{self, Harness};
 use coord_core::mem::{MemBackend, MemSession};
 use coord_core::{Backend, Session, SessionOptions, SessionState};
 use coord_testkit::harness::{
-    fresh_namespace, harness, unique_suffix, wait_final, HarnessBackend, UrlHarness,
+    fresh_namespace, harness, unique_suffix, wait_final, HarnessBackend, Spec, UrlHarness,
 };
 use coord_testkit::Kind;
 use futures::FutureExt;
@@ -25,11 +25,10 @@ struct Fake {
 
 #[async_trait]
 impl HarnessBackend for Fake {
-    const KIND: Kind = Kind::Consul;
-    const SCHEME: &'static str = "fake";
-    const OPTIONS: &'static str = "timeout=5s";
-    const PATIENCE: Duration = Duration::from_secs(10);
-    const SHORT_TTL: Duration = Duration::from_secs(1);
+    const SPEC: Spec = Spec::new(Kind::Consul, "fake")
+        .options("timeout=5s")
+        .patience(Duration::from_secs(10))
+        .short_ttl(Duration::from_secs(1));
     type Client = MemBackend;
     type Session = MemSession;
 

@@ -1,7 +1,6 @@
 //! [`ZkBackend`]: coord's backend over the main ZooKeeper client of a [`Context`], and the
 //! factory of sessions.
 
-use std::any::Any;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -96,9 +95,5 @@ impl RawBackend for ZkBackend {
 
     async fn watch_children(&self, path: &Path) -> Result<(Vec<String>, ChildrenWatch)> {
         watch_children(&self.ctx, self.alive.subscribe(), path).await
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
     }
 }

@@ -3,12 +3,11 @@
 #![allow(clippy::expect_used)]
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use coord_core::conformance::Harness;
 pub use coord_testkit::harness::unique_suffix;
-use coord_testkit::harness::{HarnessBackend, UrlHarness};
+use coord_testkit::harness::{HarnessBackend, Spec, UrlHarness};
 use coord_testkit::Kind;
 
 use crate::{ZkBackend, ZkSession};
@@ -19,10 +18,7 @@ pub struct Zk;
 
 #[async_trait]
 impl HarnessBackend for Zk {
-    const KIND: Kind = Kind::ZooKeeper;
-    const SCHEME: &'static str = "zk";
-    const OPTIONS: &'static str = "timeout=5s";
-    const SHORT_TTL: Duration = Duration::from_secs(2);
+    const SPEC: Spec = Spec::new(Kind::ZooKeeper, "zk").options("timeout=5s");
     type Client = ZkBackend;
     type Session = ZkSession;
 

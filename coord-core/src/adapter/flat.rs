@@ -210,6 +210,19 @@ pub enum DeleteOutcome {
     Retry,
 }
 
+/// A write of an existing key, only at version `expected` if given.
+#[derive(Debug)]
+pub struct SetAttempt<'a> {
+    /// The node written.
+    pub path: &'a Path,
+    /// Its key.
+    pub key: &'a str,
+    /// The new value.
+    pub value: &'a [u8],
+    /// The version the key must be at.
+    pub expected: Option<Version>,
+}
+
 /// What a write found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SetOutcome {
@@ -234,13 +247,8 @@ pub trait FlatStore: Send + Sync + 'static {
     /// Runs one delete attempt of `path` (not the root): only at version `expected` if given,
     /// only without children, atomically, removing its counters too.
     async fn try_delete(&self, path: &Path, expected: Option<Version>) -> Result<DeleteOutcome>;
-    /// Writes an existing key (keeping its owner), only at version `expected` if given.
-    async fn try_set(
-        &self,
-        path: &Path,
-        value: &[u8],
-        expected: Option<Version>,
-    ) -> Result<SetOutcome>;
+    /// Writes an existing key (keeping its owner), only at the expected version if given.
+    async fn try_set(&self, write: &SetAttempt<'_>) -> Result<SetOutcome>;
     /// The names under a children prefix, sorted, and the stamp of the read.
     async fn list(&self, prefix: &str) -> Result<(Vec<String>, u64)>;
     /// Whether `key` existed at the stamp of a [`FlatStore::list`] (stores without
@@ -255,6 +263,10 @@ pub struct Tree<S> {
     pub store: S,
     /// The key layout of the namespace.
     pub layout: Layout,
+    /// The namespace (`""` for none).
+    pub namespace: String,
+    /// The backend's abilities and limits.
+    pub caps: Capabilities,
 }
 
 fn root_node() -> Node {
@@ -266,11 +278,13 @@ fn root_node() -> Node {
 }
 
 impl<S: FlatStore> Tree<S> {
-    /// The tree of `store` in `namespace`.
-    pub fn new(store: S, namespace: &str) -> Tree<S> {
+    /// The tree of `store` in `namespace`, for a backend with `caps`.
+    pub fn new(store: S, namespace: &str, caps: Capabilities) -> Tree<S> {
         Tree {
             store,
             layout: Layout::new(namespace),
+            namespace: namespace.to_owned(),
+            caps,
         }
     }
 
@@ -398,7 +412,14 @@ impl<S: FlatStore> Tree<S> {
 
     /// Writes `path` (not the root; value already checked).
     pub async fn set(&self, path: &Path, value: &[u8], expected: Option<Version>) -> Result<Stat> {
-        match self.store.try_set(path, value, expected).await? {
+        let key = self.layout.node(path);
+        let write = SetAttempt {
+            path,
+            key: &key,
+            value,
+            expected,
+        };
+        match self.store.try_set(&write).await? {
             SetOutcome::Written(stat) => Ok(stat),
             SetOutcome::Missing => Err(Error::NotFound {
                 path: path.to_string(),
@@ -462,12 +483,8 @@ impl<S: FlatStore> Tree<S> {
 pub trait FlatBackend: Send + Sync + 'static {
     /// The store under the tree.
     type Store: FlatStore;
-    /// The namespace's tree.
+    /// The namespace's tree (with the capabilities and the namespace).
     fn tree(&self) -> &Tree<Self::Store>;
-    /// See [`RawBackend::capabilities`].
-    fn capabilities(&self) -> &Capabilities;
-    /// See [`RawBackend::namespace`].
-    fn namespace(&self) -> &str;
     /// See [`RawBackend::open_session`].
     async fn open_session(&self, ttl: Duration) -> Result<Arc<dyn Session>>;
     /// See [`RawBackend::watch`].
@@ -475,17 +492,22 @@ pub trait FlatBackend: Send + Sync + 'static {
     /// See [`RawBackend::watch_children`].
     async fn watch_children(&self, path: &Path) -> Result<(Vec<String>, ChildrenWatch)>;
     /// See [`RawBackend::as_any`].
-    fn as_any(&self) -> &dyn Any;
+    fn as_any(&self) -> &dyn Any
+    where
+        Self: Sized,
+    {
+        self
+    }
 }
 
 #[async_trait]
 impl<T: FlatBackend> RawBackend for T {
     fn capabilities(&self) -> &Capabilities {
-        FlatBackend::capabilities(self)
+        &self.tree().caps
     }
 
     fn namespace(&self) -> &str {
-        FlatBackend::namespace(self)
+        &self.tree().namespace
     }
 
     async fn open_session(&self, ttl: Duration) -> Result<Arc<dyn Session>> {
@@ -585,7 +607,7 @@ mod tests {
             Ok(DeleteOutcome::Retry)
         }
 
-        async fn try_set(&self, _: &Path, _: &[u8], _: Option<Version>) -> Result<SetOutcome> {
+        async fn try_set(&self, _: &SetAttempt<'_>) -> Result<SetOutcome> {
             Ok(SetOutcome::Missing)
         }
 
@@ -602,7 +624,7 @@ mod tests {
     /// Consul `Timeout`); a malformed counter is an error (etcd read it as 0).
     #[tokio::test(start_paused = true)]
     async fn lost_races_end_in_contended_and_bad_counters_in_malformed_data() {
-        let t = Tree::new(Hostile { counter: b"5" }, "/ns");
+        let t = Tree::new(Hostile { counter: b"5" }, "/ns", Capabilities::new("test"));
         let r = t
             .create(&p("/q/n-"), b"", CreateMode::Sequential, None)
             .await;
@@ -616,7 +638,7 @@ mod tests {
             matches!(r, Err(Error::Contended { op: "delete", .. })),
             "{r:?}"
         );
-        let t = Tree::new(Hostile { counter: b"x" }, "/ns");
+        let t = Tree::new(Hostile { counter: b"x" }, "/ns", Capabilities::new("test"));
         let r = t
             .create(&p("/q/n-"), b"", CreateMode::Sequential, None)
             .await;

@@ -86,7 +86,12 @@ pub trait RawBackend: Send + Sync + 'static {
     /// See [`Backend::watch_children`].
     async fn watch_children(&self, path: &Path) -> Result<(Vec<String>, ChildrenWatch)>;
     /// See [`Backend::as_any`].
-    fn as_any(&self) -> &dyn Any;
+    fn as_any(&self) -> &dyn Any
+    where
+        Self: Sized,
+    {
+        self
+    }
 }
 
 #[async_trait]
@@ -165,7 +170,12 @@ pub trait RawSession: Send + Sync + 'static {
     /// See [`Session::close`].
     async fn close(&self) -> Result<()>;
     /// See [`Session::as_any`].
-    fn as_any(&self) -> &dyn Any;
+    fn as_any(&self) -> &dyn Any
+    where
+        Self: Sized,
+    {
+        self
+    }
 }
 
 #[async_trait]
