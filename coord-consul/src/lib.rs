@@ -37,7 +37,7 @@ pub use config::{
     Config, DEFAULT_MAX_VALUE_SIZE, DEFAULT_SESSION_TTL, DEFAULT_TIMEOUT, DEFAULT_WAIT,
     MAX_SESSION_TTL, MIN_SESSION_TTL,
 };
-pub use session::ConsulSession;
+pub use session::{ConsulLease, ConsulSession};
 
 /// Connects to the Consul agent named by a `consul://` URL (the facade's `coord::connect`
 /// calls this). Fails with [`coord_core::Error::InvalidUrl`] on a malformed URL or an unknown

@@ -481,7 +481,10 @@ mod tests {
         let renews = count(&p.renews);
         sleep(ms(5000)).await;
         assert_eq!(count(&p.renews), renews);
-        assert!(matches!(create(&s).await, Err(Error::SessionExpired { .. })));
+        assert!(matches!(
+            create(&s).await,
+            Err(Error::SessionExpired { .. })
+        ));
         assert_eq!(count(&p.creates), 0);
         s.close().await.unwrap();
         drop(s);
@@ -536,7 +539,11 @@ mod tests {
         let renews = count(&p.renews);
         sleep(ms(5000)).await;
         assert_eq!(count(&p.renews), renews);
-        assert_eq!(s.state(), SessionState::Connected, "nobody is left to notice");
+        assert_eq!(
+            s.state(),
+            SessionState::Connected,
+            "nobody is left to notice"
+        );
         drop(s);
         sleep(ms(10)).await;
         assert_eq!(count(&p.revokes), 0);
@@ -553,7 +560,10 @@ mod tests {
         // A create refused because the owner is gone.
         let (s, p) = open();
         p.gone.store(true, Ordering::SeqCst);
-        assert!(matches!(create(&s).await, Err(Error::SessionExpired { .. })));
+        assert!(matches!(
+            create(&s).await,
+            Err(Error::SessionExpired { .. })
+        ));
         assert_eq!(s.state(), SessionState::Expired);
         sleep(ms(10)).await;
         assert_eq!((count(&p.revokes), count(&p.renews)), (1, 0));
