@@ -10,22 +10,21 @@
 //! to 2 × TTL, at least 20 s). The agent reaps the service of a client that never came back
 //! after a minute critical.
 //!
-//! States: `Suspended` when a pass fails; `Connected` when a pass succeeds again and the
-//! session still exists; `Expired` when Consul reports the session gone (a blocking query on
-//! `/v1/session/info` sees it the moment it is invalidated or destroyed, or an acquire is
-//! refused, or the agent no longer knows the check); `Closed` after
-//! [`Session::close`](coord_core::Session::close). The end destroys the session and
-//! deregisters the check.
+//! The lifecycle is [`LeaseSession`]'s; Consul-specific: after a failed pass, a pass counts
+//! only if the session still exists; `Expired` also when a blocking query on
+//! `/v1/session/info` sees the session invalidated or destroyed, an acquire is refused by a
+//! session Consul no longer knows, or the agent no longer knows the check. The end destroys
+//! the session and deregisters the check.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use coord_core::adapter::{random_u64, Backoff, Lease, LeaseHandle, LeaseSession, Renewal, Timing};
-use coord_core::{Capabilities, CreateMode, Created, Error, Path, Result, SessionId};
+use coord_core::{CreateMode, Created, Error, Path, Result, SessionId};
 use tokio::time::Instant;
 
-use crate::api::{Pass, SessionCreate};
+use crate::api::{Api, Pass, SessionCreate};
 use crate::context::Context;
 use crate::error::backend_err;
 
@@ -49,27 +48,25 @@ impl ConsulSession {
         let api = ctx.api();
         api.register_check(&check, ttl).await?;
         let created = async {
-            let id = create_session(&ctx, &check).await?;
-            let (_, index) = api.session_exists(&id, None).await?;
-            Ok::<_, Error>((id, index))
+            let id = SessionId(create_session(api, &check).await?);
+            Ok::<_, Error>((api.session_exists(&id.0, None).await?.1, id))
         }
         .await;
-        let (id, index) = match created {
-            Ok(v) => v,
-            Err(e) => {
-                let _ = api.deregister_check(&check).await;
-                return Err(e);
-            }
-        };
-        let id = SessionId(id);
+        if created.is_err() {
+            let _ = api.deregister_check(&check).await;
+        }
+        let (index, id) = created?;
+        let caps = ctx.caps.clone();
         let lease = ConsulLease {
             ctx,
-            id,
+            id: id.clone(),
             check,
             ttl,
             index,
         };
-        Ok(ConsulSession(LeaseSession::start(lease, granted_at)))
+        Ok(ConsulSession(LeaseSession::start(
+            lease, id, ttl, caps, granted_at,
+        )))
     }
 
     /// For tests: stops passing the check without closing, like a client that hung or was
@@ -90,16 +87,16 @@ impl ConsulSession {
 /// anti-entropy shortly after its registration: until then Consul refuses the check
 /// ([`SessionCreate::CheckNotKnownYet`]), so that answer is retried for up to the request
 /// timeout.
-async fn create_session(ctx: &Context, check: &str) -> Result<String> {
-    let deadline = tokio::time::Instant::now() + ctx.api().timeout;
+async fn create_session(api: &Api, check: &str) -> Result<String> {
+    let deadline = Instant::now() + api.timeout;
     let mut backoff =
         Backoff::new(Duration::from_millis(20), Duration::from_millis(500)).jittered();
     loop {
-        match ctx.api().create_session(check).await? {
+        match api.create_session(check).await? {
             SessionCreate::Created(id) => return Ok(id),
             SessionCreate::CheckNotKnownYet => {
                 let pause = backoff.next_delay();
-                if tokio::time::Instant::now() + pause >= deadline {
+                if Instant::now() + pause >= deadline {
                     return Err(backend_err(
                         format!("Consul did not learn the check {check} within the timeout"),
                         true,
@@ -121,16 +118,6 @@ pub struct ConsulLease {
     index: u64,
 }
 
-impl std::fmt::Debug for ConsulLease {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConsulLease")
-            .field("id", &self.id)
-            .field("check", &self.check)
-            .field("ttl", &self.ttl)
-            .finish_non_exhaustive()
-    }
-}
-
 impl ConsulLease {
     /// A pass is bounded by TTL/3 and the request timeout.
     fn pass_timeout(&self) -> Duration {
@@ -140,18 +127,6 @@ impl ConsulLease {
 
 #[async_trait]
 impl Lease for ConsulLease {
-    fn id(&self) -> &SessionId {
-        &self.id
-    }
-
-    fn ttl(&self) -> Duration {
-        self.ttl
-    }
-
-    fn capabilities(&self) -> &Capabilities {
-        &self.ctx.caps
-    }
-
     /// A pass every TTL/3, after a failure too. No deadline of its own: Consul decides, and
     /// the observer ([`Lease::ended`]) sees it.
     fn timing(&self) -> Timing {

@@ -57,17 +57,11 @@ pub enum Renewal {
     Gone,
 }
 
-/// What a store does for a [`LeaseSession`]: the session's identity and the single steps of
-/// its lifecycle. The lifecycle itself (states, the keep-alive task, close, drop, crash) is
-/// [`LeaseSession`]'s.
+/// What a store does for a [`LeaseSession`]: the single steps of its lifecycle, on the
+/// session the store granted. The lifecycle itself (states, the keep-alive task, close,
+/// drop, crash) is [`LeaseSession`]'s.
 #[async_trait]
-pub trait Lease: std::fmt::Debug + Send + Sync + 'static {
-    /// The session id (the owner of its ephemerals).
-    fn id(&self) -> &SessionId;
-    /// The TTL the store granted.
-    fn ttl(&self) -> Duration;
-    /// The backend's limits.
-    fn capabilities(&self) -> &Capabilities;
+pub trait Lease: Send + Sync + 'static {
     /// The keep-alive cadence.
     fn timing(&self) -> Timing;
     /// One keep-alive. `recovering`: the last one failed (the session is Suspended), so a
@@ -99,6 +93,9 @@ enum Run {
 /// What a handle and its background task share.
 struct Shared<L> {
     lease: L,
+    id: SessionId,
+    ttl: Duration,
+    caps: Capabilities,
     state: StateCell,
     run: watch::Sender<Run>,
     crashed: AtomicBool,
@@ -122,7 +119,7 @@ impl<L: Lease> Shared<L> {
     /// revoked in the background to be sure (and to clean up what the store keeps for it).
     fn expire(self: &Arc<Self>, why: &str) {
         if self.state.advance(SessionState::Expired) {
-            tracing::info!(session = %self.lease.id(), "session expired: {why}");
+            tracing::info!(session = %self.id, "session expired: {why}");
             self.stop(Run::Nothing);
             self.revoke_in_background();
         }
@@ -148,7 +145,7 @@ impl<L: Lease> Shared<L> {
             let sh = self.clone();
             rt.spawn(async move {
                 if let Err(e) = sh.revoke_once().await {
-                    tracing::debug!(session = %sh.lease.id(), error = %e, "revoke failed (the store ends the session after its TTL)");
+                    tracing::debug!(session = %sh.id, error = %e, "revoke failed (the store ends the session after its TTL)");
                 }
             });
         }
@@ -164,18 +161,29 @@ pub struct LeaseSession<L: Lease> {
 impl<L: Lease> std::fmt::Debug for LeaseSession<L> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LeaseSession")
-            .field("lease", &self.shared.lease)
+            .field("id", &self.shared.id)
+            .field("ttl", &self.shared.ttl)
             .field("state", &self.shared.state.get())
             .finish()
     }
 }
 
 impl<L: Lease> LeaseSession<L> {
-    /// A Connected session on `lease`, granted by a request sent at `granted_at` (the
-    /// deadline counts from there), with its keep-alive task started. Needs a tokio runtime.
-    pub fn start(lease: L, granted_at: Instant) -> LeaseSession<L> {
+    /// A Connected session `id` of `ttl` on `lease`, granted by a request sent at
+    /// `granted_at` (the deadline counts from there), with its keep-alive task started.
+    /// Needs a tokio runtime.
+    pub fn start(
+        lease: L,
+        id: SessionId,
+        ttl: Duration,
+        caps: Capabilities,
+        granted_at: Instant,
+    ) -> LeaseSession<L> {
         let shared = Arc::new(Shared {
             lease,
+            id,
+            ttl,
+            caps,
             state: StateCell::new(SessionState::Connected),
             run: watch::channel(Run::All).0,
             crashed: AtomicBool::new(false),
@@ -250,14 +258,14 @@ async fn keep_alive<L: Lease>(sh: &Arc<Shared<L>>, granted_at: Instant) {
             }
             Ok(Err(_)) | Err(_) => {
                 if let Ok(Err(e)) = &r {
-                    tracing::debug!(session = %sh.lease.id(), error = %e, "keep-alive failed");
+                    tracing::debug!(session = %sh.id, error = %e, "keep-alive failed");
                 }
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     sh.expire("no renewal succeeded within the deadline");
                     return;
                 }
                 if sh.state.advance(SessionState::Suspended) {
-                    tracing::warn!(session = %sh.lease.id(), "session suspended: keep-alive failed");
+                    tracing::warn!(session = %sh.id, "session suspended: keep-alive failed");
                 }
                 t.retry
             }
@@ -295,15 +303,15 @@ impl<L: Lease> LeaseHandle for LeaseSession<L> {
 #[async_trait]
 impl<H: LeaseHandle> RawSession for H {
     fn capabilities(&self) -> &Capabilities {
-        self.lease_session().shared.lease.capabilities()
+        &self.lease_session().shared.caps
     }
 
     fn id(&self) -> &SessionId {
-        self.lease_session().shared.lease.id()
+        &self.lease_session().shared.id
     }
 
     fn ttl(&self) -> Duration {
-        self.lease_session().shared.lease.ttl()
+        self.lease_session().shared.ttl
     }
 
     fn state(&self) -> SessionState {
@@ -319,7 +327,7 @@ impl<H: LeaseHandle> RawSession for H {
         let r = sh.lease.create(path, value, mode).await;
         if let Err(Error::SessionExpired { .. }) = &r {
             sh.expire("the store refused it as an owner");
-            return Err(Error::session_gone(sh.lease.id(), sh.state.get()));
+            return Err(Error::session_gone(&sh.id, sh.state.get()));
         }
         r
     }
@@ -378,24 +386,12 @@ mod tests {
         end: tokio::sync::Notify,
     }
 
-    #[derive(Debug)]
     struct Fake {
-        id: SessionId,
-        caps: Capabilities,
         probe: Arc<Probe>,
     }
 
     #[async_trait]
     impl Lease for Fake {
-        fn id(&self) -> &SessionId {
-            &self.id
-        }
-        fn ttl(&self) -> Duration {
-            ms(1000)
-        }
-        fn capabilities(&self) -> &Capabilities {
-            &self.caps
-        }
         /// etcd's figures for a 1 s TTL.
         fn timing(&self) -> Timing {
             Timing {
@@ -426,13 +422,13 @@ mod tests {
             self.probe.creates.fetch_add(1, Ordering::SeqCst);
             if self.probe.gone.load(Ordering::SeqCst) {
                 return Err(Error::SessionExpired {
-                    session: self.id.0.clone(),
+                    session: "fake".into(),
                 });
             }
             Ok(Created {
                 path: path.clone(),
                 sequence: None,
-                stat: crate::kernel::Stat::new(crate::kernel::Version(1), Some(self.id.clone())),
+                stat: crate::kernel::Stat::new(crate::kernel::Version(1), None),
             })
         }
     }
@@ -440,11 +436,11 @@ mod tests {
     fn open() -> (LeaseSession<Fake>, Arc<Probe>) {
         let probe = Arc::new(Probe::default());
         let lease = Fake {
-            id: SessionId("fake".into()),
-            caps: Capabilities::new("fake"),
             probe: probe.clone(),
         };
-        (LeaseSession::start(lease, Instant::now()), probe)
+        let (id, caps) = (SessionId("fake".into()), Capabilities::new("fake"));
+        let s = LeaseSession::start(lease, id, ms(1000), caps, Instant::now());
+        (s, probe)
     }
 
     fn count(c: &AtomicUsize) -> usize {
