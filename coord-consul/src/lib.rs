@@ -38,7 +38,7 @@ pub use config::{
     MAX_SESSION_TTL, MIN_SESSION_TTL,
 };
 pub use context::ConsulStore;
-pub use session::ConsulSession;
+pub use session::{ConsulLease, ConsulSession};
 
 /// Connects to the Consul agent named by a `consul://` URL (the facade's `coord::connect`
 /// calls this). Fails with [`coord_core::Error::InvalidUrl`] on a malformed URL or an unknown

@@ -33,7 +33,7 @@ use std::sync::Arc;
 pub use backend::EtcdBackend;
 pub use context::EtcdStore;
 pub use coord_core::adapter::flat::Layout;
-pub use session::EtcdSession;
+pub use session::{EtcdLease, EtcdSession};
 
 /// Connects to etcd from an `etcd://` URL (see the crate docs). This is what
 /// `coord::connect` calls for the `etcd` scheme.

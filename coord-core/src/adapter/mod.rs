@@ -7,6 +7,8 @@
 //!   every backend shares (namespace root, value size, TTL bounds; paths are valid by type).
 //! - [`Backoff`]: the one retry-delay policy; [`random_u64`] / [`jitter`]: the one random source.
 //! - [`StateCell`]: a session's state, advanced unless final, observed as a stream.
+//! - [`LeaseSession`] over a [`Lease`]: the lifecycle of a session the client keeps alive
+//!   (etcd, Consul): keep-alive, deadline, close, drop, crash.
 //! - [`stream_of`]: a channel receiver as a boxed stream; [`KeySnapshot`] /
 //!   [`ChildrenSnapshot`]: the events between two reads of a polled or re-armed watch.
 //! - [`WatchScope`]: watch tasks that end with their backend or their stream.
@@ -15,6 +17,7 @@
 mod backoff;
 mod diff;
 pub mod flat;
+mod lease;
 mod raw;
 mod scope;
 mod state;
@@ -27,6 +30,7 @@ use tokio::sync::mpsc;
 
 pub use backoff::Backoff;
 pub use diff::{ChildrenSnapshot, KeySnapshot};
+pub use lease::{Lease, LeaseHandle, LeaseSession, Renewal, Timing};
 pub use raw::{check_ttl, check_value, RawBackend, RawSession};
 pub use scope::WatchScope;
 pub use state::states_of;
