@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::context::{Context, EtcdStore};
-use crate::error::{bounded, Ctx};
+use crate::error::{bounded_at, Ctx};
 use crate::session::EtcdSession;
 use crate::watch::{watch_children, watch_key};
 
@@ -72,8 +72,8 @@ impl EtcdBackend {
         check_ttl(&caps, None).map_err(|e| Error::InvalidUrl {
             reason: e.to_string(),
         })?;
-        let endpoints = cfg.endpoints.clone();
-        let client = bounded(cfg.timeout, "connect", Ctx::default(), || {
+        let (endpoints, named) = (cfg.endpoints.clone(), cfg.endpoints.join(","));
+        let client = bounded_at(&named, cfg.timeout, "connect", Ctx::default(), || {
             Client::connect(endpoints.clone(), Some(opts.clone()))
         })
         .await?;
@@ -82,6 +82,7 @@ impl EtcdBackend {
             layout: Layout::new(&cfg.namespace),
             timeout: cfg.timeout,
             max_value: cfg.max_value_size,
+            endpoints: named,
         };
         let (tx, rx) = watch::channel(());
         let cx = Arc::new(Context {
@@ -98,6 +99,11 @@ impl EtcdBackend {
             _watches_alive: tx,
             alive_rx: rx,
         })
+    }
+
+    /// `e`, naming the endpoints if it is a connection error (lease grant, watch start).
+    fn named(&self, e: Error) -> Error {
+        coord_core::url::with_endpoint(e, &self.cx.store().endpoints)
     }
 
     /// The key layout of this client's namespace (see [`Layout`]).
@@ -140,7 +146,8 @@ impl RawBackend for EtcdBackend {
     }
 
     async fn open_session(&self, ttl: Duration) -> Result<Arc<dyn Session>> {
-        Ok(Arc::new(EtcdSession::open(self.cx.clone(), ttl).await?))
+        let session = EtcdSession::open(self.cx.clone(), ttl).await;
+        Ok(Arc::new(session.map_err(|e| self.named(e))?))
     }
 
     async fn create(&self, path: &Path, value: &[u8], mode: CreateMode) -> Result<Created> {
@@ -168,11 +175,13 @@ impl RawBackend for EtcdBackend {
     }
 
     async fn watch(&self, path: &Path) -> Result<(Option<Node>, KeyWatch)> {
-        watch_key(self.cx.clone(), self.alive_rx.clone(), path).await
+        let w = watch_key(self.cx.clone(), self.alive_rx.clone(), path).await;
+        w.map_err(|e| self.named(e))
     }
 
     async fn watch_children(&self, path: &Path) -> Result<(Vec<String>, ChildrenWatch)> {
-        watch_children(self.cx.clone(), self.alive_rx.clone(), path).await
+        let w = watch_children(self.cx.clone(), self.alive_rx.clone(), path).await;
+        w.map_err(|e| self.named(e))
     }
 
     fn as_any(&self) -> &dyn Any {
