@@ -126,9 +126,7 @@ async fn one_option_name_per_meaning() {
         .await
         .unwrap();
     assert_eq!(c.capabilities().max_value_size, 7);
-    assert!(reason("mem://x?session_ttl=2h")
-        .await
-        .contains("session"));
+    assert!(reason("mem://x?session_ttl=2h").await.contains("session"));
     if cfg!(feature = "zk") {
         // ZooKeeper's old name is an alias; both at once are refused.
         let both = reason("zk://127.0.0.1:1/x?session_ttl=4s&session_timeout=4s").await;

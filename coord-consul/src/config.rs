@@ -228,10 +228,7 @@ mod tests {
         let c = Config::from_url("consul://h?ca=/ca.pem&cert=/c.pem&key=/k.pem").unwrap();
         assert!(c.tls);
         assert_eq!(c.ca.as_deref(), Some(std::path::Path::new("/ca.pem")));
-        assert_eq!(
-            c.client_cert,
-            Some(("/c.pem".into(), "/k.pem".into()))
-        );
+        assert_eq!(c.client_cert, Some(("/c.pem".into(), "/k.pem".into())));
         assert_eq!(c.base_url().unwrap().scheme(), "https");
         let c = Config::from_url("consul://h?tls=true").unwrap();
         assert!(c.tls && c.ca.is_none() && c.client_cert.is_none());

@@ -100,7 +100,9 @@ pub(crate) fn transport_error(
     } else if e.is_decode() {
         backend_err(format!("{what}: undecodable answer"), false)
     } else {
-        Error::connection_lost(format!("{what}: the Consul agent at {agent} is unreachable"))
+        Error::connection_lost(format!(
+            "{what}: the Consul agent at {agent} is unreachable"
+        ))
     };
     err.with_source(e)
 }

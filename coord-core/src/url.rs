@@ -13,9 +13,9 @@
 //! `ca`, `cert`, `key` (see [`ConnectUrl::take_tls_files`]).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::fmt;
 use std::ops::RangeInclusive;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
@@ -647,7 +647,10 @@ mod tests {
             r,
             "unknown option `bogus` for etcd:// (known: ca, cert, key, session_ttl, timeout, tls)"
         );
-        let e = ConnectUrl::parse("mem://x?a=1").unwrap().finish().unwrap_err();
+        let e = ConnectUrl::parse("mem://x?a=1")
+            .unwrap()
+            .finish()
+            .unwrap_err();
         assert!(e.to_string().contains("mem:// takes no options"), "{e}");
     }
 

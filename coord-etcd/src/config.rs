@@ -155,8 +155,14 @@ mod tests {
         );
         // ZooKeeper's old name is not an etcd option, but it is close to none either.
         let far = reason("etcd://h?session_timeout=5s");
-        assert!(far.starts_with("unknown option `session_timeout` for etcd://"), "{far}");
-        assert!(far.contains("session_ttl") && far.contains("keepalive"), "{far}");
+        assert!(
+            far.starts_with("unknown option `session_timeout` for etcd://"),
+            "{far}"
+        );
+        assert!(
+            far.contains("session_ttl") && far.contains("keepalive"),
+            "{far}"
+        );
     }
 
     #[cfg(feature = "tls")]

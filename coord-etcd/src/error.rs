@@ -207,19 +207,29 @@ mod tests {
     #[tokio::test]
     async fn connection_errors_name_the_endpoints() {
         let eps = "127.0.0.1:1,[::1]:2";
-        let lost = bounded_at(eps, Duration::from_secs(1), "get", Ctx::default(), || async {
-            Err::<(), _>(etcd_client::Error::GRpcStatus(tonic::Status::new(
-                Code::Unavailable,
-                "etcdserver: no leader",
-            )))
-        })
+        let lost = bounded_at(
+            eps,
+            Duration::from_secs(1),
+            "get",
+            Ctx::default(),
+            || async {
+                Err::<(), _>(etcd_client::Error::GRpcStatus(tonic::Status::new(
+                    Code::Unavailable,
+                    "etcdserver: no leader",
+                )))
+            },
+        )
         .await
         .unwrap_err();
         assert!(matches!(lost, Error::ConnectionLost { .. }), "{lost:?}");
         assert!(lost.to_string().contains(eps), "{lost}");
-        let slow = bounded_at(eps, Duration::from_millis(10), "get", Ctx::default(), || {
-            std::future::pending::<Result<(), etcd_client::Error>>()
-        })
+        let slow = bounded_at(
+            eps,
+            Duration::from_millis(10),
+            "get",
+            Ctx::default(),
+            || std::future::pending::<Result<(), etcd_client::Error>>(),
+        )
         .await
         .unwrap_err();
         assert!(matches!(slow, Error::Timeout { .. }), "{slow:?}");

@@ -70,7 +70,12 @@ pub(crate) async fn connect(
                 return Err(error::at(e, hosts));
             }
             Ok(Err(zk::Error::NodeExists)) | Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(error::at(error::map(e, &cfg.namespace, Op::Other, None), hosts)),
+            Ok(Err(e)) => {
+                return Err(error::at(
+                    error::map(e, &cfg.namespace, Op::Other, None),
+                    hosts,
+                ))
+            }
         }
     }
     chroot(cfg, client)

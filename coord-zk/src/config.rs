@@ -79,8 +79,8 @@ mod tests {
 
     #[test]
     fn parses_full_url() {
-        let c = Config::parse("zk://bob:s3cret@h1:2182,h2/app/x?session_ttl=4s&timeout=500ms")
-            .unwrap();
+        let c =
+            Config::parse("zk://bob:s3cret@h1:2182,h2/app/x?session_ttl=4s&timeout=500ms").unwrap();
         assert_eq!(c.connect_string, "h1:2182,h2:2181");
         assert_eq!(c.namespace, "/app/x");
         assert_eq!(c.session_ttl, Some(Duration::from_secs(4)));
@@ -116,7 +116,10 @@ mod tests {
             "unknown option `timeot` (did you mean `timeout`?)"
         );
         let far = reason("zk://u:pw@h?zzz=1");
-        assert!(far.contains("known: session_timeout, session_ttl, timeout"), "{far}");
+        assert!(
+            far.contains("known: session_timeout, session_ttl, timeout"),
+            "{far}"
+        );
         assert!(!far.contains("pw"), "{far}");
     }
 
