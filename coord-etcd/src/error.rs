@@ -228,7 +228,7 @@ mod tests {
             Duration::from_millis(10),
             "get",
             Ctx::default(),
-            || std::future::pending::<Result<(), etcd_client::Error>>(),
+            std::future::pending::<Result<(), etcd_client::Error>>,
         )
         .await
         .unwrap_err();
