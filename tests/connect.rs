@@ -77,3 +77,142 @@ async fn mem_options_apply() {
         "{r:?}"
     );
 }
+
+/// The `InvalidUrl` reason of `url`.
+async fn reason(url: &str) -> String {
+    match coord::connect(url).await {
+        Err(Error::InvalidUrl { reason }) => reason,
+        other => panic!("{url}: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn unknown_options_name_the_close_match() {
+    assert_eq!(
+        reason("mem://x?sesion_ttl=5s").await,
+        "unknown option `sesion_ttl` (did you mean `session_ttl`?)"
+    );
+    assert_eq!(
+        reason("mem://x?max_valu_size=5").await,
+        "unknown option `max_valu_size` (did you mean `max_value_size`?)"
+    );
+    let far = reason("mem://x?zzz=1").await;
+    assert!(
+        far.contains("`zzz`") && far.contains("max_value_size, session_ttl"),
+        "{far}"
+    );
+    // Every backend: the same typo, the same suggestion, before any I/O (port 1 is closed).
+    for (scheme, enabled) in [
+        ("zk", cfg!(feature = "zk")),
+        ("etcd", cfg!(feature = "etcd")),
+        ("consul", cfg!(feature = "consul")),
+    ] {
+        if !enabled {
+            continue;
+        }
+        assert_eq!(
+            reason(&format!("{scheme}://127.0.0.1:1/x?sesion_ttl=5s")).await,
+            "unknown option `sesion_ttl` (did you mean `session_ttl`?)",
+            "{scheme}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn one_option_name_per_meaning() {
+    // `session_ttl`, `timeout` and `max_value_size` mean the same everywhere; a TTL out of a
+    // backend's bounds is refused under the same name.
+    let c = coord::connect("mem://names?session_ttl=300ms&max_value_size=7")
+        .await
+        .unwrap();
+    assert_eq!(c.capabilities().max_value_size, 7);
+    assert!(reason("mem://x?session_ttl=2h").await.contains("session"));
+    if cfg!(feature = "zk") {
+        // ZooKeeper's old name is an alias; both at once are refused.
+        let both = reason("zk://127.0.0.1:1/x?session_ttl=4s&session_timeout=4s").await;
+        assert!(both.contains("session_timeout"), "{both}");
+        let bad = reason("zk://127.0.0.1:1/x?session_timeout=soon").await;
+        assert!(bad.contains("session_ttl"), "{bad}");
+    }
+    if cfg!(feature = "consul") {
+        let r = reason("consul://127.0.0.1:1/x?session_ttl=100ms").await;
+        assert!(r.contains("session_ttl"), "{r}");
+    }
+    // The TLS options are parsed by one function for etcd and Consul: the same misuse gives
+    // the same reason on both.
+    for scheme in ["etcd", "consul"] {
+        if (scheme == "etcd" && !cfg!(feature = "etcd"))
+            || (scheme == "consul" && !cfg!(feature = "consul"))
+        {
+            continue;
+        }
+        assert_eq!(
+            reason(&format!("{scheme}://127.0.0.1:1?cert=/c.pem")).await,
+            "options `cert` and `key` go together",
+            "{scheme}"
+        );
+        assert_eq!(
+            reason(&format!("{scheme}://127.0.0.1:1?tls=false&ca=/ca.pem")).await,
+            "`tls=false` contradicts the `ca`/`cert`/`key` options",
+            "{scheme}"
+        );
+    }
+}
+
+/// Connecting to a closed port: a connection error that names the endpoint and never the
+/// credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_errors_name_the_endpoint_not_the_credentials() {
+    let secret = "hunter2-S3CRET";
+    for (url, endpoint, enabled) in [
+        (
+            format!("zk://alice:{secret}@127.0.0.1:1/x?timeout=1s"),
+            "127.0.0.1:1",
+            cfg!(feature = "zk"),
+        ),
+        (
+            format!("etcd://alice:{secret}@127.0.0.1:1/x?timeout=1s"),
+            "127.0.0.1:1",
+            cfg!(feature = "etcd"),
+        ),
+        (
+            format!("etcd://alice:{secret}@127.0.0.1:1,127.0.0.1:2/x?timeout=1s"),
+            "127.0.0.1:1,127.0.0.1:2",
+            cfg!(feature = "etcd"),
+        ),
+        (
+            format!("consul://{secret}@127.0.0.1:1/x?timeout=1s"),
+            "127.0.0.1:1",
+            cfg!(feature = "consul"),
+        ),
+        (
+            format!("consul://127.0.0.1:1/x?timeout=1s&token={secret}"),
+            "127.0.0.1:1",
+            cfg!(feature = "consul"),
+        ),
+    ] {
+        if !enabled {
+            continue;
+        }
+        let shown = url.replace(secret, "***");
+        let r = tokio::time::timeout(std::time::Duration::from_secs(20), coord::connect(&url))
+            .await
+            .unwrap_or_else(|_| panic!("{shown}: connect hung"));
+        let e = match r {
+            Err(e) => e,
+            Ok(_) => panic!("{shown}: connected to a closed port"),
+        };
+        assert!(
+            matches!(e, Error::ConnectionLost { .. } | Error::Timeout { .. }),
+            "{shown}: {e:?}"
+        );
+        let (display, debug) = (e.to_string(), format!("{e:?}"));
+        assert!(display.contains(endpoint), "{shown}: {display}");
+        for text in [&display, &debug] {
+            assert!(
+                !text.contains(secret) && !text.contains("alice"),
+                "{shown}: {text}"
+            );
+        }
+    }
+}

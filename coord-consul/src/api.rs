@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use base64::Engine as _;
+use coord_core::url::endpoint;
 use coord_core::{Error, Result};
 use reqwest::{Method, StatusCode, Url};
 use serde::{Deserialize, Serialize};
@@ -246,6 +247,13 @@ impl Api {
         })
     }
 
+    /// The agent's `host:port`, for errors (the token is a header, never part of it).
+    fn agent(&self) -> String {
+        let host = self.base.host_str().unwrap_or("?");
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        endpoint(host, self.base.port_or_known_default().unwrap_or(0))
+    }
+
     /// How many keys children listings have fetched from Consul so far.
     pub(crate) fn listed_keys(&self) -> u64 {
         self.listed.load(Ordering::Relaxed)
@@ -294,7 +302,7 @@ impl Api {
         let resp = req
             .send()
             .await
-            .map_err(|e| transport_error(e, what, timeout))?;
+            .map_err(|e| transport_error(e, what, timeout, &self.agent()))?;
         let status = resp.status();
         let index = resp
             .headers()
@@ -305,7 +313,7 @@ impl Api {
         let body = resp
             .bytes()
             .await
-            .map_err(|e| transport_error(e, what, timeout))?
+            .map_err(|e| transport_error(e, what, timeout, &self.agent()))?
             .to_vec();
         Ok(Answer {
             status,

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use coord_core::url::{endpoint, url_err, Redacted};
+use coord_core::url::{endpoint, url_err, Redacted, TlsFiles};
 use coord_core::{ConnectUrl, Result};
 
 /// Consul's default HTTP port.
@@ -29,9 +29,10 @@ pub const DEFAULT_MAX_VALUE_SIZE: usize = 360 * 1024;
 /// Options: `session_ttl` (default 10 s, 1 s – 1 h), `timeout` (per request, default 5 s),
 /// `wait` (blocking-query wait of watches, default 10 s, at most 10 min), `token` (ACL token,
 /// also accepted as the URL's user part), `max_value_size` (bytes, default 360 KiB; raise it
-/// only together with the agent's `txn_max_req_len`), and with the cargo feature `tls`:
-/// `tls=true` (HTTPS), `ca` (PEM file of extra trusted CAs), `cert` + `key` (PEM client
-/// certificate and key, for agents with `verify_incoming_https`).
+/// only together with the agent's `txn_max_req_len`), and with the cargo feature `tls` the TLS
+/// options shared with etcd ([`ConnectUrl::take_tls_files`]): `tls=true` (HTTPS), `ca` (PEM
+/// file of extra trusted CAs), `cert` + `key` (PEM client certificate and key, for agents with
+/// `verify_incoming_https`); any of `ca`/`cert`/`key` implies `tls=true`.
 #[derive(Clone)]
 pub struct Config {
     /// The agent's host.
@@ -120,26 +121,15 @@ impl Config {
             )?
             .unwrap_or(DEFAULT_WAIT);
         let max_value_size = u.take_size("max_value_size", DEFAULT_MAX_VALUE_SIZE, usize::MAX)?;
-        let tls = u.take_bool("tls")?.unwrap_or(false);
-        if tls && !cfg!(feature = "tls") {
+        let files = u.take_tls_files()?;
+        if files.is_some() && !cfg!(feature = "tls") {
             return Err(url_err(
-                "`tls=true` needs the cargo feature `tls` of coord-consul (on by default)",
+                "TLS options need the cargo feature `tls` of coord-consul (on by default)",
             ));
         }
-        let file = |u: &mut ConnectUrl, name: &str| -> Result<Option<std::path::PathBuf>> {
-            match u.take(name) {
-                None => Ok(None),
-                Some(v) if v.is_empty() => Err(url_err(format!("`{name}` is empty"))),
-                Some(_) if !tls => Err(url_err(format!("`{name}` needs `tls=true`"))),
-                Some(v) => Ok(Some(v.into())),
-            }
-        };
-        let ca = file(&mut u, "ca")?;
-        let client_cert = match (file(&mut u, "cert")?, file(&mut u, "key")?) {
-            (Some(c), Some(k)) => Some((c, k)),
-            (None, None) => None,
-            _ => return Err(url_err("`cert` and `key` go together")),
-        };
+        let tls = files.is_some();
+        let TlsFiles { ca, cert, key } = files.unwrap_or_default();
+        let client_cert = cert.zip(key);
         u.finish()?;
         Ok(Config {
             host,
@@ -201,7 +191,7 @@ mod tests {
             "consul://h:1?session_ttl=100ms",
             "consul://h:1?session_ttl=2h",
             "consul://h:1?tls=maybe",
-            "consul://h:1?ca=/x",
+            "consul://h:1?tls=false&ca=/x",
             "consul://h:1?tls=true&cert=/x",
             "consul://h:1?tls=true&ca=",
             "consul://h:1?wait=1h",
@@ -212,5 +202,35 @@ mod tests {
         }
         let e = Config::from_url("consul://s3cr3t@h:1?bogus=1").unwrap_err();
         assert!(!e.to_string().contains("s3cr3t"));
+    }
+
+    #[test]
+    fn unknown_options_name_the_close_match() {
+        let reason = |url: &str| match Config::from_url(url) {
+            Err(Error::InvalidUrl { reason }) => reason,
+            other => panic!("{url}: {other:?}"),
+        };
+        assert_eq!(
+            reason("consul://s3cr3t@h?sesion_ttl=5s"),
+            "unknown option `sesion_ttl` (did you mean `session_ttl`?)"
+        );
+        assert_eq!(
+            reason("consul://h?tokn=s3cr3t"),
+            "unknown option `tokn` (did you mean `token`?)"
+        );
+        let far = reason("consul://h?session_timeout=5s&token=s3cr3t");
+        assert!(far.contains("known:") && !far.contains("s3cr3t"), "{far}");
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn tls_options_as_on_etcd() {
+        let c = Config::from_url("consul://h?ca=/ca.pem&cert=/c.pem&key=/k.pem").unwrap();
+        assert!(c.tls);
+        assert_eq!(c.ca.as_deref(), Some(std::path::Path::new("/ca.pem")));
+        assert_eq!(c.client_cert, Some(("/c.pem".into(), "/k.pem".into())));
+        assert_eq!(c.base_url().unwrap().scheme(), "https");
+        let c = Config::from_url("consul://h?tls=true").unwrap();
+        assert!(c.tls && c.ca.is_none() && c.client_cert.is_none());
     }
 }

@@ -84,17 +84,25 @@ pub(crate) fn status_error(status: StatusCode, body: &[u8], what: &str) -> Error
     }
 }
 
-/// A request that got no (complete) answer, with the reqwest error as its source.
-pub(crate) fn transport_error(e: reqwest::Error, what: &str, timeout: Duration) -> Error {
+/// A request to the agent at `agent` (`host:port`: the URL's token is never part of it) that
+/// got no (complete) answer, with the reqwest error (without its URL) as its source.
+pub(crate) fn transport_error(
+    e: reqwest::Error,
+    what: &str,
+    timeout: Duration,
+    agent: &str,
+) -> Error {
     let e = e.without_url();
     let err = if e.is_timeout() {
         Error::timeout(format!(
-            "{what}: no answer from the Consul agent within {timeout:?}"
+            "{what}: no answer from the Consul agent at {agent} within {timeout:?}"
         ))
     } else if e.is_decode() {
         backend_err(format!("{what}: undecodable answer"), false)
     } else {
-        Error::connection_lost(format!("{what}: the Consul agent is unreachable"))
+        Error::connection_lost(format!(
+            "{what}: the Consul agent at {agent} is unreachable"
+        ))
     };
     err.with_source(e)
 }
@@ -138,6 +146,19 @@ mod tests {
         let e = r.unwrap_err();
         assert!(matches!(e, Error::Backend { .. }));
         assert!(std::error::Error::source(&e).is_some());
+    }
+
+    #[tokio::test]
+    async fn transport_errors_name_the_agent() {
+        // Nothing listens on port 1 of the loopback: the connection is refused.
+        let e = reqwest::Client::new()
+            .get("http://127.0.0.1:1/v1/agent/self")
+            .send()
+            .await
+            .unwrap_err();
+        let err = transport_error(e, "agent self", Duration::from_secs(1), "127.0.0.1:1");
+        assert!(matches!(err, Error::ConnectionLost { .. }), "{err:?}");
+        assert!(err.to_string().contains("127.0.0.1:1"), "{err}");
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! - `mem://` gives a private store; `mem://name` shares one store among all clients of that
 //!   name in the process (an in-process cluster). The store lives while a client of it does.
 //! - Options: `session_ttl` (default 10 s, bounds 10 ms – 1 h), `max_value_size` (bytes,
-//!   default 1 MiB). A namespace path separates clients of one store.
+//!   default 1 MiB), named as on every backend; an unknown option is `InvalidUrl` naming the
+//!   closest of these. A namespace path separates clients of one store.
 //! - Time comes from tokio: under a paused clock TTLs elapse instantly and deterministically.
 //! - Sessions are kept alive by the client implicitly; [`MemSession`] offers fault injection
 //!   for tests: [`MemSession::expire_now`], [`MemSession::crash`] (stop keeping alive: expires
@@ -324,11 +325,7 @@ impl MemBackend {
                 reason: e.to_string(),
             })?;
         }
-        if let Some(max) = u.take_u64("max_value_size")? {
-            caps.max_value_size = usize::try_from(max).map_err(|_| Error::InvalidUrl {
-                reason: "max_value_size is too large".into(),
-            })?;
-        }
+        caps.max_value_size = u.take_size("max_value_size", caps.max_value_size, usize::MAX)?;
         u.finish()?;
         let store = match u.hosts.as_slice() {
             [] => Store::new(),

@@ -5,11 +5,17 @@
 //! Each backend checks its scheme with [`ConnectUrl::expect_scheme`], takes the options it knows
 //! with [`ConnectUrl::take`] and the typed `take_*` helpers, and then calls
 //! [`ConnectUrl::finish`], which rejects whatever is left: an unknown option is an error, not
-//! ignored. Credentials are never shown by `Debug`, `Display` or an error.
+//! ignored, and names the closest option the backend takes (`unknown option `sesion_ttl` (did
+//! you mean `session_ttl`?)`). Credentials are never shown by `Debug`, `Display` or an error.
+//!
+//! One name per meaning on every backend: `session_ttl` (the TTL of sessions opened without
+//! one), `timeout` (the bound of every call), `max_value_size` (bytes), and for TLS `tls`,
+//! `ca`, `cert`, `key` (see [`ConnectUrl::take_tls_files`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::ops::RangeInclusive;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
@@ -29,6 +35,61 @@ pub struct ConnectUrl {
     /// The namespace: `""` for none, else a valid [`Path`] such as `/myapp`.
     pub namespace: String,
     options: BTreeMap<String, String>,
+    /// The option names the backend asked for (taken or not): the known options, for the
+    /// suggestion of [`ConnectUrl::finish`].
+    known: BTreeSet<String>,
+}
+
+/// The TLS files of a URL (`ca`, `cert`, `key`): see [`ConnectUrl::take_tls_files`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM file of the CA certificates to trust (`None`: the system's roots).
+    pub ca: Option<PathBuf>,
+    /// PEM file of the client certificate (always together with `key`).
+    pub cert: Option<PathBuf>,
+    /// PEM file of the client certificate's key (always together with `cert`).
+    pub key: Option<PathBuf>,
+}
+
+/// Names `endpoint` (a `host:port`, a list of them or a connect string — never credentials)
+/// in a [`Error::ConnectionLost`] or [`Error::Timeout`] whose message does not name it yet;
+/// other errors are returned unchanged.
+pub fn with_endpoint(mut e: Error, endpoint: &str) -> Error {
+    if let Error::ConnectionLost { message, .. } | Error::Timeout { message, .. } = &mut e {
+        if !endpoint.is_empty() && !message.contains(endpoint) {
+            message.push_str(&format!(" (endpoint {endpoint})"));
+        }
+    }
+    e
+}
+
+/// The edit (Levenshtein) distance between `a` and `b`, by characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diag = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let next = (diag + usize::from(ca != *cb))
+                .min(row[j] + 1)
+                .min(row[j + 1] + 1);
+            diag = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
+}
+
+/// The known option closest to `name`, if it is close enough to be a typo: at most one edit
+/// for names of up to 5 characters, two for longer ones.
+fn closest<'a>(name: &str, known: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    known
+        .into_iter()
+        .map(|k| (edit_distance(name, k), k))
+        .filter(|(d, k)| *d <= (k.chars().count() / 3).clamp(1, 2))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
 }
 
 /// An [`Error::InvalidUrl`] with `reason`, which must not carry credentials.
@@ -159,6 +220,7 @@ impl ConnectUrl {
             hosts,
             namespace,
             options,
+            known: BTreeSet::new(),
         })
     }
 
@@ -201,9 +263,59 @@ impl ConnectUrl {
             .collect())
     }
 
-    /// Removes and returns the option `name`.
+    /// Removes and returns the option `name`, and remembers `name` as an option the backend
+    /// knows (for the suggestion of [`ConnectUrl::finish`]).
     pub fn take(&mut self, name: &str) -> Option<String> {
+        self.known.insert(name.to_owned());
         self.options.remove(name)
+    }
+
+    /// Accepts `old` as a deprecated alias of the option `name`: a value given as `old` is
+    /// taken as `name` from then on. Both given is an error.
+    pub fn alias(&mut self, old: &str, name: &str) -> Result<()> {
+        self.known.insert(old.to_owned());
+        if let Some(v) = self.options.remove(old) {
+            if self.options.contains_key(name) {
+                return Err(url_err(format!(
+                    "options `{name}` and `{old}` (its old name) are both given"
+                )));
+            }
+            self.options.insert(name.to_owned(), v);
+        }
+        Ok(())
+    }
+
+    /// The TLS options, the same on every backend that speaks TLS:
+    ///
+    /// - `tls`: `true` turns TLS on (with the system's roots unless `ca` is given); `false`
+    ///   turns it off and then contradicts `ca`/`cert`/`key`;
+    /// - `ca`: PEM file of the CA certificates to trust;
+    /// - `cert` + `key`: PEM files of a client certificate and its key (only together).
+    ///
+    /// Any of `ca`, `cert`, `key` turns TLS on. `None`: no TLS. A file name must not be empty.
+    pub fn take_tls_files(&mut self) -> Result<Option<TlsFiles>> {
+        let flag = self.take_bool("tls")?;
+        let mut file = |name: &str| match self.take(name) {
+            Some(v) if v.is_empty() => Err(url_err(format!("option `{name}` is empty"))),
+            v => Ok(v.map(PathBuf::from)),
+        };
+        let files = TlsFiles {
+            ca: file("ca")?,
+            cert: file("cert")?,
+            key: file("key")?,
+        };
+        if files.cert.is_some() != files.key.is_some() {
+            return Err(url_err("options `cert` and `key` go together"));
+        }
+        let any_file = files != TlsFiles::default();
+        match flag {
+            Some(false) if any_file => Err(url_err(
+                "`tls=false` contradicts the `ca`/`cert`/`key` options",
+            )),
+            Some(false) => Ok(None),
+            Some(true) => Ok(Some(files)),
+            None => Ok(any_file.then_some(files)),
+        }
     }
 
     /// Removes the option `name` and parses it as a duration (`250ms`, `2s`, `1m`, `1h`).
@@ -285,15 +397,28 @@ impl ConnectUrl {
             .transpose()
     }
 
-    /// Rejects any option no backend code has taken.
+    /// Rejects any option no backend code has taken. The error names the known option (one
+    /// the backend asked for with [`ConnectUrl::take`] or a `take_*` helper) closest to the
+    /// unknown one, if it is within a typo's distance, else lists the known options.
     pub fn finish(&self) -> Result<()> {
-        match self.options.keys().next() {
-            None => Ok(()),
-            Some(k) => Err(url_err(format!(
-                "unknown option `{k}` for {}://",
-                self.scheme
-            ))),
-        }
+        let Some(k) = self.options.keys().next() else {
+            return Ok(());
+        };
+        let known = self.known.iter().map(String::as_str);
+        Err(url_err(match closest(k, known) {
+            Some(near) => format!("unknown option `{k}` (did you mean `{near}`?)"),
+            None if self.known.is_empty() => {
+                format!("unknown option `{k}`: {}:// takes no options", self.scheme)
+            }
+            None => {
+                let known: Vec<&str> = self.known.iter().map(String::as_str).collect();
+                format!(
+                    "unknown option `{k}` for {}:// (known: {})",
+                    self.scheme,
+                    known.join(", ")
+                )
+            }
+        }))
     }
 
     /// The hosts as `(host, port)` pairs; `default_port` applies where none is given.
@@ -487,5 +612,103 @@ mod tests {
         assert_eq!(parse_duration("10"), None);
         assert_eq!(parse_duration("-1s"), None);
         assert_eq!(parse_duration("1e999s"), None);
+    }
+
+    #[test]
+    fn unknown_options_name_the_closest_known_one() {
+        assert_eq!(edit_distance("sesion_ttl", "session_ttl"), 1);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        let reason = |url: &str| {
+            let mut u = ConnectUrl::parse(url).unwrap();
+            let _ = u.take_duration("session_ttl");
+            let _ = u.take_duration("timeout");
+            let _ = u.take_tls_files();
+            match u.finish() {
+                Err(Error::InvalidUrl { reason }) => reason,
+                other => panic!("{url}: {other:?}"),
+            }
+        };
+        assert_eq!(
+            reason("etcd://h?sesion_ttl=5s"),
+            "unknown option `sesion_ttl` (did you mean `session_ttl`?)"
+        );
+        assert_eq!(
+            reason("etcd://h?timout=5s"),
+            "unknown option `timout` (did you mean `timeout`?)"
+        );
+        assert_eq!(
+            reason("etcd://h?cs=x"),
+            "unknown option `cs` (did you mean `ca`?)"
+        );
+        // Too far from anything: the known options are listed instead.
+        let r = reason("etcd://h?bogus=1");
+        assert_eq!(
+            r,
+            "unknown option `bogus` for etcd:// (known: ca, cert, key, session_ttl, timeout, tls)"
+        );
+        let e = ConnectUrl::parse("mem://x?a=1")
+            .unwrap()
+            .finish()
+            .unwrap_err();
+        assert!(e.to_string().contains("mem:// takes no options"), "{e}");
+    }
+
+    #[test]
+    fn aliases() {
+        let mut u = ConnectUrl::parse("zk://h?session_timeout=3s").unwrap();
+        u.alias("session_timeout", "session_ttl").unwrap();
+        assert_eq!(
+            u.take_duration("session_ttl").unwrap(),
+            Some(Duration::from_secs(3))
+        );
+        u.finish().unwrap();
+        let mut u = ConnectUrl::parse("zk://h?session_timeout=3s&session_ttl=2s").unwrap();
+        assert!(matches!(
+            u.alias("session_timeout", "session_ttl"),
+            Err(Error::InvalidUrl { .. })
+        ));
+        let mut u = ConnectUrl::parse("zk://h?session_timeot=3s").unwrap();
+        u.alias("session_timeout", "session_ttl").unwrap();
+        let _ = u.take_duration("session_ttl");
+        let e = u.finish().unwrap_err().to_string();
+        assert!(e.contains("did you mean `session_timeout`"), "{e}");
+    }
+
+    #[test]
+    fn tls_files() {
+        let tls = |url: &str| ConnectUrl::parse(url).unwrap().take_tls_files();
+        assert_eq!(tls("etcd://h").unwrap(), None);
+        assert_eq!(tls("etcd://h?tls=false").unwrap(), None);
+        assert_eq!(tls("etcd://h?tls=true").unwrap(), Some(TlsFiles::default()));
+        let f = tls("etcd://h?ca=/ca.pem&cert=/c.pem&key=/k.pem")
+            .unwrap()
+            .unwrap();
+        assert_eq!(f.ca, Some(PathBuf::from("/ca.pem")));
+        assert_eq!(f.cert, Some(PathBuf::from("/c.pem")));
+        assert_eq!(f.key, Some(PathBuf::from("/k.pem")));
+        for bad in [
+            "etcd://h?tls=maybe",
+            "etcd://h?cert=/c.pem",
+            "etcd://h?tls=true&key=/k.pem",
+            "etcd://h?tls=false&ca=/ca.pem",
+            "etcd://h?tls=true&ca=",
+        ] {
+            assert!(matches!(tls(bad), Err(Error::InvalidUrl { .. })), "{bad}");
+        }
+    }
+
+    #[test]
+    fn connection_errors_name_the_endpoint() {
+        let e = with_endpoint(Error::connection_lost("refused"), "127.0.0.1:1");
+        assert_eq!(
+            e.to_string(),
+            "connection lost: refused (endpoint 127.0.0.1:1)"
+        );
+        // Named once only.
+        assert_eq!(with_endpoint(e.clone(), "127.0.0.1:1"), e);
+        let t = with_endpoint(Error::timeout("no answer"), "h:2181,h2:2181");
+        assert!(t.to_string().ends_with("(endpoint h:2181,h2:2181)"), "{t}");
+        assert_eq!(with_endpoint(Error::Closed, "h:1"), Error::Closed);
     }
 }

@@ -11,7 +11,7 @@ use etcd_client::{Client, ConnectOptions, GetOptions};
 
 use crate::config::Config;
 use crate::context::{Context, EtcdStore};
-use crate::error::{bounded, Ctx};
+use crate::error::{bounded_at, Ctx};
 use crate::session::EtcdSession;
 use crate::watch::{watch_children, watch_key};
 
@@ -66,8 +66,8 @@ impl EtcdBackend {
         check_ttl(&caps, None).map_err(|e| Error::InvalidUrl {
             reason: e.to_string(),
         })?;
-        let endpoints = cfg.endpoints.clone();
-        let client = bounded(cfg.timeout, "connect", Ctx::default(), || {
+        let (endpoints, named) = (cfg.endpoints.clone(), cfg.endpoints.join(","));
+        let client = bounded_at(&named, cfg.timeout, "connect", Ctx::default(), || {
             Client::connect(endpoints.clone(), Some(opts.clone()))
         })
         .await?;
@@ -76,6 +76,7 @@ impl EtcdBackend {
             layout: Layout::new(&cfg.namespace),
             timeout: cfg.timeout,
             max_value: cfg.max_value_size,
+            endpoints: named,
         };
         let cx = Arc::new(Context {
             tree: Tree::new(store, &cfg.namespace, caps),
@@ -88,6 +89,11 @@ impl EtcdBackend {
             cx,
             watches: WatchScope::new(),
         })
+    }
+
+    /// `e`, naming the endpoints if it is a connection error (lease grant, watch start).
+    fn named(&self, e: Error) -> Error {
+        coord_core::url::with_endpoint(e, &self.cx.store().endpoints)
     }
 
     /// The key layout of this client's namespace (see [`Layout`]).
@@ -128,14 +134,17 @@ impl FlatBackend for EtcdBackend {
     }
 
     async fn open_session(&self, ttl: Duration) -> Result<Arc<dyn Session>> {
-        Ok(Arc::new(EtcdSession::open(self.cx.clone(), ttl).await?))
+        let session = EtcdSession::open(self.cx.clone(), ttl).await;
+        Ok(Arc::new(session.map_err(|e| self.named(e))?))
     }
 
     async fn watch(&self, path: &Path) -> Result<(Option<Node>, KeyWatch)> {
-        watch_key(&self.watches, self.cx.clone(), path).await
+        let w = watch_key(&self.watches, self.cx.clone(), path).await;
+        w.map_err(|e| self.named(e))
     }
 
     async fn watch_children(&self, path: &Path) -> Result<(Vec<String>, ChildrenWatch)> {
-        watch_children(&self.watches, self.cx.clone(), path).await
+        let w = watch_children(&self.watches, self.cx.clone(), path).await;
+        w.map_err(|e| self.named(e))
     }
 }

@@ -1,7 +1,6 @@
 //! The `etcd://` URL and what it configures.
 
 use std::fmt;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use coord_core::url::{url_err, Redacted};
@@ -17,13 +16,8 @@ const REQUEST_HEADROOM: usize = 16 * 1024;
 /// The largest value accepted by default: etcd's request limit minus the headroom.
 pub(crate) const DEFAULT_MAX_VALUE: usize = SERVER_MAX_REQUEST - REQUEST_HEADROOM;
 
-/// TLS files from the URL.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct TlsFiles {
-    pub(crate) ca: Option<PathBuf>,
-    pub(crate) cert: Option<PathBuf>,
-    pub(crate) key: Option<PathBuf>,
-}
+/// TLS files from the URL (`tls`, `ca`, `cert`, `key`, parsed as on every backend).
+pub(crate) use coord_core::url::TlsFiles;
 
 /// Everything an `etcd://` URL says.
 #[derive(Clone, PartialEq, Eq)]
@@ -69,24 +63,7 @@ impl Config {
             u.take_positive_duration("connect_timeout", Duration::from_secs(1).min(timeout))?;
         let keepalive = u.take_positive_duration("keepalive", Duration::from_secs(5))?;
         let max_value_size = u.take_size("max_value_size", DEFAULT_MAX_VALUE, usize::MAX)?;
-        let tls_flag = u.take_bool("tls")?;
-        let files = TlsFiles {
-            ca: u.take("ca").map(PathBuf::from),
-            cert: u.take("cert").map(PathBuf::from),
-            key: u.take("key").map(PathBuf::from),
-        };
-        if files.cert.is_some() != files.key.is_some() {
-            return Err(url_err("options `cert` and `key` go together"));
-        }
-        let any_file = files != TlsFiles::default();
-        let tls = match tls_flag {
-            Some(false) if any_file => {
-                return Err(url_err("tls=false contradicts the ca/cert/key options"))
-            }
-            Some(false) => None,
-            Some(true) => Some(files),
-            None => any_file.then_some(files),
-        };
+        let tls = u.take_tls_files()?;
         if tls.is_some() && !cfg!(feature = "tls") {
             return Err(url_err(
                 "TLS options need coord-etcd's cargo feature `tls` (enabled by default)",
@@ -147,6 +124,7 @@ mod tests {
             "etcd://h?cert=/a",
             "etcd://h?tls=maybe",
             "etcd://h?tls=false&ca=/x",
+            "etcd://h?tls=true&ca=",
         ] {
             assert!(
                 matches!(Config::parse(bad), Err(Error::InvalidUrl { .. })),
@@ -155,6 +133,36 @@ mod tests {
         }
         let e = Config::parse("etcd://u:hunter2@h?x=1").unwrap_err();
         assert!(!e.to_string().contains("hunter2"));
+    }
+
+    #[test]
+    fn unknown_options_name_the_close_match() {
+        let reason = |url: &str| match Config::parse(url) {
+            Err(Error::InvalidUrl { reason }) => reason,
+            other => panic!("{url}: {other:?}"),
+        };
+        assert_eq!(
+            reason("etcd://u:hunter2@h?sesion_ttl=5s"),
+            "unknown option `sesion_ttl` (did you mean `session_ttl`?)"
+        );
+        assert_eq!(
+            reason("etcd://h?max_value_sise=5"),
+            "unknown option `max_value_sise` (did you mean `max_value_size`?)"
+        );
+        assert_eq!(
+            reason("etcd://h?conect_timeout=5s"),
+            "unknown option `conect_timeout` (did you mean `connect_timeout`?)"
+        );
+        // ZooKeeper's old name is not an etcd option, but it is close to none either.
+        let far = reason("etcd://h?session_timeout=5s");
+        assert!(
+            far.starts_with("unknown option `session_timeout` for etcd://"),
+            "{far}"
+        );
+        assert!(
+            far.contains("session_ttl") && far.contains("keepalive"),
+            "{far}"
+        );
     }
 
     #[cfg(feature = "tls")]

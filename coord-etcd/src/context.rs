@@ -16,7 +16,7 @@ use etcd_client::{
     TxnResponse,
 };
 
-use crate::error::{bounded, is_compacted, Ctx};
+use crate::error::{bounded_at, is_compacted, Ctx};
 
 /// Responses may carry many keys (large children lists) and values up to the request limit.
 pub(crate) const MAX_DECODE: usize = 256 * 1024 * 1024;
@@ -111,6 +111,8 @@ pub struct EtcdStore {
     pub(crate) timeout: Duration,
     /// The value limit, for the error of a request etcd refuses as too large.
     pub(crate) max_value: usize,
+    /// The URL's endpoints (`host:port,…`, no credentials), named by connection errors.
+    pub(crate) endpoints: String,
 }
 
 /// What a backend, its sessions and its watch tasks share. Holds no watch-stopping handle, so
@@ -137,7 +139,7 @@ impl EtcdStore {
     }
 
     pub(crate) async fn txn(&self, what: &str, ctx: Ctx<'_>, txn: Txn) -> Result<TxnResponse> {
-        bounded(self.timeout, what, ctx, || {
+        bounded_at(&self.endpoints, self.timeout, what, ctx, || {
             let (mut kv, txn) = (self.kv(), txn.clone());
             async move { kv.txn(txn).await }
         })
@@ -146,7 +148,7 @@ impl EtcdStore {
 
     /// One range read: its kvs and the revision it was answered at.
     async fn range(&self, key: &str, opts: GetOptions) -> Result<(Vec<PbKeyValue>, i64)> {
-        let mut resp = bounded(self.timeout, "get", Ctx::default(), || {
+        let mut resp = bounded_at(&self.endpoints, self.timeout, "get", Ctx::default(), || {
             let (mut kv, opts) = (self.kv(), opts.clone());
             async move { kv.get(key, Some(opts)).await }
         })

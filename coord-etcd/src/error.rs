@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use coord_core::url::with_endpoint;
 use coord_core::{Error, SessionId};
 use tonic::Code;
 
@@ -111,6 +112,24 @@ pub(crate) fn not_sent(e: &etcd_client::Error) -> bool {
     msg.contains("connect error") || msg.contains("connection refused")
 }
 
+/// [`bounded`], and a `ConnectionLost` or `Timeout` names `endpoints` (the URL's `host:port`
+/// list, never credentials).
+pub(crate) async fn bounded_at<T, F, Fut>(
+    endpoints: &str,
+    timeout: Duration,
+    what: &str,
+    ctx: Ctx<'_>,
+    call: F,
+) -> coord_core::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, etcd_client::Error>>,
+{
+    bounded(timeout, what, ctx, call)
+        .await
+        .map_err(|e| with_endpoint(e, endpoints))
+}
+
 /// Runs one etcd call with the client's timeout: every call to the server is bounded. A call
 /// that never reached a server (see [`not_sent`]) is sent again until the deadline, so that
 /// a stopped cluster member costs no error while another member answers.
@@ -183,5 +202,37 @@ mod tests {
             ),
             Error::ValueTooLarge { size: 10, max: 5 }
         );
+    }
+
+    #[tokio::test]
+    async fn connection_errors_name_the_endpoints() {
+        let eps = "127.0.0.1:1,[::1]:2";
+        let lost = bounded_at(
+            eps,
+            Duration::from_secs(1),
+            "get",
+            Ctx::default(),
+            || async {
+                Err::<(), _>(etcd_client::Error::GRpcStatus(tonic::Status::new(
+                    Code::Unavailable,
+                    "etcdserver: no leader",
+                )))
+            },
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(lost, Error::ConnectionLost { .. }), "{lost:?}");
+        assert!(lost.to_string().contains(eps), "{lost}");
+        let slow = bounded_at(
+            eps,
+            Duration::from_millis(10),
+            "get",
+            Ctx::default(),
+            std::future::pending::<Result<(), etcd_client::Error>>,
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(slow, Error::Timeout { .. }), "{slow:?}");
+        assert!(slow.to_string().contains(eps), "{slow}");
     }
 }

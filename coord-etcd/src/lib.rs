@@ -15,7 +15,9 @@
 //! Options: `session_ttl` (default 10s), `timeout` (every call, default 5s),
 //! `connect_timeout` (default 1s), `keepalive` (HTTP/2 ping interval, default 5s),
 //! `max_value_size` (bytes; default 1.5 MiB − 16 KiB, fitting etcd's default request limit),
-//! `tls=true`, `ca=`, `cert=`, `key=` (PEM file paths; cargo feature `tls`, on by default).
+//! `tls=true`, `ca=`, `cert=`, `key=` (PEM file paths, any of them turns TLS on; cargo feature
+//! `tls`, on by default) — the same names and meanings as on the other backends. An unknown
+//! option is `InvalidUrl` naming the closest known one.
 #![warn(missing_docs, unreachable_pub)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 

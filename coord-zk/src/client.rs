@@ -43,7 +43,8 @@ pub(crate) async fn connect(
     if let Some(c) = &cfg.credentials {
         connector = connector.with_auth("digest", &c.digest());
     }
-    let fut = connector.connect(&cfg.connect_string);
+    let hosts = &cfg.connect_string;
+    let fut = connector.connect(hosts);
     let connected = match capture {
         Some(c) => tokio::time::timeout(cfg.timeout, c.scope(fut)).await,
         None => tokio::time::timeout(cfg.timeout, fut).await,
@@ -55,7 +56,7 @@ pub(crate) async fn connect(
                 cfg.connect_string, cfg.timeout
             )))
         }
-        Ok(Err(e)) => return Err(error::map(e, "/", Op::Other, None)),
+        Ok(Err(e)) => return Err(error::at(error::map(e, "/", Op::Other, None), hosts)),
         Ok(Ok(c)) => c,
     };
     if cfg.namespace.is_empty() {
@@ -64,9 +65,17 @@ pub(crate) async fn connect(
     if make_root {
         let opts = zk::CreateMode::Persistent.with_acls(acls(cfg));
         match tokio::time::timeout(cfg.timeout, client.mkdir(&cfg.namespace, &opts)).await {
-            Err(_) => return Err(error::timeout("mkdir", &cfg.namespace, cfg.timeout)),
+            Err(_) => {
+                let e = error::timeout("mkdir", &cfg.namespace, cfg.timeout);
+                return Err(error::at(e, hosts));
+            }
             Ok(Err(zk::Error::NodeExists)) | Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(error::map(e, &cfg.namespace, Op::Other, None)),
+            Ok(Err(e)) => {
+                return Err(error::at(
+                    error::map(e, &cfg.namespace, Op::Other, None),
+                    hosts,
+                ))
+            }
         }
     }
     chroot(cfg, client)

@@ -8,7 +8,7 @@ use coord_core::{ConnectUrl, Result};
 /// ZooKeeper's default client port.
 pub(crate) const DEFAULT_PORT: u16 = 2181;
 /// The session TTL used when neither the URL nor the caller names one.
-pub(crate) const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(10);
 /// The bound of every call to the server when the URL does not name one.
 pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -41,8 +41,9 @@ pub(crate) struct Config {
     pub(crate) namespace: String,
     pub(crate) credentials: Option<Credentials>,
     /// The requested TTL of the main client's session and of sessions opened without one.
-    /// `None`: not given in the URL.
-    pub(crate) session_timeout: Option<Duration>,
+    /// `None`: not given in the URL. The option is `session_ttl`, as on every backend
+    /// (`session_timeout`, its old name, is still accepted).
+    pub(crate) session_ttl: Option<Duration>,
     /// The bound of every call.
     pub(crate) timeout: Duration,
 }
@@ -57,14 +58,15 @@ impl Config {
         let credentials = u
             .take_credentials()?
             .map(|(user, password)| Credentials { user, password });
-        let session_timeout = u.take_duration_in("session_timeout", ConnectUrl::POSITIVE)?;
+        u.alias("session_timeout", "session_ttl")?;
+        let session_ttl = u.take_duration_in("session_ttl", ConnectUrl::POSITIVE)?;
         let timeout = u.take_positive_duration("timeout", DEFAULT_TIMEOUT)?;
         u.finish()?;
         Ok(Config {
             connect_string,
             namespace: u.namespace,
             credentials,
-            session_timeout,
+            session_ttl,
             timeout,
         })
     }
@@ -77,18 +79,48 @@ mod tests {
 
     #[test]
     fn parses_full_url() {
-        let c = Config::parse("zk://bob:s3cret@h1:2182,h2/app/x?session_timeout=4s&timeout=500ms")
-            .unwrap();
+        let c =
+            Config::parse("zk://bob:s3cret@h1:2182,h2/app/x?session_ttl=4s&timeout=500ms").unwrap();
         assert_eq!(c.connect_string, "h1:2182,h2:2181");
         assert_eq!(c.namespace, "/app/x");
-        assert_eq!(c.session_timeout, Some(Duration::from_secs(4)));
+        assert_eq!(c.session_ttl, Some(Duration::from_secs(4)));
         assert_eq!(c.timeout, Duration::from_millis(500));
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("s3cret"), "{dbg}");
         assert_eq!(c.credentials.unwrap().digest(), b"bob:s3cret");
         let c = Config::parse("zookeeper://[::1]").unwrap();
         assert_eq!(c.connect_string, "[::1]:2181");
-        assert_eq!((c.session_timeout, c.timeout), (None, DEFAULT_TIMEOUT));
+        assert_eq!((c.session_ttl, c.timeout), (None, DEFAULT_TIMEOUT));
+    }
+
+    #[test]
+    fn session_timeout_is_an_alias_of_session_ttl() {
+        let c = Config::parse("zk://h?session_timeout=4s").unwrap();
+        assert_eq!(c.session_ttl, Some(Duration::from_secs(4)));
+        let e = Config::parse("zk://h?session_timeout=4s&session_ttl=4s").unwrap_err();
+        assert!(matches!(e, Error::InvalidUrl { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn unknown_options_name_the_close_match() {
+        let reason = |url: &str| match Config::parse(url) {
+            Err(Error::InvalidUrl { reason }) => reason,
+            other => panic!("{url}: {other:?}"),
+        };
+        assert_eq!(
+            reason("zk://h?sesion_ttl=5s"),
+            "unknown option `sesion_ttl` (did you mean `session_ttl`?)"
+        );
+        assert_eq!(
+            reason("zk://h?timeot=5s"),
+            "unknown option `timeot` (did you mean `timeout`?)"
+        );
+        let far = reason("zk://u:pw@h?zzz=1");
+        assert!(
+            far.contains("known: session_timeout, session_ttl, timeout"),
+            "{far}"
+        );
+        assert!(!far.contains("pw"), "{far}");
     }
 
     #[test]
@@ -100,6 +132,7 @@ mod tests {
             "zk://h:1?timeout=0s",
             "zk://bob@h:1",
             "zk://h:1?session_timeout=0s",
+            "zk://h:1?session_ttl=0s",
         ] {
             assert!(
                 matches!(Config::parse(bad), Err(Error::InvalidUrl { .. })),

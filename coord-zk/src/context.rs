@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use zookeeper_client as zk;
 
-use crate::config::{Config, DEFAULT_SESSION_TIMEOUT};
+use crate::config::{Config, DEFAULT_SESSION_TTL};
 use crate::error::{self, Op, ZkResult};
 use crate::{client, probe};
 
@@ -94,22 +94,23 @@ impl Context {
         let after = self.cfg.timeout;
         let deadline = Instant::now() + after;
         let mut rx = self.conn.subscribe();
+        let at = |e| error::at(e, &self.cfg.connect_string);
         loop {
             let conn = rx.borrow_and_update().clone();
             match tokio::time::timeout_at(deadline, f(conn.client)).await {
-                Err(_) => return Err(error::timeout(what, path, after)),
+                Err(_) => return Err(at(error::timeout(what, path, after))),
                 Ok(Ok(v)) => return Ok((v, conn.epoch)),
                 Ok(Err(zk::Error::SessionExpired | zk::Error::ClientClosed)) => loop {
                     if rx.borrow().epoch.generation != conn.epoch.generation {
                         break;
                     }
                     match tokio::time::timeout_at(deadline, rx.changed()).await {
-                        Err(_) => return Err(error::timeout(what, path, after)),
+                        Err(_) => return Err(at(error::timeout(what, path, after))),
                         Ok(Err(_)) => return Err(Error::Closed),
                         Ok(Ok(())) => {}
                     }
                 },
-                Ok(Err(e)) => return Err(error::map(e, path, op, None)),
+                Ok(Err(e)) => return Err(at(error::map(e, path, op, None))),
             }
         }
     }
@@ -234,16 +235,16 @@ async fn capabilities(cfg: &Config) -> Result<Capabilities> {
                 cfg.connect_string, cfg.timeout
             ))
         })?;
-    let default_ttl = match cfg.session_timeout {
+    let default_ttl = match cfg.session_ttl {
         Some(t) if t < min || t > max => {
             return Err(Error::InvalidUrl {
                 reason: format!(
-                    "session_timeout {t:?} is outside the server's bounds [{min:?}, {max:?}]"
+                    "session_ttl {t:?} is outside the server's bounds [{min:?}, {max:?}]"
                 ),
             })
         }
         Some(t) => t,
-        None => DEFAULT_SESSION_TIMEOUT.clamp(min, max),
+        None => DEFAULT_SESSION_TTL.clamp(min, max),
     };
     Ok(Capabilities::new("zk")
         .with_max_value_size(MAX_VALUE_SIZE)

@@ -92,6 +92,12 @@ fn is_dropped_request(message: &str) -> bool {
     message.contains("expect response, but got none")
 }
 
+/// `e`, naming the connect string (`host:port,…`, no credentials) if it is a `ConnectionLost`
+/// or `Timeout`: which ensemble a connection error is about.
+pub(crate) fn at(e: Error, connect_string: &str) -> Error {
+    coord_core::url::with_endpoint(e, connect_string)
+}
+
 /// The error of a call that did not finish within `after` (coord's own bound, so no source).
 pub(crate) fn timeout(what: &str, path: &str, after: Duration) -> Error {
     Error::timeout(format!(
@@ -150,6 +156,19 @@ mod tests {
             Error::Unauthorized { .. }
         ));
         assert!(map(zk::Error::SessionExpired, "/", Op::Other, Some("0x1")).is_session_gone());
+    }
+
+    #[test]
+    fn connection_errors_name_the_connect_string() {
+        let hosts = "127.0.0.1:1,127.0.0.1:2";
+        let lost = at(map(zk::Error::ConnectionLoss, "/a", Op::Other, None), hosts);
+        assert!(matches!(lost, Error::ConnectionLost { .. }), "{lost:?}");
+        assert!(lost.to_string().contains(hosts), "{lost}");
+        assert!(lost.source().is_some());
+        let slow = at(timeout("get", "/a", Duration::from_secs(1)), hosts);
+        assert!(slow.to_string().contains(hosts), "{slow}");
+        let other = at(map(zk::Error::NoNode, "/a", Op::Other, None), hosts);
+        assert!(!other.to_string().contains(hosts), "{other}");
     }
 
     #[test]

@@ -1,14 +1,16 @@
 //! coord's ZooKeeper backend (`zk://`), over the [`zookeeper_client`] crate.
 //!
 //! ```text
-//! zk://[user:password@]host:port[,host:port…][/namespace][?session_timeout=10s&timeout=5s]
+//! zk://[user:password@]host:port[,host:port…][/namespace][?session_ttl=10s&timeout=5s]
 //! ```
 //!
 //! - **Namespace**: a ZooKeeper chroot, created with its parents if missing. Its root `/`
 //!   always exists and cannot be deleted.
-//! - **Options**: `session_timeout` (the TTL of sessions opened without one and of the main
-//!   client's session; default 10 s, clamped into the server's bounds) and `timeout` (the
-//!   bound of every call to the server; default 5 s). Unknown options are an error.
+//! - **Options**: `session_ttl` (the TTL of sessions opened without one and of the main
+//!   client's session; default 10 s, clamped into the server's bounds; `session_timeout`, its
+//!   old name, is still accepted as an alias — giving both is an error) and `timeout` (the
+//!   bound of every call to the server; default 5 s). Unknown options are an error that names
+//!   the closest known option.
 //! - **Credentials**: `user:password` is added as a `digest` identity. Nodes coord creates then
 //!   carry the ACL *creator all + world read*: other identities can read them but cannot
 //!   change, delete or add children to them (a namespace belongs to one identity). Without
