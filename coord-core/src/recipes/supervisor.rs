@@ -378,6 +378,27 @@ async fn resign(election: &Election, session: &dyn Session, node: &Path) {
 mod tests {
     use super::*;
 
+    /// Leader work that returns ends the term: the supervisor resigns and campaigns again
+    /// (a new term, a larger token) instead of stopping.
+    #[tokio::test(start_paused = true)]
+    async fn work_that_returns_campaigns_again() {
+        let client = crate::Client::new(Arc::new(crate::mem::MemBackend::new()));
+        let election = client.election("returns").unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let sup = election.supervise(b"me".to_vec(), move |l| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(l.fencing_token());
+            }
+        });
+        let first = rx.recv().await.unwrap();
+        let second = rx.recv().await.unwrap();
+        assert!(second > first);
+        assert!(!sup.state().is_final());
+        assert_eq!(sup.cancel().await, None);
+        assert_eq!(election.leader().await.unwrap(), None);
+    }
+
     #[test]
     fn the_ending_rule() {
         let ends = [
