@@ -248,6 +248,10 @@ macro_rules! conformance_tests {
                 group_join_leave_watch,
                 group_duplicate_member_rejected,
                 group_rejoin_failure_is_visible,
+                supervisor_keeps_leading_across_expiry,
+                supervisor_one_leader_cancel_hands_over,
+                supervisor_ending_error_stops_it,
+                election_cache_follows_handovers,
             ]
         );
     };

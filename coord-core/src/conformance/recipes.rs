@@ -7,10 +7,11 @@ use std::time::Duration;
 use futures::StreamExt;
 
 use super::{assert_quiet, client, eventually, next, short_client, within, Harness};
-use crate::election::{Election, Leadership};
+use crate::election::{CacheState, Election, Leadership};
 use crate::group::MembershipState;
 use crate::kernel::{CreateMode, SessionOptions};
 use crate::mem::MemSession;
+use crate::recipes::supervisor::{Supervisor, SupervisorState};
 use crate::recipes::{HoldState, SuspendPolicy};
 use crate::registry::Instance;
 use crate::{Client, Error, Path};
@@ -728,4 +729,221 @@ pub async fn group_rejoin_failure_is_visible(h: &dyn Harness) {
     assert_eq!(m.rejoins(), 0);
     assert!(other.exists(m.node()).await.unwrap().is_none());
     squatter.close().await.unwrap();
+}
+
+/// Counts the terms of supervised leader work: started, running at once (at most), ended
+/// (returned or dropped), and the fencing tokens they were given.
+#[derive(Clone, Default)]
+struct Terms {
+    running: Arc<AtomicUsize>,
+    most_at_once: Arc<AtomicUsize>,
+    ended: Arc<AtomicUsize>,
+    tokens: Arc<Mutex<Vec<u64>>>,
+}
+
+/// Marks a term's work as ended when dropped (cancelled or returned).
+struct TermGuard(Terms);
+
+impl Drop for TermGuard {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::SeqCst);
+        self.0.ended.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+impl Terms {
+    /// Leader work that records its term and runs until it is cancelled.
+    fn work(&self) -> impl FnMut(Leadership) -> futures::future::BoxFuture<'static, ()> + Send {
+        let terms = self.clone();
+        move |l: Leadership| {
+            let terms = terms.clone();
+            Box::pin(async move {
+                let now = terms.running.fetch_add(1, Ordering::SeqCst) + 1;
+                terms.most_at_once.fetch_max(now, Ordering::SeqCst);
+                let _guard = TermGuard(terms.clone());
+                terms.tokens.lock().unwrap().push(l.fencing_token());
+                std::future::pending::<()>().await;
+            })
+        }
+    }
+
+    fn ended(&self) -> usize {
+        self.ended.load(Ordering::SeqCst)
+    }
+
+    fn tokens(&self) -> Vec<u64> {
+        self.tokens.lock().unwrap().clone()
+    }
+}
+
+/// Waits until `sup` leads with a token above `above` (any token for `None`); returns it.
+async fn leading_above(h: &dyn Harness, sup: &Supervisor, above: Option<u64>) -> u64 {
+    let mut states = Box::pin(sup.states());
+    loop {
+        match next(h, "a Leading state", &mut states).await {
+            SupervisorState::Leading { token } if Some(token) > above => return token,
+            SupervisorState::Stopped(e) => panic!("the supervisor stopped: {e:?}"),
+            _ => {}
+        }
+    }
+}
+
+/// A supervisor keeps leading across an expiry of its session: the leader's work is
+/// cancelled, and a new term with a larger fencing token follows on a new session without
+/// anybody campaigning again. A leader cache of another client follows it.
+pub async fn supervisor_keeps_leading_across_expiry(h: &dyn Harness) {
+    let c = short_client(h).await;
+    let e = c.election("sup-expiry").unwrap();
+    let cache = client(h)
+        .await
+        .election("sup-expiry")
+        .unwrap()
+        .cache()
+        .await
+        .unwrap();
+    let terms = Terms::default();
+    let sup = e.supervise(b"a".to_vec(), terms.work());
+    let t1 = leading_above(h, &sup, None).await;
+    let first_session = current(&c).await;
+    h.expire(&first_session).await;
+    eventually(h, "the first term's work cancelled", || async {
+        terms.ended() >= 1
+    })
+    .await;
+    let t2 = leading_above(h, &sup, Some(t1)).await;
+    eventually(h, "the second term's work running", || async {
+        terms.tokens() == [t1, t2]
+    })
+    .await;
+    assert_eq!(terms.ended(), 1);
+    assert_ne!(current(&c).await.id(), first_session.id(), "a new session");
+    assert_eq!(e.leader().await.unwrap().unwrap().token, t2);
+    within(h, "the cache follows", async {
+        while cache.current().map(|l| l.token) != Some(t2) {
+            cache.changed().await;
+        }
+    })
+    .await;
+    assert_eq!(cache.current().unwrap().value, b"a");
+    // Cancel: the work is dropped and the leadership released before cancel returns.
+    assert_eq!(within(h, "cancel", sup.cancel()).await, None);
+    assert_eq!(terms.ended(), 2);
+    assert_eq!(terms.most_at_once.load(Ordering::SeqCst), 1);
+    assert_eq!(e.leader().await.unwrap(), None);
+}
+
+/// Two supervisors: one leads, the other campaigns; cancelling the leader hands over, and
+/// never do two leader works run at once. Dropping a supervisor resigns too.
+pub async fn supervisor_one_leader_cancel_hands_over(h: &dyn Harness) {
+    let a = client(h).await;
+    let b = client(h).await;
+    let e = a.election("sup-two").unwrap();
+    let terms = Terms::default();
+    let sa = e.supervise(b"a".to_vec(), terms.work());
+    let ta = leading_above(h, &sa, None).await;
+    let sb = b
+        .election("sup-two")
+        .unwrap()
+        .supervise(b"b".to_vec(), terms.work());
+    wait_candidates(h, &a, &e, 2).await;
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(sb.state(), SupervisorState::Campaigning);
+    assert_eq!(sa.state(), SupervisorState::Leading { token: ta });
+    assert_eq!(within(h, "cancel a", sa.cancel()).await, None);
+    let tb = leading_above(h, &sb, Some(ta)).await;
+    let leader = e.leader().await.unwrap().unwrap();
+    assert_eq!((leader.value.as_slice(), leader.token), (&b"b"[..], tb));
+    drop(sb);
+    wait_candidates(h, &a, &e, 0).await;
+    eventually(h, "b's work cancelled", || async { terms.ended() == 2 }).await;
+    assert_eq!(terms.most_at_once.load(Ordering::SeqCst), 1, "two leaders");
+    assert_eq!(terms.tokens(), [ta, tb]);
+}
+
+/// An ending error stops a supervisor with that error (see
+/// [`ends_supervision`](crate::recipes::supervisor::ends_supervision)): a value the backend
+/// refuses (`ValueTooLarge`, before any write), and a client closed under a leading
+/// supervisor (`SessionClosed`: closing must not resurrect the leadership on a new session).
+pub async fn supervisor_ending_error_stops_it(h: &dyn Harness) {
+    let c = client(h).await;
+    let other = client(h).await;
+    let e = c.election("sup-end").unwrap();
+    let terms = Terms::default();
+    let big = vec![b'x'; c.capabilities().max_value_size + 1];
+    let sup = e.supervise(big, terms.work());
+    let reason = within(h, "stopped by a refused value", sup.stopped()).await;
+    assert!(
+        matches!(reason, Some(Error::ValueTooLarge { .. })),
+        "{reason:?}"
+    );
+    assert_eq!(sup.state(), SupervisorState::Stopped(reason.clone()));
+    let states: Vec<_> = within(h, "the states end", sup.states().collect()).await;
+    assert_eq!(states, [SupervisorState::Stopped(reason.clone())]);
+    assert_eq!(within(h, "cancel after stop", sup.cancel()).await, reason);
+    assert!(terms.tokens().is_empty());
+    let sup = e.supervise(b"ok".to_vec(), terms.work());
+    leading_above(h, &sup, None).await;
+    c.close().await.unwrap();
+    let reason = within(h, "stopped by a closed client", sup.stopped()).await;
+    assert!(
+        matches!(reason, Some(Error::SessionClosed { .. } | Error::Closed)),
+        "{reason:?}"
+    );
+    assert_eq!(terms.ended(), 1);
+    wait_candidates(h, &other, &e, 0).await;
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(candidates(&other, &e).await, 0, "the leadership came back");
+}
+
+/// The leader cache follows handovers (value and token), is not stale once settled, and is
+/// stale while the client's session is suspended (checked on mem, where a partition can be
+/// made).
+pub async fn election_cache_follows_handovers(h: &dyn Harness) {
+    let w = client(h).await;
+    let watcher_session = w.session().await.unwrap();
+    let e = w.election("cache").unwrap();
+    let cache = e.cache().await.unwrap();
+    assert_eq!(cache.current(), None);
+    assert!(!cache.is_stale());
+    assert_eq!(cache.state(), CacheState::Live);
+    let a = client(h).await;
+    let la = a.election("cache").unwrap().campaign(b"a").await.unwrap();
+    let until = |token: Option<u64>| {
+        let cache = cache.clone();
+        async move {
+            while cache.current().map(|l| l.token) != token {
+                cache.changed().await;
+            }
+        }
+    };
+    within(h, "the cache sees a", until(Some(la.fencing_token()))).await;
+    assert_eq!(cache.current().unwrap().value, b"a");
+    let b = client(h).await;
+    let eb = b.election("cache").unwrap();
+    let fb = tokio::spawn(async move { eb.campaign(b"b").await });
+    wait_candidates(h, &w, &e, 2).await;
+    la.resign().await.unwrap();
+    let lb = within(h, "b elected", fb).await.unwrap().unwrap();
+    within(h, "the cache sees b", until(Some(lb.fencing_token()))).await;
+    let seen = cache.current().unwrap();
+    assert_eq!((seen.value.as_slice(), &seen.node), (&b"b"[..], lb.node()));
+    assert!(!cache.is_stale());
+    if let Some(ms) = watcher_session.as_any().downcast_ref::<MemSession>() {
+        ms.partition(watcher_session.ttl() / 2);
+        within(h, "stale while suspended", async {
+            while !cache.is_stale() {
+                cache.changed().await;
+            }
+        })
+        .await;
+        within(h, "fresh after reconnect", async {
+            while cache.is_stale() {
+                cache.changed().await;
+            }
+        })
+        .await;
+    }
+    drop(lb);
+    within(h, "the cache sees nobody", until(None)).await;
+    assert!(!cache.is_stale());
 }

@@ -25,6 +25,9 @@ use crate::kernel::{create_parents, ChildrenEvent};
 use crate::path::Path;
 use crate::recipes::queue::{self, Acquire, Held, HoldState, Instruments, SuspendPolicy};
 
+mod cache;
+pub use cache::{CacheState, LeaderCache};
+
 /// One election, identified by its path. Cheap to clone; clones share the instruments.
 #[derive(Clone)]
 pub struct Election {
@@ -65,6 +68,11 @@ impl Election {
     /// The election's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The client the election runs on.
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
     }
 
     /// Joins the election with `value` and waits until elected.
@@ -181,6 +189,11 @@ impl Leadership {
     /// The candidate node that holds the leadership.
     pub fn node(&self) -> &Path {
         &self.held.node
+    }
+
+    /// The session the leadership is bound to.
+    pub(crate) fn session(&self) -> Arc<dyn crate::kernel::Session> {
+        self.held.session.clone()
     }
 
     /// The leadership's state now (see [`HoldState`]).

@@ -5,5 +5,6 @@ pub mod group;
 pub mod lock;
 mod queue;
 pub mod registry;
+pub mod supervisor;
 
 pub use queue::{HoldState, SuspendPolicy};
