@@ -248,6 +248,13 @@ macro_rules! conformance_tests {
                 group_join_leave_watch,
                 group_duplicate_member_rejected,
                 group_rejoin_failure_is_visible,
+                registry_close_does_not_reregister,
+                client_shutdown_resigns_then_deregisters,
+                registry_replaces_entry_of_crashed_session,
+                registry_later_registration_takes_over,
+                registry_fail_if_present,
+                registry_cache_clones_and_stop,
+                registry_drop_at_runtime_shutdown,
             ]
         );
     };
