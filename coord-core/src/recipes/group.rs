@@ -290,8 +290,8 @@ impl Shared {
         self.owner.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Stops the follower (it opens no session after this returns... or after its next
-    /// await: a late re-join fails on the closed client's generation).
+    /// Stops the follower. A follower running on another thread at this moment stops at its
+    /// next await; a re-join it starts meanwhile fails on the closed client's generation.
     fn stop(&self) {
         if let Some(t) = self.task.lock().unwrap_or_else(|p| p.into_inner()).take() {
             t.abort();
