@@ -369,9 +369,10 @@ async fn single(url: &str, t: impl Fn() -> String) -> coord::Result<()> {
                 _ = tick.tick() => println!("{}   {name} working (token {})", t(), leadership.fencing_token()),
                 _ = leadership.lost() => { println!("{} {name}: leadership LOST", t()); break; }
                 _ = tokio::signal::ctrl_c() => {
-                    println!("{} {name}: Ctrl-C, resigning", t());
-                    leadership.resign().await?;
-                    client.close().await?;
+                    // The orderly end: resign (the next candidate is elected now), then close.
+                    println!("{} {name}: Ctrl-C, resigning and shutting down", t());
+                    client.shutdown().await?;
+                    println!("{} {name}: resigned: {}", t(), !leadership.is_leading());
                     return Ok(());
                 }
             }

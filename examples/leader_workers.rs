@@ -573,7 +573,7 @@ async fn lead(
     let queue = Arc::new(Mutex::new(queue));
     let remaining = Arc::new(AtomicUsize::new(parts.len() - done.len()));
     let progress = Arc::new(Notify::new());
-    let mut cache = client.registry().cache(SERVICE).await?;
+    let cache = client.registry().cache(SERVICE).await?;
     let mut drivers: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
     loop {
         // One driver per known worker: it pulls parts from the queue until its worker fails.

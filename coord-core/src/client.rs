@@ -1,12 +1,45 @@
-//! [`Client`]: a backend plus the session the recipes use, renewed after expiry.
+//! [`Client`]: a backend plus the session the recipes use, renewed after expiry, and the
+//! lifecycle of what the recipes hold through it.
+//!
+//! # Ending a client
+//!
+//! - [`Client::shutdown`] is the orderly end of a process: it resigns what the client holds
+//!   (leaderships, locks, waiting candidates), then removes its registrations and group
+//!   memberships, then closes the session, in that order, each step bounded by a timeout. The
+//!   instance stops being discoverable and another candidate is elected before the session
+//!   goes.
+//! - [`Client::close`] closes the session at once. Registrations and memberships alive at that
+//!   moment end with [`MembershipState::Closed`](crate::group::MembershipState::Closed): they
+//!   never re-register on a later session (a draining process stays invisible).
+//!
+//! After either, the client can still be used: the next recipe call opens a new session.
+//!
+//! # What the client knows it holds
+//!
+//! The client keeps weak references, never strong ones, to what was made through it: the
+//! session handles [`Client::session`] handed out that created nodes (the candidates of
+//! elections and locks), the memberships and registrations, and the service caches. An entry
+//! whose owner was dropped is pruned the next time the list grows past twice its live size,
+//! so the list stays proportional to what is alive.
 
+use std::collections::VecDeque;
 use std::ops::Deref;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
 
-use crate::error::Result;
-use crate::kernel::{Backend, Session, SessionOptions};
+use async_trait::async_trait;
+use futures::future::BoxFuture;
+
+use crate::error::{Error, Result};
+use crate::kernel::{Backend, CreateMode, Created, Session, SessionOptions, SessionState};
 use crate::path::Path;
 use crate::recipes::{election::Election, group::Group, lock::Lock, registry::Registry};
+
+/// How long each step of [`Client::shutdown`] may take.
+pub const SHUTDOWN_STEP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The most recent nodes a session handle remembers (a recipe's handle creates one).
+const TRACKED_PER_HANDLE: usize = 16;
 
 /// A handle on one backend and namespace, cheap to clone.
 ///
@@ -14,18 +47,58 @@ use crate::recipes::{election::Election, group::Group, lock::Lock, registry::Reg
 /// session: [`Client::session`] returns the current one while it lives and opens a new one
 /// after it expired or was closed. That is how a registration carries on after an expiry (it
 /// re-registers on the new session) while a leadership built on the old one reports Lost.
+/// See the [module docs](self) for [`Client::shutdown`] and [`Client::close`].
 #[derive(Clone)]
 pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     backend: Arc<dyn Backend>,
     options: SessionOptions,
-    current: Arc<tokio::sync::Mutex<Option<Arc<dyn Session>>>>,
+    slot: tokio::sync::Mutex<Slot>,
+    owned: Mutex<Holdings>,
+}
+
+/// The current session and the close generation: each close starts a new one, and what was
+/// made in an earlier generation never opens a session again.
+struct Slot {
+    session: Option<Arc<dyn Session>>,
+    epoch: u64,
+}
+
+/// Something a client ends when it is closed or shut down (a membership, a cache).
+pub(crate) trait Owned: Send + Sync {
+    /// Ends it because its client is closing: its state says so and it stops following.
+    /// With `remove`, its node is deleted first (awaited).
+    fn end(&self, remove: bool) -> BoxFuture<'_, Result<()>>;
+}
+
+/// Weak references to what the client handed out; see the module docs.
+#[derive(Default)]
+struct Holdings {
+    roles: Vec<Weak<TrackedSession>>,
+    members: Vec<Weak<dyn Owned>>,
+    caches: Vec<Weak<dyn Owned>>,
+}
+
+/// Pushes `item`, first dropping dead entries when the list has doubled since the last time.
+fn push_pruned<T: ?Sized>(list: &mut Vec<Weak<T>>, item: Weak<T>) {
+    if list.len() >= 8 && list.len().is_power_of_two() {
+        list.retain(|w| w.strong_count() > 0);
+    }
+    list.push(item);
+}
+
+fn live<T: ?Sized>(list: &[Weak<T>]) -> Vec<Arc<T>> {
+    list.iter().filter_map(Weak::upgrade).collect()
 }
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("backend", &self.backend.capabilities().backend)
-            .field("namespace", &self.backend.namespace())
+            .field("backend", &self.inner.backend.capabilities().backend)
+            .field("namespace", &self.inner.backend.namespace())
             .finish_non_exhaustive()
     }
 }
@@ -39,43 +112,129 @@ impl Client {
     /// Wraps a backend; the client's sessions are opened with `options`.
     pub fn with_session_options(backend: Arc<dyn Backend>, options: SessionOptions) -> Client {
         Client {
-            backend,
-            options,
-            current: Arc::new(tokio::sync::Mutex::new(None)),
+            inner: Arc::new(Inner {
+                backend,
+                options,
+                slot: tokio::sync::Mutex::new(Slot {
+                    session: None,
+                    epoch: 0,
+                }),
+                owned: Mutex::new(Holdings::default()),
+            }),
         }
     }
 
     /// The backend.
     pub fn backend(&self) -> &Arc<dyn Backend> {
-        &self.backend
+        &self.inner.backend
     }
 
     /// The client's current session, or a new one if there is none or it is expired or
     /// closed.
+    ///
+    /// The handle returned is the shared session; the nodes created through it are remembered
+    /// (weakly, while the handle lives), so that [`Client::shutdown`] can remove them before it
+    /// closes the session: that is how it resigns leaderships and locks.
     pub async fn session(&self) -> Result<Arc<dyn Session>> {
-        let mut cur = self.current.lock().await;
-        if let Some(s) = cur.as_ref() {
+        let (session, _) = self.session_in(None).await?;
+        Ok(Arc::new_cyclic(|me| TrackedSession {
+            inner: session,
+            client: Arc::downgrade(&self.inner),
+            me: me.clone(),
+            created: Mutex::new(VecDeque::new()),
+        }))
+    }
+
+    /// The current session (opening one if needed) and the close generation it belongs to.
+    /// With `epoch`, fails with [`Error::Closed`] if the client was closed since then: what
+    /// was made before a close never opens a new session.
+    pub(crate) async fn session_in(&self, epoch: Option<u64>) -> Result<(Arc<dyn Session>, u64)> {
+        let mut slot = self.inner.slot.lock().await;
+        if epoch.is_some_and(|e| e != slot.epoch) {
+            return Err(Error::Closed);
+        }
+        if let Some(s) = slot.session.as_ref() {
             if !s.state().is_final() {
-                return Ok(s.clone());
+                return Ok((s.clone(), slot.epoch));
             }
         }
-        let s = self.backend.open_session(self.options.clone()).await?;
-        *cur = Some(s.clone());
-        Ok(s)
+        let s = self
+            .inner
+            .backend
+            .open_session(self.inner.options.clone())
+            .await?;
+        slot.session = Some(s.clone());
+        Ok((s, slot.epoch))
     }
 
     /// The current session if one is open (without opening one).
     pub async fn current_session(&self) -> Option<Arc<dyn Session>> {
-        self.current.lock().await.clone()
+        self.inner.slot.lock().await.session.clone()
     }
 
-    /// Closes the current session (its ephemerals go now). The next recipe call opens a new one.
+    fn owned(&self) -> MutexGuard<'_, Holdings> {
+        self.inner.owned.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Remembers a membership or registration (weakly) so that close and shutdown end it.
+    pub(crate) fn track_member(&self, member: Weak<dyn Owned>) {
+        push_pruned(&mut self.owned().members, member);
+    }
+
+    /// Remembers a service cache (weakly) so that shutdown stops it.
+    pub(crate) fn track_cache(&self, cache: Weak<dyn Owned>) {
+        push_pruned(&mut self.owned().caches, cache);
+    }
+
+    /// Closes the current session now (its ephemerals go with it).
+    ///
+    /// Registrations and memberships made through this client end: their state becomes
+    /// [`MembershipState::Closed`](crate::group::MembershipState::Closed) and they never
+    /// register again, not even if the close fails. Leaderships and locks on the session
+    /// report Lost. The next recipe call opens a new session. For an orderly end (resign,
+    /// deregister, then close) use [`Client::shutdown`].
     pub async fn close(&self) -> Result<()> {
-        let s = self.current.lock().await.take();
-        match s {
+        let session = {
+            let mut slot = self.inner.slot.lock().await;
+            slot.epoch += 1;
+            slot.session.take()
+        };
+        let members = live(&self.owned().members);
+        for m in members {
+            // Without removal this does no I/O: the session's close removes the nodes.
+            let _ = m.end(false).await;
+        }
+        match session {
             Some(s) => s.close().await,
             None => Ok(()),
         }
+    }
+
+    /// The orderly end: [`Client::shutdown_within`] with [`SHUTDOWN_STEP_TIMEOUT`] per step.
+    pub async fn shutdown(&self) -> Result<()> {
+        self.shutdown_within(SHUTDOWN_STEP_TIMEOUT).await
+    }
+
+    /// The orderly end of everything held through this client, each step bounded by `step`:
+    ///
+    /// 1. resigns: deletes the nodes the client's session handles created and still own (held
+    ///    leaderships and locks report Lost, the next candidate is elected; waiting
+    ///    candidates fail);
+    /// 2. removes its registrations and memberships (their state becomes
+    ///    [`MembershipState::Closed`](crate::group::MembershipState::Closed));
+    /// 3. stops its service caches and closes the session (as [`Client::close`]).
+    ///
+    /// A step that fails or overruns does not stop the next ones: the session's close removes
+    /// whatever is left. Returns the first error (an overrun is [`Error::Timeout`]).
+    pub async fn shutdown_within(&self, step: Duration) -> Result<()> {
+        let roles = live(&self.owned().roles);
+        let resigned = bounded("resign", step, resign_all(&*self.inner.backend, roles)).await;
+        let members = live(&self.owned().members);
+        let removed = bounded("deregister", step, end_all(members, true)).await;
+        let caches = live(&self.owned().caches);
+        let stopped = end_all(caches, false).await;
+        let closed = bounded("close", step, self.close()).await;
+        resigned.and(removed).and(stopped).and(closed)
     }
 
     /// The election `name`, stored under `/elections/<name>`.
@@ -105,6 +264,116 @@ impl Client {
 impl Deref for Client {
     type Target = dyn Backend;
     fn deref(&self) -> &Self::Target {
-        &*self.backend
+        &*self.inner.backend
+    }
+}
+
+/// Runs one shutdown step for at most `limit`.
+async fn bounded(
+    what: &str,
+    limit: Duration,
+    step: impl std::future::Future<Output = Result<()>>,
+) -> Result<()> {
+    match tokio::time::timeout(limit, step).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::timeout(format!(
+            "shutdown step {what:?} did not finish within {limit:?}"
+        ))),
+    }
+}
+
+/// Ends every item; the first error, after trying them all.
+async fn end_all(items: Vec<Arc<dyn Owned>>, remove: bool) -> Result<()> {
+    let results = futures::future::join_all(items.iter().map(|m| m.end(remove))).await;
+    results.into_iter().collect()
+}
+
+/// Deletes every node the handles created that their session still owns.
+async fn resign_all(backend: &dyn Backend, roles: Vec<Arc<TrackedSession>>) -> Result<()> {
+    let mut nodes = Vec::new();
+    for r in &roles {
+        let created = r.created.lock().unwrap_or_else(|p| p.into_inner());
+        nodes.extend(created.iter().map(|p| (p.clone(), r.inner.clone())));
+    }
+    let deletes = nodes
+        .iter()
+        .map(|(node, session)| delete_if_owned(backend, node, &**session));
+    futures::future::join_all(deletes)
+        .await
+        .into_iter()
+        .collect()
+}
+
+/// Deletes `node` if `session` owns it (at the version read, so nobody else's node goes).
+pub(crate) async fn delete_if_owned(
+    backend: &dyn Backend,
+    node: &Path,
+    session: &dyn Session,
+) -> Result<()> {
+    let Some(stat) = backend.exists(node).await? else {
+        return Ok(());
+    };
+    if stat.ephemeral_owner.as_ref() != Some(session.id()) {
+        return Ok(());
+    }
+    match backend.delete(node, Some(stat.version)).await {
+        Ok(()) | Err(Error::NotFound { .. }) | Err(Error::VersionMismatch { .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The session handle [`Client::session`] hands out: the shared session, plus the nodes
+/// created through this handle (the last [`TRACKED_PER_HANDLE`]), which the client finds
+/// through a weak reference registered at the first create.
+struct TrackedSession {
+    inner: Arc<dyn Session>,
+    client: Weak<Inner>,
+    me: Weak<TrackedSession>,
+    created: Mutex<VecDeque<Path>>,
+}
+
+impl TrackedSession {
+    fn remember(&self, node: &Path) {
+        let first = {
+            let mut created = self.created.lock().unwrap_or_else(|p| p.into_inner());
+            if created.len() == TRACKED_PER_HANDLE {
+                created.pop_front();
+            }
+            created.push_back(node.clone());
+            created.len() == 1
+        };
+        if let (true, Some(client)) = (first, self.client.upgrade()) {
+            let mut owned = client.owned.lock().unwrap_or_else(|p| p.into_inner());
+            if !owned.roles.iter().any(|w| w.ptr_eq(&self.me)) {
+                push_pruned(&mut owned.roles, self.me.clone());
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Session for TrackedSession {
+    fn id(&self) -> &crate::kernel::SessionId {
+        self.inner.id()
+    }
+    fn ttl(&self) -> Duration {
+        self.inner.ttl()
+    }
+    fn state(&self) -> SessionState {
+        self.inner.state()
+    }
+    fn states(&self) -> crate::kernel::SessionStates {
+        self.inner.states()
+    }
+    async fn create(&self, path: &Path, value: &[u8], mode: CreateMode) -> Result<Created> {
+        let created = self.inner.create(path, value, mode).await?;
+        self.remember(&created.path);
+        Ok(created)
+    }
+    async fn close(&self) -> Result<()> {
+        self.inner.close().await
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self.inner.as_any()
     }
 }

@@ -252,6 +252,13 @@ macro_rules! conformance_tests {
                 supervisor_one_leader_cancel_hands_over,
                 supervisor_ending_error_stops_it,
                 election_cache_follows_handovers,
+                registry_close_does_not_reregister,
+                client_shutdown_resigns_then_deregisters,
+                registry_replaces_entry_of_crashed_session,
+                registry_later_registration_takes_over,
+                registry_fail_if_present,
+                registry_cache_clones_and_stop,
+                registry_drop_at_runtime_shutdown,
             ]
         );
     };

@@ -450,7 +450,7 @@ pub async fn registry_watch_sees_join_and_expiry(h: &dyn Harness) {
 /// Checks: registry cache follows.
 pub async fn registry_cache_follows(h: &dyn Harness) {
     let c = client(h).await;
-    let mut cache = c.registry().cache("db").await.unwrap();
+    let cache = c.registry().cache("db").await.unwrap();
     assert!(cache.instances().is_empty());
     let other = client(h).await;
     let i = Instance::new("db", "db-1", "127.0.0.1", 5432);
@@ -729,6 +729,249 @@ pub async fn group_rejoin_failure_is_visible(h: &dyn Harness) {
     assert_eq!(m.rejoins(), 0);
     assert!(other.exists(m.node()).await.unwrap().is_none());
     squatter.close().await.unwrap();
+}
+
+/// Whether `reg` discovers exactly the instances with `ids` in `service`.
+async fn discovers(reg: &crate::registry::Registry, service: &str, ids: &[&str]) -> bool {
+    let found: Vec<String> = reg
+        .discover(service)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
+    found == ids
+}
+
+/// `Client::close` ends the client's registrations and memberships: their state is `Closed`,
+/// the instance is gone from discovery at once, and it is not registered again on a later
+/// session (checked past the session's TTL, and after the client opened a new session).
+pub async fn registry_close_does_not_reregister(h: &dyn Harness) {
+    let c = short_client(h).await;
+    let i = Instance::new("drain", "d1", "127.0.0.1", 1);
+    let r = c.registry().register(&i).await.unwrap();
+    let m = c.group("drainers").unwrap().join("d1", b"").await.unwrap();
+    let other = client(h).await;
+    assert!(discovers(&other.registry(), "drain", &["d1"]).await);
+    c.close().await.unwrap();
+    assert_eq!(r.state(), MembershipState::Closed);
+    assert_eq!(m.state(), MembershipState::Closed);
+    assert_eq!(within(h, "ended", r.ended()).await, MembershipState::Closed);
+    assert_eq!(within(h, "failed", r.failed()).await, Error::Closed);
+    eventually(h, "the instance gone after close", || async {
+        discovers(&other.registry(), "drain", &[]).await
+    })
+    .await;
+    // The client is still usable: a new session, but nothing comes back on it.
+    let _l = c.lock("after-close").unwrap().lock().await.unwrap();
+    tokio::time::sleep(h.short_ttl() * 2).await;
+    assert!(discovers(&other.registry(), "drain", &[]).await);
+    assert!(other
+        .group("drainers")
+        .unwrap()
+        .members()
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(r.reregistrations(), 0);
+    assert_eq!(m.rejoins(), 0);
+    assert_eq!(r.state(), MembershipState::Closed);
+}
+
+/// `Client::shutdown` resigns what the client leads (another candidate is elected), removes
+/// its registrations and memberships, stops its caches and closes its session.
+pub async fn client_shutdown_resigns_then_deregisters(h: &dyn Harness) {
+    let a = client(h).await;
+    let b = client(h).await;
+    let i = Instance::new("orderly", "o1", "127.0.0.1", 1);
+    let r = a.registry().register(&i).await.unwrap();
+    let la = a.election("orderly").unwrap().campaign(b"a").await.unwrap();
+    let guard = a.lock("orderly").unwrap().lock().await.unwrap();
+    let eb = b.election("orderly").unwrap();
+    let fb = tokio::spawn(async move { eb.campaign(b"b").await });
+    wait_candidates(h, &b, &b.election("orderly").unwrap(), 2).await;
+    let session = current(&a).await;
+    within(h, "shutdown", a.shutdown()).await.unwrap();
+    assert_eq!(la.state(), HoldState::Lost);
+    assert!(!guard.is_held());
+    assert_eq!(r.state(), MembershipState::Closed);
+    assert!(session.state().is_final(), "{:?}", session.state());
+    let lb = within(h, "successor after shutdown", fb)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(lb.is_leading());
+    assert!(discovers(&b.registry(), "orderly", &[]).await);
+    assert!(b
+        .lock("orderly")
+        .unwrap()
+        .try_lock()
+        .await
+        .unwrap()
+        .is_some());
+}
+
+/// After a crash (kill -9: the dead session still holds the node for up to its TTL), the
+/// restarted instance registers the same id at once, replacing the stale entry; the crashed
+/// registration ends as `Removed` and does not take the id back.
+pub async fn registry_replaces_entry_of_crashed_session(h: &dyn Harness) {
+    let a = short_client(h).await;
+    let i = Instance::new("phoenix", "p1", "127.0.0.1", 1);
+    let ra = a.registry().register(&i).await.unwrap();
+    if !h.crash(&current(&a).await).await {
+        println!("SKIP registry_replaces_entry_of_crashed_session: the backend cannot crash");
+        return;
+    }
+    let b = client(h).await;
+    let started = tokio::time::Instant::now();
+    let i2 = Instance::new("phoenix", "p1", "127.0.0.2", 2);
+    let rb = within(
+        h,
+        "register over a crashed entry",
+        b.registry().register(&i2),
+    )
+    .await
+    .unwrap();
+    assert!(started.elapsed() < h.short_ttl(), "{:?}", started.elapsed());
+    let owner = b.exists(rb.node()).await.unwrap().unwrap().ephemeral_owner;
+    assert_eq!(owner.as_ref(), Some(&rb.owner()));
+    assert_eq!(
+        b.registry().discover("phoenix").await.unwrap(),
+        vec![i2.clone()]
+    );
+    let ended = within(h, "the crashed registration ends", ra.ended()).await;
+    assert_eq!(
+        ended,
+        MembershipState::Removed {
+            by: Some(rb.owner())
+        }
+    );
+    tokio::time::sleep(h.short_ttl() * 2).await;
+    assert_eq!(b.registry().discover("phoenix").await.unwrap(), vec![i2]);
+    assert_eq!(rb.state(), MembershipState::Joined);
+    assert_eq!(ra.reregistrations(), 0);
+}
+
+/// Two live instances with one id: the later registration takes over, the earlier one ends
+/// as `Removed` (naming the new holder) and does not take the id back.
+pub async fn registry_later_registration_takes_over(h: &dyn Harness) {
+    let a = client(h).await;
+    let b = client(h).await;
+    let i = Instance::new("twins", "t1", "127.0.0.1", 1);
+    let ra = a.registry().register(&i).await.unwrap();
+    let rb = b.registry().register(&i).await.unwrap();
+    let ended = within(h, "the earlier registration ends", ra.ended()).await;
+    assert_eq!(
+        ended,
+        MembershipState::Removed {
+            by: Some(rb.owner())
+        }
+    );
+    let err = ra.failed().await;
+    assert!(matches!(err, Error::AlreadyExists { .. }), "{err:?}");
+    assert_quiet(
+        "a state after Removed",
+        &mut Box::pin(ra.states().skip(1)),
+        QUIET,
+    )
+    .await;
+    let owner = a.exists(rb.node()).await.unwrap().unwrap().ephemeral_owner;
+    assert_eq!(owner, Some(rb.owner()));
+    assert_eq!(rb.state(), MembershipState::Joined);
+}
+
+/// `IfPresent::Fail` refuses an id held by another session with `AlreadyExists` naming that
+/// session; an id held by the client's own session is never replaced either.
+pub async fn registry_fail_if_present(h: &dyn Harness) {
+    use crate::registry::IfPresent;
+    let a = client(h).await;
+    let i = Instance::new("strict", "s1", "127.0.0.1", 1);
+    let ra = a.registry().register(&i).await.unwrap();
+    let b = client(h).await;
+    let r = b.registry().register_with(&i, IfPresent::Fail).await;
+    match r {
+        Err(Error::AlreadyExists { path }) => {
+            assert!(path.contains(&ra.owner().0), "{path}");
+        }
+        other => panic!("expected AlreadyExists, got {other:?}"),
+    }
+    let again = a.registry().register(&i).await;
+    assert!(
+        matches!(again, Err(Error::AlreadyExists { .. })),
+        "{again:?}"
+    );
+    assert_eq!(ra.state(), MembershipState::Joined);
+    let owner = b.exists(ra.node()).await.unwrap().unwrap().ephemeral_owner;
+    assert_eq!(owner, Some(ra.owner()));
+}
+
+/// A service cache is shared by its clones (each sees changes), and says when it stopped
+/// following: after its client's shutdown it is `Stopped(Closed)` and `changed` is false.
+pub async fn registry_cache_clones_and_stop(h: &dyn Harness) {
+    use crate::registry::CacheState;
+    let c = client(h).await;
+    let cache = c.registry().cache("shared").await.unwrap();
+    let clone = cache.clone();
+    assert_eq!(cache.state(), CacheState::Following);
+    let other = client(h).await;
+    let i = Instance::new("shared", "x", "127.0.0.1", 1);
+    let _r = other.registry().register(&i).await.unwrap();
+    for handle in [&cache, &clone] {
+        within(h, "cache update", async {
+            while handle.instances().is_empty() {
+                assert!(handle.changed().await);
+            }
+        })
+        .await;
+        assert_eq!(*handle.instances(), vec![i.clone()]);
+    }
+    within(h, "shutdown", c.shutdown()).await.unwrap();
+    for handle in [&cache, &clone] {
+        assert_eq!(handle.state(), CacheState::Stopped(Error::Closed));
+        assert!(!within(h, "changed after stop", handle.changed()).await);
+    }
+}
+
+/// A registration dropped while its runtime shuts down (a process exiting: the background
+/// deregistration never runs) leaves nothing behind: the instance is gone within the session
+/// TTL, because the node is ephemeral and its session ends with the client.
+pub async fn registry_drop_at_runtime_shutdown(h: &dyn Harness) {
+    let ttl = h.short_ttl();
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    let c = short_client(h).await;
+                    let i = Instance::new("exiting", "e1", "127.0.0.1", 1);
+                    let r = c.registry().register(&i).await.unwrap();
+                    // Held by a task that never ends: dropped by the runtime's shutdown.
+                    tokio::spawn(async move {
+                        let _held = (c, r);
+                        std::future::pending::<()>().await
+                    });
+                    tokio::task::yield_now().await;
+                });
+                drop(rt);
+            })
+            .join()
+            .unwrap();
+    });
+    let other = client(h).await;
+    let started = tokio::time::Instant::now();
+    eventually(h, "the instance gone after the runtime ended", || async {
+        discovers(&other.registry(), "exiting", &[]).await
+    })
+    .await;
+    // One TTL, plus the backend's detection slack (Consul's check, etcd's lease tick).
+    assert!(
+        started.elapsed() <= ttl * 2 + Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 /// Counts the terms of supervised leader work: started, running at once (at most), ended

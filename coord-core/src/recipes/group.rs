@@ -9,17 +9,25 @@
 //! another live member) ends the membership visibly: [`Membership::state`] becomes
 //! [`MembershipState::Failed`] with the error, [`Membership::states`] yields it and ends, and
 //! [`Membership::failed`] resolves with it.
+//!
+//! A membership never outlives its client's close: after [`Client::close`] or
+//! [`Client::shutdown`] it is [`MembershipState::Closed`] and does not join again, even if
+//! its session was already being replaced when the client closed.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use futures::{Stream, StreamExt, TryStreamExt};
 use tokio::sync::watch;
 
-use crate::client::Client;
+use crate::adapter::Backoff;
+use crate::client::{Client, Owned};
 use crate::error::{Error, Result};
-use crate::kernel::{create_parents, ChildrenEvent, CreateMode, Session, SessionId};
+use crate::kernel::{
+    create_parents, ChildrenEvent, CreateMode, KeyEvent, KeyWatch, Session, SessionId, Stat,
+};
 use crate::path::Path;
 
 /// A group, identified by its path. Cheap to clone.
@@ -55,40 +63,43 @@ impl Group {
     /// Joins as member `id` (one path segment) with `data`. Fails with
     /// [`Error::AlreadyExists`] if a live member already has that id.
     pub async fn join(&self, id: &str, data: &[u8]) -> Result<Membership> {
+        self.join_following(id, data, Follow::Session).await
+    }
+
+    /// Joins as member `id`, following the session and, with [`Follow::Node`], the node.
+    pub(crate) async fn join_following(
+        &self,
+        id: &str,
+        data: &[u8],
+        follow: Follow,
+    ) -> Result<Membership> {
         let node = self.path.join(id)?;
         crate::adapter::check_value(self.client.capabilities(), data)?;
         create_parents(&**self.client.backend(), &self.path).await?;
-        let mut session = self.client.session().await?;
-        if let Err(e) = session.create(&node, data, CreateMode::Exact).await {
+        let (session, epoch) = self.create_node(&node, data).await?;
+        Ok(Membership::start(
+            &self.client,
+            node,
+            data.to_vec(),
+            session,
+            epoch,
+            follow,
+        ))
+    }
+
+    /// Creates `node` on the client's session; the session and its close generation.
+    async fn create_node(&self, node: &Path, data: &[u8]) -> Result<(Arc<dyn Session>, u64)> {
+        let (mut session, epoch) = self.client.session_in(None).await?;
+        if let Err(e) = session.create(node, data, CreateMode::Exact).await {
             // A session that had already ended when we took it created nothing: join once more
-            // on a fresh one.
+            // on a fresh one (unless the client was closed meanwhile).
             if !(e.is_session_gone() && session.state().is_final()) {
                 return Err(e);
             }
-            session = self.client.session().await?;
-            session.create(&node, data, CreateMode::Exact).await?;
+            session = self.client.session_in(Some(epoch)).await?.0;
+            session.create(node, data, CreateMode::Exact).await?;
         }
-        let rejoins = Arc::new(AtomicU64::new(0));
-        let owner = Arc::new(Mutex::new(session.id().clone()));
-        let (state_tx, state) = watch::channel(MembershipState::Joined);
-        let task = tokio::spawn(follow(
-            self.client.clone(),
-            session,
-            node.clone(),
-            data.to_vec(),
-            rejoins.clone(),
-            owner.clone(),
-            state_tx,
-        ));
-        Ok(Membership {
-            client: self.client.clone(),
-            node,
-            task,
-            rejoins,
-            owner,
-            state,
-            left: false,
-        })
+        Ok((session, epoch))
     }
 
     /// The members now, sorted by id.
@@ -146,6 +157,16 @@ const REJOIN_FIRST_PAUSE: Duration = Duration::from_millis(50);
 /// The longest pause between two re-join attempts.
 const REJOIN_MAX_PAUSE: Duration = Duration::from_secs(2);
 
+/// What a membership follows besides its session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Follow {
+    /// Only the session (a group member): a node deleted by somebody else is not noticed.
+    Session,
+    /// The node too (a registration): a node deleted or replaced by another session while
+    /// ours lives ends the membership ([`MembershipState::Removed`]); it is not taken back.
+    Node,
+}
+
 /// The state of a [`Membership`].
 ///
 /// A membership starts [`Joined`](MembershipState::Joined). When its session ends it is
@@ -154,72 +175,187 @@ const REJOIN_MAX_PAUSE: Duration = Duration::from_secs(2);
 /// that ended again) for as long as it takes. A failure that retrying cannot fix (the server
 /// refused the credentials, the group's parent cannot hold the node, another live member took
 /// the id) makes it [`Failed`](MembershipState::Failed): final, the member is not in the group
-/// and the membership stops following. Join again once the cause is fixed.
+/// and the membership stops following. Join again once the cause is fixed. The other final
+/// states: [`Closed`](MembershipState::Closed) (ended by its owner or its client's close) and,
+/// for registrations, [`Removed`](MembershipState::Removed).
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum MembershipState {
-    /// The member joined on its current session, and that session has not ended. (The
+    /// The member joined on its current session, and that session has not ended. (A group
     /// membership follows the session, not the node: a node deleted by somebody else is not
-    /// noticed.)
+    /// noticed. A registration follows its node too.)
     Joined,
     /// The session ended; joining again on a new one.
     Rejoining,
     /// Final: a re-join failed with this error, and the membership stopped following.
     Failed(Error),
+    /// Final: ended by its owner — it left or was dropped, or its client was closed
+    /// ([`Client::close`]) or shut down ([`Client::shutdown`]). It never joins again.
+    Closed,
+    /// Final (registrations only): while our session lived, our node was deleted by somebody
+    /// else, or another session registered the same id (`by`: that session, when known). The
+    /// newer registration wins: this one does not take the id back.
+    Removed {
+        /// The session holding the id now, if any.
+        by: Option<SessionId>,
+    },
 }
 
 impl MembershipState {
-    /// Whether the state is final ([`MembershipState::Failed`]).
+    /// Whether the state is final ([`Failed`](MembershipState::Failed),
+    /// [`Closed`](MembershipState::Closed) or [`Removed`](MembershipState::Removed)).
     pub fn is_final(&self) -> bool {
-        matches!(self, MembershipState::Failed(_))
+        matches!(
+            self,
+            MembershipState::Failed(_) | MembershipState::Closed | MembershipState::Removed { .. }
+        )
     }
+}
+
+/// The error for `node` held by `session`: [`Error::AlreadyExists`], whose `path` names the
+/// holder after the key (`<key> (held by session <id>)`).
+pub(crate) fn held_by(node: &Path, session: Option<&SessionId>) -> Error {
+    let holder = match session {
+        Some(id) => format!("session {id}"),
+        None => "a persistent node".to_owned(),
+    };
+    Error::AlreadyExists {
+        path: format!("{node} (held by {holder})"),
+    }
+}
+
+/// Why following ends.
+enum Stop {
+    /// The client was closed.
+    Closed,
+    /// Another session holds the id (registrations).
+    Taken(SessionId),
+    /// A failure that retrying cannot fix.
+    Failed(Error),
 }
 
 /// Why a re-join attempt failed.
 enum Failure {
     /// Trying again later may succeed.
     Retry(Error),
-    /// Retrying cannot fix it.
-    Fatal(Error),
+    /// Following ends.
+    Stop(Stop),
 }
 
 impl Failure {
     /// Classifies an error of a re-join step. A session that is gone is retried: the next
-    /// attempt takes a new one.
+    /// attempt takes a new one (unless the client was closed: [`Error::Closed`]).
     fn of(e: Error) -> Failure {
-        if e.is_retryable() || e.is_session_gone() {
-            Failure::Retry(e)
-        } else {
-            Failure::Fatal(e)
+        match e {
+            Error::Closed => Failure::Stop(Stop::Closed),
+            e if e.is_retryable() || e.is_session_gone() => Failure::Retry(e),
+            e => Failure::Stop(Stop::Failed(e)),
         }
     }
 }
 
-/// Re-joins on each new session after the current one ends, until the membership is dropped
-/// or a re-join fails for good (reported as [`MembershipState::Failed`]).
-async fn follow(
+/// How following one session (and node) ended.
+enum Ended {
+    /// The session ended: join again.
+    Session,
+    /// Our node was deleted or replaced while our session lived.
+    Displaced(Option<SessionId>),
+}
+
+/// What a membership's follower and its handle share (the client keeps a weak reference).
+struct Shared {
     client: Client,
-    mut session: Arc<dyn Session>,
     node: Path,
-    data: Vec<u8>,
-    rejoins: Arc<AtomicU64>,
-    owner: Arc<Mutex<SessionId>>,
+    rejoins: AtomicU64,
+    /// The session that owns the node now: we only ever delete our own node, never one
+    /// another member made under the same id after our session ended.
+    owner: Mutex<SessionId>,
     state: watch::Sender<MembershipState>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Shared {
+    /// Moves to `s` unless the state is already final.
+    fn set(&self, s: MembershipState) {
+        self.state.send_if_modified(|cur| {
+            if cur.is_final() {
+                return false;
+            }
+            *cur = s;
+            true
+        });
+    }
+
+    fn owner(&self) -> SessionId {
+        self.owner.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Stops the follower. A follower running on another thread at this moment stops at its
+    /// next await; a re-join it starts meanwhile fails on the closed client's generation.
+    fn stop(&self) {
+        if let Some(t) = self.task.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            t.abort();
+        }
+    }
+}
+
+impl Owned for Shared {
+    fn end(&self, remove: bool) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            self.stop();
+            self.set(MembershipState::Closed);
+            if remove {
+                delete_own(&self.client, &self.node, &self.owner()).await
+            } else {
+                Ok(())
+            }
+        })
+    }
+}
+
+/// Re-joins on each new session after the current one ends, until the membership is dropped
+/// or ends (a final [`MembershipState`]).
+async fn follow(
+    shared: Arc<Shared>,
+    mut session: Arc<dyn Session>,
+    epoch: u64,
+    data: Vec<u8>,
+    mode: Follow,
 ) {
     loop {
-        wait_for_end(&*session).await;
-        state.send_replace(MembershipState::Rejoining);
-        let previous = session.id().clone();
-        match rejoin(&client, &node, &data, &previous).await {
-            Ok(s) => {
-                *owner.lock().unwrap_or_else(|p| p.into_inner()) = s.id().clone();
-                session = s;
-                rejoins.fetch_add(1, Ordering::Relaxed);
-                state.send_replace(MembershipState::Joined);
+        let ended = match mode {
+            Follow::Session => {
+                wait_for_end(&*session).await;
+                Ended::Session
             }
-            Err(e) => {
-                tracing::error!(%node, error = %e, "re-join failed for good: not in the group");
-                state.send_replace(MembershipState::Failed(e));
+            Follow::Node => watch_node(&shared, &*session).await,
+        };
+        if let Ended::Displaced(by) = ended {
+            tracing::warn!(node = %shared.node, ?by, "registration removed or replaced by another session; not taking it back");
+            shared.set(MembershipState::Removed { by });
+            return;
+        }
+        shared.set(MembershipState::Rejoining);
+        let previous = session.id().clone();
+        match rejoin(&shared, &data, &previous, epoch, mode).await {
+            Ok(s) => {
+                *shared.owner.lock().unwrap_or_else(|p| p.into_inner()) = s.id().clone();
+                session = s;
+                shared.rejoins.fetch_add(1, Ordering::Relaxed);
+                shared.set(MembershipState::Joined);
+            }
+            Err(Stop::Closed) => {
+                shared.set(MembershipState::Closed);
+                return;
+            }
+            Err(Stop::Taken(by)) => {
+                tracing::warn!(node = %shared.node, %by, "id taken by another session while re-joining; not taking it back");
+                shared.set(MembershipState::Removed { by: Some(by) });
+                return;
+            }
+            Err(Stop::Failed(e)) => {
+                tracing::error!(node = %shared.node, error = %e, "re-join failed for good: not in the group");
+                shared.set(MembershipState::Failed(e));
                 return;
             }
         }
@@ -236,37 +372,129 @@ async fn wait_for_end(session: &dyn Session) {
     }
 }
 
+/// Whether `stat` is a node of `session`.
+fn is_ours(stat: Option<&Stat>, session: &dyn Session) -> bool {
+    stat.is_some_and(|st| st.ephemeral_owner.as_ref() == Some(session.id()))
+}
+
+/// Follows the session and the node (registrations) until the session ends or the node is
+/// deleted or replaced while the session lives. A watch that fails is set up again with a
+/// back-off.
+async fn watch_node(shared: &Shared, session: &dyn Session) -> Ended {
+    let mut backoff = Backoff::reconnect();
+    loop {
+        let watched = tokio::select! {
+            _ = wait_for_end(session) => return Ended::Session,
+            w = shared.client.watch(&shared.node) => w,
+        };
+        let ended = match watched {
+            Ok((current, events)) => {
+                backoff.reset();
+                if is_ours(current.as_ref().map(|n| &n.stat), session) {
+                    follow_events(shared, session, events).await
+                } else {
+                    settle(shared, session).await
+                }
+            }
+            Err(e) => {
+                tracing::debug!(node = %shared.node, error = %e, "watching a registration again");
+                tokio::select! {
+                    _ = wait_for_end(session) => return Ended::Session,
+                    _ = backoff.wait() => None,
+                }
+            }
+        };
+        if let Some(ended) = ended {
+            return ended;
+        }
+    }
+}
+
+/// Follows the events of our node. `None`: the watch ended, set it up again.
+async fn follow_events(
+    shared: &Shared,
+    session: &dyn Session,
+    mut events: KeyWatch,
+) -> Option<Ended> {
+    loop {
+        let ev = tokio::select! {
+            _ = wait_for_end(session) => return Some(Ended::Session),
+            ev = events.next() => ev,
+        };
+        let stat = match ev {
+            Some(Ok(KeyEvent::Created(n) | KeyEvent::Changed(n) | KeyEvent::Resync(Some(n)))) => {
+                Some(n.stat)
+            }
+            Some(Ok(KeyEvent::Deleted | KeyEvent::Resync(None))) => None,
+            Some(Err(_)) | None => return None,
+        };
+        if !is_ours(stat.as_ref(), session) {
+            return settle(shared, session).await;
+        }
+    }
+}
+
+/// Our node is missing or not ours while our session looks alive. It may have gone with the
+/// session before the client learned of the session's end: the session gets up to its TTL to
+/// report that (then we join again), unless another session holds the id first (then it is
+/// displaced). After the TTL with the node still missing, it was removed by somebody else.
+/// `None`: the node is ours after all (follow it again).
+async fn settle(shared: &Shared, session: &dyn Session) -> Option<Ended> {
+    let look = async {
+        let mut backoff = Backoff::reconnect();
+        loop {
+            match shared.client.exists(&shared.node).await {
+                Ok(Some(st)) if is_ours(Some(&st), session) => return None,
+                Ok(Some(st)) => return Some(Ended::Displaced(st.ephemeral_owner)),
+                Ok(None) | Err(_) => backoff.wait().await,
+            }
+        }
+    };
+    let decided = tokio::time::timeout(session.ttl(), async {
+        tokio::select! {
+            _ = wait_for_end(session) => Some(Ended::Session),
+            r = look => r,
+        }
+    })
+    .await;
+    decided.unwrap_or(Some(Ended::Displaced(None)))
+}
+
 /// Joins again on a fresh session, retrying what may succeed later with a bounded exponential
-/// back-off (each retry logged as a warning). `Err`: a failure that retrying cannot fix.
+/// back-off (each retry logged as a warning).
 async fn rejoin(
-    client: &Client,
-    node: &Path,
+    shared: &Shared,
     data: &[u8],
     previous: &SessionId,
-) -> Result<Arc<dyn Session>> {
-    let mut pause = REJOIN_FIRST_PAUSE;
+    epoch: u64,
+    mode: Follow,
+) -> std::result::Result<Arc<dyn Session>, Stop> {
+    let mut backoff = Backoff::new(REJOIN_FIRST_PAUSE, REJOIN_MAX_PAUSE);
     loop {
-        match rejoin_once(client, node, data, previous).await {
+        match rejoin_once(shared, data, previous, epoch, mode).await {
             Ok(s) => return Ok(s),
-            Err(Failure::Fatal(e)) => return Err(e),
+            Err(Failure::Stop(stop)) => return Err(stop),
             Err(Failure::Retry(e)) => {
-                tracing::warn!(%node, error = %e, retry_in = ?pause, "re-join failed, retrying");
+                let pause = backoff.next_delay();
+                tracing::warn!(node = %shared.node, error = %e, retry_in = ?pause, "re-join failed, retrying");
                 tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(REJOIN_MAX_PAUSE);
             }
         }
     }
 }
 
-/// One re-join attempt: a session (the current one, or a new one if it ended), the parents,
-/// the node.
+/// One re-join attempt: a session (the current one, or a new one if it ended, unless the
+/// client was closed), the parents, the node.
 async fn rejoin_once(
-    client: &Client,
-    node: &Path,
+    shared: &Shared,
     data: &[u8],
     previous: &SessionId,
+    epoch: u64,
+    mode: Follow,
 ) -> std::result::Result<Arc<dyn Session>, Failure> {
-    let s = client.session().await.map_err(Failure::of)?;
+    let client = &shared.client;
+    let node = &shared.node;
+    let (s, _) = client.session_in(Some(epoch)).await.map_err(Failure::of)?;
     if let Some(parent) = node.parent() {
         create_parents(&**client.backend(), &parent)
             .await
@@ -287,22 +515,18 @@ async fn rejoin_once(
                 None => Err(Failure::Retry(e)),
                 Some(Some(id)) if &id == s.id() => Ok(s),
                 Some(Some(id)) if &id == previous => Err(Failure::Retry(e)),
-                Some(_) => Err(Failure::Fatal(e)),
+                Some(Some(id)) if mode == Follow::Node => Err(Failure::Stop(Stop::Taken(id))),
+                Some(owner) => Err(Failure::Stop(Stop::Failed(held_by(node, owner.as_ref())))),
             }
         }
         Err(e) => Err(Failure::of(e)),
     }
 }
 
-/// A live membership. Dropping it leaves the group (in the background).
+/// A live membership. Dropping it leaves the group (in the background; see
+/// [`Membership::leave`] for what is guaranteed when that cannot run).
 pub struct Membership {
-    client: Client,
-    node: Path,
-    task: tokio::task::JoinHandle<()>,
-    rejoins: Arc<AtomicU64>,
-    /// The session that owns the node now: we only ever delete our own node, never one
-    /// another member made under the same id after our session ended.
-    owner: Arc<Mutex<SessionId>>,
+    shared: Arc<Shared>,
     state: watch::Receiver<MembershipState>,
     left: bool,
 }
@@ -324,21 +548,56 @@ async fn delete_own(client: &Client, node: &Path, owner: &SessionId) -> Result<(
 impl std::fmt::Debug for Membership {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Membership")
-            .field("node", &self.node)
+            .field("node", &self.shared.node)
             .field("state", &*self.state.borrow())
             .finish()
     }
 }
 
 impl Membership {
+    /// Starts following `session` (and, with [`Follow::Node`], the node); the client keeps a
+    /// weak reference so that its close and shutdown end the membership.
+    fn start(
+        client: &Client,
+        node: Path,
+        data: Vec<u8>,
+        session: Arc<dyn Session>,
+        epoch: u64,
+        mode: Follow,
+    ) -> Membership {
+        let (tx, state) = watch::channel(MembershipState::Joined);
+        let shared = Arc::new(Shared {
+            client: client.clone(),
+            node,
+            rejoins: AtomicU64::new(0),
+            owner: Mutex::new(session.id().clone()),
+            state: tx,
+            task: Mutex::new(None),
+        });
+        let task = tokio::spawn(follow(shared.clone(), session, epoch, data, mode));
+        *shared.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
+        let weak: std::sync::Weak<dyn Owned> = Arc::downgrade(&shared) as _;
+        client.track_member(weak);
+        Membership {
+            shared,
+            state,
+            left: false,
+        }
+    }
+
     /// The member's node.
     pub fn node(&self) -> &Path {
-        &self.node
+        &self.shared.node
+    }
+
+    /// The session that owns the member's node now.
+    pub fn owner(&self) -> SessionId {
+        self.shared.owner()
     }
 
     /// How many times the membership joined again on a new session.
     pub fn rejoins(&self) -> u64 {
-        self.rejoins.load(Ordering::Relaxed)
+        self.shared.rejoins.load(Ordering::Relaxed)
     }
 
     /// The state now (see [`MembershipState`]).
@@ -346,9 +605,8 @@ impl Membership {
         self.state.borrow().clone()
     }
 
-    /// The state after each change, starting with the current one; ends after
-    /// [`MembershipState::Failed`]. Quick successive changes may be merged, but the last
-    /// item is always the current state.
+    /// The state after each change, starting with the current one; ends after a final state.
+    /// Quick successive changes may be merged, but the last item is always the current state.
     pub fn states(&self) -> impl Stream<Item = MembershipState> + Send {
         futures::stream::unfold(
             (self.state.clone(), false, true),
@@ -363,55 +621,74 @@ impl Membership {
         )
     }
 
-    /// Resolves with the error when the membership fails for good
-    /// ([`MembershipState::Failed`]): the member is no longer in the group and will not join
-    /// again by itself. Pending for as long as the membership follows its sessions.
-    pub async fn failed(&self) -> Error {
+    /// Resolves with the final state once the membership has ended (see
+    /// [`MembershipState::is_final`]). Pending for as long as it follows its sessions.
+    pub async fn ended(&self) -> MembershipState {
         let mut rx = self.state.clone();
-        let failed = match rx.wait_for(MembershipState::is_final).await {
-            Ok(s) => match &*s {
-                MembershipState::Failed(e) => Some(e.clone()),
-                _ => None,
-            },
+        let end = match rx.wait_for(MembershipState::is_final).await {
+            Ok(s) => Some(s.clone()),
             Err(_) => None,
         };
-        match failed {
-            Some(e) => e,
-            // The follower ended without a verdict (it panicked): the membership is not
-            // followed any more, which is a failure too.
-            None => Error::backend(
-                self.client.capabilities().backend,
-                format!(
-                    "the membership of {} stopped following its session",
-                    self.node
-                ),
-                false,
+        // The follower ended without a verdict (it panicked): not followed any more.
+        end.unwrap_or_else(|| MembershipState::Failed(self.unfollowed()))
+    }
+
+    fn unfollowed(&self) -> Error {
+        Error::backend(
+            self.shared.client.capabilities().backend,
+            format!(
+                "the membership of {} stopped following its session",
+                self.shared.node
             ),
+            false,
+        )
+    }
+
+    /// Resolves with an error once the member is no longer in the group and will not join
+    /// again by itself (any final state): the error of [`MembershipState::Failed`];
+    /// [`Error::Closed`] after [`MembershipState::Closed`]; after
+    /// [`MembershipState::Removed`], [`Error::AlreadyExists`] naming the session that holds
+    /// the id now, or [`Error::NotFound`] if nobody does. Pending for as long as the membership
+    /// follows its sessions.
+    pub async fn failed(&self) -> Error {
+        match self.ended().await {
+            MembershipState::Failed(e) => e,
+            MembershipState::Removed { by: Some(by) } => held_by(&self.shared.node, Some(&by)),
+            MembershipState::Removed { by: None } => Error::NotFound {
+                path: self.shared.node.to_string(),
+            },
+            _ => Error::Closed,
         }
     }
 
     /// Leaves the group now.
+    ///
+    /// Dropping a membership leaves in the background instead, if a tokio runtime is running.
+    /// Whether or not that task gets to run (a runtime shutting down drops it), the node is
+    /// ephemeral: it goes with its session, at once when the session is closed (as the
+    /// client's last handle goes, on mem and ZooKeeper) and at the latest one session TTL after
+    /// the process stopped keeping it alive.
     pub async fn leave(mut self) -> Result<()> {
         self.left = true;
-        self.task.abort();
-        let owner = self.owner.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        delete_own(&self.client, &self.node, &owner).await
+        self.shared.stop();
+        self.shared.set(MembershipState::Closed);
+        delete_own(&self.shared.client, &self.shared.node, &self.shared.owner()).await
     }
 }
 
 impl Drop for Membership {
     fn drop(&mut self) {
-        self.task.abort();
+        self.shared.stop();
         if self.left {
             return;
         }
+        self.shared.set(MembershipState::Closed);
         if let Ok(h) = tokio::runtime::Handle::try_current() {
-            let client = self.client.clone();
-            let node = self.node.clone();
-            let owner = self.owner.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let shared = self.shared.clone();
             h.spawn(async move {
-                if let Err(e) = delete_own(&client, &node, &owner).await {
-                    tracing::warn!(%node, error = %e, "could not leave the group");
+                let owner = shared.owner();
+                if let Err(e) = delete_own(&shared.client, &shared.node, &owner).await {
+                    tracing::warn!(node = %shared.node, error = %e, "could not leave the group");
                 }
             });
         }

@@ -7,21 +7,56 @@
 //! ```
 //!
 //! `metadata` is optional (an empty map when absent); unknown fields are ignored so that
-//! newer writers stay readable. A [`Registration`] re-registers on the client's next session
-//! after an expiry; if that fails for good, [`Registration::state`] says so (see
-//! [`MembershipState::Failed`]).
+//! newer writers stay readable.
+//!
+//! # A registration's life
+//!
+//! - **Expiry**: a [`Registration`] re-registers on the client's next session; if that fails
+//!   for good, [`Registration::state`] says so ([`MembershipState::Failed`]).
+//! - **Close**: [`Client::close`] ends every registration of the client
+//!   ([`MembershipState::Closed`]); nothing is registered again on a later session, so a
+//!   draining process is not discoverable. [`Client::shutdown`] deletes the nodes first.
+//! - **Drop**: deregisters in the background. If that task cannot run (the runtime is shutting
+//!   down), the node is ephemeral and goes with its session: at once when the session is
+//!   closed, at the latest one session TTL after the process stopped keeping it alive.
+//! - **One id, two sessions**: [`Registry::register`] replaces an entry held by another
+//!   session (after a crash its dead session holds the id for up to one TTL) unless asked
+//!   not to ([`IfPresent::Fail`]). The later registration wins: the earlier one, if still
+//!   alive, sees its node gone and ends with [`MembershipState::Removed`] — it does not take
+//!   the id back, so two live instances with one id never fight over it. Of two registrants
+//!   racing to replace the same entry, one wins and the other gets [`Error::AlreadyExists`].
+//!   An id held by this client's own session is never replaced.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use futures::future::BoxFuture;
 use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::client::Client;
+use crate::adapter::Backoff;
+use crate::client::{Client, Owned};
 use crate::error::{Error, Result};
+use crate::kernel::SessionId;
 use crate::path::Path;
-use crate::recipes::group::{Group, Member, Membership, MembershipState};
+use crate::recipes::group::{held_by, Follow, Group, Member, Membership, MembershipState};
+
+/// What [`Registry::register_with`] does when another session holds the instance's id.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum IfPresent {
+    /// Delete the other session's entry and register (the default; what a restarted instance
+    /// needs after a crash, whose dead session holds the id for up to one TTL).
+    #[default]
+    Replace,
+    /// Fail with [`Error::AlreadyExists`] naming the session that holds the id.
+    Fail,
+}
+
+/// How many times a registration deletes a stale entry and tries again.
+const REPLACE_ATTEMPTS: u32 = 4;
 
 /// One instance of a service.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,15 +120,65 @@ impl Registry {
         Ok(Group::new(&self.client, self.root.join(service)?))
     }
 
-    /// Registers `instance` (ephemeral; re-registered after a session expiry).
+    /// Registers `instance` (ephemeral; re-registered after a session expiry), replacing an
+    /// entry of another session with the same id: [`Registry::register_with`] with
+    /// [`IfPresent::Replace`].
     pub async fn register(&self, instance: &Instance) -> Result<Registration> {
+        self.register_with(instance, IfPresent::Replace).await
+    }
+
+    /// Registers `instance`; `if_present` says what to do when another session holds its id.
+    ///
+    /// Errors: [`Error::AlreadyExists`] (its `path` names the holding session) with
+    /// [`IfPresent::Fail`], for an id this client's own session holds, or when another
+    /// registrant took the id while we replaced a stale entry (it won the race);
+    /// [`Error::Contended`] if the entry kept coming back.
+    pub async fn register_with(
+        &self,
+        instance: &Instance,
+        if_present: IfPresent,
+    ) -> Result<Registration> {
         let data =
             serde_json::to_vec(instance).map_err(|e| Error::InvalidArgument(e.to_string()))?;
-        let membership = self
-            .group(&instance.service)?
-            .join(&instance.id, &data)
-            .await?;
-        Ok(Registration { membership })
+        let group = self.group(&instance.service)?;
+        // The sessions whose entries we deleted: any other holder came after we started.
+        let mut replaced: Vec<Option<SessionId>> = Vec::new();
+        for _ in 0..REPLACE_ATTEMPTS {
+            match group
+                .join_following(&instance.id, &data, Follow::Node)
+                .await
+            {
+                Ok(membership) => return Ok(Registration { membership }),
+                Err(Error::AlreadyExists { .. }) => {}
+                Err(e) => return Err(e),
+            }
+            let node = group.path().join(&instance.id)?;
+            let Some(stat) = self.client.exists(&node).await? else {
+                continue; // gone meanwhile: register again
+            };
+            let holder = stat.ephemeral_owner.clone();
+            let ours = match self.client.current_session().await {
+                Some(s) => holder.as_ref() == Some(s.id()),
+                None => false,
+            };
+            // A holder that appeared after we deleted an entry is a registrant that won the
+            // race: it is not replaced in turn (that would be a fight).
+            let won_race = !replaced.is_empty() && !replaced.contains(&holder);
+            if if_present == IfPresent::Fail || ours || won_race {
+                return Err(held_by(&node, holder.as_ref()));
+            }
+            tracing::info!(%node, holder = ?holder, "replacing a registration held by another session");
+            match self.client.delete(&node, Some(stat.version)).await {
+                Ok(()) | Err(Error::NotFound { .. }) | Err(Error::VersionMismatch { .. }) => {}
+                Err(e) => return Err(e),
+            }
+            replaced.push(holder);
+        }
+        Err(Error::Contended {
+            op: "register",
+            path: group.path().join(&instance.id)?.to_string(),
+            attempts: REPLACE_ATTEMPTS,
+        })
     }
 
     /// The instances of `service` now. A stored entry that is not the documented JSON gives
@@ -142,34 +227,95 @@ impl Registry {
     }
 
     /// A cache of `service`'s instances that follows changes in the background: lookups do
-    /// no I/O.
+    /// no I/O. Clones share the cache. A watch that fails transiently is set up again with a
+    /// back-off ([`CacheState::Retrying`]); the cache never goes stale silently: when it stops
+    /// following, [`ServiceCache::state`] says so ([`CacheState::Stopped`]). The client's
+    /// [`Client::shutdown`] stops it.
     pub async fn cache(&self, service: &str) -> Result<ServiceCache> {
-        let mut stream = Box::pin(self.watch(service).await?);
+        let mut stream: InstanceStream = Box::pin(self.watch(service).await?);
         let first = match stream.next().await {
             Some(r) => r?,
             None => Vec::new(),
         };
-        let (tx, rx) = watch::channel(Arc::new(first));
-        let task = tokio::spawn(async move {
-            while let Some(r) = stream.next().await {
-                match r {
-                    Ok(list) => {
-                        if tx.send(Arc::new(list)).is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "service cache watch ended");
-                        return;
-                    }
-                }
-            }
+        let (tx, rx) = watch::channel(Snapshot {
+            version: 0,
+            instances: Arc::new(first),
+            state: CacheState::Following,
         });
-        Ok(ServiceCache { rx, task })
+        let tx = Arc::new(tx);
+        let task = tokio::spawn(follow_cache(
+            self.clone(),
+            service.to_owned(),
+            stream,
+            tx.clone(),
+        ));
+        let shared = Arc::new(CacheShared { tx, task });
+        let weak: std::sync::Weak<dyn Owned> = Arc::downgrade(&shared) as _;
+        self.client.track_cache(weak);
+        Ok(ServiceCache {
+            shared,
+            rx,
+            seen: AtomicU64::new(0),
+        })
     }
 }
 
-/// A live registration. Dropping it deregisters (in the background).
+/// The boxed stream of [`Registry::watch`].
+type InstanceStream = std::pin::Pin<Box<dyn Stream<Item = Result<Vec<Instance>>> + Send>>;
+
+/// Feeds a cache from `stream`; on a transient error, watches again with a back-off.
+async fn follow_cache(
+    registry: Registry,
+    service: String,
+    mut stream: InstanceStream,
+    tx: Arc<watch::Sender<Snapshot>>,
+) {
+    let mut backoff = Backoff::reconnect();
+    loop {
+        let mut error = match stream.next().await {
+            Some(Ok(list)) => {
+                backoff.reset();
+                publish(&tx, Some(list), CacheState::Following);
+                continue;
+            }
+            Some(Err(e)) => e,
+            // A watch ends only with its backend.
+            None => Error::Closed,
+        };
+        stream = loop {
+            if !error.is_retryable() {
+                tracing::warn!(%service, error = %error, "service cache stopped following");
+                publish(&tx, None, CacheState::Stopped(error));
+                return;
+            }
+            tracing::debug!(%service, error = %error, "service cache watching again");
+            publish(&tx, None, CacheState::Retrying(error));
+            backoff.wait().await;
+            match registry.watch(&service).await {
+                Ok(s) => break Box::pin(s),
+                Err(e) => error = e,
+            }
+        };
+    }
+}
+
+/// Publishes a new list (if any) and state, unless the cache already stopped.
+fn publish(tx: &watch::Sender<Snapshot>, list: Option<Vec<Instance>>, state: CacheState) {
+    tx.send_if_modified(|s| {
+        if s.state.is_stopped() {
+            return false;
+        }
+        s.version += 1;
+        if let Some(list) = list {
+            s.instances = Arc::new(list);
+        }
+        s.state = state;
+        true
+    });
+}
+
+/// A live registration. Dropping it deregisters (in the background; see the
+/// [module docs](self) for what is guaranteed when that cannot run).
 #[derive(Debug)]
 pub struct Registration {
     membership: Membership,
@@ -191,53 +337,141 @@ impl Registration {
         self.membership.node()
     }
 
+    /// The session that owns the instance's node now.
+    pub fn owner(&self) -> SessionId {
+        self.membership.owner()
+    }
+
     /// The registration's state now: registered, registering again after a session expiry,
-    /// or failed for good (see [`MembershipState`]).
+    /// or ended (failed, closed with its client, removed or replaced by another session; see
+    /// [`MembershipState`]).
     pub fn state(&self) -> MembershipState {
         self.membership.state()
     }
 
-    /// The state after each change, starting with the current one; ends after
-    /// [`MembershipState::Failed`].
+    /// The state after each change, starting with the current one; ends after a final state.
     pub fn states(&self) -> impl Stream<Item = MembershipState> + Send {
         self.membership.states()
     }
 
-    /// Resolves with the error when registering again after a session expiry failed for
-    /// good: the instance is no longer discoverable (see [`Membership::failed`]).
+    /// Resolves with the final state once the instance is no longer discoverable and will not
+    /// register again by itself (see [`Membership::ended`]).
+    pub async fn ended(&self) -> MembershipState {
+        self.membership.ended().await
+    }
+
+    /// Resolves with an error once the instance is no longer discoverable and will not
+    /// register again by itself (see [`Membership::failed`]).
     pub async fn failed(&self) -> Error {
         self.membership.failed().await
     }
 }
 
-/// Instances of one service kept up to date by a background watch.
-pub struct ServiceCache {
-    rx: watch::Receiver<Arc<Vec<Instance>>>,
+/// Whether a [`ServiceCache`] follows its service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CacheState {
+    /// Following: the instances are current (up to the watch's latency).
+    Following,
+    /// The watch failed with this transient error and is being set up again with a back-off:
+    /// the instances are the last seen and may be stale.
+    Retrying(Error),
+    /// Final: the cache stopped following, after an error that retrying cannot fix, its
+    /// backend's end, or its client's [`Client::shutdown`] ([`Error::Closed`]). The instances
+    /// are the last seen: stale.
+    Stopped(Error),
+}
+
+impl CacheState {
+    /// Whether the cache stopped following ([`CacheState::Stopped`]).
+    pub fn is_stopped(&self) -> bool {
+        matches!(self, CacheState::Stopped(_))
+    }
+}
+
+/// What a cache publishes.
+struct Snapshot {
+    /// Counts changes (of the list or the state).
+    version: u64,
+    instances: Arc<Vec<Instance>>,
+    state: CacheState,
+}
+
+/// The cache's background task, shared by its clones (the client keeps a weak reference).
+struct CacheShared {
+    tx: Arc<watch::Sender<Snapshot>>,
     task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for CacheShared {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Owned for CacheShared {
+    fn end(&self, _remove: bool) -> BoxFuture<'_, Result<()>> {
+        self.task.abort();
+        publish(&self.tx, None, CacheState::Stopped(Error::Closed));
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// Instances of one service kept up to date by a background watch. Clones share the cache
+/// (one watch); each handle has its own notion of the last change [`ServiceCache::changed`]
+/// returned for. The watch stops when the last clone is dropped.
+pub struct ServiceCache {
+    shared: Arc<CacheShared>,
+    rx: watch::Receiver<Snapshot>,
+    /// The version the last `changed` of this handle returned for.
+    seen: AtomicU64,
+}
+
+impl Clone for ServiceCache {
+    fn clone(&self) -> ServiceCache {
+        ServiceCache {
+            shared: self.shared.clone(),
+            rx: self.rx.clone(),
+            seen: AtomicU64::new(self.seen.load(Ordering::Acquire)),
+        }
+    }
 }
 
 impl std::fmt::Debug for ServiceCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = self.rx.borrow();
         f.debug_struct("ServiceCache")
-            .field("instances", &self.rx.borrow().len())
+            .field("instances", &s.instances.len())
+            .field("state", &s.state)
             .finish()
     }
 }
 
 impl ServiceCache {
-    /// The instances as last seen (no I/O).
+    /// The instances as last seen (no I/O). Check [`ServiceCache::state`] to know whether
+    /// they are current.
     pub fn instances(&self) -> Arc<Vec<Instance>> {
-        self.rx.borrow().clone()
+        self.rx.borrow().instances.clone()
     }
 
-    /// Waits for the next change; `false` if the cache stopped following.
-    pub async fn changed(&mut self) -> bool {
-        self.rx.changed().await.is_ok()
+    /// Whether the cache follows its service now.
+    pub fn state(&self) -> CacheState {
+        self.rx.borrow().state.clone()
     }
-}
 
-impl Drop for ServiceCache {
-    fn drop(&mut self) {
-        self.task.abort();
+    /// Waits for the next change (of the instances or the state) after the last one this
+    /// handle's `changed` returned for; `false` once the cache stopped following.
+    pub async fn changed(&self) -> bool {
+        let seen = self.seen.load(Ordering::Acquire);
+        let mut rx = self.rx.clone();
+        let now = match rx
+            .wait_for(|s| s.version != seen || s.state.is_stopped())
+            .await
+        {
+            Ok(s) => (s.version, s.state.is_stopped()),
+            Err(_) => return false,
+        };
+        self.seen.fetch_max(now.0, Ordering::AcqRel);
+        !now.1
     }
 }
