@@ -45,6 +45,74 @@ async fn malformed_urls_and_unknown_options_are_rejected() {
     // The password never shows up in an error.
     let err = coord::connect("mem://bob:hunter2@x").await.unwrap_err();
     assert!(!err.to_string().contains("hunter2"));
+    // Each backend's own rules, checked before any I/O (nothing listens on port 1).
+    let per_backend: [(&str, bool, &[&str]); 3] = [
+        (
+            "zk",
+            cfg!(feature = "zk"),
+            &[
+                "zk:///ns",
+                "zk://h:1/ns?bogus=1",
+                "zk://h:1?timeout=0s",
+                "zk://bob@h:1",
+                "zk://h:1?session_timeout=0s",
+                "zk://h:1?session_ttl=0s",
+                "zk://h:1?session_timeout=4s&session_ttl=4s",
+            ],
+        ),
+        (
+            "etcd",
+            cfg!(feature = "etcd"),
+            &[
+                "etcd://",
+                "etcd:///ns",
+                "etcd://h?bogus=1",
+                "etcd://h?timeout=0s",
+                "etcd://user@h",
+                "etcd://h?cert=/a",
+                "etcd://h?tls=maybe",
+                "etcd://h?tls=false&ca=/x",
+                "etcd://h?tls=true&ca=",
+            ],
+        ),
+        (
+            "consul",
+            cfg!(feature = "consul"),
+            &[
+                "consul://",
+                "consul:///ns",
+                "consul://a:1,b:2",
+                "consul://u:p@h:1",
+                "consul://t@h:1?token=x",
+                "consul://h:1?bogus=1",
+                "consul://h:1?session_ttl=100ms",
+                "consul://h:1?session_ttl=2h",
+                "consul://h:1?tls=maybe",
+                "consul://h:1?tls=false&ca=/x",
+                "consul://h:1?tls=true&cert=/x",
+                "consul://h:1?tls=true&ca=",
+                "consul://h:1?wait=1h",
+            ],
+        ),
+    ];
+    for (scheme, enabled, urls) in per_backend {
+        for bad in urls.iter().filter(|_| enabled) {
+            let r = coord::connect(bad).await;
+            assert!(
+                matches!(r, Err(Error::InvalidUrl { .. })),
+                "{scheme}: {bad}: {r:?}"
+            );
+        }
+    }
+    for secret in [
+        "zk://u:hunter2@h:1?x=1",
+        "etcd://u:hunter2@h?x=1",
+        "consul://hunter2@h:1?x=1",
+    ] {
+        if let Err(e) = coord::connect(secret).await {
+            assert!(!e.to_string().contains("hunter2"), "{e}");
+        }
+    }
 }
 
 #[tokio::test]
@@ -115,6 +183,41 @@ async fn unknown_options_name_the_close_match() {
             "unknown option `sesion_ttl` (did you mean `session_ttl`?)",
             "{scheme}"
         );
+        // Far from every option: the list of the backend's own, and never a credential.
+        let creds = if scheme == "consul" {
+            "hunter2"
+        } else {
+            "u:hunter2"
+        };
+        let far = reason(&format!("{scheme}://{creds}@127.0.0.1:1/x?zzz=1")).await;
+        assert!(
+            far.contains("known:") && far.contains("session_ttl"),
+            "{far}"
+        );
+        assert!(!far.contains("hunter2"), "{far}");
+    }
+    // Each backend's own options are suggested too.
+    for (url, typo, meant) in [
+        ("zk://127.0.0.1:1/x?timeot=5s", "timeot", "timeout"),
+        (
+            "etcd://127.0.0.1:1/x?conect_timeout=5s",
+            "conect_timeout",
+            "connect_timeout",
+        ),
+        (
+            "etcd://127.0.0.1:1/x?max_value_sise=5",
+            "max_value_sise",
+            "max_value_size",
+        ),
+        ("consul://127.0.0.1:1/x?tokn=s3cr3t", "tokn", "token"),
+    ] {
+        let enabled = url.starts_with("zk") && cfg!(feature = "zk")
+            || url.starts_with("etcd") && cfg!(feature = "etcd")
+            || url.starts_with("consul") && cfg!(feature = "consul");
+        if enabled {
+            let want = format!("unknown option `{typo}` (did you mean `{meant}`?)");
+            assert_eq!(reason(url).await, want);
+        }
     }
 }
 

@@ -224,10 +224,11 @@ impl Api {
     pub(crate) fn new(cfg: &Config) -> Result<Api> {
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(t) = &cfg.token {
-            let mut v =
-                reqwest::header::HeaderValue::from_str(t).map_err(|_| Error::InvalidUrl {
+            let mut v = reqwest::header::HeaderValue::from_str(t.expose()).map_err(|_| {
+                Error::InvalidUrl {
                     reason: "the token has characters an HTTP header cannot carry".into(),
-                })?;
+                }
+            })?;
             v.set_sensitive(true);
             headers.insert("X-Consul-Token", v);
         }

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use coord_core::adapter::{random_u64, Backoff, Lease, LeaseHandle, LeaseSession, Renewal, Timing};
+use coord_core::adapter::{random_u64, Backoff, Lease, LeaseSession, Renewal, Timing};
 use coord_core::{CreateMode, Created, Error, Path, Result, SessionId};
 use tokio::time::Instant;
 
@@ -28,17 +28,10 @@ use crate::api::{Api, Pass, SessionCreate};
 use crate::context::Context;
 use crate::error::backend_err;
 
-/// A Consul session (see the module docs). Dropping the last handle closes it in the
-/// background.
-#[derive(Debug)]
-pub struct ConsulSession(LeaseSession<ConsulLease>);
-
-impl LeaseHandle for ConsulSession {
-    type Lease = ConsulLease;
-
-    fn lease_session(&self) -> &LeaseSession<ConsulLease> {
-        &self.0
-    }
+coord_core::lease_session_type! {
+    /// A Consul session (see the module docs). Dropping the last handle closes it in the
+    /// background.
+    pub struct ConsulSession(ConsulLease);
 }
 
 impl ConsulSession {

@@ -108,10 +108,25 @@ pub fn endpoint(host: &str, port: u16) -> String {
     }
 }
 
-/// Stands for a secret in `Debug` output: prints `***`.
-pub struct Redacted;
+/// A secret from a URL (a password, a token): `Debug` prints `***`, so a configuration that
+/// holds one can derive `Debug`; [`Secret::expose`] gives the text to the one place that
+/// sends it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
 
-impl fmt::Debug for Redacted {
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+
+    /// The secret itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("***")
     }
@@ -242,14 +257,14 @@ impl ConnectUrl {
 
     /// Removes and returns `user:password@`: `None` without a user part; an error for a user
     /// name without a password.
-    pub fn take_credentials(&mut self) -> Result<Option<(String, String)>> {
+    pub fn take_credentials(&mut self) -> Result<Option<(String, Secret)>> {
         match (self.username.take(), self.password.take()) {
             (None, _) => Ok(None),
             (Some(_), None) => Err(url_err(format!(
                 "{}:// needs a password with the user name (`user:password@`)",
                 self.scheme
             ))),
-            (Some(user), Some(password)) => Ok(Some((user, password))),
+            (Some(user), Some(password)) => Ok(Some((user, Secret(password)))),
         }
     }
 
@@ -586,7 +601,7 @@ mod tests {
         assert_eq!(u.endpoints(9).unwrap(), ["h1:9", "[::1]:7"]);
         assert_eq!(
             u.take_credentials().unwrap(),
-            Some(("bob".into(), "pw".into()))
+            Some(("bob".into(), Secret::new("pw")))
         );
         let one = Duration::from_secs(1);
         assert_eq!(u.take_positive_duration("a", one).unwrap(), 2 * one);
@@ -602,7 +617,7 @@ mod tests {
         u.finish().unwrap();
         let mut u = ConnectUrl::parse("etcd://bob@h").unwrap();
         assert!(u.take_credentials().is_err());
-        assert_eq!(format!("{:?}", Some(Redacted)), "Some(***)");
+        assert_eq!(format!("{:?}", Some(Secret::new("pw"))), "Some(***)");
     }
 
     #[test]

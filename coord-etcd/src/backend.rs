@@ -41,7 +41,7 @@ fn connect_options(cfg: &Config) -> Result<ConnectOptions> {
     if let Some((user, pw)) = &cfg.user {
         // Simple tokens expire when idle: re-authenticate instead of failing.
         opts = opts
-            .with_user(user.clone(), pw.clone())
+            .with_user(user.clone(), pw.expose())
             .with_auto_token_refresh(true);
     }
     #[cfg(feature = "tls")]

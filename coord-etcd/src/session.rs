@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use coord_core::adapter::{Lease, LeaseHandle, LeaseSession, Renewal, Timing};
+use coord_core::adapter::{Lease, LeaseSession, Renewal, Timing};
 use coord_core::{CreateMode, Created, Path, Result};
 use etcd_client::{LeaseKeepAliveStream, LeaseKeeper};
 use tokio::sync::Mutex;
@@ -18,19 +18,12 @@ use crate::error::{bounded, map, not_sent, Ctx};
 /// (Suspended) within about a second.
 const MAX_RENEW_INTERVAL: Duration = Duration::from_secs(1);
 
-/// An etcd session: a lease (TTL rounded up to whole seconds; the server may raise it to its
-/// minimum) with the lifecycle of [`LeaseSession`]: renewed every TTL/3 (at most every
-/// second); Expired when the server answers that the lease is gone or a TTL after the last
-/// successful renewal was sent; closing or dropping it revokes the lease (ephemerals go at once).
-#[derive(Debug)]
-pub struct EtcdSession(LeaseSession<EtcdLease>);
-
-impl LeaseHandle for EtcdSession {
-    type Lease = EtcdLease;
-
-    fn lease_session(&self) -> &LeaseSession<EtcdLease> {
-        &self.0
-    }
+coord_core::lease_session_type! {
+    /// An etcd session: a lease (TTL rounded up to whole seconds; the server may raise it to its
+    /// minimum) with the lifecycle of [`LeaseSession`]: renewed every TTL/3 (at most every
+    /// second); Expired when the server answers that the lease is gone or a TTL after the last
+    /// successful renewal was sent; closing or dropping it revokes the lease (ephemerals go at once).
+    pub struct EtcdSession(EtcdLease);
 }
 
 impl EtcdSession {

@@ -292,6 +292,25 @@ pub trait LeaseHandle: Send + Sync + 'static {
     fn lease_session(&self) -> &LeaseSession<Self::Lease>;
 }
 
+/// Declares an adapter's session type: a newtype over [`LeaseSession`] that is a
+/// [`LeaseHandle`] (so a `Session`), with the attributes and doc comments given.
+#[macro_export]
+macro_rules! lease_session_type {
+    ($(#[$m:meta])* $vis:vis struct $name:ident($lease:ty);) => {
+        $(#[$m])*
+        #[derive(Debug)]
+        $vis struct $name($crate::adapter::LeaseSession<$lease>);
+
+        impl $crate::adapter::LeaseHandle for $name {
+            type Lease = $lease;
+
+            fn lease_session(&self) -> &$crate::adapter::LeaseSession<$lease> {
+                &self.0
+            }
+        }
+    };
+}
+
 impl<L: Lease> LeaseHandle for LeaseSession<L> {
     type Lease = L;
 
