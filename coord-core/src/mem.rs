@@ -14,7 +14,7 @@
 //!   its keys.
 //! - Creation stamps ([`Stat::created`]) come from one counter of the store (all its
 //!   namespaces), starting at 1; they last as long as the store does.
-//! - A guarded write ([`Backend::write_if`](crate::Backend::write_if)) checks its guard and
+//! - A guarded write ([`Backend::write_if`]) checks its guard and
 //!   writes under the store's one lock.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};

@@ -231,16 +231,13 @@ impl Context {
         let g = guard.path.as_str();
         let target = op.path().as_str();
         let res = self
-            .with_main("guarded write", target, Op::Other, |c| {
-                let acls = acls.clone();
-                async move {
-                    match multi(&c, g, version, op, acls).await {
-                        Ok(r) => Ok(Ok(r)),
-                        Err(zk::MultiWriteError::OperationFailed { index, source }) => {
-                            Ok(Err((index, source)))
-                        }
-                        Err(zk::MultiWriteError::RequestFailed { source }) => Err(source),
+            .with_main("guarded write", target, Op::Other, |c| async move {
+                match multi(&c, g, version, op, acls).await {
+                    Ok(r) => Ok(Ok(r)),
+                    Err(zk::MultiWriteError::OperationFailed { index, source }) => {
+                        Ok(Err((index, source)))
                     }
+                    Err(zk::MultiWriteError::RequestFailed { source }) => Err(source),
                 }
             })
             .await?

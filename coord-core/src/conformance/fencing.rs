@@ -189,27 +189,32 @@ pub async fn guarded_write_rules(h: &dyn Harness) {
     };
     let r = b.write_if(&guard, &op).await;
     assert!(matches!(r, Err(Error::VersionMismatch { .. })), "{r:?}");
+    guard_failures(&*b, &guard, &made).await;
+}
+
+/// The second half of [`guarded_write_rules`]: guards that fail write nothing (`guard` is on
+/// `/gw-guard`, created earlier; `/gw-target` holds "3").
+async fn guard_failures(b: &dyn Backend, guard: &Guard, made: &Path) {
+    let (g, t) = (p("/gw-guard"), p("/gw-target"));
     // Replaced: the guard node deleted and created again.
     b.delete(&g, None).await.unwrap();
     let cg2 = b.create(&g, b"", CreateMode::Exact).await.unwrap();
-    let r = b.write_if(&guard, &WriteOp::set(t.clone(), "4")).await;
+    let r = b.write_if(guard, &WriteOp::set(t.clone(), "4")).await;
     assert_guard_failed(r, Some(GuardFailure::Replaced));
     // Absent: nothing written, and the guard wins over the op's own failure.
     b.delete(&g, None).await.unwrap();
-    let r = b
-        .write_if(&guard, &WriteOp::create(made.clone(), "n"))
-        .await;
+    let r = b.write_if(guard, &WriteOp::create(made.clone(), "n")).await;
     assert_guard_failed(r, Some(GuardFailure::Absent));
-    assert_eq!(b.exists(&made).await.unwrap(), None);
+    assert_eq!(b.exists(made).await.unwrap(), None);
     let r = b
-        .write_if(&guard, &WriteOp::set(p("/gw-missing"), "x"))
+        .write_if(guard, &WriteOp::set(p("/gw-missing"), "x"))
         .await;
     assert_guard_failed(r, Some(GuardFailure::Absent));
     let r = b
         .write_if(&Guard::exists(g.clone()), &WriteOp::delete(t.clone()))
         .await;
     assert_guard_failed(r, Some(GuardFailure::Absent));
-    assert_eq!(value(&*b, &t).await, b"3");
+    assert_eq!(value(b, &t).await, b"3");
     let r = b
         .write_if(&Guard::exists(Path::root()), &WriteOp::set(t.clone(), "x"))
         .await;
@@ -225,7 +230,7 @@ pub async fn guarded_write_rules(h: &dyn Harness) {
     assert_eq!(r, Ok(WriteResult::Deleted));
     let r = b.write_if(&own, &WriteOp::set(t.clone(), "5")).await;
     assert_guard_failed(r, Some(GuardFailure::Absent));
-    assert_eq!(value(&*b, &t).await, b"3");
+    assert_eq!(value(b, &t).await, b"3");
 }
 
 /// A leadership's (and a lock's) guarded writes succeed while it is held and are refused,
