@@ -53,13 +53,13 @@ impl KvEntry {
 }
 
 /// One operation of a `/v1/txn` request.
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub(crate) struct TxnOp {
     #[serde(rename = "KV")]
     kv: KvOp,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "PascalCase")]
 struct KvOp {
     verb: &'static str,

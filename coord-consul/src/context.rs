@@ -11,17 +11,24 @@
 //!   never had a child: one round trip), else `check-index` of the counter read before listing
 //!   the children (so a concurrent child create fails the delete) + `delete` key and counters;
 //! - set: one `cas` op, or `get` key (must exist) + `set` key (keeps its lock).
+//! - a guarded write: the same transaction with a check of the guard key first (so that it
+//!   sees the state before the writes): `check-index` at the guard's version, or at the modify
+//!   index read just before when the guard names a creation stamp (Consul's txn cannot check a
+//!   `CreateIndex`; a key deleted and created again gets a new, larger modify index, so the
+//!   check still fails), or `get` (the key exists).
+//!
+//! Creation stamps are Consul's `CreateIndex` (the raft index of the creating transaction).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
 use coord_core::adapter::flat::{
-    CreateAttempt, CreateOutcome, DeleteOutcome, Entry, FlatStore, Layout, SetAttempt, SetOutcome,
-    Tree,
+    CreateAttempt, CreateOutcome, DeleteAttempt, DeleteOutcome, Entry, FlatStore, GuardCheck,
+    Layout, SetAttempt, SetOutcome, Tree,
 };
 use coord_core::adapter::random_u64;
-use coord_core::{Capabilities, Node, Path, Result, SessionId, Stat, Version};
+use coord_core::{Capabilities, Node, Path, Result, SessionId, Version};
 
 use crate::api::{Api, KvEntry, TxnOp, TxnOutcome};
 use crate::error::{backend_err, too_large};
@@ -59,6 +66,7 @@ fn entry_of(e: &KvEntry) -> Result<Entry> {
     Ok(Entry {
         value: e.bytes()?,
         modified: e.modify_index,
+        created: e.create_index,
         owner: e.owner().map(|s| SessionId(s.to_owned())),
     })
 }
@@ -67,9 +75,20 @@ pub(crate) fn node_of(path: &Path, e: &KvEntry) -> Result<Node> {
     let e = entry_of(e)?;
     Ok(Node {
         path: path.clone(),
+        stat: e.stat(),
         value: e.value,
-        stat: Stat::new(Version(e.modified), e.owner),
     })
+}
+
+/// The check of a guard, from the guard key as read (`e`): `None` if it already fails.
+fn guard_check_op(g: &GuardCheck<'_>, e: Option<&KvEntry>) -> Option<TxnOp> {
+    let e = e?;
+    if g.created.is_some_and(|c| c != e.create_index)
+        || g.version.is_some_and(|v| v.0 != e.modify_index)
+    {
+        return None;
+    }
+    Some(TxnOp::check_index(g.key, e.modify_index))
 }
 
 /// Bound on [`Seen`]'s entries (it is emptied when full: only a round trip is lost).
@@ -132,6 +151,49 @@ impl ConsulStore {
     async fn write(&self, ops: &[TxnOp], value: &[u8]) -> Result<TxnOutcome> {
         let r = self.api.txn(ops).await;
         r.map_err(|e| too_large(e, value.len(), self.max_value))
+    }
+
+    /// The op checking `guard` (see the module docs); `Ok(None)`: the guard already fails.
+    async fn guard_op(&self, guard: &GuardCheck<'_>) -> Result<Option<TxnOp>> {
+        Ok(match (guard.version, guard.created) {
+            (Some(v), None) => Some(TxnOp::check_index(guard.key, v.0)),
+            (_, Some(_)) => guard_check_op(guard, self.get(guard.key).await?.as_ref()),
+            (None, None) => Some(TxnOp::get(guard.key)),
+        })
+    }
+
+    /// [`ConsulStore::write`] of `ops` behind the guard check `gop` (first): `None` if the
+    /// guard failed; the errors of a rolled-back transaction are indexed as in `ops`.
+    async fn write_behind(
+        &self,
+        gop: Option<&TxnOp>,
+        ops: &[TxnOp],
+        value: &[u8],
+    ) -> Result<Option<TxnOutcome>> {
+        let Some(g) = gop else {
+            return self.write(ops, value).await.map(Some);
+        };
+        let all: Vec<TxnOp> = std::iter::once(g.clone())
+            .chain(ops.iter().cloned())
+            .collect();
+        Ok(match self.write(&all, value).await? {
+            TxnOutcome::Failed(errors) if errors.iter().any(|e| e.0 == 0) => None,
+            TxnOutcome::Failed(errors) => Some(TxnOutcome::Failed(
+                errors.into_iter().map(|(i, w)| (i - 1, w)).collect(),
+            )),
+            applied => Some(applied),
+        })
+    }
+
+    /// The guard check op of an attempt: `Ok(Err(()))` if the guard already fails.
+    async fn attempt_guard(
+        &self,
+        guard: Option<&GuardCheck<'_>>,
+    ) -> Result<std::result::Result<Option<TxnOp>, ()>> {
+        match guard {
+            None => Ok(Ok(None)),
+            Some(g) => Ok(self.guard_op(g).await?.map(Some).ok_or(())),
+        }
     }
 
     async fn get(&self, key: &str) -> Result<Option<KvEntry>> {
@@ -244,6 +306,7 @@ impl ConsulStore {
         &self,
         path: &Path,
         expected: Option<Version>,
+        gop: Option<&TxnOp>,
     ) -> Result<DeleteOutcome> {
         let l = &self.layout;
         let (key, cv_key) = (l.node(path), l.child_version(path));
@@ -268,9 +331,10 @@ impl ConsulStore {
             TxnOp::delete(&cv_key),
             TxnOp::delete(&l.sequence(path)),
         ];
-        Ok(match self.api.txn(&ops).await? {
-            TxnOutcome::Applied(_) => DeleteOutcome::Deleted,
-            TxnOutcome::Failed(_) => DeleteOutcome::Retry,
+        Ok(match self.write_behind(gop, &ops, b"").await? {
+            None => DeleteOutcome::GuardFailed,
+            Some(TxnOutcome::Applied(_)) => DeleteOutcome::Deleted,
+            Some(TxnOutcome::Failed(_)) => DeleteOutcome::Retry,
         })
     }
 }
@@ -284,6 +348,9 @@ impl FlatStore for ConsulStore {
     }
 
     async fn try_create(&self, a: &CreateAttempt<'_, SessionId>) -> Result<CreateOutcome> {
+        let Ok(gop) = self.attempt_guard(a.guard.as_ref()).await? else {
+            return Ok(CreateOutcome::GuardFailed);
+        };
         let parent = match a.parent {
             None => None,
             Some(k) => match self.parent_index(k).await? {
@@ -292,8 +359,9 @@ impl FlatStore for ConsulStore {
             },
         };
         let c = self.create_ops(a, parent);
-        match self.write(&c.ops, a.value).await? {
-            TxnOutcome::Applied(results) => {
+        match self.write_behind(gop.as_ref(), &c.ops, a.value).await? {
+            None => Ok(CreateOutcome::GuardFailed),
+            Some(TxnOutcome::Applied(results)) => {
                 let e = results
                     .iter()
                     .rev()
@@ -301,13 +369,18 @@ impl FlatStore for ConsulStore {
                     .ok_or_else(|| {
                         backend_err(format!("the create of {} returned no entry", a.key), false)
                     })?;
-                Ok(CreateOutcome::Created(e.modify_index))
+                // A new key: its create index is its modify index.
+                Ok(CreateOutcome::Created(e.create_index.max(e.modify_index)))
             }
-            TxnOutcome::Failed(errors) => self.create_failed(&c, a.parent, &errors),
+            Some(TxnOutcome::Failed(errors)) => self.create_failed(&c, a.parent, &errors),
         }
     }
 
-    async fn try_delete(&self, path: &Path, expected: Option<Version>) -> Result<DeleteOutcome> {
+    async fn try_delete(&self, a: &DeleteAttempt<'_>) -> Result<DeleteOutcome> {
+        let (path, expected) = (a.path, a.expected);
+        let Ok(gop) = self.attempt_guard(a.guard.as_ref()).await? else {
+            return Ok(DeleteOutcome::GuardFailed);
+        };
         let key = self.layout.node(path);
         self.seen.forget(&key);
         // Per store: a key that never had a child has no child-version counter (nor a
@@ -321,36 +394,41 @@ impl FlatStore for ConsulStore {
             TxnOp::check_not_exists(&self.layout.child_version(path)),
             TxnOp::delete(&key),
         ];
-        match self.api.txn(&ops).await? {
-            TxnOutcome::Applied(_) => Ok(DeleteOutcome::Deleted),
-            TxnOutcome::Failed(errors) if failed(&errors, Some(0)) => {
+        match self.write_behind(gop.as_ref(), &ops, b"").await? {
+            None => Ok(DeleteOutcome::GuardFailed),
+            Some(TxnOutcome::Applied(_)) => Ok(DeleteOutcome::Deleted),
+            Some(TxnOutcome::Failed(errors)) if failed(&errors, Some(0)) => {
                 Ok(match (expected, self.get(&key).await?) {
                     (Some(_), Some(_)) => DeleteOutcome::Mismatch,
                     _ => DeleteOutcome::Missing,
                 })
             }
             // It had children once: look at them.
-            TxnOutcome::Failed(_) => self.delete_checked(path, expected).await,
+            Some(TxnOutcome::Failed(_)) => self.delete_checked(path, expected, gop.as_ref()).await,
         }
     }
 
     async fn try_set(&self, w: &SetAttempt<'_>) -> Result<SetOutcome> {
         let (key, value, expected) = (w.key, w.value, w.expected);
+        let Ok(gop) = self.attempt_guard(w.guard.as_ref()).await? else {
+            return Ok(SetOutcome::GuardFailed);
+        };
         let ops = match expected {
             // One `cas` op (index 0 would mean "create", hence the guard for it).
             Some(v) if v.0 != 0 => vec![TxnOp::cas(key, value, v.0)],
             Some(v) => vec![TxnOp::check_index(key, v.0), TxnOp::set(key, value)],
             None => vec![TxnOp::get(key), TxnOp::set(key, value)],
         };
-        match self.write(&ops, value).await? {
-            TxnOutcome::Applied(results) => {
+        match self.write_behind(gop.as_ref(), &ops, value).await? {
+            None => Ok(SetOutcome::GuardFailed),
+            Some(TxnOutcome::Applied(results)) => {
                 let e = results.last().filter(|e| e.key == key).ok_or_else(|| {
                     backend_err(format!("the write of {key} returned no entry"), false)
                 })?;
                 Ok(SetOutcome::Written(node_of(w.path, e)?.stat))
             }
-            TxnOutcome::Failed(_) if expected.is_none() => Ok(SetOutcome::Missing),
-            TxnOutcome::Failed(_) => Ok(match self.get(key).await? {
+            Some(TxnOutcome::Failed(_)) if expected.is_none() => Ok(SetOutcome::Missing),
+            Some(TxnOutcome::Failed(_)) => Ok(match self.get(key).await? {
                 None => SetOutcome::Missing,
                 Some(_) => SetOutcome::Mismatch,
             }),

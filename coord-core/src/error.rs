@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::kernel::{SessionId, SessionState, Version};
+use crate::kernel::{GuardFailure, SessionId, SessionState, Version};
 
 /// The underlying error an [`Error`] came from (a client library's error, an I/O error),
 /// reachable through [`std::error::Error::source`].
@@ -84,6 +84,18 @@ pub enum Error {
         path: String,
         /// The version the caller expected.
         expected: Version,
+    },
+    /// A guarded write ([`crate::Backend::write_if`], the guarded writes of a leadership or a
+    /// lock) found its guard node absent, replaced or at another version, or the role guarding
+    /// it lost. Nothing was written. A variant of its own, not `NotFound`/`VersionMismatch`,
+    /// because the node that failed is the guard, not the key written (whose own failures keep
+    /// their usual variants). Not retryable: the state the write relied on is gone.
+    #[error("guard failed on {path}: {reason}")]
+    GuardFailed {
+        /// The guard node.
+        path: String,
+        /// What the guard found.
+        reason: GuardFailure,
     },
     /// A delete of a key that still has children.
     #[error("not empty: {path} has children")]

@@ -28,6 +28,30 @@
 //!   connection is suspended a watch yields nothing; it does not end on suspension or on a
 //!   session's expiry (watches belong to the `Backend`, not to a session). A stream ends only
 //!   when the `Backend` is dropped; an `Err` item is final.
+//! - **Creation stamps.** Every node carries [`Stat::created`], the store's own global stamp
+//!   of the transaction that created it: ZooKeeper's `czxid`, etcd's create revision, Consul's
+//!   `CreateIndex`, and on mem a store-wide counter starting at 1. It is never 0 for a stored
+//!   node (only the namespace root of mem, etcd and Consul, which is not stored, has 0), is
+//!   the same in every read of one node (get, exists, watch events, the answer of the create),
+//!   and is strictly larger for every node created later anywhere in the store: also for a
+//!   node created again at the same path after a delete, and across the deletion and
+//!   re-creation of its parent. It survives restarts of the servers and of coord, but not the
+//!   loss of the store's data: a Consul `-dev` agent (in-memory, restarts at a small index), a
+//!   wiped etcd or ZooKeeper data directory, or a new `mem` store start again from a small
+//!   number. The election and lock recipes use the stamp of the holder's candidate node as
+//!   the fencing token.
+//! - **Guarded writes.** [`Backend::write_if`] runs one create, set or delete only if a
+//!   [`Guard`] node still exists (and, if the guard names them, still has that version and that
+//!   creation stamp), atomically in the store: ZooKeeper `multi` with a `check` op, an etcd
+//!   transaction comparing the guard key's create/mod revision, a Consul `/v1/txn` with a
+//!   `check-index` of the guard key, mem under its lock. A failed guard is
+//!   [`Error::GuardFailed`](crate::Error::GuardFailed) and nothing is written; it is checked
+//!   before the operation's own rules (so a write that would also fail reports the guard).
+//!   Otherwise the operation behaves exactly as its unguarded form (same errors). Creates
+//!   under a guard are persistent. On ZooKeeper a guard with a creation stamp is compared by a
+//!   read just before the transaction, which then checks the version read: a node deleted and
+//!   created again at the same path between the two, at the same data version, is not
+//!   detected (never the case for the recipes' candidate nodes, whose names are unique).
 
 use std::any::Any;
 use std::fmt;
@@ -71,16 +95,205 @@ pub struct Stat {
     pub version: Version,
     /// The session owning the key if it is ephemeral.
     pub ephemeral_owner: Option<SessionId>,
+    /// The store's global stamp of the key's creation (ZooKeeper `czxid`, etcd create
+    /// revision, Consul `CreateIndex`, mem store counter): never 0 for a stored key, unchanged
+    /// by writes, strictly larger for every key created later (see the module docs).
+    pub created: u64,
 }
 
 impl Stat {
-    /// A stat with the given version and owner.
+    /// A stat with the given version and owner, and creation stamp 0 (set it with
+    /// [`Stat::with_created`]).
     pub fn new(version: Version, ephemeral_owner: Option<SessionId>) -> Stat {
         Stat {
             version,
             ephemeral_owner,
+            created: 0,
         }
     }
+
+    /// Sets [`Stat::created`].
+    pub fn with_created(mut self, created: u64) -> Stat {
+        self.created = created;
+        self
+    }
+}
+
+/// The node a guarded write ([`Backend::write_if`]) depends on: it must exist, and have the
+/// given version and creation stamp where those are set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Guard {
+    /// The guard node (not the namespace root).
+    pub path: Path,
+    /// The version the node must be at, if set.
+    pub version: Option<Version>,
+    /// The creation stamp ([`Stat::created`]) the node must have, if set: the node must be the
+    /// very one created then, not one created again at the same path.
+    pub created: Option<u64>,
+}
+
+impl Guard {
+    /// A guard that only needs `path` to exist.
+    pub fn exists(path: Path) -> Guard {
+        Guard {
+            path,
+            version: None,
+            created: None,
+        }
+    }
+
+    /// A guard on the node `path` created at stamp `created` (as a fencing token names it):
+    /// holds while that node exists, whatever is written to it.
+    pub fn created(path: Path, created: u64) -> Guard {
+        Guard::exists(path).with_created(created)
+    }
+
+    /// Also requires the version `version`.
+    pub fn with_version(mut self, version: Version) -> Guard {
+        self.version = Some(version);
+        self
+    }
+
+    /// Also requires the creation stamp `created`.
+    pub fn with_created(mut self, created: u64) -> Guard {
+        self.created = Some(created);
+        self
+    }
+
+    /// Whether a node with `stat` (`None`: absent) satisfies the guard.
+    pub fn holds(&self, stat: Option<&Stat>) -> bool {
+        self.failure(stat).is_none()
+    }
+
+    /// Why a node with `stat` (`None`: absent) fails the guard, `None` if it satisfies it.
+    pub fn failure(&self, stat: Option<&Stat>) -> Option<GuardFailure> {
+        let Some(stat) = stat else {
+            return Some(GuardFailure::Absent);
+        };
+        if self.created.is_some_and(|c| c != stat.created) {
+            return Some(GuardFailure::Replaced);
+        }
+        if self.version.is_some_and(|v| v != stat.version) {
+            return Some(GuardFailure::Changed);
+        }
+        None
+    }
+
+    /// The [`crate::Error::GuardFailed`] for `reason`.
+    pub fn error(&self, reason: GuardFailure) -> crate::Error {
+        crate::Error::GuardFailed {
+            path: self.path.to_string(),
+            reason,
+        }
+    }
+}
+
+/// Why a guard failed (see [`crate::Error::GuardFailed`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum GuardFailure {
+    /// The guard node does not exist.
+    Absent,
+    /// A node exists at the guard's path, but it was created at another stamp: the guarded
+    /// node was deleted and another one created there.
+    Replaced,
+    /// The guard node is at another version than the guard names.
+    Changed,
+    /// Not sent to the store: the holder of a role (leadership, lock) already knows it lost
+    /// it (resigned, unlocked, session ended, or suspended under the default policy).
+    Released,
+}
+
+impl fmt::Display for GuardFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            GuardFailure::Absent => "the guard node does not exist",
+            GuardFailure::Replaced => "the guard node was replaced by another one",
+            GuardFailure::Changed => "the guard node is at another version",
+            GuardFailure::Released => "the role guarding the write was lost",
+        })
+    }
+}
+
+/// A write to run under a [`Guard`] ([`Backend::write_if`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WriteOp {
+    /// [`Backend::create`] (a persistent key).
+    Create {
+        /// The key (the prefix of the name if sequential).
+        path: Path,
+        /// The value.
+        value: Vec<u8>,
+        /// Exact or sequential.
+        mode: CreateMode,
+    },
+    /// [`Backend::set`].
+    Set {
+        /// The key.
+        path: Path,
+        /// The new value.
+        value: Vec<u8>,
+        /// The version the key must be at, if set.
+        expected: Option<Version>,
+    },
+    /// [`Backend::delete`].
+    Delete {
+        /// The key.
+        path: Path,
+        /// The version the key must be at, if set.
+        expected: Option<Version>,
+    },
+}
+
+impl WriteOp {
+    /// An exact create of `path`.
+    pub fn create(path: Path, value: impl Into<Vec<u8>>) -> WriteOp {
+        WriteOp::Create {
+            path,
+            value: value.into(),
+            mode: CreateMode::Exact,
+        }
+    }
+
+    /// An unconditional write of `path`.
+    pub fn set(path: Path, value: impl Into<Vec<u8>>) -> WriteOp {
+        WriteOp::Set {
+            path,
+            value: value.into(),
+            expected: None,
+        }
+    }
+
+    /// An unconditional delete of `path`.
+    pub fn delete(path: Path) -> WriteOp {
+        WriteOp::Delete {
+            path,
+            expected: None,
+        }
+    }
+
+    /// The key written.
+    pub fn path(&self) -> &Path {
+        match self {
+            WriteOp::Create { path, .. }
+            | WriteOp::Set { path, .. }
+            | WriteOp::Delete { path, .. } => path,
+        }
+    }
+}
+
+/// What a guarded write did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WriteResult {
+    /// The create's result.
+    Created(Created),
+    /// The new stat of the written key.
+    Set(Stat),
+    /// The key was deleted.
+    Deleted,
 }
 
 /// A key's value with its metadata.
@@ -314,6 +527,10 @@ pub trait Backend: Send + Sync + 'static {
     async fn watch(&self, path: &Path) -> Result<(Option<Node>, KeyWatch)>;
     /// Lists a key's children (empty if the key is absent) and watches the list, atomically.
     async fn watch_children(&self, path: &Path) -> Result<(Vec<String>, ChildrenWatch)>;
+    /// Runs `op` only if `guard` holds, atomically (see the module docs):
+    /// [`crate::Error::GuardFailed`] and nothing written otherwise. The guard may not be the
+    /// namespace root ([`crate::Error::InvalidArgument`]).
+    async fn write_if(&self, guard: &Guard, op: &WriteOp) -> Result<WriteResult>;
     /// For backend-specific extensions and test harnesses (downcasting).
     fn as_any(&self) -> &dyn Any;
 }

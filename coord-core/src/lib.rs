@@ -24,8 +24,8 @@ pub use client::Client;
 pub use error::{Error, Result, Source};
 pub use kernel::{
     create_parents, Backend, Capabilities, ChildrenEvent, ChildrenWatch, CreateMode, Created,
-    KeyEvent, KeyWatch, Node, Session, SessionId, SessionOptions, SessionState, SessionStates,
-    Stat, Version,
+    Guard, GuardFailure, KeyEvent, KeyWatch, Node, Session, SessionId, SessionOptions,
+    SessionState, SessionStates, Stat, Version, WriteOp, WriteResult,
 };
 pub use path::Path;
 pub use recipes::{election, group, lock, registry};

@@ -13,6 +13,10 @@
 //! - On expiry the session's state becomes Expired *before* its ephemerals are deleted, under
 //!   one lock: an owner that watches its session learns the loss no later than any watcher of
 //!   its keys.
+//! - Creation stamps ([`Stat::created`]) come from one counter of the store (all its
+//!   namespaces), starting at 1; they last as long as the store does.
+//! - A guarded write ([`Backend::write_if`]) checks its guard and
+//!   writes under the store's one lock.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,6 +47,8 @@ struct MemNode {
     owner: Option<u64>,
     children: BTreeSet<String>,
     next_seq: u64,
+    /// The store's stamp of the node's creation (0: a namespace root, never created).
+    created: u64,
 }
 
 struct SessionEntry {
@@ -65,6 +71,8 @@ struct Inner {
     sessions: HashMap<u64, SessionEntry>,
     key_watchers: HashMap<(String, String), Vec<Watcher<KeyEvent>>>,
     child_watchers: HashMap<(String, String), Vec<Watcher<ChildrenEvent>>>,
+    /// The last creation stamp given (store-wide; the next create takes the one after).
+    last_created: u64,
 }
 
 struct Store {
@@ -114,6 +122,7 @@ impl Inner {
             Version(node.version),
             node.owner.map(|o| SessionId(o.to_string())),
         )
+        .with_created(node.created)
     }
 
     fn notify_key(&mut self, ns: &str, path: &str, ev: KeyEvent) {
@@ -183,11 +192,14 @@ impl Inner {
             pnode.next_seq += 1;
         }
         pnode.children.insert(full.name().to_owned());
+        self.last_created += 1;
         let node = MemNode {
             value: value.to_vec(),
             owner,
+            created: self.last_created,
             ..MemNode::default()
         };
+        let tree = self.tree(ns);
         let stat = Inner::stat_of(&node);
         let ev = KeyEvent::Created(Node {
             path: full.clone(),
@@ -255,6 +267,61 @@ impl Inner {
         Ok(())
     }
 
+    fn set(
+        &mut self,
+        ns: &str,
+        path: &Path,
+        value: &[u8],
+        expected: Option<Version>,
+    ) -> Result<Stat> {
+        let node = self
+            .tree(ns)
+            .get_mut(path.as_str())
+            .ok_or_else(|| Error::NotFound {
+                path: path.to_string(),
+            })?;
+        if let Some(v) = expected {
+            if node.version != v.0 {
+                return Err(Error::VersionMismatch {
+                    path: path.to_string(),
+                    expected: v,
+                });
+            }
+        }
+        node.version += 1;
+        node.value = value.to_vec();
+        let stat = Inner::stat_of(node);
+        let ev = KeyEvent::Changed(Node {
+            path: path.clone(),
+            value: value.to_vec(),
+            stat: stat.clone(),
+        });
+        self.notify_key(ns, path.as_str(), ev);
+        Ok(stat)
+    }
+
+    /// Checks `guard` and runs `op`, under the one lock the caller holds.
+    fn write_if(&mut self, ns: &str, guard: &Guard, op: &WriteOp) -> Result<WriteResult> {
+        let stat = self.node(ns, guard.path.as_str()).map(Inner::stat_of);
+        if let Some(reason) = guard.failure(stat.as_ref()) {
+            return Err(guard.error(reason));
+        }
+        Ok(match op {
+            WriteOp::Create { path, value, mode } => {
+                WriteResult::Created(self.create(ns, path, value, *mode, None)?)
+            }
+            WriteOp::Set {
+                path,
+                value,
+                expected,
+            } => WriteResult::Set(self.set(ns, path, value, *expected)?),
+            WriteOp::Delete { path, expected } => {
+                self.delete(ns, path.as_str(), *expected)?;
+                WriteResult::Deleted
+            }
+        })
+    }
+
     /// Ends a session: the state first, then the ephemerals (see the module docs).
     fn end_session(&mut self, id: u64, final_state: SessionState) {
         let Some(entry) = self.sessions.get_mut(&id) else {
@@ -281,6 +348,7 @@ static EMPTY_ROOT: MemNode = MemNode {
     owner: None,
     children: BTreeSet::new(),
     next_seq: 0,
+    created: 0,
 };
 
 /// A client of an in-memory store, in one namespace.
@@ -465,31 +533,11 @@ impl RawBackend for MemBackend {
     }
 
     async fn set(&self, path: &Path, value: &[u8], expected: Option<Version>) -> Result<Stat> {
-        let mut inner = self.store.lock();
-        let node = inner
-            .tree(&self.ns)
-            .get_mut(path.as_str())
-            .ok_or_else(|| Error::NotFound {
-                path: path.to_string(),
-            })?;
-        if let Some(v) = expected {
-            if node.version != v.0 {
-                return Err(Error::VersionMismatch {
-                    path: path.to_string(),
-                    expected: v,
-                });
-            }
-        }
-        node.version += 1;
-        node.value = value.to_vec();
-        let stat = Inner::stat_of(node);
-        let ev = KeyEvent::Changed(Node {
-            path: path.clone(),
-            value: value.to_vec(),
-            stat: stat.clone(),
-        });
-        inner.notify_key(&self.ns, path.as_str(), ev);
-        Ok(stat)
+        self.store.lock().set(&self.ns, path, value, expected)
+    }
+
+    async fn write_if(&self, guard: &Guard, op: &WriteOp) -> Result<WriteResult> {
+        self.store.lock().write_if(&self.ns, guard, op)
     }
 
     async fn delete(&self, path: &Path, expected: Option<Version>) -> Result<()> {

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use coord_core::adapter::flat::{
-    Counter, CreateAttempt, CreateOutcome, DeleteOutcome, Entry, FlatStore, Layout, SetAttempt,
-    SetOutcome, Tree,
+    Counter, CreateAttempt, CreateOutcome, DeleteAttempt, DeleteOutcome, Entry, FlatStore,
+    GuardCheck, Layout, SetAttempt, SetOutcome, Tree,
 };
 use coord_core::{Path, Result, SessionId, Stat, Version};
 use etcd_client::proto::{PbKeyValue, PbTxnOpResponse};
@@ -34,12 +34,58 @@ fn rev_i64(rev: u64) -> i64 {
     i64::try_from(rev).unwrap_or(i64::MAX)
 }
 
-/// The metadata of a stored node.
+/// The metadata of a stored node: the version is its mod revision, the creation stamp its
+/// create revision.
 pub(crate) fn stat_of(kv: &PbKeyValue) -> Stat {
     Stat::new(
         Version(rev_u64(kv.mod_revision)),
         (kv.lease != 0).then(|| lease_sid(kv.lease)),
     )
+    .with_created(rev_u64(kv.create_revision))
+}
+
+/// The compares of a guard: its key exists (create revision > 0), at the create revision and
+/// mod revision it names.
+fn guard_compares(g: &GuardCheck<'_>) -> Vec<Compare> {
+    let mut when = vec![match g.created {
+        Some(c) => Compare::create_revision(g.key, CompareOp::Equal, rev_i64(c)),
+        None => Compare::create_revision(g.key, CompareOp::Greater, 0),
+    }];
+    if let Some(v) = g.version {
+        when.push(Compare::mod_revision(g.key, CompareOp::Equal, rev_i64(v.0)));
+    }
+    when
+}
+
+/// Whether the guard key as read in a failed transaction's `or_else` (`kvs`) fails the guard.
+fn guard_broken(g: &GuardCheck<'_>, kvs: &[PbKeyValue]) -> bool {
+    match kvs.first() {
+        None => true,
+        Some(kv) => {
+            g.created.is_some_and(|c| rev_u64(kv.create_revision) != c)
+                || g.version.is_some_and(|v| rev_u64(kv.mod_revision) != v.0)
+        }
+    }
+}
+
+/// Adds `guard`'s compares to `when` and its read to `otherwise`; the read's index.
+fn add_guard(
+    guard: Option<&GuardCheck<'_>>,
+    when: &mut Vec<Compare>,
+    otherwise: &mut Vec<TxnOp>,
+) -> Option<usize> {
+    let g = guard?;
+    when.extend(guard_compares(g));
+    otherwise.push(TxnOp::get(g.key, keys_only()));
+    Some(otherwise.len() - 1)
+}
+
+/// Whether a failed transaction failed on its guard (read at `at` in `or_else`).
+fn failed_guard(resp: &TxnResponse, guard: Option<&GuardCheck<'_>>, at: Option<usize>) -> bool {
+    match (guard, at) {
+        (Some(g), Some(i)) => guard_broken(g, range_kvs(resp, i)),
+        _ => false,
+    }
 }
 
 /// The kvs of the `i`-th (range) answer of a transaction; empty if there is none.
@@ -202,6 +248,7 @@ impl FlatStore for EtcdStore {
         Ok(self.get_one(key, None).await?.map(|kv| Entry {
             owner: (kv.lease != 0).then(|| lease_sid(kv.lease)),
             modified: rev_u64(kv.mod_revision),
+            created: rev_u64(kv.create_revision),
             value: kv.value,
         }))
     }
@@ -231,6 +278,7 @@ impl FlatStore for EtcdStore {
             then.push(TxnOp::put(ckey, (c.next + 1).to_string(), None));
             otherwise.push(TxnOp::get(ckey, None));
         }
+        let guard_at = add_guard(a.guard.as_ref(), &mut when, &mut otherwise);
         let sid = a.owner.map(|l| lease_sid(*l));
         let ctx = Ctx {
             session: sid.as_ref(),
@@ -246,6 +294,9 @@ impl FlatStore for EtcdStore {
         if resp.succeeded() {
             return Ok(CreateOutcome::Created(rev_u64(txn_revision(&resp))));
         }
+        if failed_guard(&resp, a.guard.as_ref(), guard_at) {
+            return Ok(CreateOutcome::GuardFailed);
+        }
         if a.parent.is_some() {
             match range_kvs(&resp, 0).first() {
                 None => return Ok(CreateOutcome::NoParent),
@@ -257,6 +308,7 @@ impl FlatStore for EtcdStore {
             let seen = range_kvs(&resp, key_at + 1).first().map(|kv| Entry {
                 value: kv.value.clone(),
                 modified: rev_u64(kv.mod_revision),
+                created: rev_u64(kv.create_revision),
                 owner: None,
             });
             let now = Counter::parse(ckey, seen.as_ref())?;
@@ -274,7 +326,8 @@ impl FlatStore for EtcdStore {
     /// Per store: etcd compares a whole key range inside a transaction (every key of the
     /// children range has create revision 0 exactly when the range is empty), so no
     /// child-version counter is needed.
-    async fn try_delete(&self, path: &Path, expected: Option<Version>) -> Result<DeleteOutcome> {
+    async fn try_delete(&self, a: &DeleteAttempt<'_>) -> Result<DeleteOutcome> {
+        let (path, expected) = (a.path, a.expected);
         let key = self.layout.node(path);
         let kids = self.layout.children_prefix(path);
         let mut when = vec![Compare::create_revision(
@@ -294,19 +347,24 @@ impl FlatStore for EtcdStore {
             .with_prefix()
             .with_keys_only()
             .with_limit(1);
+        let mut otherwise = vec![
+            TxnOp::get(key.as_str(), keys_only()),
+            TxnOp::get(kids.as_str(), Some(first_child)),
+        ];
+        let guard_at = add_guard(a.guard.as_ref(), &mut when, &mut otherwise);
         let txn = Txn::new()
             .when(when)
             .and_then(vec![
                 TxnOp::delete(key.as_str(), None),
                 TxnOp::delete(self.layout.sequence(path), None::<DeleteOptions>),
             ])
-            .or_else(vec![
-                TxnOp::get(key.as_str(), keys_only()),
-                TxnOp::get(kids.as_str(), Some(first_child)),
-            ]);
+            .or_else(otherwise);
         let resp = self.txn("delete", Ctx::default(), txn).await?;
         if resp.succeeded() {
             return Ok(DeleteOutcome::Deleted);
+        }
+        if failed_guard(&resp, a.guard.as_ref(), guard_at) {
+            return Ok(DeleteOutcome::GuardFailed);
         }
         let Some(node) = range_kvs(&resp, 0).first() else {
             return Ok(DeleteOutcome::Missing);
@@ -326,23 +384,32 @@ impl FlatStore for EtcdStore {
         if let Some(v) = expected {
             when.push(Compare::mod_revision(key, CompareOp::Equal, rev_i64(v.0)));
         }
+        let mut otherwise = vec![TxnOp::get(key, keys_only())];
+        let guard_at = add_guard(w.guard.as_ref(), &mut when, &mut otherwise);
         // Keep an ephemeral's lease: a value write does not change the owner.
         let put = PutOptions::new().with_prev_key().with_ignore_lease();
         let txn = Txn::new()
             .when(when)
             .and_then(vec![TxnOp::put(key, value, Some(put))])
-            .or_else(vec![TxnOp::get(key, keys_only())]);
+            .or_else(otherwise);
         let ctx = Ctx {
             session: None,
             value: Some((value.len(), self.max_value)),
         };
         let resp = self.txn("set", ctx, txn).await?;
         if resp.succeeded() {
-            let owner = put_prev_kv(&resp, 0)
+            let prev = put_prev_kv(&resp, 0);
+            let owner = prev
                 .filter(|kv| kv.lease != 0)
                 .map(|kv| lease_sid(kv.lease));
+            let created = prev.map(|kv| rev_u64(kv.create_revision)).unwrap_or(0);
             let version = Version(rev_u64(txn_revision(&resp)));
-            return Ok(SetOutcome::Written(Stat::new(version, owner)));
+            return Ok(SetOutcome::Written(
+                Stat::new(version, owner).with_created(created),
+            ));
+        }
+        if failed_guard(&resp, w.guard.as_ref(), guard_at) {
+            return Ok(SetOutcome::GuardFailed);
         }
         Ok(if range_kvs(&resp, 0).is_empty() {
             SetOutcome::Missing

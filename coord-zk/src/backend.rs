@@ -8,7 +8,8 @@ use async_trait::async_trait;
 use coord_core::adapter::RawBackend;
 use coord_core::kernel::{ChildrenWatch, KeyWatch};
 use coord_core::{
-    Capabilities, CreateMode, Created, Node, Path, Result, Session, SessionId, Stat, Version,
+    Capabilities, CreateMode, Created, Guard, Node, Path, Result, Session, SessionId, Stat,
+    Version, WriteOp, WriteResult,
 };
 use tokio::sync::watch;
 
@@ -87,6 +88,10 @@ impl RawBackend for ZkBackend {
 
     async fn children(&self, path: &Path) -> Result<Vec<String>> {
         self.ctx.children(path).await
+    }
+
+    async fn write_if(&self, guard: &Guard, op: &WriteOp) -> Result<WriteResult> {
+        self.ctx.write_if(guard, op).await
     }
 
     async fn watch(&self, path: &Path) -> Result<(Option<Node>, KeyWatch)> {

@@ -7,7 +7,8 @@ use std::sync::{Arc, Weak};
 
 use coord_core::adapter::Backoff;
 use coord_core::{
-    Capabilities, CreateMode, Created, Error, Node, Path, Result, SessionId, Stat, Version,
+    Capabilities, CreateMode, Created, Error, Guard, Node, Path, Result, SessionId, Stat, Version,
+    WriteOp, WriteResult,
 };
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -212,6 +213,108 @@ impl Context {
         Ok(())
     }
 
+    /// Runs `op` only if `guard` holds: one `multi` of a `check` of the guard node and the
+    /// write. A guard with a creation stamp is compared by a read first, whose version the
+    /// `check` then requires (ZooKeeper's `check` compares only the data version).
+    pub(crate) async fn write_if(&self, guard: &Guard, op: &WriteOp) -> Result<WriteResult> {
+        let version = match guard.created {
+            None => zk_version(&guard.path, guard.version).unwrap_or(Some(-2)),
+            Some(_) => {
+                let stat = self.exists(&guard.path).await?;
+                if let Some(reason) = guard.failure(stat.as_ref()) {
+                    return Err(guard.error(reason));
+                }
+                let read = stat.map(|s| s.version).unwrap_or(Version(0));
+                zk_version(&guard.path, Some(read)).unwrap_or(Some(-2))
+            }
+        };
+        let acls = self.acls();
+        let g = guard.path.as_str();
+        let target = op.path().as_str();
+        let res = self
+            .with_main("guarded write", target, Op::Other, |c| async move {
+                match multi(&c, g, version, op, acls).await {
+                    Ok(r) => Ok(Ok(r)),
+                    Err(zk::MultiWriteError::OperationFailed { index, source }) => {
+                        Ok(Err((index, source)))
+                    }
+                    Err(zk::MultiWriteError::RequestFailed { source }) => Err(source),
+                }
+            })
+            .await?
+            .0;
+        match res {
+            Ok(r) => self.write_result(op, r).await,
+            Err((0, source)) => {
+                match source {
+                    zk::Error::NoNode | zk::Error::BadVersion => {}
+                    e => return Err(error::map(e, g, Op::Other, None)),
+                }
+                let stat = self.exists(&guard.path).await?;
+                let reason = guard
+                    .failure(stat.as_ref())
+                    .unwrap_or(coord_core::GuardFailure::Changed);
+                Err(guard.error(reason))
+            }
+            Err((_, source)) => Err(error::map(source, target, op_kind(op), None)),
+        }
+    }
+
+    /// The coord result of a guarded write's answer (the op's result is the second).
+    async fn write_result(
+        &self,
+        op: &WriteOp,
+        results: Vec<zk::MultiWriteResult>,
+    ) -> Result<WriteResult> {
+        let bad = |r: &zk::MultiWriteResult| {
+            Error::backend("zk", format!("a guarded write answered {r:?}"), false)
+        };
+        match (op, results.into_iter().nth(1)) {
+            (WriteOp::Create { mode, .. }, Some(zk::MultiWriteResult::Create { path, stat })) => {
+                self.multi_created(*mode, &path, stat).await
+            }
+            (WriteOp::Set { .. }, Some(zk::MultiWriteResult::SetData { stat })) => {
+                Ok(WriteResult::Set(stat_of(&stat)))
+            }
+            (WriteOp::Delete { .. }, Some(zk::MultiWriteResult::Delete)) => {
+                Ok(WriteResult::Deleted)
+            }
+            (_, Some(r)) => Err(bad(&r)),
+            (_, None) => Err(Error::backend(
+                "zk",
+                "a guarded write answered nothing",
+                false,
+            )),
+        }
+    }
+
+    /// The [`Created`] of a create inside a `multi`. Servers before 3.9 may answer it without
+    /// a stat (ZOOKEEPER-4026/4667): then the node is read for it.
+    async fn multi_created(
+        &self,
+        mode: CreateMode,
+        full: &str,
+        stat: zk::Stat,
+    ) -> Result<WriteResult> {
+        let full = Path::new(full)?;
+        let stat = if stat.czxid > 0 {
+            stat_of(&stat)
+        } else {
+            self.exists(&full).await?.ok_or_else(|| Error::NotFound {
+                path: full.to_string(),
+            })?
+        };
+        let sequence = match mode {
+            CreateMode::Exact => None,
+            CreateMode::Sequential => coord_core::path::parse_sequence(full.name()).map(|(_, n)| n),
+        };
+        Ok(WriteResult::Created(Created {
+            path: full,
+            sequence,
+            stat,
+        }))
+    }
+
     /// A node's children, sorted.
     pub(crate) async fn children(&self, path: &Path) -> Result<Vec<String>> {
         let p = path.as_str();
@@ -321,6 +424,60 @@ pub(crate) fn session_name(id: i64) -> String {
 pub(crate) fn stat_of(s: &zk::Stat) -> Stat {
     let owner = (s.ephemeral_owner != 0).then(|| SessionId(session_name(s.ephemeral_owner)));
     Stat::new(Version(u64::try_from(s.version).unwrap_or(0)), owner)
+        .with_created(u64::try_from(s.czxid).unwrap_or(0))
+}
+
+/// Runs the `multi` of a guarded write: `check` of `guard` at `version` (`-1`: any; `-2`: one
+/// no node can have, for a guard version out of ZooKeeper's range), then `op`.
+async fn multi(
+    c: &zk::Client,
+    guard: &str,
+    version: Option<i32>,
+    op: &WriteOp,
+    acls: zk::Acls<'static>,
+) -> std::result::Result<Vec<zk::MultiWriteResult>, zk::MultiWriteError> {
+    let mut w = c.new_multi_writer();
+    w.add_check_version(guard, version.unwrap_or(-1))?;
+    match op {
+        WriteOp::Create { path, value, mode } => {
+            let zmode = match mode {
+                CreateMode::Exact => zk::CreateMode::Persistent,
+                CreateMode::Sequential => zk::CreateMode::PersistentSequential,
+            };
+            w.add_create(path.as_str(), value, &zmode.with_acls(acls))?;
+        }
+        WriteOp::Set {
+            path,
+            value,
+            expected,
+        } => w.add_set_data(path.as_str(), value, set_version(*expected))?,
+        WriteOp::Delete { path, expected } => {
+            w.add_delete(path.as_str(), set_version(*expected))?
+        }
+        _ => {
+            return Err(zk::MultiWriteError::RequestFailed {
+                source: zk::Error::BadArguments(&"an unknown guarded write"),
+            })
+        }
+    }
+    w.commit().await
+}
+
+/// The ZooKeeper version of an expected version of a guarded write's op; one out of range
+/// can match no node (-2 is never a node's version).
+fn set_version(v: Option<Version>) -> Option<i32> {
+    v.map(|v| i32::try_from(v.0).unwrap_or(-2))
+}
+
+/// How a failure of a guarded write's op reads.
+fn op_kind(op: &WriteOp) -> Op {
+    match op {
+        WriteOp::Create { .. } => Op::Create,
+        WriteOp::Set { expected, .. } | WriteOp::Delete { expected, .. } => {
+            Op::Versioned(*expected)
+        }
+        _ => Op::Other,
+    }
 }
 
 /// The ZooKeeper version for an expected coord version (`Err` if it cannot match any).

@@ -18,8 +18,18 @@
 //! grandchildren: listing or watching children costs O(children), not O(subtree). A namespace
 //! never contains a `__coord` segment (reserved in paths), so no namespace's keys lie under
 //! another's. A sequence counter holds the next number in decimal; a counter that is not one
-//! is an error ([`Error::MalformedData`]), never read as 0 (numbers, and so fencing tokens,
-//! would go backwards).
+//! is an error ([`Error::MalformedData`]), never read as 0 (sequence numbers would go
+//! backwards).
+//!
+//! # Stamps and guards
+//!
+//! A node's creation stamp ([`Stat::created`]) is the store's own: etcd's create revision,
+//! Consul's `CreateIndex` ([`Entry::created`]). A guarded write ([`Tree::write_if`]) hands the
+//! store its usual attempt with a [`GuardCheck`] added: the store checks the guard key in the
+//! same transaction and answers `GuardFailed` if the check failed; the tree then reads the
+//! guard and either reports [`Error::GuardFailed`] or, when the guard still holds (a store
+//! that checks a modification stamp it read before, and the guard node's value was written in
+//! between), tries again.
 
 use std::any::Any;
 use std::sync::Arc;
@@ -30,8 +40,8 @@ use async_trait::async_trait;
 use super::{Backoff, RawBackend};
 use crate::error::{Error, Result};
 use crate::kernel::{
-    Capabilities, ChildrenWatch, CreateMode, Created, KeyWatch, Node, Session, SessionId, Stat,
-    Version,
+    Capabilities, ChildrenWatch, CreateMode, Created, Guard, KeyWatch, Node, Session, SessionId,
+    Stat, Version, WriteOp, WriteResult,
 };
 use crate::path::{format_sequence, Path, RESERVED_PREFIX};
 
@@ -110,14 +120,29 @@ pub struct Entry {
     pub value: Vec<u8>,
     /// The store's modification stamp (etcd mod revision, Consul modify index): the version.
     pub modified: u64,
+    /// The store's creation stamp (etcd create revision, Consul create index).
+    pub created: u64,
     /// The session owning the entry if it is ephemeral.
     pub owner: Option<SessionId>,
 }
 
 impl Entry {
-    fn stat(&self) -> Stat {
-        Stat::new(Version(self.modified), self.owner.clone())
+    /// The entry's metadata.
+    pub fn stat(&self) -> Stat {
+        Stat::new(Version(self.modified), self.owner.clone()).with_created(self.created)
     }
+}
+
+/// A guard as the store checks it in a write's transaction: the guard node's key exists, and
+/// has the modification stamp `version` and the creation stamp `created` where set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuardCheck<'a> {
+    /// The guard node's key.
+    pub key: &'a str,
+    /// The modification stamp (version) it must have.
+    pub version: Option<Version>,
+    /// The creation stamp it must have.
+    pub created: Option<u64>,
 }
 
 /// A parent's sequence counter as last read: the next number and the counter's stamp (0:
@@ -169,13 +194,17 @@ pub struct CreateAttempt<'a, O> {
     pub owner: Option<&'a O>,
     /// The parent's counter key and the state it must still be in (sequential only).
     pub counter: Option<(&'a str, Counter)>,
+    /// The guard to check in the same transaction (a guarded create).
+    pub guard: Option<GuardCheck<'a>>,
 }
 
 /// What a create attempt found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CreateOutcome {
-    /// Written; the new key's modification stamp.
+    /// Written; the new key's stamp (its creation and modification stamp: they are equal).
     Created(u64),
+    /// The guard check failed (nothing written).
+    GuardFailed,
     /// The parent does not exist.
     NoParent,
     /// The parent is ephemeral.
@@ -208,6 +237,20 @@ pub enum DeleteOutcome {
     NotEmpty,
     /// The key or its children changed in between: try again after a back-off.
     Retry,
+    /// The guard check failed (nothing written).
+    GuardFailed,
+}
+
+/// One attempt at a delete of `path` (not the root): only at version `expected` if given,
+/// only without children, only if the guard (if any) holds.
+#[derive(Debug)]
+pub struct DeleteAttempt<'a> {
+    /// The node deleted.
+    pub path: &'a Path,
+    /// The version it must be at.
+    pub expected: Option<Version>,
+    /// The guard to check in the same transaction (a guarded delete).
+    pub guard: Option<GuardCheck<'a>>,
 }
 
 /// A write of an existing key, only at version `expected` if given.
@@ -221,6 +264,8 @@ pub struct SetAttempt<'a> {
     pub value: &'a [u8],
     /// The version the key must be at.
     pub expected: Option<Version>,
+    /// The guard to check in the same transaction (a guarded write).
+    pub guard: Option<GuardCheck<'a>>,
 }
 
 /// What a write found.
@@ -232,6 +277,8 @@ pub enum SetOutcome {
     Missing,
     /// The key is at another version than expected.
     Mismatch,
+    /// The guard check failed (nothing written).
+    GuardFailed,
 }
 
 /// The transactional steps a flat store supplies; [`Tree`] does the rest.
@@ -244,10 +291,11 @@ pub trait FlatStore: Send + Sync + 'static {
     async fn read(&self, key: &str) -> Result<Option<Entry>>;
     /// Runs one create attempt as one transaction (see [`CreateAttempt`]).
     async fn try_create(&self, attempt: &CreateAttempt<'_, Self::Owner>) -> Result<CreateOutcome>;
-    /// Runs one delete attempt of `path` (not the root): only at version `expected` if given,
-    /// only without children, atomically, removing its counters too.
-    async fn try_delete(&self, path: &Path, expected: Option<Version>) -> Result<DeleteOutcome>;
-    /// Writes an existing key (keeping its owner), only at the expected version if given.
+    /// Runs one delete attempt (see [`DeleteAttempt`]) atomically, removing the node's
+    /// counters too.
+    async fn try_delete(&self, attempt: &DeleteAttempt<'_>) -> Result<DeleteOutcome>;
+    /// Writes an existing key (keeping its owner), only at the expected version if given, only
+    /// if the guard (if any) holds.
     async fn try_set(&self, write: &SetAttempt<'_>) -> Result<SetOutcome>;
     /// The names under a children prefix, sorted, and the stamp of the read.
     async fn list(&self, prefix: &str) -> Result<(Vec<String>, u64)>;
@@ -277,6 +325,48 @@ fn root_node() -> Node {
     }
 }
 
+/// The store's check of `guard`, whose node's key is `key`.
+fn check_of<'a>(guard: Option<&Guard>, key: Option<&'a str>) -> Option<GuardCheck<'a>> {
+    match (guard, key) {
+        (Some(g), Some(key)) => Some(GuardCheck {
+            key,
+            version: g.version,
+            created: g.created,
+        }),
+        _ => None,
+    }
+}
+
+/// The error of a create attempt that ends the create without a result.
+fn create_error<O>(
+    backend: &'static str,
+    outcome: CreateOutcome,
+    path: &Path,
+    parent: &Path,
+    full: &Path,
+    owner: Option<(&O, &SessionId)>,
+) -> Error {
+    match outcome {
+        CreateOutcome::NoParent => Error::NoParent {
+            path: path.to_string(),
+        },
+        CreateOutcome::EphemeralParent => Error::EphemeralParent {
+            path: parent.to_string(),
+        },
+        CreateOutcome::OwnerGone => Error::SessionExpired {
+            session: owner.map(|(_, s)| s.0.clone()).unwrap_or_default(),
+        },
+        CreateOutcome::Taken => Error::AlreadyExists {
+            path: full.to_string(),
+        },
+        other => Error::backend(
+            backend,
+            format!("unexpected create outcome {other:?} for {path}"),
+            false,
+        ),
+    }
+}
+
 impl<S: FlatStore> Tree<S> {
     /// The tree of `store` in `namespace`, for a backend with `caps`.
     pub fn new(store: S, namespace: &str, caps: Capabilities) -> Tree<S> {
@@ -296,11 +386,24 @@ impl<S: FlatStore> Tree<S> {
         mode: CreateMode,
         owner: Option<(&S::Owner, &SessionId)>,
     ) -> Result<Created> {
+        self.create_guarded(path, value, mode, owner, None).await
+    }
+
+    /// A create, checking `guard` in each attempt's transaction.
+    async fn create_guarded(
+        &self,
+        path: &Path,
+        value: &[u8],
+        mode: CreateMode,
+        owner: Option<(&S::Owner, &SessionId)>,
+        guard: Option<&Guard>,
+    ) -> Result<Created> {
         let parent = path.parent().ok_or_else(|| Error::AlreadyExists {
             path: path.to_string(),
         })?;
         let pkey = (!parent.is_root()).then(|| self.layout.node(&parent));
         let ckey = self.layout.sequence(&parent);
+        let gkey = guard.map(|g| self.layout.node(&g.path));
         let sequential = mode == CreateMode::Sequential;
         let mut counter = None;
         let mut backoff = Backoff::contention();
@@ -325,30 +428,17 @@ impl<S: FlatStore> Tree<S> {
                 value,
                 owner: owner.map(|(o, _)| o),
                 counter: c.map(|c| (ckey.as_str(), c)),
+                guard: check_of(guard, gkey.as_deref()),
             };
             counter = c;
             match self.store.try_create(&attempt).await? {
                 CreateOutcome::Created(stamp) => {
+                    let sid = owner.map(|(_, sid)| sid.clone());
                     return Ok(Created {
                         path: full,
                         sequence: c.map(|c| c.next),
-                        stat: Stat::new(Version(stamp), owner.map(|(_, sid)| sid.clone())),
-                    })
-                }
-                CreateOutcome::NoParent => {
-                    return Err(Error::NoParent {
-                        path: path.to_string(),
-                    })
-                }
-                CreateOutcome::EphemeralParent => {
-                    return Err(Error::EphemeralParent {
-                        path: parent.to_string(),
-                    })
-                }
-                CreateOutcome::OwnerGone => {
-                    return Err(Error::SessionExpired {
-                        session: owner.map(|(_, s)| s.0.clone()).unwrap_or_default(),
-                    })
+                        stat: Stat::new(Version(stamp), sid).with_created(stamp),
+                    });
                 }
                 // A node with this exact name exists (made by an exact create): skip it.
                 CreateOutcome::Taken if sequential => {
@@ -356,11 +446,6 @@ impl<S: FlatStore> Tree<S> {
                         next: c.next + 1,
                         ..c
                     });
-                }
-                CreateOutcome::Taken => {
-                    return Err(Error::AlreadyExists {
-                        path: full.to_string(),
-                    })
                 }
                 // Another creator took the number: go on from the counter's new value.
                 CreateOutcome::CounterMoved(now) => {
@@ -372,6 +457,14 @@ impl<S: FlatStore> Tree<S> {
                         backoff.wait().await;
                     }
                 }
+                CreateOutcome::GuardFailed => {
+                    self.recheck_guard(guard).await?;
+                    backoff.wait().await;
+                }
+                other => {
+                    let backend = self.caps.backend;
+                    return Err(create_error(backend, other, path, &parent, &full, owner));
+                }
             }
         }
         Err(Error::Contended {
@@ -379,6 +472,24 @@ impl<S: FlatStore> Tree<S> {
             path: path.to_string(),
             attempts: MAX_ATTEMPTS,
         })
+    }
+
+    /// A guard check failed in the store: [`Error::GuardFailed`] if the guard no longer
+    /// holds; `Ok` (try again) if it still does (the store checked a stamp read before, and
+    /// the guard node was written in between).
+    async fn recheck_guard(&self, guard: Option<&Guard>) -> Result<()> {
+        let Some(g) = guard else {
+            return Err(Error::backend(
+                self.caps.backend,
+                "the store reported a failed guard for an unguarded write",
+                false,
+            ));
+        };
+        let stat = self.exists(&g.path).await?;
+        match g.failure(stat.as_ref()) {
+            Some(reason) => Err(g.error(reason)),
+            None => Ok(()),
+        }
     }
 
     /// Reads `path` (the root: always there, empty, version 0).
@@ -412,31 +523,76 @@ impl<S: FlatStore> Tree<S> {
 
     /// Writes `path` (not the root; value already checked).
     pub async fn set(&self, path: &Path, value: &[u8], expected: Option<Version>) -> Result<Stat> {
+        self.set_guarded(path, value, expected, None).await
+    }
+
+    /// A write, checking `guard` in the same transaction.
+    async fn set_guarded(
+        &self,
+        path: &Path,
+        value: &[u8],
+        expected: Option<Version>,
+        guard: Option<&Guard>,
+    ) -> Result<Stat> {
         let key = self.layout.node(path);
+        let gkey = guard.map(|g| self.layout.node(&g.path));
         let write = SetAttempt {
             path,
             key: &key,
             value,
             expected,
+            guard: check_of(guard, gkey.as_deref()),
         };
-        match self.store.try_set(&write).await? {
-            SetOutcome::Written(stat) => Ok(stat),
-            SetOutcome::Missing => Err(Error::NotFound {
-                path: path.to_string(),
-            }),
-            SetOutcome::Mismatch => Err(Error::VersionMismatch {
-                path: path.to_string(),
-                expected: expected.unwrap_or(Version(0)),
-            }),
+        let mut backoff = Backoff::contention();
+        for _ in 0..MAX_ATTEMPTS {
+            match self.store.try_set(&write).await? {
+                SetOutcome::Written(stat) => return Ok(stat),
+                SetOutcome::Missing => {
+                    return Err(Error::NotFound {
+                        path: path.to_string(),
+                    })
+                }
+                SetOutcome::Mismatch => {
+                    return Err(Error::VersionMismatch {
+                        path: path.to_string(),
+                        expected: expected.unwrap_or(Version(0)),
+                    })
+                }
+                SetOutcome::GuardFailed => {
+                    self.recheck_guard(guard).await?;
+                    backoff.wait().await;
+                }
+            }
         }
+        Err(Error::Contended {
+            op: "set",
+            path: path.to_string(),
+            attempts: MAX_ATTEMPTS,
+        })
     }
 
     /// Deletes `path` (not the root).
     pub async fn delete(&self, path: &Path, expected: Option<Version>) -> Result<()> {
+        self.delete_guarded(path, expected, None).await
+    }
+
+    /// A delete, checking `guard` in each attempt's transaction.
+    async fn delete_guarded(
+        &self,
+        path: &Path,
+        expected: Option<Version>,
+        guard: Option<&Guard>,
+    ) -> Result<()> {
+        let gkey = guard.map(|g| self.layout.node(&g.path));
+        let attempt = DeleteAttempt {
+            path,
+            expected,
+            guard: check_of(guard, gkey.as_deref()),
+        };
         let mut backoff = Backoff::contention();
         for _ in 0..MAX_ATTEMPTS {
             let p = path.to_string();
-            match self.store.try_delete(path, expected).await? {
+            match self.store.try_delete(&attempt).await? {
                 DeleteOutcome::Deleted => return Ok(()),
                 DeleteOutcome::Missing => return Err(Error::NotFound { path: p }),
                 DeleteOutcome::Mismatch => {
@@ -447,12 +603,38 @@ impl<S: FlatStore> Tree<S> {
                 }
                 DeleteOutcome::NotEmpty => return Err(Error::NotEmpty { path: p }),
                 DeleteOutcome::Retry => backoff.wait().await,
+                DeleteOutcome::GuardFailed => {
+                    self.recheck_guard(guard).await?;
+                    backoff.wait().await;
+                }
             }
         }
         Err(Error::Contended {
             op: "delete",
             path: path.to_string(),
             attempts: MAX_ATTEMPTS,
+        })
+    }
+
+    /// Runs `op` only if `guard` holds (see the module docs); checks already done.
+    pub async fn write_if(&self, guard: &Guard, op: &WriteOp) -> Result<WriteResult> {
+        Ok(match op {
+            WriteOp::Create { path, value, mode } => WriteResult::Created(
+                self.create_guarded(path, value, *mode, None, Some(guard))
+                    .await?,
+            ),
+            WriteOp::Set {
+                path,
+                value,
+                expected,
+            } => WriteResult::Set(
+                self.set_guarded(path, value, *expected, Some(guard))
+                    .await?,
+            ),
+            WriteOp::Delete { path, expected } => {
+                self.delete_guarded(path, *expected, Some(guard)).await?;
+                WriteResult::Deleted
+            }
         })
     }
 
@@ -534,6 +716,10 @@ impl<T: FlatBackend> RawBackend for T {
         self.tree().delete(path, expected).await
     }
 
+    async fn write_if(&self, guard: &Guard, op: &WriteOp) -> Result<WriteResult> {
+        self.tree().write_if(guard, op).await
+    }
+
     async fn children(&self, path: &Path) -> Result<Vec<String>> {
         self.tree().children(path).await
     }
@@ -595,6 +781,7 @@ mod tests {
             Ok(Some(Entry {
                 value: self.counter.to_vec(),
                 modified: 1,
+                created: 1,
                 owner: None,
             }))
         }
@@ -603,7 +790,7 @@ mod tests {
             Ok(CreateOutcome::CounterMoved(None))
         }
 
-        async fn try_delete(&self, _: &Path, _: Option<Version>) -> Result<DeleteOutcome> {
+        async fn try_delete(&self, _: &DeleteAttempt<'_>) -> Result<DeleteOutcome> {
             Ok(DeleteOutcome::Retry)
         }
 
@@ -650,6 +837,7 @@ mod tests {
         let e = |v: &[u8]| Entry {
             value: v.to_vec(),
             modified: 7,
+            created: 7,
             owner: None,
         };
         assert_eq!(

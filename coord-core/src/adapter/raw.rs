@@ -10,8 +10,8 @@ use async_trait::async_trait;
 
 use crate::error::{Error, Result};
 use crate::kernel::{
-    Backend, Capabilities, ChildrenWatch, CreateMode, Created, KeyWatch, Node, Session, SessionId,
-    SessionOptions, SessionState, SessionStates, Stat, Version,
+    Backend, Capabilities, ChildrenWatch, CreateMode, Created, Guard, KeyWatch, Node, Session,
+    SessionId, SessionOptions, SessionState, SessionStates, Stat, Version, WriteOp, WriteResult,
 };
 use crate::path::Path;
 
@@ -58,6 +58,23 @@ fn check_not_root(path: &Path, op: &str) -> Result<()> {
     Ok(())
 }
 
+/// The checks of a guarded write: those of its operation, and a guard that is not the root.
+fn check_write_if(caps: &Capabilities, guard: &Guard, op: &WriteOp) -> Result<()> {
+    if guard.path.is_root() {
+        return Err(Error::InvalidArgument(
+            "the namespace root cannot guard a write".into(),
+        ));
+    }
+    match op {
+        WriteOp::Create { path, value, .. } => check_create(caps, path, value),
+        WriteOp::Set { path, value, .. } => {
+            check_not_root(path, "written")?;
+            check_value(caps, value)
+        }
+        WriteOp::Delete { path, .. } => check_not_root(path, "deleted"),
+    }
+}
+
 /// What an adapter implements: [`Backend`] without the shared checks. When a method is
 /// called, the path is valid, and for `create`/`set`/`delete` it is not the namespace root and
 /// the value fits [`Capabilities::max_value_size`]; `open_session` gets a TTL within bounds.
@@ -85,6 +102,9 @@ pub trait RawBackend: Send + Sync + 'static {
     async fn watch(&self, path: &Path) -> Result<(Option<Node>, KeyWatch)>;
     /// See [`Backend::watch_children`].
     async fn watch_children(&self, path: &Path) -> Result<(Vec<String>, ChildrenWatch)>;
+    /// See [`Backend::write_if`]; the guard is not the root and `op` passed the checks of its
+    /// unguarded form.
+    async fn write_if(&self, guard: &Guard, op: &WriteOp) -> Result<WriteResult>;
     /// See [`Backend::as_any`].
     fn as_any(&self) -> &dyn Any
     where
@@ -143,6 +163,11 @@ impl<T: RawBackend> Backend for T {
 
     async fn watch_children(&self, path: &Path) -> Result<(Vec<String>, ChildrenWatch)> {
         RawBackend::watch_children(self, path).await
+    }
+
+    async fn write_if(&self, guard: &Guard, op: &WriteOp) -> Result<WriteResult> {
+        check_write_if(RawBackend::capabilities(self), guard, op)?;
+        RawBackend::write_if(self, guard, op).await
     }
 
     fn as_any(&self) -> &dyn Any {

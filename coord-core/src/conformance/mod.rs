@@ -34,6 +34,7 @@ use crate::kernel::{Backend, Session};
 use crate::mem::{MemBackend, MemSession};
 use crate::Client;
 
+pub mod fencing;
 pub mod kernel;
 pub mod recipes;
 
@@ -259,6 +260,13 @@ macro_rules! conformance_tests {
                 registry_fail_if_present,
                 registry_cache_clones_and_stop,
                 registry_drop_at_runtime_shutdown,
+            ],
+            fencing: [
+                stat_created_stamps,
+                fencing_tokens_survive_directory_recreation,
+                guarded_write_rules,
+                guarded_write_refused_after_loss,
+                deposed_leader_cannot_write,
             ]
         );
     };
@@ -290,6 +298,7 @@ macro_rules! __conformance_each {
 /// The suite's source files, by module. Their test functions are every top-level
 /// `pub async fn` (helpers there are private).
 const SOURCES: &[(&str, &str)] = &[
+    ("fencing", include_str!("fencing.rs")),
     ("kernel", include_str!("kernel.rs")),
     ("recipes", include_str!("recipes.rs")),
 ];

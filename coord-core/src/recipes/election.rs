@@ -11,8 +11,10 @@
 //!
 //! Candidates are ephemeral sequential nodes under the election path; the smallest is the
 //! leader; each other candidate watches only its immediate predecessor, so one leadership
-//! change wakes one candidate whatever their number. The fencing token is the leader's
-//! sequence number: strictly increasing across successive leaders of one election.
+//! change wakes one candidate whatever their number. The fencing token is the store's creation
+//! stamp of the leader's candidate node ([`crate::Stat::created`]): never 0, strictly
+//! increasing across successive leaders of one election, also after its directory was deleted
+//! and created again. [`Leadership::guarded`] writes only while the candidate node lives.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -151,7 +153,7 @@ pub(crate) async fn leader_of(client: &Client, path: &Path) -> Result<Option<Lea
             Ok(n) => {
                 return Ok(Some(LeaderInfo {
                     value: n.value,
-                    token: first.seq,
+                    token: n.stat.created,
                     node,
                 }))
             }
@@ -166,7 +168,7 @@ pub(crate) async fn leader_of(client: &Client, path: &Path) -> Result<Option<Lea
 
 /// Held leadership. Dropping it resigns (in the background).
 pub struct Leadership {
-    held: Held,
+    pub(crate) held: Held,
 }
 
 impl std::fmt::Debug for Leadership {
@@ -180,7 +182,8 @@ impl std::fmt::Debug for Leadership {
 }
 
 impl Leadership {
-    /// The fencing token: strictly increasing across successive leaders of this election.
+    /// The fencing token: the store's creation stamp of the candidate node (never 0), strictly
+    /// increasing across successive leaders of this election for the life of the store's data.
     /// Pass it to the resources you write to, and have them reject smaller tokens.
     pub fn fencing_token(&self) -> u64 {
         self.held.token

@@ -93,7 +93,7 @@ impl Lock {
 
 /// A held lock. Dropping it unlocks (in the background).
 pub struct LockGuard {
-    held: Held,
+    pub(crate) held: Held,
 }
 
 impl std::fmt::Debug for LockGuard {
@@ -106,7 +106,9 @@ impl std::fmt::Debug for LockGuard {
 }
 
 impl LockGuard {
-    /// Strictly increasing across successive holders of this lock.
+    /// The fencing token: the store's creation stamp of the holder's node (never 0), strictly
+    /// increasing across successive holders of this lock, as for
+    /// [`Leadership::fencing_token`](crate::election::Leadership::fencing_token).
     pub fn fencing_token(&self) -> u64 {
         self.held.token
     }

@@ -1,6 +1,7 @@
 //! The recipes, written once over the kernel traits: they run unchanged on every backend.
 
 pub mod election;
+mod fencing;
 pub mod group;
 pub mod lock;
 mod queue;

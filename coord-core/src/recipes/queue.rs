@@ -19,8 +19,8 @@ use tokio::sync::watch;
 use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::kernel::{
-    create_parents, Backend, CreateMode, Created, KeyEvent, KeyWatch, Session, SessionState,
-    SessionStates,
+    create_parents, Backend, CreateMode, Created, Guard, GuardFailure, KeyEvent, KeyWatch, Session,
+    SessionState, SessionStates, WriteOp, WriteResult,
 };
 use crate::path::{parse_sequence, Path};
 
@@ -317,19 +317,20 @@ async fn find_created(backend: &dyn Backend, dir: &Path, marker: &str) -> Result
     }))
 }
 
-/// The fencing token of our node: its sequence number.
+/// The fencing token of our node: the store's creation stamp of it ([`Stat::created`]), which
+/// is never 0 and grows with every later candidate, also after the directory was deleted and
+/// created again (a sequence number would start over).
+///
+/// [`Stat::created`]: crate::Stat::created
 fn token_of(backend: &dyn Backend, created: &Created) -> Result<u64> {
-    let me = created.path.name();
-    created
-        .sequence
-        .or_else(|| parse_sequence(me).map(|(_, n)| n))
-        .ok_or_else(|| {
-            Error::backend(
-                backend.capabilities().backend,
-                format!("sequential create returned {me} without a sequence"),
-                false,
-            )
-        })
+    match created.stat.created {
+        0 => Err(Error::backend(
+            backend.capabilities().backend,
+            format!("the create of {} returned no creation stamp", created.path),
+            false,
+        )),
+        stamp => Ok(stamp),
+    }
 }
 
 /// A try-acquire found candidates ahead: removes our node now, or leaves it to `pending`
@@ -554,6 +555,23 @@ impl Held {
 
     pub(crate) fn states(&self) -> watch::Receiver<HoldState> {
         self.state.clone()
+    }
+
+    /// The guard on our own node as it was created: holds exactly while the node lives (it
+    /// goes when we release, when the session ends, or when someone deletes it).
+    pub(crate) fn guard(&self) -> Guard {
+        Guard::created(self.node.clone(), self.token)
+    }
+
+    /// Runs `op` only while we hold the role: refused without a call if this handle already
+    /// knows the role is lost ([`GuardFailure::Released`]), else guarded by our node in the
+    /// store, so that a holder that has not noticed its loss yet is refused too.
+    pub(crate) async fn write_if_held(&self, op: &WriteOp) -> Result<WriteResult> {
+        let guard = self.guard();
+        if self.state() == HoldState::Lost {
+            return Err(guard.error(GuardFailure::Released));
+        }
+        self.backend.write_if(&guard, op).await
     }
 
     pub(crate) async fn lost(&self) {
