@@ -434,7 +434,10 @@ fn lock_runs_the_command_and_returns_its_exit_code() {
         "-c",
         "echo \"$COORD_LOCK $COORD_FENCING_TOKEN\"",
     ]);
-    assert_eq!((o.code, o.stdout.trim()), (0, "job 0"));
+    // The fencing token is the store's creation stamp of the lock node: never 0.
+    let (lock, token) = o.stdout.trim().split_once(' ').expect("lock and token");
+    assert_eq!((o.code, lock), (0, "job"));
+    assert!(token.parse::<u64>().is_ok_and(|t| t > 0), "{token}");
     let o = mem(&["lock", "job", "--", "/no/such/command"]);
     assert_eq!(o.code, 127);
     assert!(one_line_error(&o).contains("cannot run"));

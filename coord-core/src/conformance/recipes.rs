@@ -1098,9 +1098,16 @@ pub async fn supervisor_one_leader_cancel_hands_over(h: &dyn Harness) {
     assert_eq!((leader.value.as_slice(), leader.token), (&b"b"[..], tb));
     drop(sb);
     wait_candidates(h, &a, &e, 0).await;
-    eventually(h, "b's work cancelled", || async { terms.ended() == 2 }).await;
+    // Every term ended (a loaded machine may cost b a term and a re-election before the
+    // drop: then there are more than two, each with a larger token).
+    eventually(h, "b's work cancelled", || async {
+        terms.ended() == terms.tokens().len()
+    })
+    .await;
     assert_eq!(terms.most_at_once.load(Ordering::SeqCst), 1, "two leaders");
-    assert_eq!(terms.tokens(), [ta, tb]);
+    let tokens = terms.tokens();
+    assert_eq!(tokens[..2], [ta, tb]);
+    assert!(tokens.windows(2).all(|w| w[0] < w[1]), "{tokens:?}");
 }
 
 /// An ending error stops a supervisor with that error (see
