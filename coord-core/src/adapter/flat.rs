@@ -389,6 +389,21 @@ impl<S: FlatStore> Tree<S> {
         self.create_guarded(path, value, mode, owner, None).await
     }
 
+    /// The counter a sequential create uses in its next attempt: the one it last saw, else
+    /// read now (`None` for an exact create).
+    async fn counter_for(
+        &self,
+        sequential: bool,
+        last: Option<Counter>,
+        key: &str,
+    ) -> Result<Option<Counter>> {
+        Ok(match (sequential, last) {
+            (false, _) => None,
+            (true, Some(c)) => Some(c),
+            (true, None) => Some(Counter::parse(key, self.store.read(key).await?.as_ref())?),
+        })
+    }
+
     /// A create, checking `guard` in each attempt's transaction.
     async fn create_guarded(
         &self,
@@ -408,14 +423,7 @@ impl<S: FlatStore> Tree<S> {
         let mut counter = None;
         let mut backoff = Backoff::contention();
         for _ in 0..MAX_ATTEMPTS {
-            let c = match (sequential, counter) {
-                (false, _) => None,
-                (true, Some(c)) => Some(c),
-                (true, None) => Some(Counter::parse(
-                    &ckey,
-                    self.store.read(&ckey).await?.as_ref(),
-                )?),
-            };
+            let c = self.counter_for(sequential, counter, &ckey).await?;
             let full = match c {
                 Some(c) => parent.join(&format!("{}{}", path.name(), format_sequence(c.next)))?,
                 None => path.clone(),
