@@ -12,6 +12,7 @@
 
 mod consul_agent;
 mod cx;
+mod guarded;
 mod kernel;
 mod raw;
 mod recipes;
@@ -31,12 +32,12 @@ use crate::stats::{Res, Row};
 const USAGE: &str = "usage: coord-bench [--quick] [--backends mem,zk,etcd,consul] [--only 1,2,...]
 
 Measures coord on each backend (kernel overhead against the raw client, watch latency,
-election handover clean and crash, herd, registry, scale and memory) and prints a markdown
-table per backend. Servers are started through coord-testkit unless COORD_ZK_ENDPOINTS,
-COORD_ETCD_ENDPOINTS or COORD_CONSUL_ENDPOINTS name running ones.
+election handover clean and crash, herd, registry, scale and memory, guarded write against a
+plain set) and prints a markdown table per backend. Servers are started through coord-testkit
+unless COORD_ZK_ENDPOINTS, COORD_ETCD_ENDPOINTS or COORD_CONSUL_ENDPOINTS name running ones.
   --quick       smaller sizes (herd 10/100, 2,000 grandchildren, ...): under two minutes
   --backends    comma-separated subset (default: all four)
-  --only        comma-separated item numbers 1-7 to measure (default: all)
+  --only        comma-separated item numbers 1-8 to measure (default: all)
 ZooKeeper is started with tickTime=50 ms (its session-expiry granularity; COORD_ZK_TICK_MS
 overrides).";
 
@@ -72,8 +73,8 @@ fn parse(args: &[String]) -> Result<Options, String> {
                 o.only = v
                     .split(',')
                     .map(|s| match s.trim().parse::<u8>() {
-                        Ok(n) if (1..=7).contains(&n) => Ok(n),
-                        _ => Err(format!("--only takes item numbers 1-7, not {s:?}")),
+                        Ok(n) if (1..=8).contains(&n) => Ok(n),
+                        _ => Err(format!("--only takes item numbers 1-8, not {s:?}")),
                     })
                     .collect::<Result<_, _>>()?;
             }
@@ -257,6 +258,7 @@ async fn bench_backend(name: &str, sizes: Sizes, only: &[u8], start: Instant) ->
         progress(name, "memory", start);
         rows.extend(scale::memory(&cx).await);
     }
+    section!(8, "guarded write", guarded::guarded_set(&cx));
     if let Some(raw) = &cx.raw {
         // Best-effort cleanup on servers that outlive the run (etcd, Consul prefixes).
         let ns = format!("bench-{uniq}");
@@ -333,7 +335,8 @@ mod tests {
         assert!(parse(&a(&["--backends", "foo"])).is_err());
         assert!(parse(&a(&["--nope"])).is_err());
         assert_eq!(parse(&a(&["--only", "1,4"])).unwrap().only, vec![1, 4]);
-        assert!(parse(&a(&["--only", "8"])).is_err());
+        assert_eq!(parse(&a(&["--only", "8"])).unwrap().only, vec![8]);
+        assert!(parse(&a(&["--only", "9"])).is_err());
         assert_eq!(parse(&a(&[])).unwrap().backends.len(), 4);
     }
 }

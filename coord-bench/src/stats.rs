@@ -108,7 +108,7 @@ impl Verdict {
 /// One line of a backend's table.
 #[derive(Clone, Debug)]
 pub struct Row {
-    /// The item number (1–7).
+    /// The item number (1–7: the items; 8: the guarded write).
     pub item: u8,
     /// What was measured.
     pub measure: String,
