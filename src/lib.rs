@@ -59,8 +59,8 @@ pub use coord_core::client::Client;
 pub use coord_core::error::{Error, Result, Source};
 pub use coord_core::kernel::{
     create_parents, Backend, Capabilities, ChildrenEvent, ChildrenWatch, CreateMode, Created,
-    KeyEvent, KeyWatch, Node, Session, SessionId, SessionOptions, SessionState, SessionStates,
-    Stat, Version,
+    Guard, GuardFailure, KeyEvent, KeyWatch, Node, Session, SessionId, SessionOptions,
+    SessionState, SessionStates, Stat, Version, WriteOp, WriteResult,
 };
 pub use coord_core::mem;
 pub use coord_core::path::{self, Path};
