@@ -5,13 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use coord_core::adapter::RawBackend;
+use coord_core::adapter::{RawBackend, WatchScope};
 use coord_core::kernel::{ChildrenWatch, KeyWatch};
 use coord_core::{
     Capabilities, CreateMode, Created, Guard, Node, Path, Result, Session, SessionId, Stat,
     Version, WriteOp, WriteResult,
 };
-use tokio::sync::watch;
 
 use crate::context::Context;
 use crate::session::ZkSession;
@@ -24,8 +23,8 @@ use crate::watch::{watch_children, watch_key};
 /// session of its own (see the crate docs).
 pub struct ZkBackend {
     ctx: Arc<Context>,
-    /// Dropped with the backend: ends every watch task.
-    alive: watch::Sender<()>,
+    /// The watch tasks end with the backend.
+    watches: WatchScope,
 }
 
 impl std::fmt::Debug for ZkBackend {
@@ -42,8 +41,10 @@ impl ZkBackend {
     /// (see the crate docs for the options). Creates the namespace if it is missing.
     pub async fn connect(url: &str) -> Result<ZkBackend> {
         let ctx = Context::connect(url).await?;
-        let (alive, _) = watch::channel(());
-        Ok(ZkBackend { ctx, alive })
+        Ok(ZkBackend {
+            ctx,
+            watches: WatchScope::new(),
+        })
     }
 
     /// The current main ZooKeeper session id (changes if that session expires and is replaced).
@@ -95,10 +96,10 @@ impl RawBackend for ZkBackend {
     }
 
     async fn watch(&self, path: &Path) -> Result<(Option<Node>, KeyWatch)> {
-        watch_key(&self.ctx, self.alive.subscribe(), path).await
+        watch_key(&self.ctx, &self.watches, path).await
     }
 
     async fn watch_children(&self, path: &Path) -> Result<(Vec<String>, ChildrenWatch)> {
-        watch_children(&self.ctx, self.alive.subscribe(), path).await
+        watch_children(&self.ctx, &self.watches, path).await
     }
 }

@@ -18,7 +18,7 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::time::Duration;
 
-use coord_core::adapter::{stream_of, Backoff, ChildrenSnapshot, KeySnapshot};
+use coord_core::adapter::{Backoff, ChildrenSnapshot, KeySnapshot, WatchScope};
 use coord_core::kernel::{ChildrenWatch, KeyWatch};
 use coord_core::{ChildrenEvent, KeyEvent, Node, Path, Result};
 use futures::{FutureExt, Stream};
@@ -31,20 +31,20 @@ use crate::error::{Op, ZkResult};
 /// Reads `path` and watches it (see the module docs).
 pub(crate) async fn watch_key(
     ctx: &Context,
-    alive: watch::Receiver<()>,
+    scope: &WatchScope,
     path: &Path,
 ) -> Result<(Option<Node>, KeyWatch)> {
-    let (snap, rx) = start::<KeyKind>(ctx, alive, path).await?;
+    let (snap, rx) = start::<KeyKind>(ctx, scope, path).await?;
     Ok((snap.map(|s| s.node), rx))
 }
 
 /// Lists `path`'s children and watches the list (see the module docs).
 pub(crate) async fn watch_children(
     ctx: &Context,
-    alive: watch::Receiver<()>,
+    scope: &WatchScope,
     path: &Path,
 ) -> Result<(Vec<String>, ChildrenWatch)> {
-    let (snap, rx) = start::<ChildrenKind>(ctx, alive, path).await?;
+    let (snap, rx) = start::<ChildrenKind>(ctx, scope, path).await?;
     Ok((snap.visible(), rx))
 }
 
@@ -169,10 +169,11 @@ impl WatchKind for ChildrenKind {
 
 type EventStream<E> = Pin<Box<dyn Stream<Item = Result<E>> + Send>>;
 
-/// Reads and arms through the main client, then hands the watcher to a task.
+/// Reads and arms through the main client, then hands the watcher to a task of `scope` (it
+/// ends with the backend or the stream).
 async fn start<K: WatchKind>(
     ctx: &Context,
-    alive: watch::Receiver<()>,
+    scope: &WatchScope,
     path: &Path,
 ) -> Result<(K::Snap, EventStream<K::Event>)> {
     let ((snap, w), epoch) = ctx
@@ -180,30 +181,30 @@ async fn start<K: WatchKind>(
             K::arm(c, path.clone())
         })
         .await?;
-    let (tx, rx) = mpsc::unbounded_channel();
     let mut conns = ctx.conns();
     // Compare the epoch at once: the main client may have changed since the read.
     conns.mark_changed();
-    let task = Task::<K> {
-        conns,
-        alive,
-        timeout: ctx.cfg.timeout,
-        path: path.clone(),
-        prev: snap.clone(),
-        seen: epoch,
-        tx,
-        armed: Some(fired(w)),
-        force_resync: false,
-        backoff: Backoff::reconnect(),
-    };
-    tokio::spawn(task.run());
-    Ok((snap, stream_of(rx)))
+    let (timeout, prev) = (ctx.cfg.timeout, snap.clone());
+    let rx = scope.spawn(|tx| {
+        let task = Task::<K> {
+            conns,
+            timeout,
+            path: path.clone(),
+            prev,
+            seen: epoch,
+            tx,
+            armed: Some(fired(w)),
+            force_resync: false,
+            backoff: Backoff::reconnect(),
+        };
+        task.run()
+    });
+    Ok((snap, rx))
 }
 
 /// One watch's task (see the module docs).
 struct Task<K: WatchKind> {
     conns: watch::Receiver<MainConn>,
-    alive: watch::Receiver<()>,
     timeout: Duration,
     path: Path,
     /// The state last reported.
@@ -220,7 +221,7 @@ struct Task<K: WatchKind> {
 
 /// Why the task woke up.
 enum Trigger {
-    /// The stream or the backend is gone.
+    /// The main client is gone (the backend with it).
     Stop,
     /// The watcher fired.
     Fired,
@@ -257,14 +258,10 @@ impl<K: WatchKind> Task<K> {
     async fn trigger(&mut self) -> Trigger {
         match self.armed.as_mut() {
             Some(f) => tokio::select! {
-                _ = self.tx.closed() => Trigger::Stop,
-                _ = self.alive.changed() => Trigger::Stop,
                 ok = f => if ok { Trigger::Fired } else { Trigger::Lost },
                 r = self.conns.changed() => if r.is_err() { Trigger::Stop } else { Trigger::Conn },
             },
             None => tokio::select! {
-                _ = self.tx.closed() => Trigger::Stop,
-                _ = self.alive.changed() => Trigger::Stop,
                 _ = self.backoff.wait() => Trigger::Retry,
                 r = self.conns.changed() => if r.is_err() { Trigger::Stop } else { Trigger::Conn },
             },
