@@ -376,11 +376,7 @@ impl MemBackend {
     /// A client from a `mem://[name][/namespace][?session_ttl=…&max_value_size=…]` URL.
     pub fn from_url(url: &str) -> Result<MemBackend> {
         let mut u = ConnectUrl::parse(url)?;
-        if u.scheme != "mem" {
-            return Err(Error::InvalidUrl {
-                reason: format!("expected mem://, got {}://", u.scheme),
-            });
-        }
+        u.expect_scheme(&["mem"])?;
         if u.username.is_some() {
             return Err(Error::InvalidUrl {
                 reason: "mem:// takes no credentials".into(),

@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use coord_core::adapter::Backoff;
 use coord_core::url::with_endpoint;
 use coord_core::{Error, SessionId};
 use tonic::Code;
@@ -144,13 +145,16 @@ where
     Fut: Future<Output = Result<T, etcd_client::Error>>,
 {
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut pause = Duration::from_millis(5);
+    let mut backoff = Backoff::new(Duration::from_millis(5), Duration::from_millis(100));
     loop {
         match tokio::time::timeout_at(deadline, call()).await {
             Ok(Ok(v)) => return Ok(v),
-            Ok(Err(e)) if not_sent(&e) && tokio::time::Instant::now() + pause < deadline => {
+            Ok(Err(e)) if not_sent(&e) => {
+                let pause = backoff.next_delay();
+                if tokio::time::Instant::now() + pause >= deadline {
+                    return Err(map(e, ctx));
+                }
                 tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(100));
             }
             Ok(Err(e)) => return Err(map(e, ctx)),
             Err(_) => {

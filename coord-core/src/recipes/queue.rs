@@ -7,15 +7,15 @@
 //! whose answer was lost (a timeout, a dropped future), so that no orphan is left behind and no
 //! duplicate is created by a retry.
 
-use std::collections::hash_map::RandomState;
 use std::collections::HashSet;
-use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
 use tokio::sync::watch;
 
+use crate::adapter::Backoff;
 use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::kernel::{
@@ -56,15 +56,8 @@ pub(crate) struct Instruments {
 }
 
 fn nonce() -> String {
-    // Random enough to tell candidates apart; no extra dependency for it.
-    let mut h = RandomState::new().build_hasher();
-    h.write_u64(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0),
-    );
-    format!("{:016x}", h.finish())
+    // Random enough to tell candidates apart (the toolkit's one random source).
+    format!("{:016x}", crate::adapter::random_u64())
 }
 
 /// One candidate entry in a queue directory.
@@ -117,14 +110,13 @@ pub(crate) fn remove_in_background(
 /// behind by a live session would block every later candidate. Once the session has ended
 /// the node is gone with it, so that bounds the retries.
 async fn remove_until_gone(backend: &dyn Backend, session: &dyn Session, dir: &Path, marker: &str) {
-    let mut pause = std::time::Duration::from_millis(20);
+    let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_secs(1));
     loop {
         match remove_marked(backend, dir, marker).await {
             Ok(()) => return,
             Err(e) if e.is_retryable() && !session.state().is_final() => {
                 tracing::debug!(%dir, error = %e, "retrying the removal of a candidate node");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(std::time::Duration::from_secs(1));
+                backoff.wait().await;
             }
             Err(e) => {
                 if !session.state().is_final() {
@@ -624,15 +616,14 @@ async fn watch_own(
     session: &dyn Session,
     node: &Path,
 ) -> Option<crate::kernel::KeyWatch> {
-    let mut pause = std::time::Duration::from_millis(20);
+    let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_secs(1));
     loop {
         match backend.watch(node).await {
             Ok((Some(_), ev)) => return Some(ev),
             Ok((None, _)) => return None,
             Err(e) if e.is_retryable() && !session.state().is_final() => {
                 tracing::debug!(%node, error = %e, "re-watching a held node");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(std::time::Duration::from_secs(1));
+                backoff.wait().await;
             }
             Err(_) => return None,
         }
