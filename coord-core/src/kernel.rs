@@ -495,6 +495,19 @@ pub trait Session: Send + Sync + 'static {
     async fn create(&self, path: &Path, value: &[u8], mode: CreateMode) -> Result<Created>;
     /// Closes the session: its ephemerals are deleted now, not after the TTL. Idempotent.
     async fn close(&self) -> Result<()>;
+    /// The driver of a peer's election/lock protocol that needs more than the kernel
+    /// ([`crate::recipes::dialect`]); `None` (the default) when this backend has none for it.
+    fn dialect_driver(
+        &self,
+        _dialect: crate::recipes::dialect::Dialect,
+    ) -> Option<Arc<dyn crate::recipes::dialect::DialectDriver>> {
+        None
+    }
+    /// The backend's native service registry ([`crate::registry::NativeRegistry`]); `None`
+    /// (the default) when it has none.
+    fn native_registry(&self) -> Option<Arc<dyn crate::registry::NativeRegistry>> {
+        None
+    }
     /// For backend-specific extensions and test harnesses (downcasting).
     fn as_any(&self) -> &dyn Any;
 }
@@ -531,6 +544,19 @@ pub trait Backend: Send + Sync + 'static {
     /// [`crate::Error::GuardFailed`] and nothing written otherwise. The guard may not be the
     /// namespace root ([`crate::Error::InvalidArgument`]).
     async fn write_if(&self, guard: &Guard, op: &WriteOp) -> Result<WriteResult>;
+    /// The driver of a peer's election/lock protocol that needs more than the kernel
+    /// ([`crate::recipes::dialect`]); `None` (the default) when this backend has none for it.
+    fn dialect_driver(
+        &self,
+        _dialect: crate::recipes::dialect::Dialect,
+    ) -> Option<Arc<dyn crate::recipes::dialect::DialectDriver>> {
+        None
+    }
+    /// The backend's native service registry ([`crate::registry::NativeRegistry`]); `None`
+    /// (the default) when it has none.
+    fn native_registry(&self) -> Option<Arc<dyn crate::registry::NativeRegistry>> {
+        None
+    }
     /// For backend-specific extensions and test harnesses (downcasting).
     fn as_any(&self) -> &dyn Any;
 }

@@ -14,6 +14,8 @@ use crate::kernel::{
     SessionId, SessionOptions, SessionState, SessionStates, Stat, Version, WriteOp, WriteResult,
 };
 use crate::path::Path;
+use crate::recipes::dialect::{Dialect, DialectDriver};
+use crate::registry::NativeRegistry;
 
 /// Rejects a value larger than the backend's limit.
 pub fn check_value(caps: &Capabilities, value: &[u8]) -> Result<()> {
@@ -105,6 +107,14 @@ pub trait RawBackend: Send + Sync + 'static {
     /// See [`Backend::write_if`]; the guard is not the root and `op` passed the checks of its
     /// unguarded form.
     async fn write_if(&self, guard: &Guard, op: &WriteOp) -> Result<WriteResult>;
+    /// See [`Backend::dialect_driver`].
+    fn dialect_driver(&self, _dialect: Dialect) -> Option<Arc<dyn DialectDriver>> {
+        None
+    }
+    /// See [`Backend::native_registry`].
+    fn native_registry(&self) -> Option<Arc<dyn NativeRegistry>> {
+        None
+    }
     /// See [`Backend::as_any`].
     fn as_any(&self) -> &dyn Any
     where
@@ -168,6 +178,14 @@ impl<T: RawBackend> Backend for T {
     async fn write_if(&self, guard: &Guard, op: &WriteOp) -> Result<WriteResult> {
         check_write_if(RawBackend::capabilities(self), guard, op)?;
         RawBackend::write_if(self, guard, op).await
+    }
+
+    fn dialect_driver(&self, dialect: Dialect) -> Option<Arc<dyn DialectDriver>> {
+        RawBackend::dialect_driver(self, dialect)
+    }
+
+    fn native_registry(&self) -> Option<Arc<dyn NativeRegistry>> {
+        RawBackend::native_registry(self)
     }
 
     fn as_any(&self) -> &dyn Any {

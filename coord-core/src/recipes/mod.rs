@@ -1,5 +1,6 @@
 //! The recipes, written once over the kernel traits: they run unchanged on every backend.
 
+pub mod dialect;
 pub mod election;
 mod fencing;
 pub mod group;

@@ -43,6 +43,9 @@ use crate::kernel::SessionId;
 use crate::path::Path;
 use crate::recipes::group::{held_by, Follow, Group, Member, Membership, MembershipState};
 
+mod native;
+pub use native::{NativeRegistry, RegistryLayout};
+
 /// What [`Registry::register_with`] does when another session holds the instance's id.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]

@@ -1,0 +1,163 @@
+//! Dialects: the election and lock protocols of other libraries, so that coord candidates can
+//! join the elections and locks of Curator, kazoo, etcd's concurrency package and Consul's
+//! `api.Lock` fleets.
+//!
+//! The dialects whose layout is ephemeral sequential nodes in a directory (Curator, kazoo) run
+//! on the generic candidate queue with the peer's node names and order. The others (etcd's
+//! concurrency package, Consul's single-key locks) need what the kernel does not have (raw keys
+//! outside coord's layout, CreateRevision order, `?acquire`): their adapter serves them through
+//! a [`DialectDriver`] returned by [`crate::Backend::dialect_driver`].
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use tokio::sync::watch;
+
+use crate::error::{Error, Result};
+use crate::kernel::{Session, WriteOp, WriteResult};
+use crate::path::Path;
+use crate::recipes::election::LeaderInfo;
+use crate::recipes::queue::{HoldState, SuspendPolicy};
+
+/// Whose protocol an election or lock speaks. [`Dialect::Coord`] (the default) runs on every
+/// backend; each other dialect runs on one backend (a typed error before any I/O elsewhere).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Dialect {
+    /// coord's own herd-free layout (`c-<nonce>-<seq>` nodes).
+    #[default]
+    Coord,
+    /// Curator's `InterProcessMutex` and `LeaderSelector` (`_c_<uuid>-lock-<seq>`), ZooKeeper.
+    CuratorLock,
+    /// Curator's `LeaderLatch` (`_c_<uuid>-latch-<seq>`), ZooKeeper.
+    CuratorLatch,
+    /// kazoo's `Lock` and `Election` (`<uuid hex>__lock__<seq>`), ZooKeeper.
+    Kazoo,
+    /// etcd's `concurrency` `Election` and `Mutex` (`<prefix>/<lease id hex>`), etcd.
+    EtcdConcurrency,
+    /// Consul's `api.Lock` and `consul lock` (one key with the lock flags), Consul.
+    ConsulLock,
+    /// Consul's leader-election guide (one key acquired by a session, flags 0), Consul.
+    ConsulElection,
+}
+
+impl Dialect {
+    /// Every dialect, in a stable order.
+    pub const ALL: [Dialect; 7] = [
+        Dialect::Coord,
+        Dialect::CuratorLock,
+        Dialect::CuratorLatch,
+        Dialect::Kazoo,
+        Dialect::EtcdConcurrency,
+        Dialect::ConsulLock,
+        Dialect::ConsulElection,
+    ];
+
+    /// The dialect's name, as [`Dialect::parse`] and coordctl's `--dialect` take it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dialect::Coord => "coord",
+            Dialect::CuratorLock => "curator-lock",
+            Dialect::CuratorLatch => "curator-latch",
+            Dialect::Kazoo => "kazoo",
+            Dialect::EtcdConcurrency => "etcd-concurrency",
+            Dialect::ConsulLock => "consul-lock",
+            Dialect::ConsulElection => "consul-election",
+        }
+    }
+
+    /// The backend that serves the dialect (its [`crate::Capabilities::backend`] name), `None`
+    /// for every backend.
+    pub fn backend(self) -> Option<&'static str> {
+        match self {
+            Dialect::Coord => None,
+            Dialect::CuratorLock | Dialect::CuratorLatch | Dialect::Kazoo => Some("zookeeper"),
+            Dialect::EtcdConcurrency => Some("etcd"),
+            Dialect::ConsulLock | Dialect::ConsulElection => Some("consul"),
+        }
+    }
+
+    /// The dialect named `name` ([`Error::InvalidArgument`] listing the names otherwise).
+    pub fn parse(name: &str) -> Result<Dialect> {
+        Dialect::ALL
+            .into_iter()
+            .find(|d| d.name() == name)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Dialect::ALL.iter().map(|d| d.name()).collect();
+                Error::InvalidArgument(format!(
+                    "unknown dialect {name:?}; the dialects are {}",
+                    names.join(", ")
+                ))
+            })
+    }
+
+    /// [`Error::Unsupported`] when `backend` cannot serve this dialect (checked before any
+    /// I/O).
+    pub fn check_backend(self, backend: &str) -> Result<()> {
+        match self.backend() {
+            Some(b) if b != backend => Err(Error::Unsupported(format!(
+                "the {} dialect runs on {b}, not on {backend}",
+                self.name()
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl std::fmt::Display for Dialect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An election or lock protocol that an adapter serves for a dialect whose layout lies outside
+/// coord's tree. `name` is the election's or lock's path; how it maps to the peer's keys is
+/// the driver's to document (for example the etcd prefix `name` without its leading `/`).
+#[async_trait]
+pub trait DialectDriver: Send + Sync + 'static {
+    /// The dialect served.
+    fn dialect(&self) -> Dialect;
+
+    /// Joins `name` with `value` on `session` and waits until this candidate holds it; with
+    /// `try_only`, `Ok(None)` at once when somebody else holds it (and nothing is left
+    /// behind). Cancel-safe: dropping the future leaves no key behind. Fails with
+    /// [`Error::SessionExpired`] if the session ends while waiting.
+    async fn acquire(
+        &self,
+        session: Arc<dyn Session>,
+        name: &Path,
+        value: &[u8],
+        try_only: bool,
+        policy: SuspendPolicy,
+    ) -> Result<Option<Box<dyn DialectHold>>>;
+
+    /// Every candidate, in the order the peer gives the role (the first holds it), with its
+    /// value and token.
+    async fn participants(&self, name: &Path) -> Result<Vec<LeaderInfo>>;
+
+    /// The holder after each change (deduplicated), starting with the current one.
+    async fn observe(&self, name: &Path) -> Result<BoxStream<'static, Result<Option<LeaderInfo>>>>;
+}
+
+/// A role held through a [`DialectDriver`].
+#[async_trait]
+pub trait DialectHold: Send + Sync + 'static {
+    /// The fencing token (durable and store-global, as for the coord dialect).
+    fn token(&self) -> u64;
+    /// The key that holds the role, as a path.
+    fn node(&self) -> &Path;
+    /// The session the role is held on.
+    fn session(&self) -> Arc<dyn Session>;
+    /// The state now (reads the session directly, like the coord dialect).
+    fn state(&self) -> HoldState;
+    /// The state after each change; ends in [`HoldState::Lost`].
+    fn states(&self) -> watch::Receiver<HoldState>;
+    /// Changes the holder's value without giving the role up (etcd's `Proclaim`).
+    async fn proclaim(&self, value: &[u8]) -> Result<()>;
+    /// Runs `op` only while the role is held, atomically in the store
+    /// ([`Error::GuardFailed`] otherwise).
+    async fn write_if_held(&self, op: &WriteOp) -> Result<WriteResult>;
+    /// Gives the role up (the next candidate goes on) and reports Lost.
+    async fn release(&mut self) -> Result<()>;
+}
