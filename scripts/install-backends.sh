@@ -4,6 +4,9 @@
 #   - ZooKeeper 3.8 (bookworm package `zookeeper`, system-wide; no service is started)
 #   - protoc + the well-known protos (`protobuf-compiler`, `libprotobuf-dev`; etcd-client needs them)
 #   - openssl (the etcd TLS test makes its own CA and certificates with it)
+#   - the peers of the mixed-fleet tests: a JDK (`default-jdk-headless`, for javac) with
+#     Curator 5.4 (`libcurator-{framework,recipes,discovery}-java`), kazoo (`python3-kazoo`),
+#     and `dig` (`bind9-dnsutils`, for the Consul DNS test)
 #   - etcd 3.4 (bookworm `etcd-server` / `etcd-client`, unpacked into <repo>/.tools/etcd)
 #   - Consul 1.8.7 (bullseye `consul`, fetched with a PRIVATE apt configuration, unpacked into
 #     <repo>/.tools/consul; /etc/apt is never touched)
@@ -75,7 +78,9 @@ apt_retry() {
 }
 
 MISSING=()
-for p in zookeeper protobuf-compiler libprotobuf-dev openssl; do
+for p in zookeeper protobuf-compiler libprotobuf-dev openssl default-jdk-headless \
+    libcurator-framework-java libcurator-recipes-java libcurator-discovery-java python3-kazoo \
+    bind9-dnsutils; do
     pkg_installed "$p" || MISSING+=("$p")
 done
 if [ "${#MISSING[@]}" -gt 0 ]; then
@@ -87,7 +92,7 @@ if [ "${#MISSING[@]}" -gt 0 ]; then
     log "apt-get install -y ${MISSING[*]}"
     apt_retry "${SUDO[@]}" apt-get install -y -q --no-install-recommends "${MISSING[@]}"
 else
-    log "zookeeper, protobuf-compiler, libprotobuf-dev: already installed"
+    log "system packages (zookeeper, protoc, JDK, Curator, kazoo, dig): already installed"
 fi
 
 # ---------------------------------------------------------------------------------------------
