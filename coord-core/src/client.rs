@@ -247,6 +247,30 @@ impl Client {
         Ok(Lock::new(self, Path::new("/locks")?.join(name)?))
     }
 
+    /// The read-write lock `name`, stored under `/rwlocks/<name>`.
+    pub fn rwlock(&self, name: &str) -> Result<crate::recipes::rwlock::RwLock> {
+        Ok(crate::recipes::rwlock::RwLock::new(
+            self,
+            Path::new("/rwlocks")?.join(name)?,
+        ))
+    }
+
+    /// The semaphore `name` with `limit` leases, stored under `/semaphores/<name>`.
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for a limit of 0 or above
+    /// [`MAX_LIMIT`](crate::recipes::semaphore::MAX_LIMIT); every user must agree on the limit
+    /// ([`Error::LimitMismatch`](crate::Error::LimitMismatch) at the first acquire otherwise).
+    pub fn semaphore(
+        &self,
+        name: &str,
+        limit: u64,
+    ) -> Result<crate::recipes::semaphore::Semaphore> {
+        crate::recipes::semaphore::Semaphore::new(
+            self,
+            Path::new("/semaphores")?.join(name)?,
+            limit,
+        )
+    }
+
     /// The group `name`, stored under `/groups/<name>`.
     pub fn group(&self, name: &str) -> Result<Group> {
         Ok(Group::new(self, Path::new("/groups")?.join(name)?))

@@ -220,6 +220,17 @@ pub enum Error {
         /// How many attempts were made.
         attempts: u32,
     },
+    /// A semaphore is stored with another limit than the one this client asked for (nothing
+    /// was written). Every user of a semaphore must agree on its limit.
+    #[error("limit mismatch on {path}: stored {stored}, requested {requested}")]
+    LimitMismatch {
+        /// The semaphore.
+        path: String,
+        /// The limit stored with it (written by its first user).
+        stored: u64,
+        /// The limit this client asked for.
+        requested: u64,
+    },
     /// The client was closed.
     #[error("client closed")]
     Closed,

@@ -37,6 +37,7 @@ use crate::Client;
 pub mod fencing;
 pub mod kernel;
 pub mod recipes;
+pub mod rwsem;
 
 /// What the suite needs from a backend under test.
 #[async_trait]
@@ -267,6 +268,18 @@ macro_rules! conformance_tests {
                 guarded_write_rules,
                 guarded_write_refused_after_loss,
                 deposed_leader_cannot_write,
+            ],
+            rwsem: [
+                rwlock_readers_share_writer_excludes,
+                rwlock_waiting_writer_blocks_readers,
+                rwlock_release_wakes_only_those_let_in,
+                rwlock_try_timeout_and_cancel,
+                rwlock_session_expiry,
+                semaphore_limit_respected,
+                semaphore_acquire_many_fifo,
+                semaphore_release_wakes_few,
+                semaphore_try_timeout_cancel_and_bad_input,
+                semaphore_session_expiry,
             ]
         );
     };
@@ -301,6 +314,7 @@ const SOURCES: &[(&str, &str)] = &[
     ("fencing", include_str!("fencing.rs")),
     ("kernel", include_str!("kernel.rs")),
     ("recipes", include_str!("recipes.rs")),
+    ("rwsem", include_str!("rwsem.rs")),
 ];
 
 /// Every test function of the suite, as `module::name`, read from the sources.

@@ -95,3 +95,6 @@ macro_rules! guarded_writes {
 
 guarded_writes!(Leadership, "leadership");
 guarded_writes!(LockGuard, "lock");
+guarded_writes!(crate::recipes::rwlock::ReadGuard, "read lock");
+guarded_writes!(crate::recipes::rwlock::WriteGuard, "write lock");
+guarded_writes!(crate::recipes::semaphore::Lease, "lease");

@@ -6,6 +6,11 @@
 //! holding the role). The random `<nonce>` lets a candidate find its own node after a create
 //! whose answer was lost (a timeout, a dropped future), so that no orphan is left behind and no
 //! duplicate is created by a retry.
+//!
+//! The read-write lock and the semaphore share the queue with other [`Rule`]s: a candidate's
+//! node name starts with a tag (`c` for election and lock, `r`/`w` for readers and writers,
+//! `s<k>` for a semaphore waiter taking `k` leases), and the rule says, from the entries ahead,
+//! whether the candidate holds and otherwise which of them it watches.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,7 +24,7 @@ use crate::adapter::Backoff;
 use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::kernel::{
-    create_parents, Backend, CreateMode, Created, Guard, GuardFailure, KeyEvent, KeyWatch, Session,
+    create_parents, Backend, CreateMode, Created, Guard, GuardFailure, KeyEvent, Session,
     SessionState, SessionStates, WriteOp, WriteResult,
 };
 use crate::path::{parse_sequence, Path};
@@ -65,6 +70,98 @@ fn nonce() -> String {
 pub(crate) struct Entry {
     pub(crate) name: String,
     pub(crate) seq: u64,
+}
+
+impl Entry {
+    /// The tag of the name: what comes before the first `-` (`c`, `r`, `w`, `s3`).
+    pub(crate) fn tag(&self) -> &str {
+        self.name.split('-').next().unwrap_or("")
+    }
+
+    /// The leases a semaphore entry takes (its tag `s<k>`); an entry that does not say takes
+    /// them all (`limit`), so that a foreign node can only make waiters wait, never overbook.
+    pub(crate) fn leases(&self, limit: u64) -> u64 {
+        self.tag()
+            .strip_prefix('s')
+            .and_then(|k| k.parse::<u64>().ok())
+            .filter(|k| (1..=limit).contains(k))
+            .unwrap_or(limit)
+    }
+}
+
+/// The tag of a reader's node (every other tag counts as a writer).
+pub(crate) const READER_TAG: &str = "r";
+
+/// The value a semaphore candidate writes to its node once it holds: the next waiter watches
+/// its predecessor for this write (see [`Rule::Leases`]).
+pub(crate) const HELD_MARK: &[u8] = b"held";
+
+/// When a candidate holds, given the entries ahead of it, and what it watches otherwise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Rule {
+    /// One holder at a time (election, lock, writer): holds when nobody is ahead; watches its
+    /// immediate predecessor.
+    Exclusive,
+    /// Shared with other readers (tag [`READER_TAG`]): holds when no writer is ahead; watches
+    /// the last writer ahead (readers ahead do not matter to it).
+    Shared,
+    /// Up to `limit` leases, of which this candidate takes `weight`: holds when the leases
+    /// taken by the entries ahead plus its own fit in the limit (holders are a prefix of the
+    /// queue: FIFO, nobody overtakes). The first waiter watches every holder ahead (any release
+    /// may free enough); every later waiter watches only its predecessor, for its deletion or
+    /// its [`HELD_MARK`] (the predecessor holding makes it the first waiter). A release thus
+    /// wakes the first waiter, and each candidate that gets a lease wakes one more: wake-ups
+    /// per release are the leases freed plus one.
+    Leases {
+        /// The semaphore's limit.
+        limit: u64,
+        /// The leases this candidate takes (1..=limit).
+        weight: u64,
+    },
+}
+
+/// What a candidate does next (see [`Rule`]).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Decision {
+    /// It holds the role.
+    Hold,
+    /// It waits for one of `nodes` to go; with `on_held`, also for the (one) node to write
+    /// [`HELD_MARK`].
+    Watch { nodes: Vec<Entry>, on_held: bool },
+}
+
+impl Rule {
+    /// The decision for a candidate with `ahead` (sorted) in front of it.
+    pub(crate) fn decide(&self, ahead: &[Entry]) -> Decision {
+        let watch = |e: &Entry| Decision::Watch {
+            nodes: vec![e.clone()],
+            on_held: false,
+        };
+        match *self {
+            Rule::Exclusive => ahead.last().map_or(Decision::Hold, watch),
+            Rule::Shared => ahead
+                .iter()
+                .rev()
+                .find(|e| e.tag() != READER_TAG)
+                .map_or(Decision::Hold, watch),
+            Rule::Leases { limit, weight } => {
+                let taken: u64 = ahead.iter().map(|e| e.leases(limit)).sum();
+                if taken.saturating_add(weight) <= limit {
+                    Decision::Hold
+                } else if taken <= limit {
+                    Decision::Watch {
+                        nodes: ahead.to_vec(),
+                        on_held: false,
+                    }
+                } else {
+                    Decision::Watch {
+                        nodes: ahead.last().into_iter().cloned().collect(),
+                        on_held: true,
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The sorted candidate entries of `dir` (names without a sequence suffix are ignored).
@@ -198,12 +295,38 @@ pub(crate) async fn acquire(
     try_only: bool,
     instruments: &Instruments,
 ) -> Result<Acquire> {
+    let exclusive = Kind {
+        tag: "c",
+        rule: Rule::Exclusive,
+    };
+    acquire_as(client, dir, value, policy, try_only, instruments, exclusive).await
+}
+
+/// A candidate's tag (the start of its node's name) and its rule.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Kind<'a> {
+    pub(crate) tag: &'a str,
+    pub(crate) rule: Rule,
+}
+
+/// [`acquire`] for a candidate of `kind`: its node is `<dir>/<tag>-<nonce>-<seq>` and it holds
+/// when its rule says so. A [`Rule::Leases`] candidate writes [`HELD_MARK`] to its node before
+/// it returns holding.
+pub(crate) async fn acquire_as(
+    client: &Client,
+    dir: &Path,
+    value: &[u8],
+    policy: SuspendPolicy,
+    try_only: bool,
+    instruments: &Instruments,
+    kind: Kind<'_>,
+) -> Result<Acquire> {
     let backend = client.backend().clone();
     let mut session = client.session().await?;
     // Refuse an oversized value before any write (not even the parents).
     crate::adapter::check_value(backend.capabilities(), value)?;
     create_parents(&*backend, dir).await?;
-    let marker = format!("c-{}-", nonce());
+    let marker = format!("{}-{}-", kind.tag, nonce());
     // Armed until we hold the role or our node is removed: every other exit path (an error, a
     // dropped future) removes the node in the background.
     let mut pending = Pending {
@@ -229,7 +352,7 @@ pub(crate) async fn acquire(
     let Some(ahead) = entries_ahead(&*backend, dir, &me).await? else {
         return Err(own_node_gone(&*session, &mut states, &created.path).await);
     };
-    if try_only && !ahead.is_empty() {
+    if try_only && kind.rule.decide(&ahead) != Decision::Hold {
         withdraw(&*backend, &created.path, &mut pending).await;
         return Ok(Acquire::Busy);
     }
@@ -242,8 +365,14 @@ pub(crate) async fn acquire(
         states,
         ahead,
         seen_gone: HashSet::new(),
+        seen_held: None,
     };
-    waiting.until_first(instruments).await?;
+    waiting.until_first(kind.rule, instruments).await?;
+    if let Rule::Leases { .. } = kind.rule {
+        // Wakes the waiter behind us (it watches for this mark); on failure `pending` removes
+        // our node, which wakes it too.
+        backend.set(&created.path, HELD_MARK, None).await?;
+    }
     pending.armed = false;
     Ok(Acquire::Held(Held::start(
         backend.clone(),
@@ -355,51 +484,94 @@ struct Waiting<'a> {
     states: SessionStates,
     ahead: Vec<Entry>,
     seen_gone: HashSet<String>,
+    /// The predecessor whose [`HELD_MARK`] we already acted on: seen again with our decision
+    /// unchanged, only its deletion wakes us (no spinning on a mark).
+    seen_held: Option<String>,
 }
 
-/// How the wait for a watched predecessor ended.
+/// How the wait for a watched candidate ended.
 enum Watched {
-    /// It is gone: the rest ahead need checking.
-    Went,
+    /// This one is gone: the rest ahead need checking.
+    Went(String),
+    /// It wrote [`HELD_MARK`]: the rest ahead need checking.
+    Held(String),
     /// The watch ended without telling: look again.
     Ended,
 }
 
 impl Waiting<'_> {
-    /// Waits until nobody is ahead and our node is still there. Errors: our session ended,
-    /// our node went, a watch failed, or a read failed.
-    async fn until_first(&mut self, instruments: &Instruments) -> Result<()> {
-        // Set when the watched candidate went: the rest ahead need checking.
+    /// Waits until `rule` says we hold and our node is still there. Errors: our session
+    /// ended, our node went, a watch failed, or a read failed.
+    async fn until_first(&mut self, rule: Rule, instruments: &Instruments) -> Result<()> {
+        // Set when a watched candidate went (or holds): the rest ahead need checking.
         let mut went = false;
         loop {
             if std::mem::take(&mut went) && !self.ahead.is_empty() {
                 self.recheck_ahead().await?;
             }
-            let Some(pred) = self.ahead.last() else {
-                // Nobody ahead: one read confirms our own node is still there.
-                if self.backend.exists(self.node).await?.is_none() {
-                    return Err(self.own_node_gone().await);
+            let (nodes, on_held) = match rule.decide(&self.ahead) {
+                Decision::Hold => {
+                    // One read confirms our own node is still there.
+                    if self.backend.exists(self.node).await?.is_none() {
+                        return Err(self.own_node_gone().await);
+                    }
+                    return Ok(());
                 }
-                return Ok(());
+                Decision::Watch { nodes, on_held } => (nodes, on_held),
             };
-            let pred_name = pred.name.clone();
-            let pred = self.dir.join(&pred_name)?;
-            let (current, mut events) = self.backend.watch(&pred).await?;
-            if current.is_none() {
-                self.predecessor_gone(pred_name);
-                went = true;
-                continue;
+            if nodes.is_empty() {
+                return Err(Error::InvalidArgument(format!(
+                    "{}: a candidate that cannot hold waits for nobody ({rule:?})",
+                    self.dir
+                )));
             }
-            if let Watched::Went = self.await_predecessor(&mut events, instruments).await? {
-                self.predecessor_gone(pred_name);
-                went = true;
+            match self.watch_any(&nodes, on_held, instruments).await? {
+                Watched::Went(name) => {
+                    self.candidate_gone(name);
+                    went = true;
+                }
+                Watched::Held(name) => {
+                    self.seen_held = Some(name);
+                    went = true;
+                }
+                Watched::Ended => {}
             }
         }
     }
 
-    /// Our watched predecessor (the last one ahead) is gone for good.
-    fn predecessor_gone(&mut self, name: String) {
-        self.ahead.pop();
+    /// Watches `nodes` until one goes (or, `on_held`, writes [`HELD_MARK`]).
+    async fn watch_any(
+        &mut self,
+        nodes: &[Entry],
+        on_held: bool,
+        instruments: &Instruments,
+    ) -> Result<Watched> {
+        let mut streams = Vec::with_capacity(nodes.len());
+        for e in nodes {
+            let (current, events) = self.backend.watch(&self.dir.join(&e.name)?).await?;
+            match current {
+                None => return Ok(Watched::Went(e.name.clone())),
+                Some(n) if on_held && self.marked_held(&e.name, &n.value) => {
+                    return Ok(Watched::Held(e.name.clone()));
+                }
+                Some(_) => {}
+            }
+            let name = e.name.clone();
+            streams.push(events.map(move |ev| (name.clone(), ev)).boxed());
+        }
+        let mut events = futures::stream::select_all(streams);
+        self.await_candidate(&mut events, on_held, instruments)
+            .await
+    }
+
+    /// Whether `value` of the watched `name` is a fresh [`HELD_MARK`] (one not acted on yet).
+    fn marked_held(&self, name: &str, value: &[u8]) -> bool {
+        value == HELD_MARK && self.seen_held.as_deref() != Some(name)
+    }
+
+    /// A candidate ahead is gone for good.
+    fn candidate_gone(&mut self, name: String) {
+        self.ahead.retain(|e| e.name != name);
         self.seen_gone.insert(name);
     }
 
@@ -433,10 +605,12 @@ impl Waiting<'_> {
         Ok(())
     }
 
-    /// Waits for the watched predecessor to go, or for our session to end (an error).
-    async fn await_predecessor(
+    /// Waits for a watched candidate to go (or hold, with `on_held`), or for our session to
+    /// end (an error). Every event counts as a wake-up.
+    async fn await_candidate(
         &mut self,
-        events: &mut KeyWatch,
+        events: &mut (impl futures::Stream<Item = (String, Result<KeyEvent>)> + Unpin),
+        on_held: bool,
         instruments: &Instruments,
     ) -> Result<Watched> {
         loop {
@@ -445,12 +619,18 @@ impl Waiting<'_> {
                     instruments.wakeups.fetch_add(1, Ordering::Relaxed);
                     match ev {
                         // Gone for good: sequence numbers are never reused.
-                        Some(Ok(KeyEvent::Deleted)) | Some(Ok(KeyEvent::Resync(None))) => {
-                            return Ok(Watched::Went);
+                        Some((name, Ok(KeyEvent::Deleted | KeyEvent::Resync(None)))) => {
+                            return Ok(Watched::Went(name));
                         }
+                        Some((name, Ok(KeyEvent::Changed(n) | KeyEvent::Created(n) | KeyEvent::Resync(Some(n)))))
+                            if on_held && self.marked_held(&name, &n.value) =>
+                        {
+                            return Ok(Watched::Held(name));
+                        }
+                        // Every watch ended without telling: look again.
                         None => return Ok(Watched::Ended),
-                        Some(Ok(_)) => continue,
-                        Some(Err(e)) => return Err(e),
+                        Some((_, Ok(_))) => continue,
+                        Some((_, Err(e))) => return Err(e),
                     }
                 }
                 st = self.states.next() => {
