@@ -183,6 +183,8 @@ pub async fn rwlock_release_wakes_only_those_let_in(h: &dyn Harness) {
         guards.push(r.await.unwrap().unwrap());
     }
     // The writer watches only the last reader ahead: the others' releases do not wake it...
+    // The last reader in the queue: the largest token (tasks may queue out of spawn order).
+    guards.sort_by_key(|g| g.fencing_token());
     let last = guards.pop().unwrap();
     let before = lock.wakeups();
     for g in guards {
