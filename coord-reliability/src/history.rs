@@ -237,7 +237,11 @@ pub fn check(
         ..Report::default()
     };
     let roles: BTreeSet<String> = rep.intervals.iter().map(|i| i.role.clone()).collect();
-    for role in roles {
+    // Shared roles may overlap by design: `check_rwlock` and `check_semaphore` check them.
+    for role in roles
+        .into_iter()
+        .filter(|r| !SHARED_ROLES.contains(&r.as_str()))
+    {
         let ivs: Vec<&Interval> = rep.intervals.iter().filter(|i| i.role == role).collect();
         rep.grants.insert(role.clone(), ivs.len());
         let mut seen: BTreeMap<u64, &str> = BTreeMap::new();
@@ -331,6 +335,107 @@ pub fn check(
     rep
 }
 
+/// The read-write lock's roles: readers share, a writer is alone.
+pub const RWLOCK_READ: &str = "rwlock-read";
+/// See [`RWLOCK_READ`]; writers are also checked as an exclusive role by [`check`].
+pub const RWLOCK_WRITE: &str = "rwlock-write";
+/// A semaphore lease (one lease per holding).
+pub const SEMAPHORE: &str = "semaphore";
+/// Roles that [`check`] does not treat as exclusive.
+pub const SHARED_ROLES: &[&str] = &[RWLOCK_READ, SEMAPHORE];
+
+/// Whether `old`'s holding may still overlap a holding granted at `new_from` until
+/// `overlap_to`: `old` was cut off (stopped or killed) between its grant and `new_from`, or
+/// the server faulted then and the overlap ends within the fault's grace (as in [`check`]).
+fn excused(faults: &[FaultWindow], old: &Interval, new_from: u64, overlap_to: u64) -> bool {
+    faults.iter().any(|f| {
+        let window = f.from_us <= new_from && f.to_us >= old.from_us;
+        match &f.id {
+            Some(id) => window && *id == old.id,
+            None => window && overlap_to <= f.to_us,
+        }
+    })
+}
+
+/// Read-write lock violations: a writer's holding that overlaps any other holding (reader or
+/// writer of another process) of a live holder. The older holding (smaller token) is the one
+/// a fault may excuse.
+pub fn check_rwlock(intervals: &[Interval], faults: &[FaultWindow]) -> Vec<String> {
+    let rw: Vec<&Interval> = intervals
+        .iter()
+        .filter(|i| i.role == RWLOCK_READ || i.role == RWLOCK_WRITE)
+        .collect();
+    let mut out = Vec::new();
+    for w in rw.iter().filter(|i| i.role == RWLOCK_WRITE) {
+        for o in &rw {
+            if o.id == w.id || (o.role == RWLOCK_WRITE && o.token >= w.token) {
+                // Writer pairs are counted once (and checked by `check` too).
+                continue;
+            }
+            let (old, new) = if o.token < w.token {
+                (*o, *w)
+            } else {
+                (*w, *o)
+            };
+            let from = old.from_us.max(new.from_us);
+            let to = old.to_us.min(new.to_us);
+            if from < to && !excused(faults, old, new.from_us, to) {
+                out.push(format!(
+                    "{} {} (token {}, {}..{} {}) overlaps {} {} (token {}, {}..{} {}) by {} us",
+                    old.role,
+                    old.id,
+                    old.token,
+                    old.from_us,
+                    old.to_us,
+                    old.end,
+                    new.role,
+                    new.id,
+                    new.token,
+                    new.from_us,
+                    new.to_us,
+                    new.end,
+                    to - from
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Semaphore violations: a moment (a grant) at which more than `limit` live holders believed
+/// they held a lease. A holding that started earlier counts unless a fault excuses it.
+pub fn check_semaphore(
+    intervals: &[Interval],
+    faults: &[FaultWindow],
+    limit: usize,
+) -> Vec<String> {
+    let leases: Vec<&Interval> = intervals.iter().filter(|i| i.role == SEMAPHORE).collect();
+    let mut out = Vec::new();
+    for new in &leases {
+        let t = new.from_us;
+        let live: Vec<&&Interval> = leases
+            .iter()
+            .filter(|o| o.from_us <= t && t < o.to_us || o.id == new.id && o.token == new.token)
+            .filter(|o| {
+                (o.id == new.id && o.token == new.token)
+                    || !excused(faults, o, t, o.to_us.min(new.to_us))
+            })
+            .collect();
+        if live.len() > limit {
+            let who: Vec<String> = live
+                .iter()
+                .map(|o| format!("{}:{}", o.id, o.token))
+                .collect();
+            out.push(format!(
+                "{} live lease holders of {limit} at {t}: {}",
+                live.len(),
+                who.join(", ")
+            ));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -414,6 +519,62 @@ mod tests {
         // The old holder still believed after the grace ended: a violation.
         let rep = check(&r, &[pause(35)], &BTreeMap::new(), 100);
         assert_eq!(rep.overlaps.len(), 1, "{rep:?}");
+    }
+
+    fn iv(role: &str, id: &str, token: u64, from_us: u64, to_us: u64) -> Interval {
+        Interval {
+            role: role.into(),
+            id: id.into(),
+            token,
+            from_us,
+            to_us,
+            end: "released",
+        }
+    }
+
+    #[test]
+    fn rwlock_readers_share_and_a_writer_is_alone() {
+        let ok = [
+            iv(RWLOCK_READ, "a", 1, 10, 50),
+            iv(RWLOCK_READ, "b", 2, 20, 60),
+            iv(RWLOCK_WRITE, "c", 3, 61, 70),
+        ];
+        assert!(check_rwlock(&ok, &[]).is_empty());
+        let r = vec![rec(
+            10,
+            "a",
+            Event::Granted {
+                role: RWLOCK_READ.into(),
+                token: 1,
+            },
+        )];
+        assert!(
+            check(&r, &[], &BTreeMap::new(), 100).ok(),
+            "readers are not exclusive"
+        );
+        let bad = [
+            iv(RWLOCK_READ, "a", 1, 10, 50),
+            iv(RWLOCK_WRITE, "c", 3, 40, 70),
+        ];
+        assert_eq!(check_rwlock(&bad, &[]).len(), 1);
+        let stop = FaultWindow {
+            id: Some("a".into()),
+            kind: "sigstop".into(),
+            from_us: 15,
+            to_us: 35,
+        };
+        assert!(check_rwlock(&bad, &[stop]).is_empty());
+    }
+
+    #[test]
+    fn semaphore_overbooking_is_found() {
+        let ok = [
+            iv(SEMAPHORE, "a", 1, 10, 50),
+            iv(SEMAPHORE, "b", 2, 20, 60),
+            iv(SEMAPHORE, "c", 3, 50, 70),
+        ];
+        assert!(check_semaphore(&ok, &[], 2).is_empty());
+        assert_eq!(check_semaphore(&ok, &[], 1).len(), 2);
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! Churn on real servers (issue 9): rounds of random leader resigns, client kills (SIGKILL),
 //! session expiries (SIGSTOP beyond the TTL), server pauses and server restarts, with an
-//! election, a lock and registrations in use by separate contender processes. At the end a
-//! checker over the recorded history finds no overlapping leaderships/lock holdings of live
-//! holders, no duplicate or inverted tokens, no stale write accepted by the fenced resources;
+//! election, a lock, a read-write lock, a semaphore (limit 2) and registrations in use by
+//! separate contender processes. At the end a checker over the recorded history finds no
+//! overlapping leaderships/lock holdings of live holders, no writer of the read-write lock
+//! with anyone else, never more than 2 semaphore leases held by live holders, no duplicate or
+//! inverted tokens, no stale write accepted by the fenced resources (election, lock, writers);
 //! no orphan candidate or lock nodes remain; every live registration is present (and only
 //! those); no process panicked.
 //!
@@ -60,7 +62,9 @@ fn churn(kind: Kind) {
     let t0 = Instant::now();
     let efence = FencedResource::start().expect("fence");
     let lfence = FencedResource::start().expect("fence");
+    let rfence = FencedResource::start().expect("fence");
     let (ea, la) = (efence.addr().to_string(), lfence.addr().to_string());
+    let ra = rfence.addr().to_string();
     let ns = namespace("churn");
     let url = url(kind, &server.endpoint(), &ns, "1s");
     let args = |url: &str| -> Vec<String> {
@@ -77,6 +81,14 @@ fn churn(kind: Kind) {
             &la,
             "--register",
             SERVICE,
+            "--rwlock",
+            "churn",
+            "--rwlock-fence",
+            &ra,
+            "--semaphore",
+            "churn",
+            "--semaphore-limit",
+            "2",
             "--write-interval-ms",
             "100",
         ]
@@ -174,7 +186,13 @@ fn churn(kind: Kind) {
         std::thread::sleep(Duration::from_millis(100));
     }
     let settled_in = settle.elapsed();
-    let dirs = ["/elections/churn", "/locks/churn", "/services/churn-svc"];
+    let dirs = [
+        "/elections/churn",
+        "/locks/churn",
+        "/services/churn-svc",
+        "/rwlocks/churn",
+        "/semaphores/churn",
+    ];
     let leader = swarm.try_wait_for(Duration::from_secs(60), |rs| {
         let h: Vec<_> = holders(rs, "election")
             .into_iter()
@@ -205,7 +223,12 @@ fn churn(kind: Kind) {
                 Duration::from_secs(30),
                 client.children(&p),
             ) {
-                Ok(c) => orphans.extend(c.into_iter().map(|c| format!("{d}/{c}"))),
+                // The semaphore's limit key stays (it is not a candidate).
+                Ok(c) => orphans.extend(
+                    c.into_iter()
+                        .filter(|c| c != "limit")
+                        .map(|c| format!("{d}/{c}")),
+                ),
                 Err(coord::Error::NotFound { .. }) => {}
                 Err(e) => orphans.push(format!("{d}: {e}")),
             }
@@ -219,7 +242,11 @@ fn churn(kind: Kind) {
     let mut logs = BTreeMap::new();
     logs.insert("election".to_owned(), efence.log());
     logs.insert("lock".to_owned(), lfence.log());
+    logs.insert(history::RWLOCK_WRITE.to_owned(), rfence.log());
     let report = history::check(&swarm.records(), &swarm.faults, &logs, end);
+    let rw_violations = history::check_rwlock(&report.intervals, &swarm.faults);
+    let lease_violations = history::check_semaphore(&report.intervals, &swarm.faults, 2);
+    let holdings = |role: &str| report.intervals.iter().filter(|i| i.role == role).count();
     let faults: u64 = counts.values().sum();
     println!(
         "{kind} churn: seed {seed}, {rounds} rounds, {faults} faults injected {counts:?}; \
@@ -237,9 +264,28 @@ fn churn(kind: Kind) {
         orphans.len(),
         t0.elapsed()
     );
-    if !report.ok() || !orphans.is_empty() || found != live {
+    println!(
+        "{kind} churn: rwlock read holdings {}, write holdings {}, writer overlaps {}; \
+         semaphore leases {} (limit 2), overbooked moments {}",
+        holdings(history::RWLOCK_READ),
+        holdings(history::RWLOCK_WRITE),
+        rw_violations.len(),
+        holdings(history::SEMAPHORE),
+        lease_violations.len()
+    );
+    if !report.ok()
+        || !orphans.is_empty()
+        || found != live
+        || !rw_violations.is_empty()
+        || !lease_violations.is_empty()
+    {
         swarm.dump();
     }
+    assert!(rw_violations.is_empty(), "seed {seed}: {rw_violations:#?}");
+    assert!(
+        lease_violations.is_empty(),
+        "seed {seed}: {lease_violations:#?}"
+    );
     assert_eq!(found, live, "registrations found vs live contenders");
     assert!(orphans.is_empty(), "orphans: {orphans:?}");
     assert!(

@@ -69,6 +69,16 @@ async fn hostile_input(client: &Client, label: &str) {
             e.as_ref().is_some_and(is_invalid_name),
             "{label}: group {bad:?}: {e:?}"
         );
+        let e = client.rwlock(&bad).err();
+        assert!(
+            e.as_ref().is_some_and(is_invalid_name),
+            "{label}: rwlock {bad:?}: {e:?}"
+        );
+        let e = client.semaphore(&bad, 1).err();
+        assert!(
+            e.as_ref().is_some_and(is_invalid_name),
+            "{label}: semaphore {bad:?}: {e:?}"
+        );
         let reg = client.registry();
         let r = bounded("register", reg.register(&Instance::new(&bad, "i", "h", 1))).await;
         assert!(
@@ -123,6 +133,27 @@ async fn hostile_input(client: &Client, label: &str) {
     let inst = Instance::new("svc", "i", "h", 1).with_meta("blob", &"y".repeat(max + 1));
     let r = bounded("register", client.registry().register(&inst)).await;
     assert!(too_large(&r), "{label}: register: {r:?}");
+    // Semaphore limits of 0 or above the maximum, and lease counts of 0 or above the limit.
+    for limit in [0, coord::semaphore::MAX_LIMIT + 1, u64::MAX] {
+        let e = client.semaphore("s", limit).err();
+        assert!(
+            matches!(e, Some(Error::InvalidArgument(_))),
+            "{label}: semaphore limit {limit}: {e:?}"
+        );
+    }
+    let sem = client.semaphore("s", 2).expect("semaphore");
+    for leases in [0, 3, u64::MAX] {
+        let r = bounded("acquire_many", sem.acquire_many(leases)).await;
+        assert!(
+            matches!(r, Err(Error::InvalidArgument(_))),
+            "{label}: acquire_many({leases}): {r:?}"
+        );
+        let r = bounded("try_acquire_many", sem.try_acquire_many(leases)).await;
+        assert!(
+            matches!(r, Err(Error::InvalidArgument(_))),
+            "{label}: try_acquire_many({leases}): {r:?}"
+        );
+    }
     // Nothing was written by any of the above.
     let root = Path::root();
     let left = bounded("children", client.children(&root)).await;

@@ -3,8 +3,12 @@
 //! ```text
 //! contender --url URL --id ID [--election NAME] [--fence ADDR]
 //!           [--lock NAME --lock-fence ADDR] [--register SERVICE]
+//!           [--rwlock NAME [--rwlock-fence ADDR]] [--semaphore NAME --semaphore-limit N]
 //!           [--write-interval-ms 100] [--zombie-writes 0]
 //! ```
+//!
+//! With `--rwlock` it also loops on a read-write lock (one hold in three a write, fenced
+//! writes as a writer), with `--semaphore` on one lease of a semaphore.
 //!
 //! Campaigns in the election (and loops on the lock, and registers an instance) and prints
 //! every event as one JSON line on stdout (see `coord_reliability::history::Event`). While
@@ -33,6 +37,10 @@ struct Args {
     lock: Option<String>,
     lock_fence: Option<String>,
     register: Option<String>,
+    rwlock: Option<String>,
+    rwlock_fence: Option<String>,
+    semaphore: Option<String>,
+    semaphore_limit: u64,
     interval: Duration,
     zombie_writes: u32,
 }
@@ -53,6 +61,13 @@ fn parse_args() -> std::result::Result<Args, String> {
             "--lock" => a.lock = Some(val()?),
             "--lock-fence" => a.lock_fence = Some(val()?),
             "--register" => a.register = Some(val()?),
+            "--rwlock" => a.rwlock = Some(val()?),
+            "--rwlock-fence" => a.rwlock_fence = Some(val()?),
+            "--semaphore" => a.semaphore = Some(val()?),
+            "--semaphore-limit" => {
+                let v = val()?;
+                a.semaphore_limit = v.parse().map_err(|_| format!("bad {v}"))?
+            }
             "--write-interval-ms" => {
                 let v = val()?;
                 a.interval = Duration::from_millis(v.parse().map_err(|_| format!("bad {v}"))?)
@@ -300,6 +315,158 @@ async fn lock_loop(
     }
 }
 
+/// A held read lock, write lock or lease.
+enum Shared {
+    Read(coord::rwlock::ReadGuard),
+    Write(coord::rwlock::WriteGuard),
+    Lease(coord::semaphore::Lease),
+}
+
+impl Shared {
+    fn token(&self) -> u64 {
+        match self {
+            Shared::Read(g) => g.fencing_token(),
+            Shared::Write(g) => g.fencing_token(),
+            Shared::Lease(l) => l.fencing_token(),
+        }
+    }
+
+    async fn lost(&self) {
+        match self {
+            Shared::Read(g) => g.lost().await,
+            Shared::Write(g) => g.lost().await,
+            Shared::Lease(l) => l.lost().await,
+        }
+    }
+
+    async fn release(self) -> Result<()> {
+        match self {
+            Shared::Read(g) => g.unlock().await,
+            Shared::Write(g) => g.unlock().await,
+            Shared::Lease(l) => l.release().await,
+        }
+    }
+}
+
+/// What `shared_loop` takes: the read-write lock or the semaphore.
+#[derive(Clone)]
+enum SharedRole {
+    RwLock(coord::rwlock::RwLock),
+    Semaphore(coord::semaphore::Semaphore),
+}
+
+impl SharedRole {
+    /// Waits (at most 3 s) for a hold: `n`-th attempt; one in three of the rwlock's is a write.
+    async fn take(&self, n: u64) -> Result<(&'static str, Shared)> {
+        let wait = Duration::from_secs(3);
+        Ok(match self {
+            SharedRole::RwLock(l) if n % 3 == 0 => (
+                coord_reliability::history::RWLOCK_WRITE,
+                Shared::Write(l.write_timeout(wait).await?),
+            ),
+            SharedRole::RwLock(l) => (
+                coord_reliability::history::RWLOCK_READ,
+                Shared::Read(l.read_timeout(wait).await?),
+            ),
+            SharedRole::Semaphore(s) => (
+                coord_reliability::history::SEMAPHORE,
+                Shared::Lease(
+                    tokio::time::timeout(wait, s.acquire())
+                        .await
+                        .map_err(|_| coord::Error::timeout("no lease within 3 s"))??,
+                ),
+            ),
+        })
+    }
+}
+
+/// Like `lock_loop`, for the read-write lock or the semaphore: holds for a few intervals
+/// (fenced writes while writing, with `fence`), releases, again.
+async fn shared_loop(
+    a: Args,
+    role_of: SharedRole,
+    fence: Option<String>,
+    mut cmds: broadcast::Receiver<String>,
+) -> Result<()> {
+    let mut fence = fence.map(|addr| Fence { addr, conn: None });
+    let mut n: u64 = a.id.bytes().map(u64::from).sum();
+    loop {
+        n += 1;
+        let taken = tokio::select! {
+            r = role_of.take(n) => r,
+            c = cmds.recv() => {
+                if matches!(c.as_deref(), Ok("quit") | Err(broadcast::error::RecvError::Closed)) {
+                    return Ok(());
+                }
+                continue;
+            }
+        };
+        let (role, held) = match taken {
+            Ok(t) => t,
+            Err(coord::Error::Timeout { .. }) => continue,
+            Err(e) => {
+                error(&a.id, "shared", e);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let token = held.token();
+        emit(
+            &a.id,
+            Event::Granted {
+                role: role.into(),
+                token,
+            },
+        );
+        let writer = role == coord_reliability::history::RWLOCK_WRITE;
+        let mut tick = tokio::time::interval(a.interval);
+        let mut ticks = 0;
+        let release = loop {
+            tokio::select! {
+                _ = held.lost() => {
+                    emit(&a.id, Event::Lost { role: role.into(), token });
+                    if writer {
+                        for _ in 0..a.zombie_writes {
+                            fenced_write(&mut fence, &a.id, role, token, true).await;
+                        }
+                    }
+                    break None;
+                }
+                c = cmds.recv() => match c.as_deref() {
+                    Ok("unlock") => break Some(false),
+                    Ok("quit") | Err(broadcast::error::RecvError::Closed) => break Some(true),
+                    _ => {}
+                },
+                _ = tick.tick() => {
+                    if writer {
+                        fenced_write(&mut fence, &a.id, role, token, false).await;
+                    }
+                    ticks += 1;
+                    if ticks >= 3 {
+                        break Some(false);
+                    }
+                }
+            }
+        };
+        if let Some(quit) = release {
+            emit(
+                &a.id,
+                Event::Releasing {
+                    role: role.into(),
+                    token,
+                },
+            );
+            if let Err(e) = held.release().await {
+                error(&a.id, "release", e);
+            }
+            if quit {
+                return Ok(());
+            }
+            tokio::time::sleep(a.interval).await;
+        }
+    }
+}
+
 async fn run(a: Args) -> Result<()> {
     let client = coord::connect(&a.url).await?;
     let (tx, _) = broadcast::channel::<String>(16);
@@ -315,6 +482,15 @@ async fn run(a: Args) -> Result<()> {
     }
     if let Some(name) = a.lock.clone() {
         tasks.spawn(lock_loop(a.clone(), client.clone(), name, tx.subscribe()));
+    }
+    if let Some(name) = a.rwlock.clone() {
+        let role = SharedRole::RwLock(client.rwlock(&name)?);
+        let fence = a.rwlock_fence.clone();
+        tasks.spawn(shared_loop(a.clone(), role, fence, tx.subscribe()));
+    }
+    if let Some(name) = a.semaphore.clone() {
+        let role = SharedRole::Semaphore(client.semaphore(&name, a.semaphore_limit)?);
+        tasks.spawn(shared_loop(a.clone(), role, None, tx.subscribe()));
     }
     // Registers in the background, retrying until it works (a server may be down right now).
     let registration = a.register.clone().map(|service| {
