@@ -157,6 +157,18 @@ pub(crate) enum Cmd {
         /// A service's name
         name: Option<String>,
     },
+    /// Print a semaphore's limit, the holders of its leases and the waiters, in queue order
+    /// (exit 3 if it was never used)
+    Semaphore {
+        /// The semaphore's name
+        name: String,
+    },
+    /// Print the readers and the writer holding a read-write lock and those waiting, in
+    /// queue order
+    Rwlock {
+        /// The read-write lock's name
+        name: String,
+    },
     /// List the URL schemes this coordctl was built with (mem, zk, etcd, consul), one per line
     #[command(
         after_help = "Needs no --url. A scheme that is not listed was left out at build time \

@@ -901,3 +901,67 @@ fn shared_every_command_on_real_backends() {
         assert_eq!(run(u, &["leader", "nobody"]).code, 3);
     }
 }
+
+#[test]
+fn shell_semaphore_and_rwlock_show_holders_and_waiters() {
+    // Queues laid out by hand (as the recipes lay them out): a semaphore of 2 with a holder of
+    // one lease, a waiter for two (it does not fit yet) and one behind it; a read-write lock
+    // with a reader holding, a writer waiting and a reader behind the writer.
+    let o = shell(
+        &["--json"],
+        "semaphore jobs\n\
+         create /semaphores/jobs/limit 2 --parents\n\
+         create /semaphores/jobs/s1-a- --sequential\n\
+         create /semaphores/jobs/s2-b- --sequential\n\
+         create /semaphores/jobs/s1-c- --sequential\n\
+         semaphore jobs\n\
+         rwlock catalog\n\
+         create /rwlocks/catalog/r-a- --sequential --parents\n\
+         create /rwlocks/catalog/w-b- --sequential\n\
+         create /rwlocks/catalog/r-c- --sequential\n\
+         rwlock catalog\n",
+    );
+    // The first `semaphore jobs` found nothing (exit 3); the shell goes on.
+    assert_eq!(o.code, 3, "{}", o.stderr);
+    let v = json_lines(&o.stdout);
+    let sem = v
+        .iter()
+        .find(|x| x.get("semaphore").is_some())
+        .expect("semaphore");
+    assert_eq!(sem["limit"], 2);
+    assert_eq!(sem["held"], 1);
+    assert_eq!(sem["holders"].as_array().map(Vec::len), Some(1));
+    assert_eq!(sem["holders"][0]["leases"], 1);
+    assert_eq!(sem["waiting"].as_array().map(Vec::len), Some(2));
+    assert_eq!(sem["waiting"][0]["leases"], 2);
+    let free = v
+        .iter()
+        .find(|x| x.get("rwlock").is_some())
+        .expect("rwlock");
+    assert_eq!(free["readers"], serde_json::json!([]));
+    let rw = v
+        .iter()
+        .filter(|x| x.get("rwlock").is_some())
+        .nth(1)
+        .expect("rwlock");
+    assert_eq!(rw["readers"].as_array().map(Vec::len), Some(1));
+    assert_eq!(rw["writers"], serde_json::json!([]));
+    let waiting: Vec<&str> = rw["waiting"]
+        .as_array()
+        .expect("waiting")
+        .iter()
+        .map(|w| w["mode"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(waiting, ["write", "read"]);
+    // In plain text too.
+    let o = shell(
+        &[],
+        "create /rwlocks/x/w-a- --sequential --parents\nrwlock x\n",
+    );
+    assert!(
+        o.stdout
+            .contains("rwlock x: 0 reader(s), 1 writer(s) holding, 0 waiting"),
+        "{}",
+        o.stdout
+    );
+}

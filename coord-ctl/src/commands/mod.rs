@@ -3,6 +3,7 @@
 mod lock;
 mod read;
 mod recipes;
+mod rwsem;
 pub(crate) mod shell;
 mod watch;
 mod write;
@@ -63,6 +64,8 @@ pub(crate) async fn run(ctx: &Ctx, client: &Client, cmd: Cmd) -> Outcome {
         Cmd::Elect { election, value } => recipes::elect(ctx, client, election, value).await,
         Cmd::Lock { name, command } => lock::lock(ctx, client, name, command).await,
         Cmd::Services { name } => recipes::services(ctx, client, name).await,
+        Cmd::Semaphore { name } => rwsem::semaphore(ctx, client, name).await,
+        Cmd::Rwlock { name } => rwsem::rwlock(ctx, client, name).await,
         Cmd::Backends => backends(ctx),
         Cmd::Shell { .. } => Err(Failure::new(USAGE, "already in the shell")),
     }
