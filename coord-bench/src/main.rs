@@ -16,6 +16,7 @@ mod guarded;
 mod kernel;
 mod raw;
 mod recipes;
+mod rwsem;
 mod scale;
 mod stats;
 
@@ -33,11 +34,11 @@ const USAGE: &str = "usage: coord-bench [--quick] [--backends mem,zk,etcd,consul
 
 Measures coord on each backend (kernel overhead against the raw client, watch latency,
 election handover clean and crash, herd, registry, scale and memory, guarded write against a
-plain set) and prints a markdown table per backend. Servers are started through coord-testkit
+plain set, read-write lock and semaphore handovers) and prints a markdown table per backend. Servers are started through coord-testkit
 unless COORD_ZK_ENDPOINTS, COORD_ETCD_ENDPOINTS or COORD_CONSUL_ENDPOINTS name running ones.
   --quick       smaller sizes (herd 10/100, 2,000 grandchildren, ...): under two minutes
   --backends    comma-separated subset (default: all four)
-  --only        comma-separated item numbers 1-8 to measure (default: all)
+  --only        comma-separated item numbers 1-9 to measure (default: all)
 ZooKeeper is started with tickTime=50 ms (its session-expiry granularity; COORD_ZK_TICK_MS
 overrides).";
 
@@ -73,8 +74,8 @@ fn parse(args: &[String]) -> Result<Options, String> {
                 o.only = v
                     .split(',')
                     .map(|s| match s.trim().parse::<u8>() {
-                        Ok(n) if (1..=8).contains(&n) => Ok(n),
-                        _ => Err(format!("--only takes item numbers 1-8, not {s:?}")),
+                        Ok(n) if (1..=9).contains(&n) => Ok(n),
+                        _ => Err(format!("--only takes item numbers 1-9, not {s:?}")),
                     })
                     .collect::<Result<_, _>>()?;
             }
@@ -259,6 +260,10 @@ async fn bench_backend(name: &str, sizes: Sizes, only: &[u8], start: Instant) ->
         rows.extend(scale::memory(&cx).await);
     }
     section!(8, "guarded write", guarded::guarded_set(&cx));
+    if wanted(9) {
+        progress(name, "read-write lock and semaphore", start);
+        rows.extend(rwsem::rwlock_and_semaphore(&cx).await);
+    }
     if let Some(raw) = &cx.raw {
         // Best-effort cleanup on servers that outlive the run (etcd, Consul prefixes).
         let ns = format!("bench-{uniq}");
@@ -336,7 +341,8 @@ mod tests {
         assert!(parse(&a(&["--nope"])).is_err());
         assert_eq!(parse(&a(&["--only", "1,4"])).unwrap().only, vec![1, 4]);
         assert_eq!(parse(&a(&["--only", "8"])).unwrap().only, vec![8]);
-        assert!(parse(&a(&["--only", "9"])).is_err());
+        assert_eq!(parse(&a(&["--only", "9"])).unwrap().only, vec![9]);
+        assert!(parse(&a(&["--only", "10"])).is_err());
         assert_eq!(parse(&a(&[])).unwrap().backends.len(), 4);
     }
 }
