@@ -68,9 +68,11 @@ cleanup() {
         kill -KILL "$DOCKERD_PID" 2>/dev/null || true
         wait "$DOCKERD_PID" 2>/dev/null || true
     fi
-    # The vfs data root holds a full copy per image and container: remove it. A container
-    # mount left busy must not fail the run.
-    rm -rf "$DD" 2>/dev/null || { sleep 2; rm -rf "$DD" 2>/dev/null || log "could not remove $DD"; }
+    # dockerd leaves mounts under its exec root (the host netns); then the vfs data root,
+    # which holds a full copy per image and container, goes.
+    awk -v d="$DD/" 'index($2, d) == 1 {print $2}' /proc/mounts | sort -r |
+        while read -r m; do "${SUDO[@]}" umount -l "$m" 2>/dev/null || true; done
+    "${SUDO[@]}" rm -rf "$DD" 2>/dev/null || log "could not remove $DD"
     rm -rf "$DOCKER_CLI_DIR"
     exit "$rc"
 }
