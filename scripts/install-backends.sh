@@ -10,6 +10,8 @@
 #   - etcd 3.4 (bookworm `etcd-server` / `etcd-client`, unpacked into <repo>/.tools/etcd)
 #   - Consul 1.8.7 (bullseye `consul`, fetched with a PRIVATE apt configuration, unpacked into
 #     <repo>/.tools/consul; /etc/apt is never touched)
+#   - ZooKeeper 3.9.3 and etcd 3.5.16 (trixie `libzookeeper-java`, `etcd-server`, the same way,
+#     into <repo>/.tools/zookeeper-3.9.3 and <repo>/.tools/etcd-3.5.16): the newer versions tested
 #
 # Symlinks to etcd, etcdctl and consul are placed in <repo>/.tools/bin.
 # Idempotent: every step checks first and does nothing when already done.
@@ -202,12 +204,80 @@ fi
 ln -sfn "$TOOLS/consul/usr/bin/consul" "$TOOLS/bin/consul"
 
 # ---------------------------------------------------------------------------------------------
+# 3b. The newer server versions the suites are also proven against (issue 19): ZooKeeper 3.9.3
+#     (trixie `libzookeeper-java`; it runs on bookworm's dependency jars) and etcd 3.5.16 (trixie
+#     `etcd-server`), fetched with a PRIVATE apt configuration like Consul, unpacked into
+#     $TOOLS/zookeeper-3.9.3 and $TOOLS/etcd-3.5.16. The tests use them through COORD_ZK_CLASSPATH
+#     and COORD_ETCD_BIN (scripts/test-versions.sh) or as images (scripts/build-test-images.sh).
+# ---------------------------------------------------------------------------------------------
+ZK_NEW=3.9.3
+ETCD_NEW=3.5.16
+if [ -f "$TOOLS/zookeeper-$ZK_NEW/usr/share/java/zookeeper-$ZK_NEW.jar" ] &&
+    [ -x "$TOOLS/etcd-$ETCD_NEW/usr/bin/etcd" ]; then
+    log "zookeeper $ZK_NEW, etcd $ETCD_NEW: already in $TOOLS"
+else
+    MIRROR="$(debian_mirror)"
+    KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
+    LISTS="$TOOLS/apt-lists-trixie"
+    CACHE="$TOOLS/apt-cache-trixie"
+    mkdir -p "$LISTS/partial" "$CACHE/archives/partial"
+    SRC="$WORK/trixie.list"
+    if [ -f "$KEYRING" ]; then
+        echo "deb [signed-by=$KEYRING] $MIRROR trixie main" >"$SRC"
+    else
+        echo "deb $MIRROR trixie main" >"$SRC"
+    fi
+    APT_TRIXIE=(
+        -o "Dir::Etc::SourceList=$SRC"
+        -o "Dir::Etc::SourceParts=/dev/null"
+        -o "Dir::State::Lists=$LISTS"
+        -o "Dir::Cache=$CACHE"
+        -o "Dir::Cache::pkgcache=$CACHE/pkgcache.bin"
+        -o "Dir::Cache::srcpkgcache=$CACHE/srcpkgcache.bin"
+        -o "Dir::Etc::Preferences=/dev/null"
+        -o "Dir::Etc::PreferencesParts=/dev/null"
+        -o "APT::Sandbox::User=root"
+        -o "Acquire::Languages=none"
+    )
+    log "apt-get update (private config: $MIRROR trixie main -> $LISTS)"
+    apt-get "${APT_TRIXIE[@]}" update -q
+    # The exact upstream versions, whatever the Debian revision is.
+    zk_ver="$(apt-cache "${APT_TRIXIE[@]}" madison libzookeeper-java |
+        awk -v v="$ZK_NEW" '$3 ~ "^"v"-" {print $3; exit}')"
+    etcd_ver="$(apt-cache "${APT_TRIXIE[@]}" madison etcd-server |
+        awk -v v="$ETCD_NEW" '$3 ~ "^"v"-" {print $3; exit}')"
+    if [ -z "$zk_ver" ] || [ -z "$etcd_ver" ]; then
+        log "ERROR: trixie has no libzookeeper-java $ZK_NEW-* or etcd-server $ETCD_NEW-*"
+        exit 1
+    fi
+    log "apt-get download libzookeeper-java=$zk_ver etcd-server=$etcd_ver (trixie)"
+    mkdir -p "$WORK/trixie"
+    chmod 777 "$WORK/trixie"
+    cd "$WORK/trixie"
+    apt-get "${APT_TRIXIE[@]}" download -q "libzookeeper-java=$zk_ver" "etcd-server=$etcd_ver"
+    cd "$REPO"
+    for pair in "zookeeper-$ZK_NEW:libzookeeper-java" "etcd-$ETCD_NEW:etcd-server"; do
+        dest="${pair%%:*}"
+        pkg="${pair#*:}"
+        rm -rf "$TOOLS/$dest.partial"
+        mkdir -p "$TOOLS/$dest.partial"
+        log "dpkg -x ${pkg}_*.deb $TOOLS/$dest"
+        dpkg -x "$WORK"/trixie/"${pkg}"_*.deb "$TOOLS/$dest.partial"
+        rm -rf "${TOOLS:?}/$dest"
+        mv "$TOOLS/$dest.partial" "$TOOLS/$dest"
+    done
+    rm -rf "$LISTS" "$CACHE"
+fi
+
+# ---------------------------------------------------------------------------------------------
 # 4. Report
 # ---------------------------------------------------------------------------------------------
 log "etcd:    $TOOLS/bin/etcd -> $TOOLS/etcd/usr/bin/etcd"
 "$TOOLS/bin/etcd" --version | sed 's/^/    /'
 log "etcdctl: $TOOLS/bin/etcdctl"
 ETCDCTL_API=3 "$TOOLS/bin/etcdctl" version | sed 's/^/    /'
+log "etcd $ETCD_NEW: $TOOLS/etcd-$ETCD_NEW/usr/bin/etcd"
+log "zookeeper $ZK_NEW: $TOOLS/zookeeper-$ZK_NEW/usr/share/java/zookeeper-$ZK_NEW.jar"
 log "consul:  $TOOLS/bin/consul -> $TOOLS/consul/usr/bin/consul"
 "$TOOLS/bin/consul" version | sed 's/^/    /'
 log "protoc:  $(command -v protoc)"

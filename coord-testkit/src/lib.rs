@@ -58,6 +58,7 @@
 //! ```
 #![warn(missing_docs, unreachable_pub)]
 
+mod container;
 mod error;
 pub mod harness;
 pub mod hostile;

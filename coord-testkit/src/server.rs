@@ -8,9 +8,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::container::{self, Running};
 use crate::error::Error;
 use crate::probe;
-use crate::supervisor::{Launch, Supervised};
+use crate::supervisor::Launch;
 use crate::util::{self, free_ports, make_temp_dir};
 use crate::Kind;
 
@@ -69,7 +70,7 @@ pub struct Server {
     launch: Launch,
     /// Consul's node name (readiness also waits for the node's `serfHealth` check).
     consul_node: Option<String>,
-    proc: Option<Supervised>,
+    proc: Option<Running>,
 }
 
 impl Server {
@@ -172,12 +173,12 @@ impl Server {
     /// [`stop`](Server::stop) or [`kill`](Server::kill). A server that died by itself keeps
     /// reporting its last pid; [`is_running`](Server::is_running) tells.
     pub fn pid(&self) -> Option<u32> {
-        self.proc.as_ref().map(Supervised::pid)
+        self.proc.as_ref().map(Running::pid)
     }
 
     /// Whether the server process is alive (possibly paused).
     pub fn is_running(&mut self) -> bool {
-        self.proc.as_mut().is_some_and(Supervised::is_running)
+        self.proc.as_mut().is_some_and(Running::is_running)
     }
 
     /// One readiness check, bounded by `timeout`: ZooKeeper answers `srvr` with a `Mode:`
@@ -314,7 +315,12 @@ impl Server {
         if self.proc.is_some() {
             return Ok(());
         }
-        self.proc = Some(Supervised::spawn(&self.dir, &self.log, &self.launch)?);
+        self.proc = Some(Running::spawn(
+            self.kind,
+            &self.dir,
+            &self.log,
+            &self.launch,
+        )?);
         Ok(())
     }
 }
@@ -594,6 +600,13 @@ struct ZkTools {
 }
 
 fn zookeeper_tools() -> Result<ZkTools, Error> {
+    if container::enabled() {
+        // The image has its own JRE and classpath.
+        return Ok(ZkTools {
+            java: PathBuf::from("java"),
+            classpath: String::new(),
+        });
+    }
     Ok(ZkTools {
         java: find_java()?,
         classpath: zookeeper_classpath()?,
@@ -729,6 +742,9 @@ fn write_zookeeper_conf(dir: &Path, cfg: &str, myid: Option<usize>) -> Result<()
 // ---------------------------------------------------------------------------------------------
 
 fn etcd_binary() -> Result<PathBuf, Error> {
+    if container::enabled() {
+        return Ok(PathBuf::from("etcd")); // the image's
+    }
     util::find_binary("etcd", "COORD_ETCD_BIN", "etcd/usr/bin/etcd")
 }
 
@@ -793,6 +809,9 @@ fn prepare_etcd(
 // ---------------------------------------------------------------------------------------------
 
 fn consul_binary() -> Result<PathBuf, Error> {
+    if container::enabled() {
+        return Ok(PathBuf::from("consul")); // the image's
+    }
     util::find_binary("consul", "COORD_CONSUL_BIN", "consul/usr/bin/consul")
 }
 
