@@ -1,6 +1,8 @@
 //! Mixed fleets on ZooKeeper (issue 15): coord contenders in a peer's dialect share one
-//! election with that peer's own code — Curator's LeaderLatch and LeaderSelector (Java), kazoo's
-//! Lock (Python) — started as separate processes (coord-testkit's `peers`). Per dialect: 2 coord
+//! election or lock with that peer's own code — Curator's LeaderLatch, LeaderSelector and
+//! InterProcessMutex (Java), kazoo's Lock as an election and as a lock (Python) — started as
+//! separate processes (coord-testkit's `peers`). Lock holders unlock by themselves after
+//! three writes (the election's leaders are told to resign). Per dialect: 2 coord
 //! and 2 peer processes, 20+ leadership changes by clean resigns, SIGKILLs of the leader (coord
 //! or peer) and new members joining in their place. Every leader writes its fencing token to a
 //! fenced resource; the history checker must find no overlap of live holders, no duplicate or
@@ -33,34 +35,52 @@ const SESSION: Duration = Duration::from_secs(2);
 const INTERVAL: Duration = Duration::from_millis(100);
 /// Bound for one handover (a kill waits for the session's expiry).
 const HANDOVER: Duration = Duration::from_secs(30);
-const ROLE: &str = "election";
-const ELECTION: &str = "mixed";
+const NAME: &str = "mixed";
 
 /// Which peer a scenario runs.
 #[derive(Clone, Copy, Debug)]
 enum Peer {
+    /// Curator's LeaderLatch (an election).
     CuratorLatch,
+    /// Curator's LeaderSelector (an election).
     CuratorSelector,
-    Kazoo,
+    /// Curator's InterProcessMutex (a lock).
+    CuratorMutex,
+    /// kazoo's Lock held as an election (what kazoo's Election does).
+    KazooElection,
+    /// kazoo's Lock.
+    KazooLock,
 }
 
 impl Peer {
     fn dialect(self) -> &'static str {
         match self {
             Peer::CuratorLatch => "curator-latch",
-            Peer::CuratorSelector => "curator-lock",
-            Peer::Kazoo => "kazoo",
+            Peer::CuratorSelector | Peer::CuratorMutex => "curator-lock",
+            Peer::KazooElection | Peer::KazooLock => "kazoo",
+        }
+    }
+
+    /// `election` or `lock`.
+    fn role(self) -> &'static str {
+        match self {
+            Peer::CuratorMutex | Peer::KazooLock => "lock",
+            _ => "election",
         }
     }
 
     fn command(self, zk: &str, id: &str, fence: &str) -> Result<Command, coord_testkit::Error> {
-        let path = format!("/elections/{ELECTION}");
+        let path = match self.role() {
+            "lock" => format!("/locks/{NAME}"),
+            _ => format!("/elections/{NAME}"),
+        };
+        let (i, s) = (INTERVAL, SESSION);
         match self {
-            Peer::CuratorLatch => curator_peer("latch", zk, &path, id, fence, INTERVAL, SESSION),
-            Peer::CuratorSelector => {
-                curator_peer("selector", zk, &path, id, fence, INTERVAL, SESSION)
-            }
-            Peer::Kazoo => kazoo_peer("election", zk, &path, id, fence, INTERVAL, SESSION),
+            Peer::CuratorLatch => curator_peer("latch", zk, &path, id, fence, i, s),
+            Peer::CuratorSelector => curator_peer("selector", zk, &path, id, fence, i, s),
+            Peer::CuratorMutex => curator_peer("mutex", zk, &path, id, fence, i, s),
+            Peer::KazooElection => kazoo_peer("election", zk, &path, id, fence, i, s),
+            Peer::KazooLock => kazoo_peer("lock", zk, &path, id, fence, i, s),
         }
     }
 }
@@ -80,12 +100,16 @@ impl Fleet {
     fn spawn_coord(&mut self) -> String {
         self.next_id += 1;
         let id = format!("coord{}", self.next_id);
+        let (recipe, fence) = match self.peer.role() {
+            "lock" => ("--lock", "--lock-fence"),
+            _ => ("--election", "--fence"),
+        };
         let args = [
             "--url",
             &self.url,
-            "--election",
-            ELECTION,
-            "--fence",
+            recipe,
+            NAME,
+            fence,
             &self.fence_addr,
             "--write-interval-ms",
             "100",
@@ -125,7 +149,7 @@ impl Fleet {
     /// The live holder with the newest grant, once there is exactly one live holder.
     fn holder(&self, after_token: u64) -> (String, u64) {
         self.swarm.wait_for("one live leader", HANDOVER, |recs| {
-            let live: Vec<(String, u64)> = holders(recs, ROLE)
+            let live: Vec<(String, u64)> = holders(recs, self.peer.role())
                 .into_iter()
                 .filter(|(id, _)| !self.killed.contains(id))
                 .collect();
@@ -198,6 +222,7 @@ fn mixed_fleet(peer: Peer, test: &str) {
     });
     fleet.spawn_coord();
     fleet.spawn_peer();
+    let role = peer.role();
     let (mut coord_led, mut peer_led) = (0, 0);
     for change in 0..CHANGES {
         // Observation both ways: the other kind's view names the leader.
@@ -207,7 +232,7 @@ fn mixed_fleet(peer: Peer, test: &str) {
             .keys()
             .find(|id| Fleet::is_coord(id) != Fleet::is_coord(&leader))
             .cloned();
-        if let Some(observer) = observer {
+        if let (Some(observer), "election") = (observer, role) {
             fleet.assert_observed(&observer, &leader);
         }
         if Fleet::is_coord(&leader) {
@@ -223,16 +248,17 @@ fn mixed_fleet(peer: Peer, test: &str) {
             } else {
                 fleet.spawn_peer();
             }
-        } else {
+        } else if role == "election" {
             fleet.swarm.send(&leader, "resign");
         }
+        // (A lock holder unlocks by itself after three writes.)
         (leader, token) = fleet.holder(token);
     }
     let killed = fleet.swarm.quit_all(Duration::from_secs(15));
     let records: Vec<Record> = fleet.swarm.records();
-    let logs = BTreeMap::from([(ROLE.to_owned(), fence.log())]);
+    let logs = BTreeMap::from([(role.to_owned(), fence.log())]);
     let report = history::check(&records, &fleet.swarm.faults, &logs, now_us());
-    let grants = report.grants.get(ROLE).copied().unwrap_or(0);
+    let grants = report.grants.get(role).copied().unwrap_or(0);
     println!(
         "{test}: {grants} grants ({coord_led} while coord led, {peer_led} while a peer led), \
          {} writes accepted, {} stale rejected, {} stale accepted, overlaps {:?}, fenced \
@@ -270,6 +296,16 @@ fn mixed_fleet_curator_selector() {
 }
 
 #[test]
-fn mixed_fleet_kazoo() {
-    mixed_fleet(Peer::Kazoo, "mixed_fleet_kazoo");
+fn mixed_fleet_curator_mutex() {
+    mixed_fleet(Peer::CuratorMutex, "mixed_fleet_curator_mutex");
+}
+
+#[test]
+fn mixed_fleet_kazoo_election() {
+    mixed_fleet(Peer::KazooElection, "mixed_fleet_kazoo_election");
+}
+
+#[test]
+fn mixed_fleet_kazoo_lock() {
+    mixed_fleet(Peer::KazooLock, "mixed_fleet_kazoo_lock");
 }

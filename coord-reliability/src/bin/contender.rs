@@ -314,7 +314,12 @@ async fn observe(a: &Args, client: &Client) {
     let seen = async {
         let e = client.election_with(name, a.dialect)?;
         let all = e.participants().await?;
-        let leader = e.leader().await?;
+        // The first item of `observe` is the current leader (as `leader()` answers it).
+        let mut stream = Box::pin(e.observe().await?);
+        let leader = match futures::StreamExt::next(&mut stream).await {
+            Some(l) => l?,
+            None => e.leader().await?,
+        };
         Ok::<_, coord::Error>((leader, all))
     };
     match seen.await {
