@@ -5,7 +5,7 @@
 // outlives its test). While leading (holding the lock) it writes its fencing token, the
 // ZooKeeper creation zxid of its own node, to the fenced resource every interval.
 //
-// Usage: CuratorPeer latch|selector|mutex CONNECT PATH ID FENCE_HOST:PORT INTERVAL_MS SESSION_MS
+// Usage: CuratorPeer latch|selector|mutex CONNECT PATH ID FENCE_HOST:PORT|- INTERVAL_MS SESSION_MS
 import java.io.BufferedReader;
 import java.io.InputStreamReader;
 import java.io.OutputStreamWriter;
@@ -49,8 +49,12 @@ public class CuratorPeer {
         return ChronoUnit.MICROS.between(Instant.EPOCH, Instant.now());
     }
 
-    static synchronized void emit(String ev, String rest) {
-        System.out.println("{\"t_us\":" + nowUs() + ",\"id\":\"" + id + "\",\"ev\":\"" + ev + "\""
+    static void emit(String ev, String rest) {
+        emitAt(nowUs(), ev, rest);
+    }
+
+    static synchronized void emitAt(long t, String ev, String rest) {
+        System.out.println("{\"t_us\":" + t + ",\"id\":\"" + id + "\",\"ev\":\"" + ev + "\""
                 + (rest.isEmpty() ? "" : "," + rest) + "}");
         System.out.flush();
     }
@@ -64,9 +68,10 @@ public class CuratorPeer {
     }
 
     /** A new term starts: a `resign` meant for an earlier one is void. */
-    static void granted(String role, long token) {
+    /** `since`: when the recipe said we hold the role (before reading our node's czxid). */
+    static void granted(String role, long token, long since) {
         commands.removeIf("resign"::equals);
-        role("granted", role, token);
+        emitAt(since, "granted", "\"role\":" + q(role) + ",\"token\":" + token);
     }
 
     static void role(String ev, String role, long token) {
@@ -74,6 +79,9 @@ public class CuratorPeer {
     }
 
     static void write(String role, long token) {
+        if (fenceAddr.equals("-")) {
+            return; // no fenced resource (the benchmark)
+        }
         try {
             if (fence == null) {
                 String[] hp = fenceAddr.split(":");
@@ -217,8 +225,9 @@ public class CuratorPeer {
                     return;
                 }
             }
+            long since = nowUs();
             long token = client.checkExists().forPath(latch.getOurPath()).getCzxid();
-            granted("election", token);
+            granted("election", token, since);
             String cmd;
             while (true) {
                 if (!latch.hasLeadership()) {
@@ -250,8 +259,9 @@ public class CuratorPeer {
         LeaderSelector sel = new LeaderSelector(client, path, new LeaderSelectorListenerAdapter() {
             @Override
             public void takeLeadership(CuratorFramework c) throws Exception {
+                long since = nowUs();
                 long token = holderToken("lock-");
-                granted("election", token);
+                granted("election", token, since);
                 try {
                     while (true) {
                         write("election", token);
@@ -296,8 +306,9 @@ public class CuratorPeer {
                 }
                 continue;
             }
+            long since = nowUs();
             long token = holderToken("lock-");
-            granted("lock", token);
+            granted("lock", token, since);
             String cmd = null;
             boolean lost = false;
             for (int i = 0; i < 3; i++) {

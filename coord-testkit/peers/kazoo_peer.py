@@ -5,7 +5,7 @@ python3-kazoo): a kazoo Election or Lock speaking the contender's line protocol
 leading (holding the lock) it writes its fencing token, the ZooKeeper creation zxid of its own
 node, to the fenced resource every interval.
 
-Usage: kazoo_peer.py election|lock CONNECT PATH ID FENCE_HOST:PORT INTERVAL_MS SESSION_MS
+Usage: kazoo_peer.py election|lock CONNECT PATH ID FENCE_HOST:PORT|- INTERVAL_MS SESSION_MS
 """
 
 import json
@@ -27,8 +27,8 @@ lost_flag = threading.Event()
 out_lock = threading.Lock()
 
 
-def emit(ev, **rest):
-    rec = {"t_us": time.time_ns() // 1000, "id": ident, "ev": ev}
+def emit(ev, t_us=None, **rest):
+    rec = {"t_us": t_us or time.time_ns() // 1000, "id": ident, "ev": ev}
     rec.update(rest)
     with out_lock:
         sys.stdout.write(json.dumps(rec) + "\n")
@@ -41,11 +41,15 @@ def error(what, e):
 
 class Fence:
     def __init__(self, addr):
-        host, port = addr.rsplit(":", 1)
-        self.addr = (host, int(port))
         self.conn = None
+        self.addr = None
+        if addr != "-":
+            host, port = addr.rsplit(":", 1)
+            self.addr = (host, int(port))
 
     def write(self, role, token):
+        if self.addr is None:
+            return  # no fenced resource (the benchmark)
         try:
             if self.conn is None:
                 s = socket.create_connection(self.addr, timeout=5)
@@ -130,9 +134,10 @@ def worker():
             # form lets the term end on a command.
             if not lock.acquire(timeout=3 if mode == "lock" else None):
                 continue
+            since = time.time_ns() // 1000  # before reading our node's czxid
             drain_resigns()
             token = own_token()
-            emit("granted", role=role, token=token)
+            emit("granted", t_us=since, role=role, token=token)
             cmd = hold(token, 3 if mode == "lock" else 0)
             try:
                 lock.release()

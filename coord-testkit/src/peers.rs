@@ -119,8 +119,9 @@ fn compiled_curator_peer() -> Result<PathBuf, Error> {
 }
 
 /// The command that runs a Curator peer: `mode` is `latch`, `selector` or `mutex`; the
-/// candidate's `id`, the recipe's ZooKeeper `path` (with any chroot in it), the fenced
-/// resource's address, the write interval and the session timeout.
+/// ZooKeeper connect string `zk` (with the chroot, if any), the recipe's `path`, the
+/// candidate's `id`, the fenced resource's address (`-`: none), the write interval and the
+/// session timeout.
 pub fn curator_peer(
     mode: &str,
     zk: &str,
