@@ -62,6 +62,7 @@ mod container;
 mod error;
 pub mod harness;
 pub mod hostile;
+pub mod peers;
 mod probe;
 mod proxy;
 mod server;

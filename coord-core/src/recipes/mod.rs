@@ -38,6 +38,7 @@ pub mod dialect;
 pub mod election;
 mod fencing;
 pub mod group;
+mod hold;
 pub mod lock;
 mod queue;
 pub mod registry;

@@ -4,7 +4,7 @@
 //! contender --url URL --id ID [--election NAME] [--fence ADDR]
 //!           [--lock NAME --lock-fence ADDR] [--register SERVICE]
 //!           [--rwlock NAME [--rwlock-fence ADDR]] [--semaphore NAME --semaphore-limit N]
-//!           [--write-interval-ms 100] [--zombie-writes 0]
+//!           [--write-interval-ms 100] [--zombie-writes 0] [--dialect coord]
 //! ```
 //!
 //! With `--rwlock` it also loops on a read-write lock (one hold in three a write, fenced
@@ -43,6 +43,8 @@ struct Args {
     semaphore_limit: u64,
     interval: Duration,
     zombie_writes: u32,
+    /// The dialect of the election and the lock (`--dialect`, coord's own by default).
+    dialect: coord::dialect::Dialect,
 }
 
 fn parse_args() -> std::result::Result<Args, String> {
@@ -71,6 +73,9 @@ fn parse_args() -> std::result::Result<Args, String> {
             "--write-interval-ms" => {
                 let v = val()?;
                 a.interval = Duration::from_millis(v.parse().map_err(|_| format!("bad {v}"))?)
+            }
+            "--dialect" => {
+                a.dialect = coord::dialect::Dialect::parse(&val()?).map_err(|e| e.to_string())?
             }
             "--zombie-writes" => {
                 let v = val()?;
@@ -170,7 +175,7 @@ async fn election_loop(
     name: String,
     mut cmds: broadcast::Receiver<String>,
 ) -> Result<()> {
-    let election = client.election(&name)?;
+    let election = client.election_with(&name, a.dialect)?;
     let mut fence = a.fence.clone().map(|addr| Fence { addr, conn: None });
     let role = "election";
     loop {
@@ -239,7 +244,7 @@ async fn lock_loop(
     name: String,
     mut cmds: broadcast::Receiver<String>,
 ) -> Result<()> {
-    let lock = client.lock(&name)?;
+    let lock = client.lock_with(&name, a.dialect)?;
     let mut fence = a.lock_fence.clone().map(|addr| Fence { addr, conn: None });
     let role = "lock";
     loop {
@@ -464,6 +469,37 @@ async fn shared_loop(
             }
             tokio::time::sleep(a.interval).await;
         }
+/// Answers `observe`: the election's leader and candidates as coord sees them (ids are the
+/// values the candidates campaigned with).
+async fn observe(a: &Args, client: &Client) {
+    let Some(name) = a.election.as_deref() else {
+        return error(&a.id, "observe", "no --election");
+    };
+    let seen = async {
+        let e = client.election_with(name, a.dialect)?;
+        let all = e.participants().await?;
+        // The first item of `observe` is the current leader (as `leader()` answers it).
+        let mut stream = Box::pin(e.observe().await?);
+        let leader = match futures::StreamExt::next(&mut stream).await {
+            Some(l) => l?,
+            None => e.leader().await?,
+        };
+        Ok::<_, coord::Error>((leader, all))
+    };
+    match seen.await {
+        Ok((leader, all)) => emit(
+            &a.id,
+            Event::Observed {
+                leader: leader
+                    .map(|l| String::from_utf8_lossy(&l.value).into_owned())
+                    .unwrap_or_default(),
+                participants: all
+                    .iter()
+                    .map(|p| String::from_utf8_lossy(&p.value).into_owned())
+                    .collect(),
+            },
+        ),
+        Err(e) => error(&a.id, "observe", e),
     }
 }
 
@@ -541,12 +577,17 @@ async fn run(a: Args) -> Result<()> {
     }
     // Commands from stdin; EOF means quit.
     let stdin_tx = tx.clone();
+    let (obs_args, obs_client) = (a.clone(), client.clone());
     tokio::spawn(async move {
         let mut lines = BufReader::new(tokio::io::stdin()).lines();
         loop {
             match lines.next_line().await {
                 Ok(Some(l)) => {
                     let l = l.trim().to_owned();
+                    if l == "observe" {
+                        observe(&obs_args, &obs_client).await;
+                        continue;
+                    }
                     let quit = l == "quit";
                     let _ = stdin_tx.send(l);
                     if quit {
