@@ -34,6 +34,7 @@ use crate::kernel::{Backend, Session};
 use crate::mem::{MemBackend, MemSession};
 use crate::Client;
 
+pub mod barrier;
 pub mod fencing;
 pub mod kernel;
 pub mod recipes;
@@ -267,6 +268,17 @@ macro_rules! conformance_tests {
                 guarded_write_rules,
                 guarded_write_refused_after_loss,
                 deposed_leader_cannot_write,
+            ],
+            barrier: [
+                barrier_set_wait_remove,
+                barrier_setter_session_expiry,
+                double_barrier_enter_leave,
+                double_barrier_rounds,
+                double_barrier_cancel_and_bad_counts,
+                double_barrier_member_session_expiry,
+                counter_basics,
+                counter_exact_under_contention,
+                counter_changes_stream,
             ]
         );
     };
@@ -298,6 +310,7 @@ macro_rules! __conformance_each {
 /// The suite's source files, by module. Their test functions are every top-level
 /// `pub async fn` (helpers there are private).
 const SOURCES: &[(&str, &str)] = &[
+    ("barrier", include_str!("barrier.rs")),
     ("fencing", include_str!("fencing.rs")),
     ("kernel", include_str!("kernel.rs")),
     ("recipes", include_str!("recipes.rs")),

@@ -1,6 +1,9 @@
 //! The recipes, written once over the kernel traits: they run unchanged on every backend.
 
+pub mod barrier;
+pub mod counter;
 pub mod dialect;
+pub mod double_barrier;
 pub mod election;
 mod fencing;
 pub mod group;

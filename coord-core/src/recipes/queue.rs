@@ -475,7 +475,11 @@ impl Waiting<'_> {
 /// (a restarted Consul agent: the watches resync before the session observer reports
 /// Expired), so a session that still looks alive gets up to its TTL to report its end: the
 /// error is then the documented `SessionExpired`, not `NotFound`.
-async fn own_node_gone(session: &dyn Session, states: &mut SessionStates, path: &Path) -> Error {
+pub(crate) async fn own_node_gone(
+    session: &dyn Session,
+    states: &mut SessionStates,
+    path: &Path,
+) -> Error {
     let ended = tokio::time::timeout(session.ttl(), async {
         loop {
             match states.next().await {
