@@ -11,6 +11,7 @@
 #![warn(missing_docs)]
 
 mod consul_agent;
+mod counter;
 mod cx;
 mod guarded;
 mod kernel;
@@ -33,11 +34,12 @@ const USAGE: &str = "usage: coord-bench [--quick] [--backends mem,zk,etcd,consul
 
 Measures coord on each backend (kernel overhead against the raw client, watch latency,
 election handover clean and crash, herd, registry, scale and memory, guarded write against a
-plain set) and prints a markdown table per backend. Servers are started through coord-testkit
-unless COORD_ZK_ENDPOINTS, COORD_ETCD_ENDPOINTS or COORD_CONSUL_ENDPOINTS name running ones.
+plain set, counter adds under contention) and prints a markdown table per backend. Servers are
+started through coord-testkit unless COORD_ZK_ENDPOINTS, COORD_ETCD_ENDPOINTS or
+COORD_CONSUL_ENDPOINTS name running ones.
   --quick       smaller sizes (herd 10/100, 2,000 grandchildren, ...): under two minutes
   --backends    comma-separated subset (default: all four)
-  --only        comma-separated item numbers 1-8 to measure (default: all)
+  --only        comma-separated item numbers 1-8, 11 to measure (default: all)
 ZooKeeper is started with tickTime=50 ms (its session-expiry granularity; COORD_ZK_TICK_MS
 overrides).";
 
@@ -73,8 +75,8 @@ fn parse(args: &[String]) -> Result<Options, String> {
                 o.only = v
                     .split(',')
                     .map(|s| match s.trim().parse::<u8>() {
-                        Ok(n) if (1..=8).contains(&n) => Ok(n),
-                        _ => Err(format!("--only takes item numbers 1-8, not {s:?}")),
+                        Ok(n) if (1..=8).contains(&n) || n == 11 => Ok(n),
+                        _ => Err(format!("--only takes item numbers 1-8 or 11, not {s:?}")),
                     })
                     .collect::<Result<_, _>>()?;
             }
@@ -259,6 +261,7 @@ async fn bench_backend(name: &str, sizes: Sizes, only: &[u8], start: Instant) ->
         rows.extend(scale::memory(&cx).await);
     }
     section!(8, "guarded write", guarded::guarded_set(&cx));
+    section!(11, "counter adds", counter::adds_per_second(&cx));
     if let Some(raw) = &cx.raw {
         // Best-effort cleanup on servers that outlive the run (etcd, Consul prefixes).
         let ns = format!("bench-{uniq}");

@@ -1,5 +1,6 @@
 //! One function per subcommand, and what they share: the Ctrl-C listeners.
 
+mod counter;
 mod lock;
 mod read;
 mod recipes;
@@ -63,6 +64,7 @@ pub(crate) async fn run(ctx: &Ctx, client: &Client, cmd: Cmd) -> Outcome {
         Cmd::Elect { election, value } => recipes::elect(ctx, client, election, value).await,
         Cmd::Lock { name, command } => lock::lock(ctx, client, name, command).await,
         Cmd::Services { name } => recipes::services(ctx, client, name).await,
+        Cmd::Counter { name, add } => counter::counter(ctx, client, name, add).await,
         Cmd::Backends => backends(ctx),
         Cmd::Shell { .. } => Err(Failure::new(USAGE, "already in the shell")),
     }
