@@ -30,8 +30,8 @@
 //! # What this crate exports
 //!
 //! - [`connect`] and [`connect_backend`]; [`Client`], the handle the recipes hang off.
-//! - The recipes: [`election`], [`registry`], [`lock`], [`group`], and [`recipes`] for the
-//!   types they share ([`recipes::HoldState`], [`recipes::SuspendPolicy`]).
+//! - The recipes: [`election`], [`registry`], [`lock`], [`group`], [`barrier`],
+//!   [`double_barrier`], [`counter`], and [`recipes`] for the types they share ([`recipes::HoldState`], [`recipes::SuspendPolicy`]).
 //! - The kernel, for key operations and custom sessions: the traits [`Backend`] and
 //!   [`Session`], their value types ([`CreateMode`], [`Created`], [`Node`], [`Stat`],
 //!   [`Version`], [`KeyEvent`], [`ChildrenEvent`], the watch streams, [`SessionId`],
@@ -64,7 +64,9 @@ pub use coord_core::kernel::{
 };
 pub use coord_core::mem;
 pub use coord_core::path::{self, Path};
-pub use coord_core::recipes::{self, election, group, lock, registry};
+pub use coord_core::recipes::{
+    self, barrier, counter, double_barrier, election, group, lock, registry,
+};
 pub use coord_core::url::ConnectUrl;
 
 /// The ZooKeeper adapter (the `coord-zk` crate), for what only ZooKeeper sessions have.
