@@ -219,7 +219,7 @@ impl DoubleBarrier {
                     delete_at(backend, &ready, r.stat.version).await?;
                     continue;
                 }
-                wait_change(session, states, ready_events, Some(children_events)).await?;
+                wait_change(session, states, ready_events, children_events).await?;
                 continue;
             }
             let (names, children_events) = backend.watch_children(&self.dir).await?;
@@ -243,7 +243,7 @@ impl DoubleBarrier {
                     Err(e) => return Err(e),
                 }
             }
-            wait_change(session, states, ready_events, Some(children_events)).await?;
+            wait_change(session, states, ready_events, children_events).await?;
         }
     }
 }
@@ -411,7 +411,7 @@ async fn wait_change(
     session: &dyn Session,
     states: &mut SessionStates,
     mut ready: KeyWatch,
-    mut children: Option<ChildrenWatch>,
+    mut children: ChildrenWatch,
 ) -> Result<()> {
     loop {
         tokio::select! {
@@ -420,12 +420,7 @@ async fn wait_change(
                 // A change, or a broken watch: look again (a fresh watch is set up).
                 _ => Ok(()),
             },
-            ev = async {
-                match children.as_mut() {
-                    Some(c) => c.next().await,
-                    None => std::future::pending().await,
-                }
-            } => return match ev {
+            ev = children.next() => return match ev {
                 Some(Err(e)) if !e.is_retryable() => Err(e),
                 _ => Ok(()),
             },
