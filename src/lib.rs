@@ -31,7 +31,8 @@
 //!
 //! - [`connect`] and [`connect_backend`]; [`Client`], the handle the recipes hang off.
 //! - The recipes: [`election`], [`registry`], [`lock`], [`rwlock`], [`semaphore`], [`group`],
-//!   and [`recipes`] for the types they share ([`recipes::HoldState`], [`recipes::SuspendPolicy`]).
+//!   [`barrier`], [`double_barrier`], [`counter`], and [`recipes`] for the types they share
+//!   ([`recipes::HoldState`], [`recipes::SuspendPolicy`]).
 //! - The kernel, for key operations and custom sessions: the traits [`Backend`] and
 //!   [`Session`], their value types ([`CreateMode`], [`Created`], [`Node`], [`Stat`],
 //!   [`Version`], [`KeyEvent`], [`ChildrenEvent`], the watch streams, [`SessionId`],
@@ -64,7 +65,10 @@ pub use coord_core::kernel::{
 };
 pub use coord_core::mem;
 pub use coord_core::path::{self, Path};
-pub use coord_core::recipes::{self, dialect, election, group, lock, registry, rwlock, semaphore};
+pub use coord_core::recipes::{
+    self, barrier, counter, dialect, double_barrier, election, group, lock, registry, rwlock,
+    semaphore,
+};
 pub use coord_core::url::ConnectUrl;
 
 /// The ZooKeeper adapter (the `coord-zk` crate), for what only ZooKeeper sessions have.

@@ -42,6 +42,8 @@ pub struct Sizes {
     pub list_rounds: usize,
     /// Sessions / watches / registrations in the memory phases.
     pub mem_n: usize,
+    /// Adds per client of the counter phases (item 11).
+    pub counter_adds: usize,
 }
 
 impl Sizes {
@@ -63,6 +65,7 @@ impl Sizes {
             grandchildren: 100_000,
             list_rounds: 200,
             mem_n: 1000,
+            counter_adds: 500,
         }
     }
 
@@ -84,6 +87,7 @@ impl Sizes {
             grandchildren: 2_000,
             list_rounds: 50,
             mem_n: 200,
+            counter_adds: 100,
         }
     }
 }

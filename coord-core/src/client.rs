@@ -34,6 +34,7 @@ use crate::error::{Error, Result};
 use crate::kernel::{Backend, CreateMode, Created, Session, SessionOptions, SessionState};
 use crate::path::Path;
 use crate::recipes::dialect::Dialect;
+use crate::recipes::{barrier::Barrier, counter::Counter, double_barrier::DoubleBarrier};
 use crate::recipes::{election::Election, group::Group, lock::Lock, registry::Registry};
 
 /// How long each step of [`Client::shutdown`] may take.
@@ -309,6 +310,24 @@ impl Client {
     /// The group `name`, stored under `/groups/<name>`.
     pub fn group(&self, name: &str) -> Result<Group> {
         Ok(Group::new(self, Path::new("/groups")?.join(name)?))
+    }
+
+    /// The barrier `name`, stored at `/barriers/<name>` (tied to the setter's session by
+    /// default: see [`crate::barrier`]).
+    pub fn barrier(&self, name: &str) -> Result<Barrier> {
+        Ok(Barrier::new(self, Path::new("/barriers")?.join(name)?))
+    }
+
+    /// The double barrier `name` for `members` members, stored under
+    /// `/double-barriers/<name>`: [`Error::InvalidArgument`] unless `1 <= members <=`
+    /// [`MAX_MEMBERS`](crate::double_barrier::MAX_MEMBERS).
+    pub fn double_barrier(&self, name: &str, members: usize) -> Result<DoubleBarrier> {
+        DoubleBarrier::new(self, Path::new("/double-barriers")?.join(name)?, members)
+    }
+
+    /// The shared counter `name`, stored at `/counters/<name>`.
+    pub fn counter(&self, name: &str) -> Result<Counter> {
+        Ok(Counter::new(self, Path::new("/counters")?.join(name)?))
     }
 
     /// The service registry, stored under `/services`.

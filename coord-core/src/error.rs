@@ -231,6 +231,17 @@ pub enum Error {
         /// The limit this client asked for.
         requested: u64,
     },
+    /// An arithmetic change of a stored number (a [`crate::counter::Counter`]'s add) would
+    /// leave its range. Nothing was written; not retryable.
+    #[error("overflow: {value} + {delta} at {path} leaves the range of i64; nothing was written")]
+    Overflow {
+        /// The key holding the number.
+        path: String,
+        /// The value stored.
+        value: i64,
+        /// The change asked for.
+        delta: i64,
+    },
     /// The client was closed.
     #[error("client closed")]
     Closed,

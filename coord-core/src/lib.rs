@@ -28,5 +28,7 @@ pub use kernel::{
     SessionState, SessionStates, Stat, Version, WriteOp, WriteResult,
 };
 pub use path::Path;
-pub use recipes::{dialect, election, group, lock, registry, rwlock, semaphore};
+pub use recipes::{
+    barrier, counter, dialect, double_barrier, election, group, lock, registry, rwlock, semaphore,
+};
 pub use url::ConnectUrl;

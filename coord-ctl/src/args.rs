@@ -179,6 +179,15 @@ pub(crate) enum Cmd {
         /// The read-write lock's name
         name: String,
     },
+    /// Print a shared counter's value (0 if it was never written); with --add N, add N
+    /// (exactly once, however many others add at the same time) and print the new value
+    Counter {
+        /// The counter's name
+        name: String,
+        /// The amount to add (may be negative: --add=-3)
+        #[arg(long, value_name = "N", allow_hyphen_values = true)]
+        add: Option<i64>,
+    },
     /// List the URL schemes this coordctl was built with (mem, zk, etcd, consul), one per line
     #[command(
         after_help = "Needs no --url. A scheme that is not listed was left out at build time \

@@ -983,3 +983,25 @@ fn dialect_flag_is_parsed_and_checked_against_the_backend() {
     // coord's own dialect is the default and runs on mem.
     assert_eq!(mem(&["leader", "--dialect", "coord", "sched"]).code, 3);
 }
+
+#[test]
+fn counter_reads_and_adds() {
+    let o = shell(
+        &[],
+        "counter hits\ncounter hits --add 5\ncounter hits --add=-7\ncounter hits\n",
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let lines: Vec<&str> = o.stdout.lines().collect();
+    assert_eq!(lines, ["0", "5", "-2", "-2"], "{}", o.stdout);
+    let o = shell(&["--json"], "counter hits --add 3\n");
+    assert_eq!(json_lines(&o.stdout)[0]["value"], 3);
+    // A value that is not a counter: a typed error (exit 1), nothing overwritten.
+    let o = shell(
+        &[],
+        "create /counters/bad abc -p\ncounter bad --add 1\nget /counters/bad\n",
+    );
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert!(o.stderr.contains("malformed"), "{}", o.stderr);
+    assert!(o.stdout.contains("abc"), "{}", o.stdout);
+    assert_eq!(mem(&["counter", "a/b"]).code, 2);
+}

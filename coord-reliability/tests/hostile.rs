@@ -154,6 +154,7 @@ async fn hostile_input(client: &Client, label: &str) {
             "{label}: try_acquire_many({leases}): {r:?}"
         );
     }
+    barrier_and_counter_input(client, label).await;
     // Nothing was written by any of the above.
     let root = Path::root();
     let left = bounded("children", client.children(&root)).await;
@@ -226,6 +227,54 @@ async fn hostile_input(client: &Client, label: &str) {
             .expect("delete dir");
     }
     let _ = bounded("close", client.close()).await;
+}
+
+/// Barriers, double barriers and counters: bad names and member counts of 0 or above the
+/// maximum are typed errors before any I/O.
+async fn barrier_and_counter_input(client: &Client, label: &str) {
+    for bad in hostile::bad_names() {
+        let e = client.barrier(&bad).err();
+        assert!(
+            e.as_ref().is_some_and(is_invalid_name),
+            "{label}: barrier {bad:?}: {e:?}"
+        );
+        let e = client.double_barrier(&bad, 2).err();
+        assert!(
+            e.as_ref().is_some_and(is_invalid_name),
+            "{label}: double barrier {bad:?}: {e:?}"
+        );
+        let e = client.counter(&bad).err();
+        assert!(
+            e.as_ref().is_some_and(is_invalid_name),
+            "{label}: counter {bad:?}: {e:?}"
+        );
+    }
+    let max = coord::double_barrier::MAX_MEMBERS;
+    for n in [0, max + 1, usize::MAX] {
+        let e = client.double_barrier("db", n).err();
+        assert!(
+            matches!(e, Some(Error::InvalidArgument(_))),
+            "{label}: double barrier of {n} members: {e:?}"
+        );
+    }
+    // A counter at the edge of i64: the add that would wrap is refused, the value kept.
+    let counter = client.counter("edge").expect("name");
+    let r = bounded("counter cas", counter.compare_and_set(0, i64::MAX)).await;
+    assert_eq!(r, Ok(true), "{label}: counter cas");
+    let r = bounded("counter add", counter.add(1)).await;
+    assert!(
+        matches!(r, Err(Error::Overflow { .. })),
+        "{label}: counter overflow: {r:?}"
+    );
+    let r = bounded("counter get", counter.get()).await;
+    assert_eq!(r, Ok(i64::MAX), "{label}: an overflowing add wrote");
+    bounded("delete", client.delete(counter.path(), None))
+        .await
+        .expect("delete counter");
+    let counters = Path::new("/counters").expect("path");
+    bounded("delete", client.delete(&counters, None))
+        .await
+        .expect("delete /counters");
 }
 
 fn backend_url(kind: Kind) -> Option<String> {

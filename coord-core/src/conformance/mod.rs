@@ -35,6 +35,7 @@ use crate::kernel::{Backend, Session};
 use crate::mem::{MemBackend, MemSession};
 use crate::Client;
 
+pub mod barrier;
 pub mod fencing;
 pub mod kernel;
 pub mod recipes;
@@ -329,6 +330,17 @@ macro_rules! conformance_tests {
                 semaphore_release_wakes_few,
                 semaphore_try_timeout_cancel_and_bad_input,
                 semaphore_session_expiry,
+            ],
+            barrier: [
+                barrier_set_wait_remove,
+                barrier_setter_session_expiry,
+                double_barrier_enter_leave,
+                double_barrier_rounds,
+                double_barrier_cancel_and_bad_counts,
+                double_barrier_member_session_expiry,
+                counter_basics,
+                counter_exact_under_contention,
+                counter_changes_stream,
             ]
         );
     };
@@ -467,6 +479,7 @@ macro_rules! __conformance_each {
 /// The suite's source files, by module. Their test functions are every top-level
 /// `pub async fn` (helpers there are private).
 const SOURCES: &[(&str, &str)] = &[
+    ("barrier", include_str!("barrier.rs")),
     ("fencing", include_str!("fencing.rs")),
     ("kernel", include_str!("kernel.rs")),
     ("recipes", include_str!("recipes.rs")),

@@ -34,7 +34,10 @@ macro_rules! held_role_methods {
     };
 }
 
+pub mod barrier;
+pub mod counter;
 pub mod dialect;
+pub mod double_barrier;
 pub mod election;
 mod fencing;
 pub mod group;

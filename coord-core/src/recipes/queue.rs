@@ -398,7 +398,17 @@ pub(crate) async fn acquire(
         tag: "c",
         rule: Rule::Exclusive,
     };
-    acquire_in(client, dir, layout, value, policy, try_only, instruments, exclusive).await
+    acquire_in(
+        client,
+        dir,
+        layout,
+        value,
+        policy,
+        try_only,
+        instruments,
+        exclusive,
+    )
+    .await
 }
 
 /// A candidate's tag (the start of its node's name) and its rule.
@@ -420,7 +430,17 @@ pub(crate) async fn acquire_as(
     instruments: &Instruments,
     kind: Kind<'_>,
 ) -> Result<Acquire> {
-    acquire_in(client, dir, Layout::Coord, value, policy, try_only, instruments, kind).await
+    acquire_in(
+        client,
+        dir,
+        Layout::Coord,
+        value,
+        policy,
+        try_only,
+        instruments,
+        kind,
+    )
+    .await
 }
 
 /// [`acquire_as`] in `layout` (the peers' layouts take only [`Rule::Exclusive`]).
@@ -778,7 +798,11 @@ impl Waiting<'_> {
 /// (a restarted Consul agent: the watches resync before the session observer reports
 /// Expired), so a session that still looks alive gets up to its TTL to report its end: the
 /// error is then the documented `SessionExpired`, not `NotFound`.
-async fn own_node_gone(session: &dyn Session, states: &mut SessionStates, path: &Path) -> Error {
+pub(crate) async fn own_node_gone(
+    session: &dyn Session,
+    states: &mut SessionStates,
+    path: &Path,
+) -> Error {
     let ended = tokio::time::timeout(session.ttl(), async {
         loop {
             match states.next().await {

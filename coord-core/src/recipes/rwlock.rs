@@ -189,7 +189,8 @@ impl RwLock {
     /// Every queued candidate in order, with whether it holds (for operators: `coordctl
     /// rwlock`). Empty if the lock was never used.
     pub async fn candidates(&self) -> Result<Vec<RwCandidate>> {
-        let entries = queue::entries(&**self.client.backend(), &self.path, queue::Layout::Coord).await?;
+        let entries =
+            queue::entries(&**self.client.backend(), &self.path, queue::Layout::Coord).await?;
         Ok(entries
             .iter()
             .enumerate()

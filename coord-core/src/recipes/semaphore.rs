@@ -210,7 +210,8 @@ impl Semaphore {
     /// semaphore`), computed with the stored limit (this handle's if none is stored).
     pub async fn candidates(&self) -> Result<Vec<SemaphoreCandidate>> {
         let limit = self.stored_limit().await?.unwrap_or(self.limit);
-        let entries = queue::entries(&**self.client.backend(), &self.path, queue::Layout::Coord).await?;
+        let entries =
+            queue::entries(&**self.client.backend(), &self.path, queue::Layout::Coord).await?;
         Ok(entries
             .iter()
             .enumerate()

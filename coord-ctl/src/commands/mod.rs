@@ -1,5 +1,6 @@
 //! One function per subcommand, and what they share: the Ctrl-C listeners.
 
+mod counter;
 mod lock;
 mod read;
 mod recipes;
@@ -76,6 +77,7 @@ pub(crate) async fn run(ctx: &Ctx, client: &Client, cmd: Cmd) -> Outcome {
         Cmd::Services { name } => recipes::services(ctx, client, name).await,
         Cmd::Semaphore { name } => rwsem::semaphore(ctx, client, name).await,
         Cmd::Rwlock { name } => rwsem::rwlock(ctx, client, name).await,
+        Cmd::Counter { name, add } => counter::counter(ctx, client, name, add).await,
         Cmd::Backends => backends(ctx),
         Cmd::Shell { .. } => Err(Failure::new(USAGE, "already in the shell")),
     }
