@@ -964,6 +964,9 @@ fn shell_semaphore_and_rwlock_show_holders_and_waiters() {
         "{}",
         o.stdout
     );
+}
+
+#[test]
 fn dialect_flag_is_parsed_and_checked_against_the_backend() {
     // An unknown dialect is a usage error naming the dialects.
     let o = mem(&["leader", "--dialect", "zab", "sched"]);
