@@ -469,6 +469,9 @@ async fn shared_loop(
             }
             tokio::time::sleep(a.interval).await;
         }
+    }
+}
+
 /// Answers `observe`: the election's leader and candidates as coord sees them (ids are the
 /// values the candidates campaigned with).
 async fn observe(a: &Args, client: &Client) {
