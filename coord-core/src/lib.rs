@@ -28,5 +28,5 @@ pub use kernel::{
     SessionState, SessionStates, Stat, Version, WriteOp, WriteResult,
 };
 pub use path::Path;
-pub use recipes::{dialect, election, group, lock, registry};
+pub use recipes::{dialect, election, group, lock, partitioner, registry, tree_cache};
 pub use url::ConnectUrl;

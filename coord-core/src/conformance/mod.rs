@@ -37,6 +37,8 @@ use crate::Client;
 pub mod fencing;
 pub mod kernel;
 pub mod recipes;
+pub mod partitioner;
+pub mod tree_cache;
 
 /// What the suite needs from a backend under test.
 #[async_trait]
@@ -267,6 +269,19 @@ macro_rules! conformance_tests {
                 guarded_write_rules,
                 guarded_write_refused_after_loss,
                 deposed_leader_cannot_write,
+            ],
+            partitioner: [
+                partitioner_members_agree_and_rebalance,
+                partitioner_weights_from_member_data,
+                partitioner_bad_input_writes_nothing,
+                partitioner_cancel_and_shutdown,
+            ],
+            tree_cache: [
+                tree_cache_mirrors_subtree,
+                tree_cache_root_comes_and_goes,
+                tree_cache_follows_session_expiry,
+                tree_cache_bounds_are_typed,
+                tree_cache_cancel_and_shutdown,
             ]
         );
     };
@@ -301,6 +316,8 @@ const SOURCES: &[(&str, &str)] = &[
     ("fencing", include_str!("fencing.rs")),
     ("kernel", include_str!("kernel.rs")),
     ("recipes", include_str!("recipes.rs")),
+    ("partitioner", include_str!("partitioner.rs")),
+    ("tree_cache", include_str!("tree_cache.rs")),
 ];
 
 /// Every test function of the suite, as `module::name`, read from the sources.

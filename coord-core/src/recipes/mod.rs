@@ -5,8 +5,10 @@ pub mod election;
 mod fencing;
 pub mod group;
 pub mod lock;
+pub mod partitioner;
 mod queue;
 pub mod registry;
 pub mod supervisor;
+pub mod tree_cache;
 
 pub use queue::{HoldState, SuspendPolicy};
