@@ -36,8 +36,8 @@ use crate::Client;
 
 pub mod fencing;
 pub mod kernel;
-pub mod recipes;
 pub mod partitioner;
+pub mod recipes;
 pub mod tree_cache;
 
 /// What the suite needs from a backend under test.

@@ -22,7 +22,11 @@ async fn sees(h: &dyn Harness, p: &Partitioner, ids: &[&str]) -> Arc<Assignment>
             if now == want {
                 return a;
             }
-            assert!(p.changed().await, "the partitioner stopped: {:?}", p.state());
+            assert!(
+                p.changed().await,
+                "the partitioner stopped: {:?}",
+                p.state()
+            );
         }
     })
     .await
@@ -120,7 +124,10 @@ pub async fn partitioner_weights_from_member_data(h: &dyn Harness) {
     let c = client(h).await;
     let g = c.group("weighted").unwrap();
     let _a = g.join("heavy", &weight_data(3)).await.unwrap();
-    let _b = g.join("light", br#"{"weight":1,"zone":"b"}"#).await.unwrap();
+    let _b = g
+        .join("light", br#"{"weight":1,"zone":"b"}"#)
+        .await
+        .unwrap();
     let _c = g.join("idle", &weight_data(0)).await.unwrap();
     let p = g.partitioner(1024).await.unwrap();
     let a = sees(h, &p, &["heavy", "idle", "light"]).await;
@@ -150,9 +157,15 @@ pub async fn partitioner_bad_input_writes_nothing(h: &dyn Harness) {
     let g = c.group("hostile-pool").unwrap();
     for count in [0, MAX_PARTITIONS + 1, u32::MAX] {
         let r = g.partitioner(count).await;
-        assert!(matches!(r, Err(Error::InvalidArgument(_))), "{count}: {r:?}");
+        assert!(
+            matches!(r, Err(Error::InvalidArgument(_))),
+            "{count}: {r:?}"
+        );
         let r = g.join_partitioned("m", b"", count).await;
-        assert!(matches!(r, Err(Error::InvalidArgument(_))), "{count}: {r:?}");
+        assert!(
+            matches!(r, Err(Error::InvalidArgument(_))),
+            "{count}: {r:?}"
+        );
     }
     for id in ["a/b", "", "..", "bad\u{0}id"] {
         let r = g.join_partitioned(id, b"", 8).await;
@@ -172,7 +185,14 @@ pub async fn partitioner_bad_input_writes_nothing(h: &dyn Harness) {
 pub async fn partitioner_cancel_and_shutdown(h: &dyn Harness) {
     let c = client(h).await;
     let g = c.group("stoppable").unwrap();
-    let _m = g.join("only", b"").await.unwrap();
+    // The member joins through another client: the shutdown below does not remove it.
+    let member = client(h).await;
+    let _m = member
+        .group("stoppable")
+        .unwrap()
+        .join("only", b"")
+        .await
+        .unwrap();
     // Cancelled at its first await, and again at a later one.
     for polls in [1usize, 3] {
         let mut fut = Box::pin(g.partitioner(8));
@@ -193,7 +213,10 @@ pub async fn partitioner_cancel_and_shutdown(h: &dyn Harness) {
     })
     .await;
     assert!(!p.changed().await);
-    assert_eq!(within(h, "the end of changes()", changes.next()).await, None);
+    assert_eq!(
+        within(h, "the end of changes()", changes.next()).await,
+        None
+    );
     // The last assignment stays readable.
     assert_eq!(p.owner(b"k").as_deref(), Some("only"));
 }

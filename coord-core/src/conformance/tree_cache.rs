@@ -86,9 +86,12 @@ pub async fn tree_cache_mirrors_subtree(h: &dyn Harness) {
     put(&other, "/cfg/a/y", b"new").await;
     until(h, "Added /cfg/a/y", &mut events, added("/cfg/a/y")).await;
     let stat = other.set(&p("/cfg/b"), b"3", None).await.unwrap();
-    let ev = until(h, "Updated /cfg/b", &mut events, |ev| {
-        matches!(ev, TreeEvent::Updated(n) if n.path.as_str() == "/cfg/b")
-    })
+    let ev = until(
+        h,
+        "Updated /cfg/b",
+        &mut events,
+        |ev| matches!(ev, TreeEvent::Updated(n) if n.path.as_str() == "/cfg/b"),
+    )
     .await;
     let TreeEvent::Updated(n) = ev else {
         unreachable!()
@@ -166,7 +169,10 @@ pub async fn tree_cache_bounds_are_typed(h: &dyn Harness) {
         .await
         .unwrap();
     assert_eq!(shallow.len(), 5);
-    assert_eq!(shallow.children(&p("/big/n0")).unwrap(), Vec::<String>::new());
+    assert_eq!(
+        shallow.children(&p("/big/n0")).unwrap(),
+        Vec::<String>::new()
+    );
     let only_root = c
         .tree_cache_with(&p("/big"), TreeCacheOptions::new().max_depth(0))
         .await
@@ -218,7 +224,10 @@ pub async fn tree_cache_cancel_and_shutdown(h: &dyn Harness) {
     let dropped = c.tree_cache(&p("/cc")).await.unwrap();
     let mut ended: Events = Box::pin(dropped.events());
     drop(dropped);
-    assert_eq!(within(h, "the end of a dropped cache's events", ended.next()).await, None);
+    assert_eq!(
+        within(h, "the end of a dropped cache's events", ended.next()).await,
+        None
+    );
 
     let cache = c.tree_cache(&p("/cc")).await.unwrap();
     let copy = cache.clone();

@@ -99,7 +99,9 @@ fn parse_weight(data: &[u8]) -> std::result::Result<u32, String> {
     let found = match obj.get("weight") {
         Some(w) => w.as_u64().map(Some).ok_or_else(|| w.to_string())?,
         None => match obj.get("metadata").and_then(|m| m.get("weight")) {
-            Some(serde_json::Value::String(s)) => Some(s.trim().parse::<u64>().map_err(|_| s.clone())?),
+            Some(serde_json::Value::String(s)) => {
+                Some(s.trim().parse::<u64>().map_err(|_| s.clone())?)
+            }
             Some(other) => return Err(other.to_string()),
             None => None,
         },
@@ -577,7 +579,9 @@ mod tests {
             rest.remove(0);
             let left = Assignment::weighted(rest, P).unwrap();
             let moved = left.moved_from(&before);
-            assert!(moved.iter().all(|p| before.owner_of(*p) == Some("worker-0")));
+            assert!(moved
+                .iter()
+                .all(|p| before.owner_of(*p) == Some("worker-0")));
             assert_eq!(moved.len(), before.partitions_of("worker-0").len());
             let frac = moved.len() as f64 / f64::from(P);
             assert!(frac <= 1.6 / n as f64, "leave from {n}: {frac}");
@@ -586,8 +590,7 @@ mod tests {
 
     #[test]
     fn weights_shift_shares() {
-        let a = Assignment::weighted(vec![("heavy".into(), 3), ("light".into(), 1)], 4096)
-            .unwrap();
+        let a = Assignment::weighted(vec![("heavy".into(), 3), ("light".into(), 1)], 4096).unwrap();
         let heavy = a.partitions_of("heavy").len() as f64 / 4096.0;
         assert!((0.65..=0.85).contains(&heavy), "{heavy}");
     }

@@ -129,7 +129,11 @@ impl Client {
     /// Fails with the first error of the load, or [`Error::InvalidArgument`] (before any I/O
     /// for a `max_nodes` of 0) when the subtree has more than `max_nodes` nodes. Writes
     /// nothing; `root` need not exist. Dropping the future stops the load.
-    pub async fn tree_cache_with(&self, root: &Path, options: TreeCacheOptions) -> Result<TreeCache> {
+    pub async fn tree_cache_with(
+        &self,
+        root: &Path,
+        options: TreeCacheOptions,
+    ) -> Result<TreeCache> {
         if options.max_nodes == 0 {
             return Err(Error::InvalidArgument(
                 "tree cache max_nodes must be at least 1".into(),
@@ -257,18 +261,21 @@ impl TreeCache {
         let rx = self.events.subscribe();
         let root = self.root.clone();
         let status = self.status.clone();
-        futures::stream::unfold((rx, root, status), |(mut rx, root, mut status)| async move {
-            let ev = tokio::select! {
-                biased;
-                r = rx.recv() => match r {
-                    Ok(ev) => ev,
-                    Err(broadcast::error::RecvError::Lagged(_)) => TreeEvent::Resynced(root.clone()),
-                    Err(broadcast::error::RecvError::Closed) => return None,
-                },
-                _ = status.wait_for(|s| s.state.is_stopped()) => return None,
-            };
-            Some((ev, (rx, root, status)))
-        })
+        futures::stream::unfold(
+            (rx, root, status),
+            |(mut rx, root, mut status)| async move {
+                let ev = tokio::select! {
+                    biased;
+                    r = rx.recv() => match r {
+                        Ok(ev) => ev,
+                        Err(broadcast::error::RecvError::Lagged(_)) => TreeEvent::Resynced(root.clone()),
+                        Err(broadcast::error::RecvError::Closed) => return None,
+                    },
+                    _ = status.wait_for(|s| s.state.is_stopped()) => return None,
+                };
+                Some((ev, (rx, root, status)))
+            },
+        )
     }
 
     /// Waits until the cache stops; its final error.
