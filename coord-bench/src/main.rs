@@ -14,6 +14,7 @@ mod consul_agent;
 mod cx;
 mod guarded;
 mod kernel;
+mod partition;
 mod raw;
 mod recipes;
 mod scale;
@@ -33,13 +34,17 @@ const USAGE: &str = "usage: coord-bench [--quick] [--backends mem,zk,etcd,consul
 
 Measures coord on each backend (kernel overhead against the raw client, watch latency,
 election handover clean and crash, herd, registry, scale and memory, guarded write against a
-plain set) and prints a markdown table per backend. Servers are started through coord-testkit
-unless COORD_ZK_ENDPOINTS, COORD_ETCD_ENDPOINTS or COORD_CONSUL_ENDPOINTS name running ones.
+plain set, partitioner moved fraction, tree cache lookups) and prints a markdown table per
+backend. Servers are started through coord-testkit unless COORD_ZK_ENDPOINTS, COORD_ETCD_ENDPOINTS or COORD_CONSUL_ENDPOINTS name running ones.
   --quick       smaller sizes (herd 10/100, 2,000 grandchildren, ...): under two minutes
   --backends    comma-separated subset (default: all four)
-  --only        comma-separated item numbers 1-8 to measure (default: all)
+  --only        comma-separated item numbers to measure: 1-8, 12 (partitioner moved
+                fraction), 13 (tree cache lookups) (default: all)
 ZooKeeper is started with tickTime=50 ms (its session-expiry granularity; COORD_ZK_TICK_MS
 overrides).";
+
+/// The item numbers `--only` accepts (12: the partitioner, 13: the tree cache).
+const ITEMS: &[u8] = &[1, 2, 3, 4, 5, 6, 7, 8, 12, 13];
 
 struct Options {
     quick: bool,
@@ -73,8 +78,8 @@ fn parse(args: &[String]) -> Result<Options, String> {
                 o.only = v
                     .split(',')
                     .map(|s| match s.trim().parse::<u8>() {
-                        Ok(n) if (1..=8).contains(&n) => Ok(n),
-                        _ => Err(format!("--only takes item numbers 1-8, not {s:?}")),
+                        Ok(n) if ITEMS.contains(&n) => Ok(n),
+                        _ => Err(format!("--only takes item numbers {ITEMS:?}, not {s:?}")),
                     })
                     .collect::<Result<_, _>>()?;
             }
@@ -259,6 +264,12 @@ async fn bench_backend(name: &str, sizes: Sizes, only: &[u8], start: Instant) ->
         rows.extend(scale::memory(&cx).await);
     }
     section!(8, "guarded write", guarded::guarded_set(&cx));
+    section!(
+        12,
+        "partitioner moved fraction",
+        partition::moved_fraction(&cx)
+    );
+    section!(13, "tree cache lookups", partition::tree_cache_lookups(&cx));
     if let Some(raw) = &cx.raw {
         // Best-effort cleanup on servers that outlive the run (etcd, Consul prefixes).
         let ns = format!("bench-{uniq}");
@@ -337,6 +348,7 @@ mod tests {
         assert_eq!(parse(&a(&["--only", "1,4"])).unwrap().only, vec![1, 4]);
         assert_eq!(parse(&a(&["--only", "8"])).unwrap().only, vec![8]);
         assert!(parse(&a(&["--only", "9"])).is_err());
+        assert_eq!(parse(&a(&["--only", "12,13"])).unwrap().only, vec![12, 13]);
         assert_eq!(parse(&a(&[])).unwrap().backends.len(), 4);
     }
 }
