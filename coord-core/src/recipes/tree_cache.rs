@@ -416,7 +416,9 @@ impl Tree {
             None => CacheState::Following,
         };
         self.status.send_if_modified(|s| {
-            if s.state.is_stopped() || (s.state == state && s.loaded == (s.loaded || loaded)) {
+            // `loaded` only ever turns on (a later first read of a new node is not a load).
+            let newly_loaded = loaded && !s.loaded;
+            if s.state.is_stopped() || (s.state == state && !newly_loaded) {
                 return false;
             }
             s.loaded |= loaded;
@@ -435,7 +437,7 @@ impl Tree {
     fn add_entry(&mut self, path: Path, depth: usize) {
         self.next_gen += 1;
         let generation = self.next_gen;
-        let with_children = self.options.max_depth.is_none_or(|m| depth < m);
+        let with_children = self.options.max_depth.map_or(true, |m| depth < m);
         let key = self.spawn(path.clone(), generation, Kind::Key);
         let children = with_children.then(|| self.spawn(path.clone(), generation, Kind::Children));
         self.pending += 1 + usize::from(with_children);
