@@ -315,8 +315,8 @@ macro_rules! __conformance_each {
 const SOURCES: &[(&str, &str)] = &[
     ("fencing", include_str!("fencing.rs")),
     ("kernel", include_str!("kernel.rs")),
-    ("recipes", include_str!("recipes.rs")),
     ("partitioner", include_str!("partitioner.rs")),
+    ("recipes", include_str!("recipes.rs")),
     ("tree_cache", include_str!("tree_cache.rs")),
 ];
 
