@@ -12,24 +12,30 @@
 //! /count` with a text; the answer is one `word count` line per word) and registers it in the
 //! service registry (`/services/wordcount/<node>`, ephemeral). Every node also campaigns for
 //! leadership. The leader leaves the registry (it no longer works as a worker), lists the
-//! job's parts (one per text file), sends each part to a worker, and stores each result in
-//! coord under the job (`/jobs/<job>/results/<part>`), so that a new leader carries on where
-//! the old one stopped. When a worker dies mid-request its part goes back to the queue and
-//! another worker gets it (a reassignment).
+//! job's parts (one per text file), and splits them over the registered workers with a
+//! partitioner (`coord::partitioner`: a consistent-hash ring over the registry group's
+//! members, part i being partition i). Each worker gets the parts the partitioner assigns it;
+//! each result is stored in coord under the job (`/jobs/<job>/results/<part>`), so that a new
+//! leader carries on where the old one stopped. When a worker dies, its registration goes
+//! with its session, the partitioner's assignment changes, and its unfinished parts move to
+//! the others (a reassignment; only the dead worker's parts move). A part in flight when it
+//! moves may be sent twice: storing a result is idempotent (the second create finds it).
 //!
 //! The demo's chaos (off with `--no-chaos`): the last node dies while it serves its second
 //! part, and the first leader crashes once half of the parts are done; the next candidate takes
 //! over. At the end the leader merges the results and prints a summary; the program exits 0
 //! when the merged counts equal a count made in a single process.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use coord::election::Leadership;
+use coord::group::Group;
 use coord::mem::MemSession;
+use coord::partitioner::{Assignment, Partitioner};
 use coord::registry::Instance;
 use coord::{Client, CreateMode, Error, Path};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -548,7 +554,24 @@ async fn serve(
     }
 }
 
-/// The leader's work: hand out the parts not done yet, store results, merge at the end.
+/// A worker's driver: its task (which returns false when its worker failed a request) and
+/// when that happened.
+struct Driver {
+    task: tokio::task::JoinHandle<bool>,
+    failed_at: Option<Instant>,
+}
+
+/// How long the leader leaves a worker that failed a request alone before it tries again (if
+/// the partitioner still assigns it parts: a dead worker leaves the registry when its
+/// session expires, and its parts move to the others).
+const RETRY_FAILED_WORKER: Duration = Duration::from_secs(2);
+
+/// The leader's work: the partitioner splits the parts over the registered workers (part i is
+/// partition i, so every node computes the same split); one driver per worker sends it the
+/// parts the partitioner gives it now that are not done yet. When a worker joins or leaves (a
+/// dead worker's registration goes with its session), the assignment changes and the
+/// drivers follow it: the parts of a worker that left are reassigned (rebalanced) to the
+/// others. Results are stored, and merged at the end.
 async fn lead(
     name: &str,
     client: &Client,
@@ -559,59 +582,86 @@ async fn lead(
 ) -> coord::Result<()> {
     let results = Path::new("/jobs")?.join(job)?.join("results")?;
     coord::create_parents(&**client.backend(), &results).await?;
-    let done: Vec<String> = client.children(&results).await?;
-    let queue: VecDeque<usize> = (0..parts.len())
-        .filter(|i| !done.contains(&parts[*i].0))
-        .collect();
+    let stored: Vec<String> = client.children(&results).await?;
+    let done: Arc<Mutex<Vec<bool>>> = Arc::new(Mutex::new(
+        parts.iter().map(|(p, _)| stored.contains(p)).collect(),
+    ));
+    let count_done = |d: &Mutex<Vec<bool>>| {
+        d.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|x| **x)
+            .count()
+    };
     println!(
         "{} {name}: {} of {} parts already done by an earlier leader; {} to go",
         shared.t(),
-        done.len(),
+        stored.len(),
         parts.len(),
-        queue.len()
+        parts.len() - stored.len()
     );
-    let queue = Arc::new(Mutex::new(queue));
-    let remaining = Arc::new(AtomicUsize::new(parts.len() - done.len()));
     let progress = Arc::new(Notify::new());
+    // The workers are the members of the service's registry group.
+    let workers = Group::new(client, Path::new("/services")?.join(SERVICE)?);
+    let partitioner = workers.partitioner(parts.len() as u32).await?;
+    let mut assignment = partitioner.assignment();
     let cache = client.registry().cache(SERVICE).await?;
-    let mut drivers: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+    let mut drivers: HashMap<String, Driver> = HashMap::new();
     loop {
-        // One driver per known worker: it pulls parts from the queue until its worker fails.
-        for inst in cache.instances().iter() {
-            if inst.id == name || drivers.get(&inst.id).is_some_and(|h| !h.is_finished()) {
-                continue;
+        // One driver per worker of the current assignment.
+        drivers.retain(|w, d| {
+            let member = assignment.members().iter().any(|(m, _)| m == w);
+            if !member {
+                d.task.abort();
             }
-            if drivers.contains_key(&inst.id) {
-                continue; // that worker failed once: do not use it again
+            member
+        });
+        for (worker, _) in assignment.members() {
+            if let Some(d) = drivers.get_mut(worker) {
+                if !d.task.is_finished() {
+                    continue;
+                }
+                let failed_at = *d.failed_at.get_or_insert_with(Instant::now);
+                if failed_at.elapsed() < RETRY_FAILED_WORKER {
+                    continue;
+                }
             }
-            println!(
-                "{} {name}: discovered worker {} at {}:{}",
-                shared.t(),
-                inst.id,
-                inst.address,
-                inst.port
-            );
+            let Some(inst) = cache.instances().iter().find(|i| i.id == *worker).cloned() else {
+                continue; // not in the registry cache yet: next round
+            };
+            if !drivers.contains_key(worker) {
+                println!(
+                    "{} {name}: worker {} at {}:{} gets parts {:?}",
+                    shared.t(),
+                    inst.id,
+                    inst.address,
+                    inst.port,
+                    assignment.partitions_of(worker)
+                );
+            }
             drivers.insert(
-                inst.id.clone(),
-                tokio::spawn(drive(
-                    name.to_owned(),
-                    inst.clone(),
-                    client.clone(),
-                    results.clone(),
-                    parts.clone(),
-                    queue.clone(),
-                    remaining.clone(),
-                    progress.clone(),
-                    shared.clone(),
-                )),
+                worker.clone(),
+                Driver {
+                    task: tokio::spawn(drive(
+                        name.to_owned(),
+                        inst,
+                        partitioner.clone(),
+                        client.clone(),
+                        results.clone(),
+                        parts.clone(),
+                        done.clone(),
+                        progress.clone(),
+                        shared.clone(),
+                    )),
+                    failed_at: None,
+                },
             );
         }
-        if remaining.load(Ordering::SeqCst) == 0 {
+        if count_done(&done) == parts.len() {
             break;
         }
         // The demo's chaos: the first leader crashes once half of the parts are done.
-        let half = parts.len() / 2;
-        if parts.len() - remaining.load(Ordering::SeqCst) >= half {
+        if count_done(&done) >= parts.len() / 2 {
             let crash = {
                 let mut armed = shared
                     .leader_crash_armed
@@ -620,13 +670,13 @@ async fn lead(
                 std::mem::replace(&mut *armed, false)
             };
             if crash {
-                for h in drivers.values() {
-                    h.abort();
+                for d in drivers.values() {
+                    d.task.abort();
                 }
                 println!(
                     "{} {name} (leader) CRASHES with {} of {} parts done",
                     shared.t(),
-                    parts.len() - remaining.load(Ordering::SeqCst),
+                    count_done(&done),
                     parts.len()
                 );
                 shared
@@ -643,15 +693,23 @@ async fn lead(
             }
         }
         tokio::select! {
+            _ = partitioner.changed() => {
+                let next = partitioner.assignment();
+                report_rebalance(name, &assignment, &next, parts, &done, shared);
+                assignment = next;
+            }
             _ = progress.notified() => {}
             _ = cache.changed() => {}
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             _ = leadership.lost() => {
-                for h in drivers.values() { h.abort(); }
+                for d in drivers.values() { d.task.abort(); }
                 println!("{} {name}: LOST the leadership; stops handing out work", shared.t());
                 return Ok(());
             }
         }
+    }
+    for d in drivers.values() {
+        d.task.abort();
     }
     // Merge every stored result (the ones of earlier leaders too).
     let mut merged = Counts::new();
@@ -679,23 +737,81 @@ async fn lead(
     Ok(())
 }
 
+/// Prints how the assignment changed; a part not done yet that moved away from a worker
+/// that left is a reassignment.
+fn report_rebalance(
+    name: &str,
+    before: &Assignment,
+    after: &Assignment,
+    parts: &[(String, String)],
+    done: &Mutex<Vec<bool>>,
+    shared: &Shared,
+) {
+    let ids =
+        |a: &Assignment| -> Vec<String> { a.members().iter().map(|(w, _)| w.clone()).collect() };
+    let (old, new) = (ids(before), ids(after));
+    let moved = after.moved_from(before);
+    for joined in new.iter().filter(|w| !old.contains(w)) {
+        println!(
+            "{} {name}: {joined} joined: {} of {} parts move to it",
+            shared.t(),
+            moved
+                .iter()
+                .filter(|p| after.owner_of(**p) == Some(joined))
+                .count(),
+            parts.len()
+        );
+    }
+    let done = done.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    for left in old.iter().filter(|w| !new.contains(w)) {
+        for p in moved.iter().filter(|p| before.owner_of(**p) == Some(left)) {
+            if done[*p as usize] {
+                continue;
+            }
+            let to = after.owner_of(*p).unwrap_or("nobody");
+            let what = format!(
+                "{}: {left} -> {to} (rebalanced: {left} left)",
+                parts[*p as usize].0
+            );
+            println!("{}   REASSIGN {what}", shared.t());
+            shared.rec().reassignments.push(what);
+        }
+    }
+}
+
+/// Sends `worker` the parts the partitioner assigns it now and that are not done yet, one at
+/// a time, storing each result; follows the assignment as it changes. Returns false at the
+/// first failed request (the worker may be dead: its parts move once its registration goes,
+/// or the leader tries it again later), true if the partitioner stopped.
 #[allow(clippy::too_many_arguments)]
 async fn drive(
     leader: String,
     worker: Instance,
+    partitioner: Partitioner,
     client: Client,
     results: Path,
     parts: Arc<Vec<(String, String)>>,
-    queue: Arc<Mutex<VecDeque<usize>>>,
-    remaining: Arc<AtomicUsize>,
+    done: Arc<Mutex<Vec<bool>>>,
     progress: Arc<Notify>,
     shared: Arc<Shared>,
-) {
+) -> bool {
     let addr = format!("{}:{}", worker.address, worker.port);
     loop {
-        let next = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
+        let next = {
+            let d = done.lock().unwrap_or_else(|p| p.into_inner());
+            partitioner
+                .assignment()
+                .partitions_of(&worker.id)
+                .into_iter()
+                .map(|p| p as usize)
+                .find(|p| !d[*p])
+        };
         let Some(i) = next else {
-            return;
+            // Nothing to do now: wait for the assignment to change.
+            if !partitioner.changed().await {
+                return true;
+            }
+            continue;
         };
         let (part, text) = &parts[i];
         println!("{}   {leader} -> {}: part {part}", shared.t(), worker.id);
@@ -708,32 +824,25 @@ async fn drive(
                 };
                 match stored {
                     Ok(_) | Err(Error::AlreadyExists { .. }) => {
-                        remaining.fetch_sub(1, Ordering::SeqCst);
+                        done.lock().unwrap_or_else(|p| p.into_inner())[i] = true;
                         println!("{}   {} finished {part}", shared.t(), worker.id);
+                        progress.notify_one();
                     }
                     Err(e) => {
-                        println!("{}   could not store {part}: {e}; queued again", shared.t());
-                        queue
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .push_front(i);
+                        println!("{}   could not store {part}: {e}; will retry", shared.t());
+                        progress.notify_one();
+                        return false;
                     }
                 }
-                progress.notify_one();
             }
             Err(e) => {
-                queue
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push_front(i);
-                let what = format!(
-                    "{part}: {} failed ({e}), given to another worker",
+                println!(
+                    "{}   {} failed {part} ({e}); its parts wait for a rebalance",
+                    shared.t(),
                     worker.id
                 );
-                println!("{}   REASSIGN {what}", shared.t());
-                shared.rec().reassignments.push(what);
                 progress.notify_one();
-                return;
+                return false;
             }
         }
     }

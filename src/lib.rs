@@ -66,8 +66,8 @@ pub use coord_core::kernel::{
 pub use coord_core::mem;
 pub use coord_core::path::{self, Path};
 pub use coord_core::recipes::{
-    self, barrier, counter, dialect, double_barrier, election, group, lock, registry, rwlock,
-    semaphore,
+    self, barrier, counter, dialect, double_barrier, election, group, lock, partitioner, registry,
+    rwlock, semaphore, tree_cache,
 };
 pub use coord_core::url::ConnectUrl;
 

@@ -131,10 +131,24 @@ fn leader_workers_example() {
             "== summary ==",
             "top 10 words:",
             "who did what:",
-            "reassignments:          1",
+            "reassignments:",
             "merged counts equal a single-process count: yes",
         ],
     );
+    // The partitioner rebalanced: the dead worker's unfinished parts moved to the others,
+    // and only those (every reassignment comes from node-5).
+    let reassigned: Vec<&str> = out.lines().filter(|l| l.contains("REASSIGN ")).collect();
+    assert!(
+        !reassigned.is_empty(),
+        "no rebalance after node-5 died:\n{out}"
+    );
+    assert!(
+        reassigned
+            .iter()
+            .all(|l| l.contains(": node-5 -> node-") && l.ends_with("(rebalanced: node-5 left)")),
+        "{reassigned:?}"
+    );
+    assert_has(&out, &["gets parts ["]);
     // Both crashes happened and the job was taken over by a second leader.
     assert_has(
         &out,

@@ -16,6 +16,7 @@ mod cx;
 mod dialects;
 mod guarded;
 mod kernel;
+mod partition;
 mod raw;
 mod recipes;
 mod rwsem;
@@ -36,15 +37,19 @@ const USAGE: &str = "usage: coord-bench [--quick] [--backends mem,zk,etcd,consul
 
 Measures coord on each backend (kernel overhead against the raw client, watch latency,
 election handover clean and crash, herd, registry, scale and memory, guarded write against a
-plain set, read-write lock and semaphore handovers, counter adds under contention) and prints a
-markdown table per backend. Servers are started through coord-testkit unless
-COORD_ZK_ENDPOINTS, COORD_ETCD_ENDPOINTS or COORD_CONSUL_ENDPOINTS name running ones.
+plain set, read-write lock and semaphore handovers, counter adds under contention, partitioner
+moved fraction, tree cache lookups) and prints a markdown table per backend. Servers are started
+through coord-testkit unless COORD_ZK_ENDPOINTS, COORD_ETCD_ENDPOINTS or COORD_CONSUL_ENDPOINTS
+name running ones.
   --quick       smaller sizes (herd 10/100, 2,000 grandchildren, ...): under two minutes
   --backends    comma-separated subset (default: all four)
-  --only        comma-separated item numbers 1-11 to measure (default: all; 10, the
+  --only        comma-separated item numbers 1-13 to measure (default: all; 10, the
                 ZooKeeper dialects next to Curator and kazoo processes, runs on zk only)
 ZooKeeper is started with tickTime=50 ms (its session-expiry granularity; COORD_ZK_TICK_MS
 overrides).";
+
+/// The item numbers `--only` accepts (12: the partitioner, 13: the tree cache).
+const ITEMS: &[u8] = &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13];
 
 struct Options {
     quick: bool,
@@ -78,8 +83,8 @@ fn parse(args: &[String]) -> Result<Options, String> {
                 o.only = v
                     .split(',')
                     .map(|s| match s.trim().parse::<u8>() {
-                        Ok(n) if (1..=11).contains(&n) => Ok(n),
-                        _ => Err(format!("--only takes item numbers 1-11, not {s:?}")),
+                        Ok(n) if ITEMS.contains(&n) => Ok(n),
+                        _ => Err(format!("--only takes item numbers {ITEMS:?}, not {s:?}")),
                     })
                     .collect::<Result<_, _>>()?;
             }
@@ -273,6 +278,12 @@ async fn bench_backend(name: &str, sizes: Sizes, only: &[u8], start: Instant) ->
         rows.extend(dialects::dialects(&cx).await);
     }
     section!(11, "counter adds", counter::adds_per_second(&cx));
+    section!(
+        12,
+        "partitioner moved fraction",
+        partition::moved_fraction(&cx)
+    );
+    section!(13, "tree cache lookups", partition::tree_cache_lookups(&cx));
     if let Some(raw) = &cx.raw {
         // Best-effort cleanup on servers that outlive the run (etcd, Consul prefixes).
         let ns = format!("bench-{uniq}");
@@ -353,7 +364,8 @@ mod tests {
         assert_eq!(parse(&a(&["--only", "9"])).unwrap().only, vec![9]);
         assert_eq!(parse(&a(&["--only", "10"])).unwrap().only, vec![10]);
         assert_eq!(parse(&a(&["--only", "11"])).unwrap().only, vec![11]);
-        assert!(parse(&a(&["--only", "12"])).is_err());
+        assert_eq!(parse(&a(&["--only", "12,13"])).unwrap().only, vec![12, 13]);
+        assert!(parse(&a(&["--only", "14"])).is_err());
         assert_eq!(parse(&a(&[])).unwrap().backends.len(), 4);
     }
 }

@@ -29,6 +29,7 @@ pub use kernel::{
 };
 pub use path::Path;
 pub use recipes::{
-    barrier, counter, dialect, double_barrier, election, group, lock, registry, rwlock, semaphore,
+    barrier, counter, dialect, double_barrier, election, group, lock, partitioner, registry,
+    rwlock, semaphore, tree_cache,
 };
 pub use url::ConnectUrl;

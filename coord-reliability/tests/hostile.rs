@@ -105,8 +105,35 @@ async fn hostile_input(client: &Client, label: &str) {
                 r.as_ref().is_err_and(is_invalid_name),
                 "{label}: member {bad:?}: {r:?}"
             );
+            let r = bounded("join_partitioned", g.join_partitioned(&bad, b"", 8)).await;
+            assert!(
+                r.as_ref().is_err_and(is_invalid_name),
+                "{label}: partitioned member {bad:?}: {r:?}"
+            );
         }
     }
+    // The partitioner and the tree cache: partition counts of 0 or above the maximum, a
+    // tree cache bounded to 0 nodes.
+    let g = client.group("g").expect("name");
+    let huge = coord::partitioner::MAX_PARTITIONS + 1;
+    for count in [0, huge, u32::MAX] {
+        let r = bounded("partitioner", g.partitioner(count)).await;
+        assert!(
+            matches!(r, Err(Error::InvalidArgument(_))),
+            "{label}: partitioner({count}): {r:?}"
+        );
+        let r = bounded("join_partitioned", g.join_partitioned("m", b"", count)).await;
+        assert!(
+            matches!(r, Err(Error::InvalidArgument(_))),
+            "{label}: join_partitioned(.., {count}): {r:?}"
+        );
+    }
+    let opts = coord::tree_cache::TreeCacheOptions::new().max_nodes(0);
+    let r = bounded("tree_cache", client.tree_cache_with(&Path::root(), opts)).await;
+    assert!(
+        matches!(r, Err(Error::InvalidArgument(_))),
+        "{label}: tree cache of 0 nodes: {r:?}"
+    );
     // Values over the limit: typed error, nothing written, through every write path.
     let max = client.capabilities().max_value_size;
     let big = vec![b'x'; max + 1];
@@ -130,6 +157,8 @@ async fn hostile_input(client: &Client, label: &str) {
     assert!(too_large(&r), "{label}: campaign: {r:?}");
     let r = bounded("join", client.group("g").expect("name").join("m", &big)).await;
     assert!(too_large(&r), "{label}: join: {r:?}");
+    let r = bounded("join_partitioned", g.join_partitioned("m", &big, 8)).await;
+    assert!(too_large(&r), "{label}: join_partitioned: {r:?}");
     let inst = Instance::new("svc", "i", "h", 1).with_meta("blob", &"y".repeat(max + 1));
     let r = bounded("register", client.registry().register(&inst)).await;
     assert!(too_large(&r), "{label}: register: {r:?}");

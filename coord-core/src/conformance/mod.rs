@@ -38,8 +38,10 @@ use crate::Client;
 pub mod barrier;
 pub mod fencing;
 pub mod kernel;
+pub mod partitioner;
 pub mod recipes;
 pub mod rwsem;
+pub mod tree_cache;
 
 /// What the suite needs from a backend under test.
 #[async_trait]
@@ -341,6 +343,19 @@ macro_rules! conformance_tests {
                 counter_basics,
                 counter_exact_under_contention,
                 counter_changes_stream,
+            ],
+            partitioner: [
+                partitioner_members_agree_and_rebalance,
+                partitioner_weights_from_member_data,
+                partitioner_bad_input_writes_nothing,
+                partitioner_cancel_and_shutdown,
+            ],
+            tree_cache: [
+                tree_cache_mirrors_subtree,
+                tree_cache_root_comes_and_goes,
+                tree_cache_follows_session_expiry,
+                tree_cache_bounds_are_typed,
+                tree_cache_cancel_and_shutdown,
             ]
         );
     };
@@ -482,8 +497,10 @@ const SOURCES: &[(&str, &str)] = &[
     ("barrier", include_str!("barrier.rs")),
     ("fencing", include_str!("fencing.rs")),
     ("kernel", include_str!("kernel.rs")),
+    ("partitioner", include_str!("partitioner.rs")),
     ("recipes", include_str!("recipes.rs")),
     ("rwsem", include_str!("rwsem.rs")),
+    ("tree_cache", include_str!("tree_cache.rs")),
 ];
 
 /// Every test function of the suite, as `module::name`, read from the sources.

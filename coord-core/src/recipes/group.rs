@@ -60,6 +60,11 @@ impl Group {
         &self.path
     }
 
+    /// The client the group works through.
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// Joins as member `id` (one path segment) with `data`. Fails with
     /// [`Error::AlreadyExists`] if a live member already has that id.
     pub async fn join(&self, id: &str, data: &[u8]) -> Result<Membership> {

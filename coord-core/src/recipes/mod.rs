@@ -43,10 +43,12 @@ mod fencing;
 pub mod group;
 mod hold;
 pub mod lock;
+pub mod partitioner;
 mod queue;
 pub mod registry;
 pub mod rwlock;
 pub mod semaphore;
 pub mod supervisor;
+pub mod tree_cache;
 
 pub use queue::{HoldState, SuspendPolicy};
