@@ -391,3 +391,86 @@ async fn helper_registering_process() {
     .await;
     drop(r);
 }
+
+/// Waits until `reg` discovers exactly `want` in `service` (bounded by [`PATIENCE`]).
+async fn wait_discovered(reg: &coord_core::registry::Registry, service: &str, want: &[Instance]) {
+    let started = Instant::now();
+    loop {
+        match reg.discover(service).await {
+            Ok(list) if list == want => return,
+            _ if started.elapsed() > PATIENCE => {
+                panic!("{service}: not {want:?} within {PATIENCE:?}")
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// An entry that vanished while its session lives (an operator's deregistration, an agent
+/// that forgot its services) is registered again on the same session within a session TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vanished_entry_is_registered_again() {
+    let Some(agent) = agent() else {
+        return;
+    };
+    let c = client(&agent).await;
+    let reg = c.registry();
+    let name = format!("gone-{}", unique_suffix());
+    let i = Instance::new(&name, "g1", "127.0.0.44", 4444);
+    let r = reg.register(&i).await.unwrap();
+    let owner = r.owner();
+    let url = format!("http://{agent}/v1/agent/service/deregister/{name}-g1");
+    let put = reqwest::Client::new()
+        .put(url)
+        .timeout(Duration::from_secs(5));
+    assert!(put.send().await.unwrap().status().is_success());
+    wait_discovered(&reg, &name, &[]).await;
+    wait_discovered(&reg, &name, std::slice::from_ref(&i)).await;
+    let started = Instant::now();
+    while r.reregistrations() == 0 && started.elapsed() < PATIENCE {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(r.reregistrations(), 1);
+    assert_eq!(r.owner(), owner, "the same session");
+    assert_eq!(r.state(), coord_core::group::MembershipState::Joined);
+    r.deregister().await.unwrap();
+    c.close().await.unwrap();
+}
+
+/// A restarted agent (a dev agent forgets everything: the session, its check, the service)
+/// gets the instance back: the session ends, the registration registers again on a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_comes_back_after_an_agent_restart() {
+    let mut server = match coord_testkit::Server::consul() {
+        Ok(s) => s,
+        Err(e) => {
+            assert!(!coord_testkit::require_backends(), "start Consul: {e}");
+            println!("SKIPPED: cannot start a Consul agent: {e}");
+            return;
+        }
+    };
+    let agent = server.endpoint();
+    let c = client(&agent).await;
+    let reg = c.registry();
+    let i = Instance::new("phoenix", "p1", "127.0.0.45", 4545);
+    let r = reg.register(&i).await.unwrap();
+    let first = r.owner();
+    let restart = tokio::task::spawn_blocking(move || {
+        server.restart().expect("restart the agent");
+        server
+    });
+    let _server = tokio::time::timeout(PATIENCE, restart)
+        .await
+        .expect("the agent restarts in time")
+        .unwrap();
+    wait_discovered(&reg, "phoenix", std::slice::from_ref(&i)).await;
+    let started = Instant::now();
+    while r.reregistrations() == 0 && started.elapsed() < PATIENCE {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(r.reregistrations() >= 1);
+    assert_ne!(r.owner(), first, "a new session");
+    assert_eq!(passing_ids(&agent, "phoenix").await, ["phoenix-p1"]);
+    c.close().await.unwrap();
+    assert!(passing_ids(&agent, "phoenix").await.is_empty());
+}
