@@ -39,6 +39,9 @@
 //! instances registered through a registry at its path (`coord_registry`), like the other
 //! layouts' namespaces. `services` of such a registry reads each service of the catalog once.
 //!
+//! With ACLs, the token needs `service:write` on the service names it registers (and
+//! `service:read`/`node:read` to discover), besides what sessions and keys need.
+//!
 //! # Rules checked before any I/O ([`coord_core::Error::InvalidArgument`], nothing registered)
 //!
 //! - service names: 1 to 63 ASCII letters, digits and `-` (a DNS label: Consul accepts other
