@@ -160,7 +160,10 @@ async fn hostile_input(client: &Client, label: &str) {
     let r = bounded("join_partitioned", g.join_partitioned("m", &big, 8)).await;
     assert!(too_large(&r), "{label}: join_partitioned: {r:?}");
     let inst = Instance::new("svc", "i", "h", 1).with_meta("blob", &"y".repeat(max + 1));
-    let r = bounded("register", client.registry().register(&inst)).await;
+    let generic = client
+        .registry_with(coord::registry::RegistryLayout::Generic)
+        .expect("the generic layout");
+    let r = bounded("register", generic.register(&inst)).await;
     assert!(too_large(&r), "{label}: register: {r:?}");
     // Semaphore limits of 0 or above the maximum, and lease counts of 0 or above the limit.
     for limit in [0, coord::semaphore::MAX_LIMIT + 1, u64::MAX] {
@@ -184,6 +187,15 @@ async fn hostile_input(client: &Client, label: &str) {
         );
     }
     barrier_and_counter_input(client, label).await;
+    // A native layout (the default on Consul) refuses it by its own rules, before any I/O too
+    // (Consul: metadata values are at most 512 bytes).
+    if client.registry().layout_name() != Ok("generic") {
+        let r = bounded("register", client.registry().register(&inst)).await;
+        assert!(
+            too_large(&r) || matches!(r, Err(Error::InvalidArgument(_))),
+            "{label}: native register: {r:?}"
+        );
+    }
     // Nothing was written by any of the above.
     let root = Path::root();
     let left = bounded("children", client.children(&root)).await;

@@ -681,6 +681,10 @@ pub trait FlatBackend: Send + Sync + 'static {
     async fn watch(&self, path: &Path) -> Result<(Option<Node>, KeyWatch)>;
     /// See [`RawBackend::watch_children`].
     async fn watch_children(&self, path: &Path) -> Result<(Vec<String>, ChildrenWatch)>;
+    /// See [`RawBackend::native_registry`] (`None` by default).
+    fn native_registry(&self) -> Option<Arc<dyn crate::registry::NativeRegistry>> {
+        None
+    }
     /// See [`RawBackend::as_any`].
     fn as_any(&self) -> &dyn Any
     where
@@ -738,6 +742,10 @@ impl<T: FlatBackend> RawBackend for T {
 
     async fn watch_children(&self, path: &Path) -> Result<(Vec<String>, ChildrenWatch)> {
         FlatBackend::watch_children(self, path).await
+    }
+
+    fn native_registry(&self) -> Option<Arc<dyn crate::registry::NativeRegistry>> {
+        FlatBackend::native_registry(self)
     }
 
     fn as_any(&self) -> &dyn Any {
