@@ -44,6 +44,7 @@ use crate::kernel::{
     Stat, Version, WriteOp, WriteResult,
 };
 use crate::path::{format_sequence, Path, RESERVED_PREFIX};
+use crate::registry::NativeRegistry;
 
 /// Length of the zero-padded depth in a node key (a path has at most 512 segments).
 const DEPTH_DIGITS: usize = 3;
@@ -681,6 +682,10 @@ pub trait FlatBackend: Send + Sync + 'static {
     async fn watch(&self, path: &Path) -> Result<(Option<Node>, KeyWatch)>;
     /// See [`RawBackend::watch_children`].
     async fn watch_children(&self, path: &Path) -> Result<(Vec<String>, ChildrenWatch)>;
+    /// See [`RawBackend::native_registry`].
+    fn native_registry(&self) -> Option<Arc<dyn NativeRegistry>> {
+        None
+    }
     /// See [`RawBackend::as_any`].
     fn as_any(&self) -> &dyn Any
     where
@@ -738,6 +743,10 @@ impl<T: FlatBackend> RawBackend for T {
 
     async fn watch_children(&self, path: &Path) -> Result<(Vec<String>, ChildrenWatch)> {
         FlatBackend::watch_children(self, path).await
+    }
+
+    fn native_registry(&self) -> Option<Arc<dyn NativeRegistry>> {
+        FlatBackend::native_registry(self)
     }
 
     fn as_any(&self) -> &dyn Any {
