@@ -106,6 +106,14 @@ impl EtcdBackend {
         self.cx.layout()
     }
 
+    /// The registry in grpc-go's naming layout (what [`Backend::native_registry`] hands out),
+    /// for its [`GrpcNaming::target`].
+    ///
+    /// [`Backend::native_registry`]: coord_core::Backend::native_registry
+    pub fn naming(&self) -> &Arc<GrpcNaming> {
+        &self.naming
+    }
+
     /// The underlying etcd client (for tests and extensions; keys outside the layout are not
     /// coord's business).
     pub fn etcd_client(&self) -> &Client {
