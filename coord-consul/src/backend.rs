@@ -54,7 +54,8 @@ impl ConsulBackend {
             .with_min_session_ttl(MIN_SESSION_TTL)
             .with_max_session_ttl(MAX_SESSION_TTL)
             .with_default_session_ttl(config.session_ttl)
-            .with_watch_coalesces(true);
+            .with_watch_coalesces(true)
+            .with_registry_layout(config.registry);
         Ok(ConsulBackend {
             ctx: Arc::new(Context::new(api, caps, &config.namespace)),
             config,

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use coord_core::registry::RegistryLayout;
 use coord_core::url::{endpoint, url_err, Secret, TlsFiles};
 use coord_core::{ConnectUrl, Result};
 
@@ -28,7 +29,8 @@ pub const DEFAULT_MAX_VALUE_SIZE: usize = 360 * 1024;
 /// Options: `session_ttl` (default 10 s, 1 s – 1 h), `timeout` (per request, default 5 s),
 /// `wait` (blocking-query wait of watches, default 10 s, at most 10 min), `token` (ACL token,
 /// also accepted as the URL's user part), `max_value_size` (bytes, default 360 KiB; raise it
-/// only together with the agent's `txn_max_req_len`), and with the cargo feature `tls` the TLS
+/// only together with the agent's `txn_max_req_len`), `registry` (`native`, the default: the
+/// agent's service catalog; `generic`: coord's key layout), and with the cargo feature `tls` the TLS
 /// options shared with etcd ([`ConnectUrl::take_tls_files`]): `tls=true` (HTTPS), `ca` (PEM
 /// file of extra trusted CAs), `cert` + `key` (PEM client certificate and key, for agents with
 /// `verify_incoming_https`); any of `ca`/`cert`/`key` implies `tls=true`.
@@ -56,6 +58,8 @@ pub struct Config {
     pub ca: Option<std::path::PathBuf>,
     /// Client certificate and key (PEM files).
     pub client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// The registry's layout (`registry=`; the default is Consul's catalog).
+    pub registry: RegistryLayout,
 }
 
 impl Config {
@@ -103,6 +107,7 @@ impl Config {
             .unwrap_or(DEFAULT_WAIT);
         let max_value_size = u.take_size("max_value_size", DEFAULT_MAX_VALUE_SIZE, usize::MAX)?;
         let files = u.take_tls_files()?;
+        let registry = u.take_registry_layout()?;
         if files.is_some() && !cfg!(feature = "tls") {
             return Err(url_err(
                 "TLS options need the cargo feature `tls` of coord-consul (on by default)",
@@ -124,6 +129,7 @@ impl Config {
             tls,
             ca,
             client_cert,
+            registry,
         })
     }
 

@@ -252,12 +252,20 @@ impl Client {
         Ok(Group::new(self, Path::new("/groups")?.join(name)?))
     }
 
-    /// The service registry, stored under `/services`.
+    /// The service registry, stored under `/services`, in the layout the URL chose (option
+    /// `registry`; see [`crate::registry::RegistryLayout`]).
     pub fn registry(&self) -> Registry {
         Registry::new(
             self,
             Path::new("/services").unwrap_or_else(|_| Path::root()),
         )
+    }
+
+    /// The service registry in `layout` ([`crate::Error::Unsupported`] for
+    /// [`RegistryLayout::Native`](crate::registry::RegistryLayout::Native) on a backend
+    /// without one, before any I/O).
+    pub fn registry_with(&self, layout: crate::registry::RegistryLayout) -> Result<Registry> {
+        self.registry().with_layout(layout)
     }
 }
 

@@ -394,6 +394,9 @@ pub struct Capabilities {
     pub default_session_ttl: Duration,
     /// Whether watches may merge several quick changes into one event (see the module docs).
     pub watch_coalesces: bool,
+    /// The layout of [`crate::Client::registry`] (the URL option `registry`; default:
+    /// [`RegistryLayout::Default`](crate::registry::RegistryLayout::Default)).
+    pub registry_layout: crate::registry::RegistryLayout,
 }
 
 impl Capabilities {
@@ -408,6 +411,7 @@ impl Capabilities {
             max_session_ttl: Duration::from_secs(24 * 3600),
             default_session_ttl: Duration::from_secs(10),
             watch_coalesces: true,
+            registry_layout: crate::registry::RegistryLayout::Default,
         }
     }
 
@@ -438,6 +442,12 @@ impl Capabilities {
     /// Sets [`Capabilities::watch_coalesces`].
     pub fn with_watch_coalesces(mut self, coalesces: bool) -> Capabilities {
         self.watch_coalesces = coalesces;
+        self
+    }
+
+    /// Sets [`Capabilities::registry_layout`].
+    pub fn with_registry_layout(mut self, layout: crate::registry::RegistryLayout) -> Capabilities {
+        self.registry_layout = layout;
         self
     }
 }

@@ -373,7 +373,9 @@ impl MemBackend {
         MemBackend::with_store(Store::new(), String::new(), default_caps())
     }
 
-    /// A client from a `mem://[name][/namespace][?session_ttl=…&max_value_size=…]` URL.
+    /// A client from a `mem://[name][/namespace][?session_ttl=…&max_value_size=…&registry=…]`
+    /// URL (mem has no native registry layout: `registry=native` fails at the first registry
+    /// call).
     pub fn from_url(url: &str) -> Result<MemBackend> {
         let mut u = ConnectUrl::parse(url)?;
         u.expect_scheme(&["mem"])?;
@@ -390,6 +392,7 @@ impl MemBackend {
             })?;
         }
         caps.max_value_size = u.take_size("max_value_size", caps.max_value_size, usize::MAX)?;
+        caps.registry_layout = u.take_registry_layout()?;
         u.finish()?;
         let store = match u.hosts.as_slice() {
             [] => Store::new(),

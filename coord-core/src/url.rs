@@ -9,8 +9,9 @@
 //! you mean `session_ttl`?)`). Credentials are never shown by `Debug`, `Display` or an error.
 //!
 //! One name per meaning on every backend: `session_ttl` (the TTL of sessions opened without
-//! one), `timeout` (the bound of every call), `max_value_size` (bytes), and for TLS `tls`,
-//! `ca`, `cert`, `key` (see [`ConnectUrl::take_tls_files`]).
+//! one), `timeout` (the bound of every call), `max_value_size` (bytes), `registry` (the
+//! registry's layout, see [`ConnectUrl::take_registry_layout`]), and for TLS `tls`, `ca`,
+//! `cert`, `key` (see [`ConnectUrl::take_tls_files`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -410,6 +411,19 @@ impl ConnectUrl {
                 })
             })
             .transpose()
+    }
+
+    /// Removes the option `registry` (the layout of [`crate::Client::registry`]: `default`,
+    /// `generic` or `native`; see [`crate::registry::RegistryLayout`]). Absent: `default`.
+    pub fn take_registry_layout(&mut self) -> Result<crate::registry::RegistryLayout> {
+        match self.take("registry") {
+            None => Ok(crate::registry::RegistryLayout::Default),
+            Some(v) => crate::registry::RegistryLayout::parse(&v).map_err(|_| {
+                url_err(format!(
+                    "option `registry`: {v:?} is not a layout (default, generic, native)"
+                ))
+            }),
+        }
     }
 
     /// Rejects any option no backend code has taken. The error names the known option (one

@@ -66,7 +66,8 @@ impl EtcdBackend {
             .with_min_session_ttl(Duration::from_secs(1))
             .with_max_session_ttl(Duration::from_secs(24 * 3600))
             .with_default_session_ttl(cfg.session_ttl)
-            .with_watch_coalesces(false);
+            .with_watch_coalesces(false)
+            .with_registry_layout(cfg.registry);
         check_ttl(&caps, None).map_err(|e| Error::InvalidUrl {
             reason: e.to_string(),
         })?;

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use coord_core::registry::RegistryLayout;
 use coord_core::url::{url_err, Secret};
 use coord_core::{ConnectUrl, Result};
 
@@ -31,6 +32,8 @@ pub(crate) struct Config {
     pub(crate) keepalive: Duration,
     pub(crate) max_value_size: usize,
     pub(crate) tls: Option<TlsFiles>,
+    /// The registry's layout (`registry=`).
+    pub(crate) registry: RegistryLayout,
 }
 
 impl Config {
@@ -47,6 +50,7 @@ impl Config {
         let keepalive = u.take_positive_duration("keepalive", Duration::from_secs(5))?;
         let max_value_size = u.take_size("max_value_size", DEFAULT_MAX_VALUE, usize::MAX)?;
         let tls = u.take_tls_files()?;
+        let registry = u.take_registry_layout()?;
         if tls.is_some() && !cfg!(feature = "tls") {
             return Err(url_err(
                 "TLS options need coord-etcd's cargo feature `tls` (enabled by default)",
@@ -63,6 +67,7 @@ impl Config {
             keepalive,
             max_value_size,
             tls,
+            registry,
         })
     }
 }

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use coord_core::registry::RegistryLayout;
 use coord_core::url::Secret;
 use coord_core::{ConnectUrl, Result};
 
@@ -40,6 +41,8 @@ pub(crate) struct Config {
     pub(crate) session_ttl: Option<Duration>,
     /// The bound of every call.
     pub(crate) timeout: Duration,
+    /// The registry's layout (`registry=`).
+    pub(crate) registry: RegistryLayout,
 }
 
 impl Config {
@@ -55,6 +58,7 @@ impl Config {
         u.alias("session_timeout", "session_ttl")?;
         let session_ttl = u.take_duration_in("session_ttl", ConnectUrl::POSITIVE)?;
         let timeout = u.take_positive_duration("timeout", DEFAULT_TIMEOUT)?;
+        let registry = u.take_registry_layout()?;
         u.finish()?;
         Ok(Config {
             connect_string,
@@ -62,6 +66,7 @@ impl Config {
             credentials,
             session_ttl,
             timeout,
+            registry,
         })
     }
 }

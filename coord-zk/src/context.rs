@@ -354,7 +354,8 @@ async fn capabilities(cfg: &Config) -> Result<Capabilities> {
         .with_min_session_ttl(min)
         .with_max_session_ttl(max)
         .with_default_session_ttl(default_ttl)
-        .with_watch_coalesces(true))
+        .with_watch_coalesces(true)
+        .with_registry_layout(cfg.registry))
 }
 
 /// Follows the main client's state: counts reconnects and replaces the client when its

@@ -44,7 +44,6 @@ use crate::kernel::{
     Stat, Version, WriteOp, WriteResult,
 };
 use crate::path::{format_sequence, Path, RESERVED_PREFIX};
-use crate::registry::NativeRegistry;
 
 /// Length of the zero-padded depth in a node key (a path has at most 512 segments).
 const DEPTH_DIGITS: usize = 3;
@@ -682,8 +681,8 @@ pub trait FlatBackend: Send + Sync + 'static {
     async fn watch(&self, path: &Path) -> Result<(Option<Node>, KeyWatch)>;
     /// See [`RawBackend::watch_children`].
     async fn watch_children(&self, path: &Path) -> Result<(Vec<String>, ChildrenWatch)>;
-    /// See [`RawBackend::native_registry`].
-    fn native_registry(&self) -> Option<Arc<dyn NativeRegistry>> {
+    /// See [`RawBackend::native_registry`] (`None` by default).
+    fn native_registry(&self) -> Option<Arc<dyn crate::registry::NativeRegistry>> {
         None
     }
     /// See [`RawBackend::as_any`].
@@ -745,7 +744,7 @@ impl<T: FlatBackend> RawBackend for T {
         FlatBackend::watch_children(self, path).await
     }
 
-    fn native_registry(&self) -> Option<Arc<dyn NativeRegistry>> {
+    fn native_registry(&self) -> Option<Arc<dyn crate::registry::NativeRegistry>> {
         FlatBackend::native_registry(self)
     }
 

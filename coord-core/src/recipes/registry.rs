@@ -6,8 +6,21 @@
 //! {"service":"api","id":"api-1","address":"10.0.0.7","port":8080,"metadata":{"zone":"a"}}
 //! ```
 //!
-//! `metadata` is optional (an empty map when absent); unknown fields are ignored so that
+//! `metadata` and `tags` are optional (empty when absent); unknown fields are ignored so that
 //! newer writers stay readable.
+//!
+//! # Layouts
+//!
+//! That is the **generic** layout, the same on every backend. A backend may also have a
+//! **native** layout that its own tools see ([`NativeRegistry`]): Consul's service catalog
+//! (health API, DNS, `consul catalog services`). The layout is chosen with
+//! [`Registry::with_layout`] / [`Client::registry_with`], or the URL option
+//! `registry=default|generic|native`. The default ([`RegistryLayout::Default`]) is the
+//! native layout where the backend says so ([`NativeRegistry::is_default`]: Consul) and the
+//! generic one elsewhere (ZooKeeper, etcd, mem). `native` on a backend without one is
+//! [`Error::Unsupported`] before any I/O. The API and the guarantees below are the same in
+//! every layout; a native registration also registers again when its entry vanished while
+//! its session lives (an agent restart), and is deregistered by coord on a clean close.
 //!
 //! # A registration's life
 //!
@@ -43,8 +56,10 @@ use crate::kernel::SessionId;
 use crate::path::Path;
 use crate::recipes::group::{held_by, Follow, Group, Member, Membership, MembershipState};
 
+mod follow;
 mod native;
-pub use native::{NativeRegistry, RegistryLayout};
+use follow::NativeMembership;
+pub use native::{Holder, NativeRegistry, RegistryLayout};
 
 /// What [`Registry::register_with`] does when another session holds the instance's id.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -75,6 +90,10 @@ pub struct Instance {
     /// Free-form metadata.
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
+    /// Tags (Consul's service tags; kept in the JSON of the other layouts). Absent in the
+    /// JSON of older writers: empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
 }
 
 impl Instance {
@@ -86,6 +105,7 @@ impl Instance {
             address: address.to_owned(),
             port,
             metadata: BTreeMap::new(),
+            tags: Vec::new(),
         }
     }
 
@@ -94,13 +114,26 @@ impl Instance {
         self.metadata.insert(key.to_owned(), value.to_owned());
         self
     }
+
+    /// Adds a tag.
+    pub fn with_tag(mut self, tag: &str) -> Instance {
+        self.tags.push(tag.to_owned());
+        self
+    }
 }
 
-/// The registry, rooted at a path (`/services` by default). Cheap to clone.
+/// The registry, rooted at a path (`/services` by default), in one layout. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Registry {
     client: Client,
     root: Path,
+    layout: RegistryLayout,
+}
+
+/// Where a registry's operations go.
+enum Resolved {
+    Generic,
+    Native(Arc<dyn NativeRegistry>),
 }
 
 fn decode(path: &Path, m: &Member) -> Result<Instance> {
@@ -111,11 +144,45 @@ fn decode(path: &Path, m: &Member) -> Result<Instance> {
 }
 
 impl Registry {
-    /// The registry rooted at `root`.
+    /// The registry rooted at `root`, in the layout the client's URL chose (option
+    /// `registry`; [`RegistryLayout::Default`] without it).
     pub fn new(client: &Client, root: Path) -> Registry {
         Registry {
             client: client.clone(),
             root,
+            layout: client.capabilities().registry_layout,
+        }
+    }
+
+    /// The same registry in `layout`. [`RegistryLayout::Native`] on a backend without a
+    /// native layout is [`Error::Unsupported`] (no I/O).
+    pub fn with_layout(mut self, layout: RegistryLayout) -> Result<Registry> {
+        self.layout = layout;
+        self.resolve()?;
+        Ok(self)
+    }
+
+    /// The layout in use: `generic`, or the native layout's name (such as `consul-catalog`).
+    /// [`Error::Unsupported`] for [`RegistryLayout::Native`] on a backend without one.
+    pub fn layout_name(&self) -> Result<&'static str> {
+        Ok(match self.resolve()? {
+            Resolved::Generic => "generic",
+            Resolved::Native(n) => n.name(),
+        })
+    }
+
+    /// The layout's implementation; errors before any I/O.
+    fn resolve(&self) -> Result<Resolved> {
+        let native = self.client.backend().native_registry();
+        match (self.layout, native) {
+            (RegistryLayout::Generic, _) => Ok(Resolved::Generic),
+            (RegistryLayout::Native, Some(n)) => Ok(Resolved::Native(n)),
+            (RegistryLayout::Native, None) => Err(Error::Unsupported(format!(
+                "{} has no native registry layout (use the generic one)",
+                self.client.capabilities().backend
+            ))),
+            (RegistryLayout::Default, Some(n)) if n.is_default() => Ok(Resolved::Native(n)),
+            (RegistryLayout::Default, _) => Ok(Resolved::Generic),
         }
     }
 
@@ -141,6 +208,31 @@ impl Registry {
         instance: &Instance,
         if_present: IfPresent,
     ) -> Result<Registration> {
+        if let Resolved::Native(native) = self.resolve()? {
+            let node = self.group(&instance.service)?.path().join(&instance.id)?;
+            native.check(instance)?;
+            let (session, epoch) = follow::register(
+                &self.client,
+                &native,
+                &self.root,
+                &node,
+                instance,
+                if_present,
+            )
+            .await?;
+            let membership = NativeMembership::start(
+                &self.client,
+                native,
+                self.root.clone(),
+                node,
+                instance.clone(),
+                session,
+                epoch,
+            );
+            return Ok(Registration {
+                inner: Inner::Native(membership),
+            });
+        }
         let data =
             serde_json::to_vec(instance).map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let group = self.group(&instance.service)?;
@@ -151,7 +243,11 @@ impl Registry {
                 .join_following(&instance.id, &data, Follow::Node)
                 .await
             {
-                Ok(membership) => return Ok(Registration { membership }),
+                Ok(membership) => {
+                    return Ok(Registration {
+                        inner: Inner::Generic(membership),
+                    })
+                }
                 Err(Error::AlreadyExists { .. }) => {}
                 Err(e) => return Err(e),
             }
@@ -188,6 +284,9 @@ impl Registry {
     /// [`Error::MalformedData`].
     pub async fn discover(&self, service: &str) -> Result<Vec<Instance>> {
         let g = self.group(service)?;
+        if let Resolved::Native(native) = self.resolve()? {
+            return native.discover(&self.root, service).await;
+        }
         g.members()
             .await?
             .iter()
@@ -197,6 +296,9 @@ impl Registry {
 
     /// The names of the registered services (those with a node, possibly without instances).
     pub async fn services(&self) -> Result<Vec<String>> {
+        if let Resolved::Native(native) = self.resolve()? {
+            return native.services(&self.root).await;
+        }
         match self.client.children(&self.root).await {
             Ok(v) => Ok(v),
             Err(Error::NotFound { .. }) => Ok(Vec::new()),
@@ -212,8 +314,12 @@ impl Registry {
         service: &str,
     ) -> Result<impl Stream<Item = Result<Vec<Instance>>> + Send> {
         let g = self.group(service)?;
+        if let Resolved::Native(native) = self.resolve()? {
+            let stream: InstanceStream = native.watch(&self.root, service).await?;
+            return Ok(stream);
+        }
         let path = g.path().clone();
-        Ok(g.watch().await?.map(move |r| {
+        Ok(Box::pin(g.watch().await?.map(move |r| {
             r.map(|members| {
                 members
                     .iter()
@@ -226,7 +332,7 @@ impl Registry {
                     })
                     .collect()
             })
-        }))
+        })))
     }
 
     /// A cache of `service`'s instances that follows changes in the background: lookups do
@@ -321,52 +427,85 @@ fn publish(tx: &watch::Sender<Snapshot>, list: Option<Vec<Instance>>, state: Cac
 /// [module docs](self) for what is guaranteed when that cannot run).
 #[derive(Debug)]
 pub struct Registration {
-    membership: Membership,
+    inner: Inner,
+}
+
+/// A registration in the generic layout (a group member) or a native one.
+#[derive(Debug)]
+enum Inner {
+    Generic(Membership),
+    Native(NativeMembership),
 }
 
 impl Registration {
     /// Deregisters now.
     pub async fn deregister(self) -> Result<()> {
-        self.membership.leave().await
+        match self.inner {
+            Inner::Generic(m) => m.leave().await,
+            Inner::Native(m) => m.leave().await,
+        }
     }
 
-    /// How many times it registered again on a new session.
+    /// How many times it registered again: on a new session, or (native layouts) after its
+    /// entry vanished.
     pub fn reregistrations(&self) -> u64 {
-        self.membership.rejoins()
+        match &self.inner {
+            Inner::Generic(m) => m.rejoins(),
+            Inner::Native(m) => m.rejoins(),
+        }
     }
 
-    /// The instance's node.
+    /// The instance's node (`<root>/<service>/<id>`; in a native layout, the name of the
+    /// entry rather than a key of coord's tree).
     pub fn node(&self) -> &Path {
-        self.membership.node()
+        match &self.inner {
+            Inner::Generic(m) => m.node(),
+            Inner::Native(m) => m.node(),
+        }
     }
 
-    /// The session that owns the instance's node now.
+    /// The session that owns the instance's entry now.
     pub fn owner(&self) -> SessionId {
-        self.membership.owner()
+        match &self.inner {
+            Inner::Generic(m) => m.owner(),
+            Inner::Native(m) => m.owner(),
+        }
     }
 
     /// The registration's state now: registered, registering again after a session expiry,
     /// or ended (failed, closed with its client, removed or replaced by another session; see
     /// [`MembershipState`]).
     pub fn state(&self) -> MembershipState {
-        self.membership.state()
+        match &self.inner {
+            Inner::Generic(m) => m.state(),
+            Inner::Native(m) => m.state(),
+        }
     }
 
     /// The state after each change, starting with the current one; ends after a final state.
     pub fn states(&self) -> impl Stream<Item = MembershipState> + Send {
-        self.membership.states()
+        match &self.inner {
+            Inner::Generic(m) => m.states().boxed(),
+            Inner::Native(m) => m.states().boxed(),
+        }
     }
 
     /// Resolves with the final state once the instance is no longer discoverable and will not
     /// register again by itself (see [`Membership::ended`]).
     pub async fn ended(&self) -> MembershipState {
-        self.membership.ended().await
+        match &self.inner {
+            Inner::Generic(m) => m.ended().await,
+            Inner::Native(m) => m.ended().await,
+        }
     }
 
     /// Resolves with an error once the instance is no longer discoverable and will not
     /// register again by itself (see [`Membership::failed`]).
     pub async fn failed(&self) -> Error {
-        self.membership.failed().await
+        match &self.inner {
+            Inner::Generic(m) => m.failed().await,
+            Inner::Native(m) => m.failed().await,
+        }
     }
 }
 

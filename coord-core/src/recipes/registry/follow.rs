@@ -1,0 +1,428 @@
+//! A registration in a native layout ([`NativeRegistry`]) and the task that keeps it in place,
+//! with the guarantees of the generic layout's (group-based) registrations:
+//!
+//! - when the session ends (expiry, an agent restart that forgot it), it registers again on
+//!   the client's next session ([`MembershipState::Rejoining`], then `Joined`);
+//! - when its entry vanished while the session lives (an agent restart that forgot the
+//!   service but not the session, a deregistration by an operator), it registers again on
+//!   the same session; the entry is checked once per session TTL;
+//! - when another session (or another tool) holds the id, it ends with
+//!   [`MembershipState::Removed`] and does not take the id back;
+//! - a failure that retrying cannot fix ends it with [`MembershipState::Failed`];
+//! - the client's close or shutdown, [`NativeMembership::leave`] and drop deregister it
+//!   ([`MembershipState::Closed`]): a native entry need not go with the session at once (a
+//!   Consul service only turns critical), so coord removes it itself.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::{Stream, StreamExt};
+use tokio::sync::watch;
+
+use crate::adapter::Backoff;
+use crate::client::{Client, Owned, SHUTDOWN_STEP_TIMEOUT};
+use crate::error::{Error, Result};
+use crate::kernel::{Session, SessionId};
+use crate::path::Path;
+use crate::recipes::group::{held_by, MembershipState};
+
+use super::native::{Holder, NativeRegistry};
+use super::{IfPresent, Instance};
+
+/// The first pause between two attempts to register again; it doubles after each failure.
+const FIRST_PAUSE: Duration = Duration::from_millis(50);
+/// The longest pause between two attempts to register again.
+const MAX_PAUSE: Duration = Duration::from_secs(2);
+/// The bounds of the pause between two reads of the entry (one session TTL within them).
+const CHECK_EVERY: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(10));
+
+/// What the handle and its task share (the client keeps a weak reference).
+struct Shared {
+    client: Client,
+    native: Arc<dyn NativeRegistry>,
+    root: Path,
+    instance: Instance,
+    node: Path,
+    rejoins: AtomicU64,
+    /// The session the entry is registered on now.
+    session: Mutex<Arc<dyn Session>>,
+    state: watch::Sender<MembershipState>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Shared {
+    /// Moves to `s` unless the state is already final.
+    fn set(&self, s: MembershipState) {
+        self.state.send_if_modified(|cur| {
+            if cur.is_final() {
+                return false;
+            }
+            *cur = s;
+            true
+        });
+    }
+
+    fn session(&self) -> Arc<dyn Session> {
+        self.session
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn stop(&self) {
+        if let Some(t) = self.task.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            t.abort();
+        }
+    }
+
+    /// Removes our entry (not another session's), bounded by [`SHUTDOWN_STEP_TIMEOUT`].
+    async fn deregister(&self) -> Result<()> {
+        let session = self.session();
+        let removal = self.native.deregister(&self.root, &session, &self.instance);
+        match tokio::time::timeout(SHUTDOWN_STEP_TIMEOUT, removal).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::timeout(format!(
+                "deregistering {} did not finish within {SHUTDOWN_STEP_TIMEOUT:?}",
+                self.node
+            ))),
+        }
+    }
+}
+
+impl Owned for Shared {
+    /// Deregisters whether or not `remove` asks for it (see the module docs).
+    fn end(&self, _remove: bool) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            self.stop();
+            self.set(MembershipState::Closed);
+            self.deregister().await
+        })
+    }
+}
+
+/// Why following ends.
+enum Stop {
+    /// The client was closed.
+    Closed,
+    /// Another session (`Some`) or tool (`None`) holds the id.
+    Displaced(Option<SessionId>),
+    /// A failure that retrying cannot fix.
+    Failed(Error),
+}
+
+/// Why an attempt to register again failed.
+enum Failure {
+    Retry(Error),
+    Stop(Stop),
+}
+
+impl Failure {
+    fn of(e: Error) -> Failure {
+        match e {
+            Error::Closed => Failure::Stop(Stop::Closed),
+            e if e.is_retryable() || e.is_session_gone() => Failure::Retry(e),
+            e => Failure::Stop(Stop::Failed(e)),
+        }
+    }
+}
+
+/// How following one session ended.
+enum Ended {
+    /// The session ended, or the entry vanished: register again.
+    Again,
+    /// Another session or tool holds the id.
+    Displaced(Option<SessionId>),
+}
+
+/// Registers `instance` on the client's session (once more on a fresh session if the one
+/// taken had already ended), honouring `if_present` and never replacing an entry of our own
+/// session. Returns the session and its close generation.
+pub(super) async fn register(
+    client: &Client,
+    native: &Arc<dyn NativeRegistry>,
+    root: &Path,
+    node: &Path,
+    instance: &Instance,
+    if_present: IfPresent,
+) -> Result<(Arc<dyn Session>, u64)> {
+    let (mut session, epoch) = client.session_in(None).await?;
+    match native.holder(root, instance).await? {
+        Holder::Session(id) if &id == session.id() || if_present == IfPresent::Fail => {
+            return Err(held_by(node, Some(&id)));
+        }
+        Holder::Foreign if if_present == IfPresent::Fail => {
+            return Err(Error::AlreadyExists {
+                path: format!("{node} (held by another tool)"),
+            });
+        }
+        _ => {}
+    }
+    if let Err(e) = native.register(root, &session, instance, if_present).await {
+        if !(e.is_session_gone() && session.state().is_final()) {
+            return Err(e);
+        }
+        session = client.session_in(Some(epoch)).await?.0;
+        native
+            .register(root, &session, instance, if_present)
+            .await?;
+    }
+    Ok((session, epoch))
+}
+
+/// Keeps the entry registered until the registration ends (see the module docs).
+async fn follow(shared: Arc<Shared>, mut session: Arc<dyn Session>, epoch: u64) {
+    loop {
+        if let Ended::Displaced(by) = watch_entry(&shared, &session).await {
+            tracing::warn!(node = %shared.node, ?by, "registration replaced by another session or tool; not taking it back");
+            shared.set(MembershipState::Removed { by });
+            return;
+        }
+        shared.set(MembershipState::Rejoining);
+        let previous = session.id().clone();
+        match register_again(&shared, &previous, epoch).await {
+            Ok(s) => {
+                *shared.session.lock().unwrap_or_else(|p| p.into_inner()) = s.clone();
+                session = s;
+                shared.rejoins.fetch_add(1, Ordering::Relaxed);
+                shared.set(MembershipState::Joined);
+            }
+            Err(Stop::Closed) => {
+                shared.set(MembershipState::Closed);
+                return;
+            }
+            Err(Stop::Displaced(by)) => {
+                tracing::warn!(node = %shared.node, ?by, "id taken while registering again; not taking it back");
+                shared.set(MembershipState::Removed { by });
+                return;
+            }
+            Err(Stop::Failed(e)) => {
+                tracing::error!(node = %shared.node, error = %e, "registering again failed for good");
+                shared.set(MembershipState::Failed(e));
+                return;
+            }
+        }
+    }
+}
+
+/// Waits until `session` reaches a final state (or its state stream ends).
+async fn wait_for_end(session: &dyn Session) {
+    let mut states = session.states();
+    while let Some(s) = states.next().await {
+        if s.is_final() {
+            break;
+        }
+    }
+}
+
+/// Follows the session, and reads the entry once per session TTL, until the session ends,
+/// the entry vanished or somebody else holds it. A failed read is tried again at the next
+/// turn.
+async fn watch_entry(shared: &Shared, session: &Arc<dyn Session>) -> Ended {
+    let every = session.ttl().clamp(CHECK_EVERY.0, CHECK_EVERY.1);
+    loop {
+        tokio::select! {
+            _ = wait_for_end(&**session) => return Ended::Again,
+            _ = tokio::time::sleep(every) => {}
+        }
+        match shared.native.holder(&shared.root, &shared.instance).await {
+            Ok(Holder::Session(id)) if &id == session.id() => {}
+            Ok(Holder::Nobody) => {
+                tracing::info!(node = %shared.node, "registration vanished; registering again");
+                return Ended::Again;
+            }
+            Ok(Holder::Session(id)) => return Ended::Displaced(Some(id)),
+            Ok(Holder::Foreign) => return Ended::Displaced(None),
+            Err(e) => {
+                tracing::debug!(node = %shared.node, error = %e, "could not read a registration")
+            }
+        }
+    }
+}
+
+/// Registers again on the client's current session (a new one if `previous` ended), retrying
+/// what may succeed later with a bounded exponential back-off.
+async fn register_again(
+    shared: &Shared,
+    previous: &SessionId,
+    epoch: u64,
+) -> std::result::Result<Arc<dyn Session>, Stop> {
+    let mut backoff = Backoff::new(FIRST_PAUSE, MAX_PAUSE);
+    loop {
+        match register_once(shared, previous, epoch).await {
+            Ok(s) => return Ok(s),
+            Err(Failure::Stop(stop)) => return Err(stop),
+            Err(Failure::Retry(e)) => {
+                let pause = backoff.next_delay();
+                tracing::warn!(node = %shared.node, error = %e, retry_in = ?pause, "registering again failed, retrying");
+                tokio::time::sleep(pause).await;
+            }
+        }
+    }
+}
+
+async fn register_once(
+    shared: &Shared,
+    previous: &SessionId,
+    epoch: u64,
+) -> std::result::Result<Arc<dyn Session>, Failure> {
+    let (s, _) = shared
+        .client
+        .session_in(Some(epoch))
+        .await
+        .map_err(Failure::of)?;
+    let holder = shared
+        .native
+        .holder(&shared.root, &shared.instance)
+        .await
+        .map_err(Failure::of)?;
+    match holder {
+        // Ours already (an answer lost on the way).
+        Holder::Session(id) if &id == s.id() => return Ok(s),
+        Holder::Session(id) if &id != previous => {
+            return Err(Failure::Stop(Stop::Displaced(Some(id))))
+        }
+        Holder::Foreign => return Err(Failure::Stop(Stop::Displaced(None))),
+        _ => {}
+    }
+    shared
+        .native
+        .register(&shared.root, &s, &shared.instance, IfPresent::Replace)
+        .await
+        .map_err(Failure::of)?;
+    Ok(s)
+}
+
+/// A live registration in a native layout. Dropping it deregisters in the background.
+pub(super) struct NativeMembership {
+    shared: Arc<Shared>,
+    state: watch::Receiver<MembershipState>,
+    left: bool,
+}
+
+impl std::fmt::Debug for NativeMembership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NativeMembership")
+            .field("layout", &self.shared.native.name())
+            .field("node", &self.shared.node)
+            .field("state", &*self.state.borrow())
+            .finish()
+    }
+}
+
+impl NativeMembership {
+    /// Starts following the registration made on `session` by [`register`].
+    pub(super) fn start(
+        client: &Client,
+        native: Arc<dyn NativeRegistry>,
+        root: Path,
+        node: Path,
+        instance: Instance,
+        session: Arc<dyn Session>,
+        epoch: u64,
+    ) -> NativeMembership {
+        let (tx, state) = watch::channel(MembershipState::Joined);
+        let shared = Arc::new(Shared {
+            client: client.clone(),
+            native,
+            root,
+            instance,
+            node,
+            rejoins: AtomicU64::new(0),
+            session: Mutex::new(session.clone()),
+            state: tx,
+            task: Mutex::new(None),
+        });
+        let task = tokio::spawn(follow(shared.clone(), session, epoch));
+        *shared.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
+        let weak: std::sync::Weak<dyn Owned> = Arc::downgrade(&shared) as _;
+        client.track_member(weak);
+        NativeMembership {
+            shared,
+            state,
+            left: false,
+        }
+    }
+
+    pub(super) fn node(&self) -> &Path {
+        &self.shared.node
+    }
+
+    pub(super) fn owner(&self) -> SessionId {
+        self.shared.session().id().clone()
+    }
+
+    pub(super) fn rejoins(&self) -> u64 {
+        self.shared.rejoins.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn state(&self) -> MembershipState {
+        self.state.borrow().clone()
+    }
+
+    pub(super) fn states(&self) -> impl Stream<Item = MembershipState> + Send {
+        futures::stream::unfold(
+            (self.state.clone(), false, true),
+            |(mut rx, done, first)| async move {
+                if done || (!first && rx.changed().await.is_err()) {
+                    return None;
+                }
+                let s = rx.borrow_and_update().clone();
+                let done = s.is_final();
+                Some((s, (rx, done, false)))
+            },
+        )
+    }
+
+    pub(super) async fn ended(&self) -> MembershipState {
+        let mut rx = self.state.clone();
+        let end = match rx.wait_for(MembershipState::is_final).await {
+            Ok(s) => Some(s.clone()),
+            Err(_) => None,
+        };
+        end.unwrap_or_else(|| {
+            MembershipState::Failed(Error::backend(
+                self.shared.client.capabilities().backend,
+                format!("the registration {} stopped following", self.shared.node),
+                false,
+            ))
+        })
+    }
+
+    pub(super) async fn failed(&self) -> Error {
+        match self.ended().await {
+            MembershipState::Failed(e) => e,
+            MembershipState::Removed { by: Some(by) } => held_by(&self.shared.node, Some(&by)),
+            MembershipState::Removed { by: None } => Error::NotFound {
+                path: self.shared.node.to_string(),
+            },
+            _ => Error::Closed,
+        }
+    }
+
+    pub(super) async fn leave(mut self) -> Result<()> {
+        self.left = true;
+        self.shared.stop();
+        self.shared.set(MembershipState::Closed);
+        self.shared.deregister().await
+    }
+}
+
+impl Drop for NativeMembership {
+    fn drop(&mut self) {
+        self.shared.stop();
+        if self.left {
+            return;
+        }
+        self.shared.set(MembershipState::Closed);
+        if let Ok(h) = tokio::runtime::Handle::try_current() {
+            let shared = self.shared.clone();
+            h.spawn(async move {
+                if let Err(e) = shared.deregister().await {
+                    tracing::warn!(node = %shared.node, error = %e, "could not deregister");
+                }
+            });
+        }
+    }
+}
