@@ -15,8 +15,9 @@
 //!
 //! The endpoints package's JSON (`internal.Update`), exactly as `endpoints.Manager.AddEndpoint`
 //! writes it: `{"Op":0,"Addr":"10.0.0.7:8080","Metadata":{…}}`. coord's `Metadata` is an
-//! object `{"id":"api-1","metadata":{"zone":"a"}}`: the instance id and its metadata map. A
-//! Go resolver passes `Metadata` through untouched (grpc's `resolver.Address.Metadata`).
+//! object `{"id":"api-1","metadata":{"zone":"a"},"tags":["v2"]}`: the instance id, its metadata
+//! map and its tags (`tags` left out when empty). A Go resolver passes `Metadata` through
+//! untouched (grpc's `resolver.Address.Metadata`).
 //!
 //! Entries written by others decode too: without a string `id` in `Metadata` the instance id
 //! is the key's last segment (the address), and the string, number and boolean members of an
@@ -37,7 +38,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use coord_core::adapter::WatchScope;
-use coord_core::registry::{IfPresent, Instance, NativeRegistry};
+use coord_core::registry::{Holder, IfPresent, Instance, NativeRegistry};
 use coord_core::{Error, Path, Result, Session};
 use etcd_client::proto::{PbEvent, PbKeyValue};
 use etcd_client::{Compare, CompareOp, Txn, TxnOp};
@@ -45,7 +46,7 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use crate::context::{Context, Range};
+use crate::context::{lease_sid, Context, Range};
 use crate::error::Ctx;
 use crate::session::EtcdSession;
 use crate::watch::{drive, Logic, Step, DELETE, PUT};
@@ -86,6 +87,8 @@ struct Update {
 struct CoordMeta<'a> {
     id: &'a str,
     metadata: &'a BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    tags: &'a [String],
 }
 
 /// The `host:port` of an instance (an IPv6 host in brackets), as grpc dials it.
@@ -102,6 +105,7 @@ pub fn encode(instance: &Instance) -> Result<Vec<u8>> {
     let meta = CoordMeta {
         id: &instance.id,
         metadata: &instance.metadata,
+        tags: &instance.tags,
     };
     let update = Update {
         op: 0,
@@ -137,6 +141,12 @@ pub fn decode(service: &str, key: &str, value: &[u8]) -> Result<Instance> {
                 instance.id = id.clone();
                 if let Some(serde_json::Value::Object(md)) = m.get("metadata") {
                     instance.metadata = scalars(md);
+                }
+                if let Some(serde_json::Value::Array(tags)) = m.get("tags") {
+                    instance.tags = tags
+                        .iter()
+                        .filter_map(|t| t.as_str().map(str::to_owned))
+                        .collect();
                 }
             }
             _ => instance.metadata = scalars(&m),
@@ -373,20 +383,27 @@ impl NativeRegistry for GrpcNaming {
         Ok(())
     }
 
-    async fn is_registered(
-        &self,
-        root: &Path,
-        session: &Arc<dyn Session>,
-        instance: &Instance,
-    ) -> Result<bool> {
-        let lease = lease_of(session)?;
-        let key = format!(
-            "{}/{}",
-            self.target(root, &instance.service)?,
-            endpoint_addr(instance)
-        );
-        let (kvs, _) = self.read(&key).await?;
-        Ok(kvs.iter().any(|kv| key_str(kv) == key && kv.lease == lease))
+    /// The entry at the instance's address, else one with its id: [`Holder::Session`] with
+    /// the entry's lease (in hex, as coord names etcd sessions), [`Holder::Foreign`] for a key
+    /// without a lease.
+    async fn holder(&self, root: &Path, instance: &Instance) -> Result<Holder> {
+        let prefix = format!("{}/", self.target(root, &instance.service)?);
+        let key = format!("{prefix}{}", endpoint_addr(instance));
+        let (kvs, _) = self.read(&prefix).await?;
+        let entries = || {
+            kvs.iter()
+                .filter(|kv| entry_name(&prefix, key_str(kv)).is_some())
+        };
+        let found = entries().find(|kv| key_str(kv) == key).or_else(|| {
+            entries().find(|kv| {
+                decode(&instance.service, key_str(kv), &kv.value).is_ok_and(|i| i.id == instance.id)
+            })
+        });
+        Ok(match found {
+            None => Holder::Nobody,
+            Some(kv) if kv.lease == 0 => Holder::Foreign,
+            Some(kv) => Holder::Session(lease_sid(kv.lease)),
+        })
     }
 
     async fn discover(&self, root: &Path, service: &str) -> Result<Vec<Instance>> {

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use coord_core::registry::{IfPresent, Instance, NativeRegistry};
+use coord_core::registry::{Holder, IfPresent, Instance, NativeRegistry};
 use coord_core::{Backend, Error, Path, Session, SessionOptions};
 use coord_etcd::testing::fresh_namespace;
 use coord_etcd::{EtcdBackend, EtcdSession};
@@ -99,7 +99,9 @@ async fn etcdctl_shows_exactly_the_endpoints_json_under_the_lease() {
     };
     let root = p("/services");
     let s = session(&backend).await;
-    let api1 = Instance::new("api", "api-1", "127.0.0.1", 8080).with_meta("zone", "a");
+    let api1 = Instance::new("api", "api-1", "127.0.0.1", 8080)
+        .with_meta("zone", "a")
+        .with_tag("v2");
     native
         .register(&root, &s, &api1, IfPresent::Replace)
         .await
@@ -116,7 +118,7 @@ async fn etcdctl_shows_exactly_the_endpoints_json_under_the_lease() {
         lines,
         vec![
             format!("{target}/127.0.0.1:8080").as_str(),
-            r#"{"Op":0,"Addr":"127.0.0.1:8080","Metadata":{"id":"api-1","metadata":{"zone":"a"}}}"#,
+            r#"{"Op":0,"Addr":"127.0.0.1:8080","Metadata":{"id":"api-1","metadata":{"zone":"a"},"tags":["v2"]}}"#,
         ],
         "etcdctl get --prefix {target}/"
     );
@@ -137,7 +139,10 @@ async fn etcdctl_shows_exactly_the_endpoints_json_under_the_lease() {
         native.services(&root).await.unwrap(),
         vec!["api".to_owned()]
     );
-    assert!(native.is_registered(&root, &s, &api1).await.unwrap());
+    assert_eq!(
+        native.holder(&root, &api1).await.unwrap(),
+        Holder::Session(s.id().clone())
+    );
 
     // Deregistering removes the key; closing the session afterwards leaves nothing.
     native.deregister(&root, &s, &api1).await.unwrap();
@@ -145,7 +150,7 @@ async fn etcdctl_shows_exactly_the_endpoints_json_under_the_lease() {
         etcdctl(&endpoints, &["get", "--prefix", &format!("{target}/")]),
         ""
     );
-    assert!(!native.is_registered(&root, &s, &api1).await.unwrap());
+    assert_eq!(native.holder(&root, &api1).await.unwrap(), Holder::Nobody);
     s.close().await.unwrap();
 }
 
@@ -280,8 +285,11 @@ async fn one_id_two_sessions_replace_or_fail() {
     );
     // The replaced registrant's deregister leaves the new entry alone.
     native.deregister(&root, &a, &first).await.unwrap();
-    assert!(native.is_registered(&root, &b, &moved).await.unwrap());
-    assert!(!native.is_registered(&root, &a, &first).await.unwrap());
+    assert_eq!(
+        native.holder(&root, &first).await.unwrap(),
+        Holder::Session(b.id().clone()),
+        "the id is b's now"
+    );
     // Bad input: a typed error, nothing written.
     let bad = Instance::new("api", "x/y", "127.0.0.1", 1);
     assert!(native

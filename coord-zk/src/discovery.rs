@@ -16,8 +16,8 @@
 //! Curator's `ServiceInstance` JSON as its `JsonInstanceSerializer` (5.4, compatible mode)
 //! writes it: `name`, `id`, `address`, `port`, `sslPort` (null), `payload` (null),
 //! `registrationTimeUTC` (milliseconds since the epoch), `serviceType` (`"DYNAMIC"`),
-//! `uriSpec` (null), then coord's own `metadata` object, which Curator ignores (its reader
-//! ignores unknown properties). The payload stays null because Curator checks it against the
+//! `uriSpec` (null), then coord's own `metadata` object and `tags` array (left out when empty),
+//! which Curator ignores (its reader ignores unknown properties). The payload stays null because Curator checks it against the
 //! reader's payload class: a map there would break every Curator reader whose payload class
 //! is its own type.
 //!
@@ -33,7 +33,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use coord_core::adapter::WatchScope;
-use coord_core::registry::{IfPresent, Instance, NativeRegistry};
+use coord_core::registry::{Holder, IfPresent, Instance, NativeRegistry};
 use coord_core::{ChildrenEvent, CreateMode, Error, Path, Result, Session, SessionId};
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
@@ -70,6 +70,9 @@ struct ServiceInstance {
     /// coord's metadata (not Curator's; Curator ignores it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     metadata: Option<BTreeMap<String, String>>,
+    /// coord's tags (not Curator's; Curator ignores them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    tags: Vec<String>,
 }
 
 /// Curator's JSON of `instance` (see the module docs).
@@ -89,6 +92,7 @@ pub fn encode(instance: &Instance) -> Result<Vec<u8>> {
         service_type: Some("DYNAMIC".to_owned()),
         uri_spec: serde_json::Value::Null,
         metadata: Some(instance.metadata.clone()),
+        tags: instance.tags.clone(),
     };
     serde_json::to_vec(&si).map_err(|e| Error::InvalidArgument(e.to_string()))
 }
@@ -111,6 +115,7 @@ pub fn decode(service: &str, node: &Path, value: &[u8]) -> Result<Instance> {
     let port = u16::try_from(port).map_err(|_| bad(format!("port {port} out of range")))?;
     let id = si.id.unwrap_or_else(|| node.name().to_owned());
     let mut instance = Instance::new(service, &id, &address, port);
+    instance.tags = si.tags;
     instance.metadata = match (si.metadata, si.payload) {
         (Some(m), _) => m,
         (None, serde_json::Value::Object(p)) => p
@@ -297,18 +302,17 @@ impl NativeRegistry for CuratorDiscovery {
         }
     }
 
-    async fn is_registered(
-        &self,
-        root: &Path,
-        session: &Arc<dyn Session>,
-        instance: &Instance,
-    ) -> Result<bool> {
+    /// The node's ephemeral owner ([`Holder::Foreign`] for a persistent node: Curator's
+    /// `STATIC` and `PERMANENT` instances).
+    async fn holder(&self, root: &Path, instance: &Instance) -> Result<Holder> {
         let node = root.join(&instance.service)?.join(&instance.id)?;
-        Ok(self
-            .ctx
-            .exists(&node)
-            .await?
-            .is_some_and(|s| s.ephemeral_owner.as_ref() == Some(session.id())))
+        Ok(match self.ctx.exists(&node).await? {
+            None => Holder::Nobody,
+            Some(stat) => match stat.ephemeral_owner {
+                Some(id) => Holder::Session(id),
+                None => Holder::Foreign,
+            },
+        })
     }
 
     async fn discover(&self, root: &Path, service: &str) -> Result<Vec<Instance>> {

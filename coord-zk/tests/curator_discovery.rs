@@ -238,7 +238,9 @@ async fn curator_and_coord_list_each_others_instances() {
     };
     let root = p("/services");
     let s = session(&backend, Duration::from_secs(4)).await;
-    let mine = Instance::new("api", "coord-1", "127.0.0.1", 8080).with_meta("zone", "a");
+    let mine = Instance::new("api", "coord-1", "127.0.0.1", 8080)
+        .with_meta("zone", "a")
+        .with_tag("v2");
     native
         .register(&root, &s, &mine, IfPresent::Replace)
         .await
@@ -259,6 +261,8 @@ async fn curator_and_coord_list_each_others_instances() {
     assert_eq!(v["serviceType"], "DYNAMIC");
     assert!(v["payload"].is_null() && v["sslPort"].is_null() && v["uriSpec"].is_null());
     assert!(v["registrationTimeUTC"].as_i64().unwrap() > 0);
+    assert_eq!(v["metadata"]["zone"], "a");
+    assert_eq!(v["tags"][0], "v2");
 
     // coord lists Curator's instance (its Map payload becomes metadata), in discover and watch.
     assert_eq!(peer.ask("register api cur-1 127.0.0.2 9090").await, "ok");
