@@ -185,15 +185,15 @@ pub(crate) enum Pass {
 }
 
 /// An HTTP answer: status, `X-Consul-Index` (0 if absent) and body.
-struct Answer {
-    status: StatusCode,
-    index: u64,
-    body: Vec<u8>,
+pub(crate) struct Answer {
+    pub(crate) status: StatusCode,
+    pub(crate) index: u64,
+    pub(crate) body: Vec<u8>,
 }
 
 impl Answer {
     /// The answer if its status is a success (or `also`), else its error.
-    fn ok(self, also: Option<StatusCode>, what: &str) -> Result<Answer> {
+    pub(crate) fn ok(self, also: Option<StatusCode>, what: &str) -> Result<Answer> {
         if self.status.is_success() || Some(self.status) == also {
             Ok(self)
         } else {
@@ -260,7 +260,7 @@ impl Api {
         self.listed.load(Ordering::Relaxed)
     }
 
-    fn url(&self, segments: &[&str], key: Option<&str>) -> Result<Url> {
+    pub(crate) fn url(&self, segments: &[&str], key: Option<&str>) -> Result<Url> {
         let mut u = self.base.clone();
         {
             let mut p = u
@@ -277,7 +277,12 @@ impl Api {
 
     /// A `GET`, optionally as a blocking query from an index for up to a wait, bounded on
     /// the client by the wait, Consul's wait/16 of jitter and the request timeout.
-    async fn get(&self, mut u: Url, block: Option<(u64, Duration)>, what: &str) -> Result<Answer> {
+    pub(crate) async fn get(
+        &self,
+        mut u: Url,
+        block: Option<(u64, Duration)>,
+        what: &str,
+    ) -> Result<Answer> {
         let mut bound = self.timeout;
         if let Some((index, wait)) = block {
             u.query_pairs_mut()
@@ -324,7 +329,7 @@ impl Api {
     }
 
     /// A `PUT` to an agent or session endpoint with an optional JSON body.
-    async fn put(
+    pub(crate) async fn put(
         &self,
         segments: &[&str],
         body: Option<serde_json::Value>,

@@ -7,11 +7,13 @@ use async_trait::async_trait;
 
 use coord_core::adapter::flat::{FlatBackend, Layout, Tree};
 use coord_core::adapter::{check_ttl, WatchScope};
+use coord_core::registry::NativeRegistry;
 use coord_core::{
     Capabilities, ChildrenWatch, KeyWatch, Node, Path, Result, Session, SessionOptions,
 };
 
 use crate::api::Api;
+use crate::catalog::Catalog;
 use crate::config::{Config, MAX_SESSION_TTL, MIN_SESSION_TTL};
 use crate::context::{ConsulStore, Context};
 use crate::session::ConsulSession;
@@ -24,6 +26,8 @@ pub struct ConsulBackend {
     config: Config,
     /// The watch tasks end with the backend.
     watches: WatchScope,
+    /// The registry in the agent's service catalog.
+    catalog: Arc<Catalog>,
 }
 
 impl std::fmt::Debug for ConsulBackend {
@@ -56,8 +60,10 @@ impl ConsulBackend {
             .with_default_session_ttl(config.session_ttl)
             .with_watch_coalesces(true)
             .with_registry_layout(config.registry);
+        let catalog = Arc::new(Catalog::new(api.clone(), &config.namespace));
         Ok(ConsulBackend {
             ctx: Arc::new(Context::new(api, caps, &config.namespace)),
+            catalog,
             config,
             watches: WatchScope::new(),
         })
@@ -113,5 +119,9 @@ impl FlatBackend for ConsulBackend {
 
     async fn open_session(&self, ttl: Duration) -> Result<Arc<dyn Session>> {
         Ok(Arc::new(ConsulSession::open(self.ctx.clone(), ttl).await?))
+    }
+
+    fn native_registry(&self) -> Option<Arc<dyn NativeRegistry>> {
+        Some(self.catalog.clone())
     }
 }

@@ -17,11 +17,14 @@
 //! - Atomic rules (create under an existing, non-ephemeral parent; sequential numbers; delete
 //!   refusing children; compare-and-set) are single `/v1/txn` transactions.
 //! - Watches are blocking queries compared with the last delivered state (they coalesce).
+//! - The registry's default layout is Consul's service catalog ([`catalog`]); `?registry=generic`
+//!   keeps instances in coord's key layout instead.
 #![warn(missing_docs, unreachable_pub)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod api;
 mod backend;
+pub mod catalog;
 mod config;
 mod context;
 mod error;

@@ -42,10 +42,7 @@ impl HarnessBackend for Consul {
     /// Destroys the session with `PUT /v1/session/destroy/<id>` from a separate HTTP client:
     /// Consul deletes its ephemerals and the owner's observer reports Expired.
     async fn expire(&self, h: &ConsulHarness, session: &ConsulSession) {
-        let url = format!("http://{}/v1/session/destroy/{}", h.host(), session.id().0);
-        let put = self.0.put(url).timeout(Duration::from_secs(5)).send();
-        let status = put.await.expect("session destroy request").status();
-        assert!(status.is_success(), "session destroy: {status}");
+        destroy(&self.0, h.host(), session).await;
     }
 
     /// Stops passing the session's check ([`ConsulSession::crash`]): Consul invalidates the
@@ -54,6 +51,48 @@ impl HarnessBackend for Consul {
         session.crash();
         true
     }
+}
+
+/// The harness of Consul's generic registry layout (`?registry=generic`): the same agent
+/// and namespaces, for the registry tests run a second time
+/// ([`coord_core::conformance_registry_tests!`]).
+#[derive(Debug, Default)]
+pub struct ConsulGeneric(Consul);
+
+#[async_trait]
+impl HarnessBackend for ConsulGeneric {
+    const SPEC: Spec = Spec::new(Kind::Consul, "consul").options("registry=generic");
+    type Client = ConsulBackend;
+    type Session = ConsulSession;
+
+    fn host(endpoints: &str) -> String {
+        Consul::host(endpoints)
+    }
+
+    async fn connect(&self, url: &str) -> ConsulBackend {
+        self.0.connect(url).await
+    }
+
+    async fn expire(&self, h: &UrlHarness<ConsulGeneric>, session: &ConsulSession) {
+        destroy(&self.0 .0, h.host(), session).await;
+    }
+
+    async fn crash(&self, session: &ConsulSession) -> bool {
+        self.0.crash(session).await
+    }
+}
+
+/// Destroys `session` with `PUT /v1/session/destroy/<id>` on the agent at `host`.
+async fn destroy(http: &reqwest::Client, host: &str, session: &ConsulSession) {
+    let url = format!("http://{host}/v1/session/destroy/{}", session.id().0);
+    let put = http.put(url).timeout(Duration::from_secs(5)).send();
+    let status = put.await.expect("session destroy request").status();
+    assert!(status.is_success(), "session destroy: {status}");
+}
+
+/// The generic layout's harness for test `test` (see [`harness`]).
+pub async fn generic_harness(test: &str) -> Option<Arc<dyn Harness>> {
+    coord_testkit::harness::harness::<ConsulGeneric>(test).await
 }
 
 /// The harness for test `test`, or `None` (after a loud skip line) when no Consul agent is

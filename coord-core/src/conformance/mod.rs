@@ -272,6 +272,66 @@ macro_rules! conformance_tests {
     };
 }
 
+/// Instantiates the registry and group tests of the suite only: for a backend's second
+/// registry layout (its default layout runs them within [`conformance_tests!`]), for example
+/// Consul's generic layout next to its catalog.
+/// `<backend>::every_registry_test_is_listed` fails naming any `registry_*` or `group_*` test
+/// function the list leaves out.
+#[macro_export]
+macro_rules! conformance_registry_tests {
+    (factory = $factory:path, attr = #[$attr:meta]) => {
+        $crate::__conformance_registry_each!(
+            $factory,
+            $attr,
+            [
+                registry_register_discover_deregister,
+                registry_watch_sees_join_and_expiry,
+                registry_cache_follows,
+                registry_services_do_not_mix,
+                registry_malformed_entry_typed_error,
+                registry_reregisters_after_expiry,
+                group_join_leave_watch,
+                group_duplicate_member_rejected,
+                group_rejoin_failure_is_visible,
+                registry_close_does_not_reregister,
+                client_shutdown_resigns_then_deregisters,
+                registry_replaces_entry_of_crashed_session,
+                registry_later_registration_takes_over,
+                registry_fail_if_present,
+                registry_cache_clones_and_stop,
+                registry_drop_at_runtime_shutdown,
+            ]
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_registry_each {
+    ($factory:path, $attr:meta, [$($name:ident),* $(,)?]) => {
+        $(
+            #[$attr]
+            async fn $name() {
+                if let Some(h) = $factory(stringify!($name)).await {
+                    $crate::conformance::recipes::$name(&*h).await;
+                }
+            }
+        )*
+
+        /// The list above has every registry and group test of the suite.
+        #[test]
+        fn every_registry_test_is_listed() {
+            let listed = [$(concat!("recipes::", stringify!($name)),)*];
+            let missing: Vec<String> = $crate::conformance::test_functions()
+                .into_iter()
+                .filter(|t| t.starts_with("recipes::registry_") || t.starts_with("recipes::group_"))
+                .filter(|t| !listed.contains(&t.as_str()))
+                .collect();
+            assert!(missing.is_empty(), "registry tests missing from conformance_registry_tests!: {missing:?}");
+        }
+    };
+}
+
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __conformance_each {
