@@ -246,6 +246,30 @@ async fn the_instance_goes_when_etcdctl_revokes_its_lease() {
     until("the instance again", &mut watch, |l| l.len() == 1).await;
     s2.close().await.unwrap();
     until("no instance after close", &mut watch, |l| l.is_empty()).await;
+
+    // Through the Registry API on a client whose URL selects the layout; its process
+    // "crashes" (no more keep-alives, no revoke): the lease expires and the key goes.
+    let url = format!("etcd://{endpoints}{ns}?registry=native&session_ttl=2s");
+    let client = coord_core::Client::new(Arc::new(EtcdBackend::connect(&url).await.unwrap()));
+    assert_eq!(client.registry().layout_name().unwrap(), "etcd-naming");
+    let _reg = client.registry().register(&i).await.unwrap();
+    until("the registered instance", &mut watch, |l| l == [i.clone()]).await;
+    assert!(
+        etcdctl(&endpoints, &["get", "--prefix", &format!("{target}/")]).contains("127.0.0.1:9000")
+    );
+    let s3 = client.current_session().await.expect("a session");
+    s3.as_any()
+        .downcast_ref::<EtcdSession>()
+        .expect("etcd session")
+        .crash();
+    until("no instance after the lease expired", &mut watch, |l| {
+        l.is_empty()
+    })
+    .await;
+    assert_eq!(
+        etcdctl(&endpoints, &["get", "--prefix", &format!("{target}/")]),
+        ""
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
