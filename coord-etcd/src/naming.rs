@@ -419,12 +419,20 @@ impl NativeRegistry for GrpcNaming {
 
     async fn services(&self, root: &Path) -> Result<Vec<String>> {
         let prefix = self.root_prefix(root);
-        let (kvs, _) = self.read(&prefix).await?;
+        let range = Range {
+            key: prefix.clone(),
+            prefix: true,
+            keys_only: true,
+        };
+        let (snap, _) = self.cx.store().snapshot(&[range]).await?;
+        let kvs = snap.into_iter().next().unwrap_or_default();
+        // `<service>/<entry>` exactly; coord's own tree (`__coord/…`) is never a service.
         let mut names: Vec<String> = kvs
             .iter()
             .filter_map(|kv| key_str(kv).strip_prefix(prefix.as_str()))
             .filter_map(|rest| rest.split_once('/'))
             .filter(|(svc, addr)| !svc.is_empty() && !addr.is_empty() && !addr.contains('/'))
+            .filter(|(svc, _)| !svc.starts_with(coord_core::path::RESERVED_PREFIX))
             .map(|(svc, _)| svc.to_owned())
             .collect();
         names.sort();
