@@ -13,7 +13,7 @@ use std::time::Duration;
 use coord_core::registry::{IfPresent, Instance, NativeRegistry};
 use coord_core::{Backend, Path, Session, SessionOptions};
 use coord_testkit::require_backends;
-use coord_zk::{ZkBackend, ZkSession};
+use coord_zk::ZkBackend;
 use futures::{Stream, StreamExt};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
@@ -288,8 +288,69 @@ async fn curator_and_coord_list_each_others_instances() {
     assert_eq!(peer.ask("quit").await, "bye");
 }
 
+/// The environment variable that makes [`child_registers_and_waits`] a registering process.
+const CHILD_URL: &str = "COORD_CURATOR_CHILD_URL";
+
+/// Not a test of its own: the coord process of
+/// [`a_sigkilled_side_s_instances_go_within_the_session_timeout`], which runs this test binary
+/// again with only this (ignored) test and [`CHILD_URL`] set. It registers through the
+/// Registry API on a client whose URL selects the native layout, says so, and waits (bounded)
+/// to be killed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_side_s_instances_go_within_the_session_timeout() {
+#[ignore = "the child process of a_sigkilled_side_s_instances_go_within_the_session_timeout"]
+async fn child_registers_and_waits() {
+    let Ok(url) = std::env::var(CHILD_URL) else {
+        eprintln!("child_registers_and_waits: {CHILD_URL} is not set, so this is no child process: nothing to do");
+        return;
+    };
+    let backend = ZkBackend::connect(&url).await.expect("connect");
+    let client = coord_core::Client::new(Arc::new(backend));
+    assert_eq!(
+        client.registry().layout_name().unwrap(),
+        "curator-x-discovery"
+    );
+    let i = Instance::new("web", "coord-child", "127.0.0.1", 7070);
+    let _reg = client.registry().register(&i).await.expect("register");
+    println!("registered");
+    tokio::time::sleep(PATIENCE * 2).await;
+}
+
+/// Runs [`child_registers_and_waits`] in a new process of this test binary, registering on
+/// `url`; returns once it has registered. Killed when dropped.
+async fn coord_child(url: &str) -> Child {
+    let exe = std::env::current_exe().expect("the test binary");
+    let mut child = Command::new(exe)
+        .args([
+            "child_registers_and_waits",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env(CHILD_URL, url)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the coord child process");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    tokio::time::timeout(PATIENCE, async {
+        while let Some(line) = lines.next_line().await.expect("read the child") {
+            if line == "registered" {
+                return;
+            }
+        }
+        panic!("the coord child ended before registering");
+    })
+    .await
+    .expect("the coord child registers in time");
+    // Keep draining its output so that it never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    child
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkilled_side_s_instances_go_within_the_session_timeout() {
     let Some(Setup {
         backend,
         native,
@@ -300,30 +361,29 @@ async fn a_killed_side_s_instances_go_within_the_session_timeout() {
         return;
     };
     let root = p("/services");
-    let ttl = Duration::from_secs(2);
-    let s = session(&backend, ttl).await;
-    let mine = Instance::new("web", "coord-1", "127.0.0.1", 8080);
-    native
-        .register(&root, &s, &mine, IfPresent::Replace)
-        .await
-        .unwrap();
+    let endpoints = coord_zk::testing::endpoints().await.expect("endpoints");
+    let ns = coord_core::Backend::namespace(&backend).to_owned();
+    // A coord process (2 s sessions) and the Curator process (4 s asked) each register one.
+    let url = format!("zk://{endpoints}{ns}?registry=native&session_ttl=2s");
+    let mut child = coord_child(&url).await;
     assert_eq!(peer.ask("register web cur-1 127.0.0.2 9090").await, "ok");
     let mut watch = native.watch(&root, "web").await.unwrap();
     until("both", &mut watch, |l| l.len() == 2).await;
     peer.ask_until(
         "query web",
-        "instances coord-1@127.0.0.1:8080 cur-1@127.0.0.2:9090",
+        "instances coord-child@127.0.0.1:7070 cur-1@127.0.0.2:9090",
     )
     .await;
 
-    // SIGKILL the Java process: its session (4 s asked, clamped by the server) expires and
-    // Curator's ephemeral node goes. The bound is generous (a loaded machine); the time is
-    // printed, not asserted.
+    // SIGKILL the Java process: its session expires (the server's clamp of 4 s) and Curator's
+    // ephemeral node goes. The bound is generous (a loaded machine); the time is printed, not
+    // asserted.
     let killed = tokio::time::Instant::now();
     peer.child.start_kill().expect("SIGKILL the Curator peer");
     let _ = peer.child.wait().await;
+    let coord_child = Instance::new("web", "coord-child", "127.0.0.1", 7070);
     until("Curator's instance gone", &mut watch, |l| {
-        l == [mine.clone()]
+        l == [coord_child.clone()]
     })
     .await;
     eprintln!(
@@ -331,12 +391,7 @@ async fn a_killed_side_s_instances_go_within_the_session_timeout() {
         killed.elapsed()
     );
 
-    // coord's side "crashes" (no more pings, no close): a new Curator peer sees its instance
-    // go within the session timeout.
-    let (endpoints, ns) = (
-        coord_zk::testing::endpoints().await.expect("endpoints"),
-        backend_namespace(&backend),
-    );
+    // SIGKILL the coord process: a new Curator peer sees its instance go.
     let cp = class_path().expect("class path");
     let mut second = Peer::start(
         &cp,
@@ -346,20 +401,13 @@ async fn a_killed_side_s_instances_go_within_the_session_timeout() {
     )
     .await;
     second
-        .ask_until("query web", "instances coord-1@127.0.0.1:8080")
+        .ask_until("query web", "instances coord-child@127.0.0.1:7070")
         .await;
-    let zs = s.as_any().downcast_ref::<ZkSession>().expect("zk session");
-    let crashed = tokio::time::Instant::now();
-    assert!(zs.crash());
+    let killed = tokio::time::Instant::now();
+    child.start_kill().expect("SIGKILL the coord process");
+    let _ = child.wait().await;
     second.ask_until("query web", "instances").await;
-    eprintln!(
-        "coord's instance gone {:?} after its crash",
-        crashed.elapsed()
-    );
+    eprintln!("coord's instance gone {:?} after SIGKILL", killed.elapsed());
     until("none", &mut watch, |l| l.is_empty()).await;
     assert_eq!(second.ask("quit").await, "bye");
-}
-
-fn backend_namespace(backend: &ZkBackend) -> String {
-    coord_core::Backend::namespace(backend).to_owned()
 }
