@@ -9,7 +9,9 @@
 //! `namespace("myapp")`) and `basePath("/services")` shares the registry. An instance is the
 //! ephemeral node `<root>/<service>/<id>` (Curator's `DYNAMIC` type) of the registering
 //! session; `<root>` and `<root>/<service>` are persistent (Curator makes containers; either
-//! works for both).
+//! works for both). With credentials in the URL, the parents coord creates are writable by
+//! that identity only (world-readable): Curator services that register under them need the
+//! same digest identity.
 //!
 //! # Values
 //!

@@ -2,8 +2,9 @@
 //! Java process running Curator 5.4's `ServiceDiscovery` (the fixture
 //! `tests/fixtures/CuratorDiscoveryPeer.java`, compiled here with `javac` against Debian's
 //! jars in /usr/share/java). Each side registers instances and lists the other's, and a
-//! SIGKILLed side's instances go within its session timeout. Every wait is bounded; the Java
-//! process is killed when its handle drops (also on panic).
+//! SIGKILLed side's instances go within its session timeout (the coord side then runs in a
+//! child process of this test binary). Every wait is bounded; child processes are killed when
+//! their handles drop (also on panic).
 
 use std::path::PathBuf;
 use std::process::Stdio;
