@@ -6,12 +6,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use coord_core::adapter::flat::{FlatBackend, Layout, Tree};
 use coord_core::adapter::{check_ttl, WatchScope};
+use coord_core::registry::NativeRegistry;
 use coord_core::{Capabilities, ChildrenWatch, Error, KeyWatch, Node, Path, Result, Session};
 use etcd_client::{Client, ConnectOptions, GetOptions};
 
 use crate::config::Config;
 use crate::context::{Context, EtcdStore};
 use crate::error::{bounded_at, Ctx};
+use crate::naming::GrpcNaming;
 use crate::session::EtcdSession;
 use crate::watch::{watch_children, watch_key};
 
@@ -21,6 +23,8 @@ pub struct EtcdBackend {
     cx: Arc<Context>,
     /// The watch tasks end with the backend.
     watches: WatchScope,
+    /// The native registry layout (grpc-go's naming), made once so its watches live on.
+    naming: Arc<GrpcNaming>,
 }
 
 impl std::fmt::Debug for EtcdBackend {
@@ -87,6 +91,7 @@ impl EtcdBackend {
         let keys_only = GetOptions::new().with_keys_only();
         cx.store().get_one(&root, Some(keys_only)).await?;
         Ok(EtcdBackend {
+            naming: Arc::new(GrpcNaming::new(cx.clone())),
             cx,
             watches: WatchScope::new(),
         })
@@ -100,6 +105,14 @@ impl EtcdBackend {
     /// The key layout of this client's namespace (see [`Layout`]).
     pub fn layout(&self) -> &Layout {
         self.cx.layout()
+    }
+
+    /// The registry in grpc-go's naming layout (what [`Backend::native_registry`] hands out),
+    /// for its [`GrpcNaming::target`].
+    ///
+    /// [`Backend::native_registry`]: coord_core::Backend::native_registry
+    pub fn naming(&self) -> &Arc<GrpcNaming> {
+        &self.naming
     }
 
     /// The underlying etcd client (for tests and extensions; keys outside the layout are not
@@ -147,5 +160,10 @@ impl FlatBackend for EtcdBackend {
     async fn watch_children(&self, path: &Path) -> Result<(Vec<String>, ChildrenWatch)> {
         let w = watch_children(&self.watches, self.cx.clone(), path).await;
         w.map_err(|e| self.named(e))
+    }
+
+    /// grpc-go's naming layout ([`GrpcNaming`]); not the default layout on etcd.
+    fn native_registry(&self) -> Option<Arc<dyn NativeRegistry>> {
+        Some(self.naming.clone())
     }
 }

@@ -25,6 +25,7 @@ mod backend;
 mod config;
 mod context;
 mod error;
+pub mod naming;
 mod session;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -35,6 +36,7 @@ use std::sync::Arc;
 pub use backend::EtcdBackend;
 pub use context::EtcdStore;
 pub use coord_core::adapter::flat::Layout;
+pub use naming::GrpcNaming;
 pub use session::{EtcdLease, EtcdSession};
 
 /// Connects to etcd from an `etcd://` URL (see the crate docs). This is what

@@ -31,13 +31,7 @@ impl HarnessBackend for Etcd {
     /// keep-alive loop then sees the lease gone (within a renewal interval, at most 1 s) and
     /// reports Expired; this waits for that, like a server-side expiry the owner has learnt.
     async fn expire(&self, h: &UrlHarness<Etcd>, session: &EtcdSession) {
-        let admin = h.connect().await;
-        let mut leases = admin.etcd_client().lease_client();
-        let revoke = leases.revoke(session.lease_id());
-        let revoked = tokio::time::timeout(Duration::from_secs(10), revoke).await;
-        revoked.expect("revoke in time").expect("revoke");
-        let last = wait_final(session, Self::SPEC.patience).await;
-        assert_eq!(last, SessionState::Expired);
+        revoke(&h.connect().await, session).await;
     }
 
     /// Stops the keep-alive loop without revoking ([`EtcdSession::crash`]).
@@ -45,6 +39,46 @@ impl HarnessBackend for Etcd {
         session.crash();
         true
     }
+}
+
+/// The harness of etcd's native registry layout (`?registry=native`, grpc-go's naming): the
+/// same server and namespaces, for the registry tests run a second time
+/// ([`coord_core::conformance_registry_tests!`]).
+#[derive(Debug, Default)]
+pub struct EtcdNative(Etcd);
+
+#[async_trait]
+impl HarnessBackend for EtcdNative {
+    const SPEC: Spec = Etcd::SPEC.options("registry=native");
+    type Client = EtcdBackend;
+    type Session = EtcdSession;
+
+    async fn connect(&self, url: &str) -> EtcdBackend {
+        self.0.connect(url).await
+    }
+
+    async fn expire(&self, h: &UrlHarness<EtcdNative>, session: &EtcdSession) {
+        revoke(&h.connect().await, session).await;
+    }
+
+    async fn crash(&self, session: &EtcdSession) -> bool {
+        self.0.crash(session).await
+    }
+}
+
+/// Revokes the session's lease through `admin` and waits until the session saw it.
+async fn revoke(admin: &EtcdBackend, session: &EtcdSession) {
+    let mut leases = admin.etcd_client().lease_client();
+    let revoke = leases.revoke(session.lease_id());
+    let revoked = tokio::time::timeout(Duration::from_secs(10), revoke).await;
+    revoked.expect("revoke in time").expect("revoke");
+    let last = wait_final(session, Etcd::SPEC.patience).await;
+    assert_eq!(last, SessionState::Expired);
+}
+
+/// The native layout's harness for test `test` (see [`harness`]).
+pub async fn native_harness(test: &str) -> Option<Arc<dyn Harness>> {
+    coord_testkit::harness::harness::<EtcdNative>(test).await
 }
 
 /// The conformance factory: `None` (with a loud skip line) when no etcd is available and

@@ -16,11 +16,11 @@ use crate::context::{children_ranges, names, stat_of, Context, Range, MAX_DECODE
 use crate::error::{bounded, Ctx};
 
 /// etcd's event type numbers.
-const PUT: i32 = 0;
-const DELETE: i32 = 1;
+pub(crate) const PUT: i32 = 0;
+pub(crate) const DELETE: i32 = 1;
 
 /// What a watch does with the events of its ranges.
-trait Logic: Send + 'static {
+pub(crate) trait Logic: Send + 'static {
     type Ev: Send + 'static;
     /// Handles one event of range `idx` at revision `rev`.
     fn on_event(&mut self, idx: usize, ev: &PbEvent, rev: i64) -> Step<Self::Ev>;
@@ -28,7 +28,7 @@ trait Logic: Send + 'static {
     fn resync(&mut self, snap: &[Vec<PbKeyValue>], rev: i64) -> Self::Ev;
 }
 
-enum Step<E> {
+pub(crate) enum Step<E> {
     /// Nothing to deliver.
     None,
     /// Deliver this event.
@@ -237,7 +237,7 @@ enum Break {
 }
 
 /// Runs a watch until its consumer drops the stream or the backend is dropped.
-async fn drive<L: Logic>(
+pub(crate) async fn drive<L: Logic>(
     cx: Arc<Context>,
     ranges: Vec<Range>,
     start: i64,

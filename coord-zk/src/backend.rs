@@ -7,12 +7,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use coord_core::adapter::{RawBackend, WatchScope};
 use coord_core::kernel::{ChildrenWatch, KeyWatch};
+use coord_core::registry::NativeRegistry;
 use coord_core::{
     Capabilities, CreateMode, Created, Guard, Node, Path, Result, Session, SessionId, Stat,
     Version, WriteOp, WriteResult,
 };
 
 use crate::context::Context;
+use crate::discovery::CuratorDiscovery;
 use crate::session::ZkSession;
 use crate::watch::{watch_children, watch_key};
 
@@ -25,6 +27,8 @@ pub struct ZkBackend {
     ctx: Arc<Context>,
     /// The watch tasks end with the backend.
     watches: WatchScope,
+    /// The native registry layout (Curator's x-discovery), made once so its watches live on.
+    discovery: Arc<CuratorDiscovery>,
 }
 
 impl std::fmt::Debug for ZkBackend {
@@ -42,6 +46,7 @@ impl ZkBackend {
     pub async fn connect(url: &str) -> Result<ZkBackend> {
         let ctx = Context::connect(url).await?;
         Ok(ZkBackend {
+            discovery: Arc::new(CuratorDiscovery::new(ctx.clone())),
             ctx,
             watches: WatchScope::new(),
         })
@@ -101,5 +106,11 @@ impl RawBackend for ZkBackend {
 
     async fn watch_children(&self, path: &Path) -> Result<(Vec<String>, ChildrenWatch)> {
         watch_children(&self.ctx, &self.watches, path).await
+    }
+
+    /// Curator's x-discovery layout ([`CuratorDiscovery`]); not the default layout on
+    /// ZooKeeper.
+    fn native_registry(&self) -> Option<Arc<dyn NativeRegistry>> {
+        Some(self.discovery.clone())
     }
 }

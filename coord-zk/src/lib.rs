@@ -35,6 +35,7 @@ mod backend;
 mod client;
 mod config;
 mod context;
+pub mod discovery;
 mod error;
 mod probe;
 mod session;
@@ -45,6 +46,7 @@ mod watch;
 use std::sync::Arc;
 
 pub use backend::ZkBackend;
+pub use discovery::CuratorDiscovery;
 pub use session::ZkSession;
 
 /// Connects to ZooKeeper from a `zk://` URL (see the crate docs); what `coord::connect`

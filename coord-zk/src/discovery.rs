@@ -1,0 +1,364 @@
+//! [`CuratorDiscovery`]: the registry in the layout of Curator's x-discovery
+//! (`ServiceDiscovery`), so that Java services using Curator list coord's instances and coord
+//! lists theirs.
+//!
+//! # Nodes
+//!
+//! Curator's `basePath` is the registry's root, inside the client's namespace (chroot): with
+//! `zk://…/myapp` and the root `/services`, a Curator client connected to `…/myapp` (or with
+//! `namespace("myapp")`) and `basePath("/services")` shares the registry. An instance is the
+//! ephemeral node `<root>/<service>/<id>` (Curator's `DYNAMIC` type) of the registering
+//! session; `<root>` and `<root>/<service>` are persistent (Curator makes containers; either
+//! works for both). With credentials in the URL, the parents coord creates are writable by
+//! that identity only (world-readable): Curator services that register under them need the
+//! same digest identity.
+//!
+//! # Values
+//!
+//! Curator's `ServiceInstance` JSON as its `JsonInstanceSerializer` (5.4, compatible mode)
+//! writes it: `name`, `id`, `address`, `port`, `sslPort` (null), `payload` (null),
+//! `registrationTimeUTC` (milliseconds since the epoch), `serviceType` (`"DYNAMIC"`),
+//! `uriSpec` (null), then coord's own `metadata` object and `tags` array (left out when empty),
+//! which Curator ignores (its reader ignores unknown properties). The payload stays null because Curator checks it against the
+//! reader's payload class: a map there would break every Curator reader whose payload class
+//! is its own type.
+//!
+//! Entries written by Curator decode too: `port` (or `sslPort` without a `port`) is the port;
+//! the metadata are coord's `metadata` member if present, else the string, number and boolean
+//! members of the payload object (without Jackson's `@class`). An entry that is not that JSON
+//! or has no address or port is [`Error::MalformedData`] for `discover` and skipped (with a
+//! warning) by `watch`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use coord_core::adapter::WatchScope;
+use coord_core::registry::{Holder, IfPresent, Instance, NativeRegistry};
+use coord_core::{ChildrenEvent, CreateMode, Error, Path, Result, Session, SessionId};
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+
+use crate::context::Context;
+use crate::watch::watch_children;
+
+/// How many times a registration deletes a stale entry and tries again.
+const ATTEMPTS: u32 = 4;
+
+/// Curator's `ServiceInstance` (field names and order as Curator writes them).
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ServiceInstance {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    address: Option<String>,
+    #[serde(default)]
+    port: Option<i64>,
+    #[serde(default)]
+    ssl_port: Option<i64>,
+    #[serde(default)]
+    payload: serde_json::Value,
+    #[serde(rename = "registrationTimeUTC", default)]
+    registration_time_utc: i64,
+    #[serde(default)]
+    service_type: Option<String>,
+    #[serde(default)]
+    uri_spec: serde_json::Value,
+    /// coord's metadata (not Curator's; Curator ignores it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    metadata: Option<BTreeMap<String, String>>,
+    /// coord's tags (not Curator's; Curator ignores them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    tags: Vec<String>,
+}
+
+/// Curator's JSON of `instance` (see the module docs).
+pub fn encode(instance: &Instance) -> Result<Vec<u8>> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    let si = ServiceInstance {
+        name: Some(instance.service.clone()),
+        id: Some(instance.id.clone()),
+        address: Some(instance.address.clone()),
+        port: Some(i64::from(instance.port)),
+        ssl_port: None,
+        payload: serde_json::Value::Null,
+        registration_time_utc: now,
+        service_type: Some("DYNAMIC".to_owned()),
+        uri_spec: serde_json::Value::Null,
+        metadata: Some(instance.metadata.clone()),
+        tags: instance.tags.clone(),
+    };
+    serde_json::to_vec(&si).map_err(|e| Error::InvalidArgument(e.to_string()))
+}
+
+/// Decodes the node `node` (named by the instance id) of `service` (see the module docs).
+pub fn decode(service: &str, node: &Path, value: &[u8]) -> Result<Instance> {
+    let bad = |reason: String| Error::MalformedData {
+        path: node.to_string(),
+        reason,
+    };
+    let si: ServiceInstance = serde_json::from_slice(value).map_err(|e| bad(e.to_string()))?;
+    let address = si
+        .address
+        .filter(|a| !a.is_empty())
+        .ok_or_else(|| bad("no address".to_owned()))?;
+    let port = si
+        .port
+        .or(si.ssl_port)
+        .ok_or_else(|| bad("neither port nor sslPort".to_owned()))?;
+    let port = u16::try_from(port).map_err(|_| bad(format!("port {port} out of range")))?;
+    let id = si.id.unwrap_or_else(|| node.name().to_owned());
+    let mut instance = Instance::new(service, &id, &address, port);
+    instance.tags = si.tags;
+    instance.metadata = match (si.metadata, si.payload) {
+        (Some(m), _) => m,
+        (None, serde_json::Value::Object(p)) => p
+            .iter()
+            .filter(|(k, _)| k.as_str() != "@class")
+            .filter_map(|(k, v)| match v {
+                serde_json::Value::String(s) => Some((k.clone(), s.clone())),
+                serde_json::Value::Number(_) | serde_json::Value::Bool(_) => {
+                    Some((k.clone(), v.to_string()))
+                }
+                _ => None,
+            })
+            .collect(),
+        (None, _) => BTreeMap::new(),
+    };
+    Ok(instance)
+}
+
+/// The native registry of ZooKeeper: Curator's x-discovery layout (see the module docs). Not
+/// the default registry on ZooKeeper ([`NativeRegistry::is_default`] is false): select it
+/// with `registry=native` or `Registry::with_layout`.
+pub struct CuratorDiscovery {
+    ctx: Arc<Context>,
+    /// The watch tasks end with the last handle of this registry.
+    watches: WatchScope,
+}
+
+impl std::fmt::Debug for CuratorDiscovery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CuratorDiscovery")
+            .field("namespace", &self.ctx.cfg.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+fn held_by(node: &Path, session: Option<&SessionId>) -> Error {
+    let holder = match session {
+        Some(id) => format!("session {id}"),
+        None => "a persistent node".to_owned(),
+    };
+    Error::AlreadyExists {
+        path: format!("{node} (held by {holder})"),
+    }
+}
+
+impl CuratorDiscovery {
+    pub(crate) fn new(ctx: Arc<Context>) -> CuratorDiscovery {
+        CuratorDiscovery {
+            ctx,
+            watches: WatchScope::new(),
+        }
+    }
+
+    /// Creates `path` and its missing ancestors as persistent nodes.
+    async fn make_parents(&self, path: &Path) -> Result<()> {
+        for p in path.ancestors_and_self() {
+            if p.is_root() || self.ctx.exists(&p).await?.is_some() {
+                continue;
+            }
+            match self.ctx.create(&p, b"", CreateMode::Exact).await {
+                Ok(_) | Err(Error::AlreadyExists { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// The instances among the children `ids` of `dir`; malformed ones are errors or, with
+    /// `skip`, logged and left out. Sorted by id.
+    async fn read(
+        ctx: &Context,
+        service: &str,
+        dir: &Path,
+        ids: Vec<String>,
+        skip: bool,
+    ) -> Result<Vec<Instance>> {
+        let reads = ids.into_iter().map(|id| async move {
+            let node = dir.join(&id)?;
+            match ctx.get(&node).await {
+                Ok(n) => Ok(Some((node, n.value))),
+                Err(Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e),
+            }
+        });
+        let found: Vec<Option<(Path, Vec<u8>)>> = futures::stream::iter(reads)
+            .buffered(32)
+            .try_collect()
+            .await?;
+        let mut out = Vec::new();
+        for (node, value) in found.into_iter().flatten() {
+            match decode(service, &node, &value) {
+                Ok(i) => out.push(i),
+                Err(e) if skip => {
+                    tracing::warn!(error = %e, "skipping a malformed x-discovery entry")
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl NativeRegistry for CuratorDiscovery {
+    fn name(&self) -> &'static str {
+        "curator-x-discovery"
+    }
+
+    fn is_default(&self) -> bool {
+        false
+    }
+
+    fn check(&self, instance: &Instance) -> Result<()> {
+        Path::root().join(&instance.service)?.join(&instance.id)?;
+        if instance.address.is_empty() {
+            return Err(Error::InvalidArgument(
+                "a Curator instance needs an address".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn register(
+        &self,
+        root: &Path,
+        session: &Arc<dyn Session>,
+        instance: &Instance,
+        if_present: IfPresent,
+    ) -> Result<()> {
+        self.check(instance)?;
+        let dir = root.join(&instance.service)?;
+        let node = dir.join(&instance.id)?;
+        let data = encode(instance)?;
+        coord_core::adapter::check_value(&self.ctx.caps, &data)?;
+        self.make_parents(&dir).await?;
+        let mut replaced: Vec<Option<SessionId>> = Vec::new();
+        for _ in 0..ATTEMPTS {
+            match session.create(&node, &data, CreateMode::Exact).await {
+                Ok(_) => return Ok(()),
+                Err(Error::AlreadyExists { .. }) => {}
+                Err(e) => return Err(e),
+            }
+            let Some(stat) = self.ctx.exists(&node).await? else {
+                continue;
+            };
+            let holder = stat.ephemeral_owner.clone();
+            let ours = holder.as_ref() == Some(session.id());
+            let won_race = !replaced.is_empty() && !replaced.contains(&holder);
+            if if_present == IfPresent::Fail || ours || won_race {
+                return Err(held_by(&node, holder.as_ref()));
+            }
+            tracing::info!(%node, holder = ?holder, "replacing an x-discovery entry held by another session");
+            match self.ctx.delete(&node, Some(stat.version)).await {
+                Ok(()) | Err(Error::NotFound { .. }) | Err(Error::VersionMismatch { .. }) => {}
+                Err(e) => return Err(e),
+            }
+            replaced.push(holder);
+        }
+        Err(Error::Contended {
+            op: "register",
+            path: node.to_string(),
+            attempts: ATTEMPTS,
+        })
+    }
+
+    async fn deregister(
+        &self,
+        root: &Path,
+        session: &Arc<dyn Session>,
+        instance: &Instance,
+    ) -> Result<()> {
+        let node = root.join(&instance.service)?.join(&instance.id)?;
+        let Some(stat) = self.ctx.exists(&node).await? else {
+            return Ok(());
+        };
+        // Only our own entry: one that replaced it stays.
+        if stat.ephemeral_owner.as_ref() != Some(session.id()) {
+            return Ok(());
+        }
+        match self.ctx.delete(&node, Some(stat.version)).await {
+            Ok(()) | Err(Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The node's ephemeral owner ([`Holder::Foreign`] for a persistent node: Curator's
+    /// `STATIC` and `PERMANENT` instances).
+    async fn holder(&self, root: &Path, instance: &Instance) -> Result<Holder> {
+        let node = root.join(&instance.service)?.join(&instance.id)?;
+        Ok(match self.ctx.exists(&node).await? {
+            None => Holder::Nobody,
+            Some(stat) => match stat.ephemeral_owner {
+                Some(id) => Holder::Session(id),
+                None => Holder::Foreign,
+            },
+        })
+    }
+
+    async fn discover(&self, root: &Path, service: &str) -> Result<Vec<Instance>> {
+        let dir = root.join(service)?;
+        let ids = match self.ctx.children(&dir).await {
+            Ok(ids) => ids,
+            Err(Error::NotFound { .. }) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        Self::read(&self.ctx, service, &dir, ids, false).await
+    }
+
+    async fn services(&self, root: &Path) -> Result<Vec<String>> {
+        match self.ctx.children(root).await {
+            Ok(mut v) => {
+                v.sort();
+                Ok(v)
+            }
+            Err(Error::NotFound { .. }) => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn watch(
+        &self,
+        root: &Path,
+        service: &str,
+    ) -> Result<BoxStream<'static, Result<Vec<Instance>>>> {
+        let dir = root.join(service)?;
+        self.make_parents(&dir).await?;
+        let (ids, events) = watch_children(&self.ctx, &self.watches, &dir).await?;
+        let first = Self::read(&self.ctx, service, &dir, ids, true).await;
+        let state = (self.ctx.clone(), service.to_owned(), dir, events);
+        let rest = futures::stream::unfold(state, |(ctx, service, dir, mut events)| async move {
+            let ids = match events.next().await? {
+                Ok(ChildrenEvent::Changed(ids)) | Ok(ChildrenEvent::Resync(ids)) => ids,
+                Ok(ChildrenEvent::ParentDeleted) => Vec::new(),
+                Err(e) => return Some((Err(e), (ctx, service, dir, events))),
+            };
+            let list = Self::read(&ctx, &service, &dir, ids, true).await;
+            Some((list, (ctx, service, dir, events)))
+        });
+        Ok(futures::stream::once(async move { first })
+            .chain(rest)
+            .boxed())
+    }
+}
