@@ -10,7 +10,10 @@ use coord_core::{Capabilities, ChildrenWatch, Error, KeyWatch, Node, Path, Resul
 use etcd_client::{Client, ConnectOptions, GetOptions};
 
 use crate::config::Config;
+use coord_core::dialect::{Dialect, DialectDriver};
+
 use crate::context::{Context, EtcdStore};
+use crate::dialect::EtcdConcurrency;
 use crate::error::{bounded_at, Ctx};
 use crate::session::EtcdSession;
 use crate::watch::{watch_children, watch_key};
@@ -19,6 +22,8 @@ use crate::watch::{watch_children, watch_key};
 /// layout). Dropping it ends its watches; sessions live on until closed or dropped.
 pub struct EtcdBackend {
     cx: Arc<Context>,
+    /// The etcd `concurrency` dialect's driver (shared by every handle of this client).
+    concurrency: Arc<EtcdConcurrency>,
     /// The watch tasks end with the backend.
     watches: WatchScope,
 }
@@ -86,6 +91,7 @@ impl EtcdBackend {
         let keys_only = GetOptions::new().with_keys_only();
         cx.store().get_one(&root, Some(keys_only)).await?;
         Ok(EtcdBackend {
+            concurrency: Arc::new(EtcdConcurrency::new(cx.clone())),
             cx,
             watches: WatchScope::new(),
         })
@@ -99,6 +105,13 @@ impl EtcdBackend {
     /// The key layout of this client's namespace (see [`Layout`]).
     pub fn layout(&self) -> &Layout {
         self.cx.layout()
+    }
+
+    /// How many times the waiting candidates of the etcd `concurrency` dialect
+    /// ([`Dialect::EtcdConcurrency`]) of this client were woken by the deletion they watched
+    /// (one watch per waiter: a handover wakes one candidate).
+    pub fn dialect_wakeups(&self) -> u64 {
+        self.concurrency.wakeups()
     }
 
     /// The underlying etcd client (for tests and extensions; keys outside the layout are not
@@ -146,5 +159,14 @@ impl FlatBackend for EtcdBackend {
     async fn watch_children(&self, path: &Path) -> Result<(Vec<String>, ChildrenWatch)> {
         let w = watch_children(&self.watches, self.cx.clone(), path).await;
         w.map_err(|e| self.named(e))
+    }
+
+    /// The etcd `concurrency` protocol ([`crate::dialect`]); no other dialect needs a driver
+    /// here.
+    fn dialect_driver(&self, dialect: Dialect) -> Option<Arc<dyn DialectDriver>> {
+        match dialect {
+            Dialect::EtcdConcurrency => Some(self.concurrency.clone()),
+            _ => None,
+        }
     }
 }
