@@ -64,7 +64,7 @@ pub use coord_core::kernel::{
 };
 pub use coord_core::mem;
 pub use coord_core::path::{self, Path};
-pub use coord_core::recipes::{self, election, group, lock, registry};
+pub use coord_core::recipes::{self, dialect, election, group, lock, registry};
 pub use coord_core::url::ConnectUrl;
 
 /// The ZooKeeper adapter (the `coord-zk` crate), for what only ZooKeeper sessions have.

@@ -33,6 +33,7 @@ use futures::future::BoxFuture;
 use crate::error::{Error, Result};
 use crate::kernel::{Backend, CreateMode, Created, Session, SessionOptions, SessionState};
 use crate::path::Path;
+use crate::recipes::dialect::Dialect;
 use crate::recipes::{election::Election, group::Group, lock::Lock, registry::Registry};
 
 /// How long each step of [`Client::shutdown`] may take.
@@ -51,6 +52,8 @@ const TRACKED_PER_HANDLE: usize = 16;
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
+    /// The dialect of the elections and locks made through this handle by default.
+    dialect: Dialect,
 }
 
 struct Inner {
@@ -121,7 +124,23 @@ impl Client {
                 }),
                 owned: Mutex::new(Holdings::default()),
             }),
+            dialect: Dialect::Coord,
         }
+    }
+
+    /// This client (sharing its session and everything it holds) with `dialect` as the
+    /// dialect of the elections and locks made through it ([`Client::election`],
+    /// [`Client::lock`], [`Election::new`], [`Lock::new`]). Coord's own by default.
+    pub fn with_default_dialect(&self, dialect: Dialect) -> Client {
+        Client {
+            inner: self.inner.clone(),
+            dialect,
+        }
+    }
+
+    /// The dialect of the elections and locks made through this handle.
+    pub fn default_dialect(&self) -> Dialect {
+        self.dialect
     }
 
     /// The backend.
@@ -247,6 +266,22 @@ impl Client {
         Ok(Lock::new(self, Path::new("/locks")?.join(name)?))
     }
 
+    /// The election `name` in `dialect`, to join a peer's election (see [`crate::dialect`]).
+    /// A `name` starting with `/` is the election's full path (where the peer keeps it, for
+    /// example `/leader/scheduler`); otherwise it is stored under `/elections/<name>`.
+    /// A dialect the backend cannot serve fails every call with [`Error::Unsupported`] before
+    /// any I/O.
+    pub fn election_with(&self, name: &str, dialect: Dialect) -> Result<Election> {
+        Ok(Election::new(self, recipe_path("/elections", name)?).with_dialect(dialect))
+    }
+
+    /// The lock `name` in `dialect`, to share a peer's lock (see [`crate::dialect`]). A `name`
+    /// starting with `/` is the lock's full path; otherwise it is stored under
+    /// `/locks/<name>`.
+    pub fn lock_with(&self, name: &str, dialect: Dialect) -> Result<Lock> {
+        Ok(Lock::new(self, recipe_path("/locks", name)?).with_dialect(dialect))
+    }
+
     /// The group `name`, stored under `/groups/<name>`.
     pub fn group(&self, name: &str) -> Result<Group> {
         Ok(Group::new(self, Path::new("/groups")?.join(name)?))
@@ -265,6 +300,15 @@ impl Deref for Client {
     type Target = dyn Backend;
     fn deref(&self) -> &Self::Target {
         &*self.inner.backend
+    }
+}
+
+/// `name` under `base`, or `name` itself when it is a full path (starts with `/`).
+fn recipe_path(base: &str, name: &str) -> Result<Path> {
+    if name.starts_with('/') {
+        Path::new(name)
+    } else {
+        Path::new(base)?.join(name)
     }
 }
 

@@ -129,16 +129,23 @@ pub(crate) enum Cmd {
     },
     /// Print the leader of an election (exit 3 if nobody campaigns)
     Leader {
-        /// The election's name
+        /// The election's name (a full path if it starts with `/`)
         election: String,
+        /// Whose protocol the election speaks (coord, curator-lock, curator-latch, kazoo,
+        /// etcd-concurrency, consul-lock, consul-election)
+        #[arg(long, value_name = "DIALECT", default_value = "coord", value_parser = parse_dialect)]
+        dialect: coord::dialect::Dialect,
     },
     /// Campaign in an election; once elected, print the fencing token and hold the
     /// leadership until Ctrl-C (then resign) or until it is lost (exit 5)
     Elect {
-        /// The election's name
+        /// The election's name (a full path if it starts with `/`)
         election: String,
         /// The value to lead with (what `leader` shows), such as this node's address
         value: String,
+        /// Whose protocol the election speaks (see `leader --help`)
+        #[arg(long, value_name = "DIALECT", default_value = "coord", value_parser = parse_dialect)]
+        dialect: coord::dialect::Dialect,
     },
     /// Run a command while holding a lock, and exit with the command's exit code
     #[command(
@@ -146,8 +153,11 @@ pub(crate) enum Cmd {
         environment. If the lock is lost while it runs, it is killed and coordctl exits 5."
     )]
     Lock {
-        /// The lock's name
+        /// The lock's name (a full path if it starts with `/`)
         name: String,
+        /// Whose protocol the lock speaks (see `leader --help`)
+        #[arg(long, value_name = "DIALECT", default_value = "coord", value_parser = parse_dialect)]
+        dialect: coord::dialect::Dialect,
         /// The command and its arguments, after `--`
         #[arg(last = true, required = true, value_name = "COMMAND")]
         command: Vec<String>,
@@ -183,6 +193,11 @@ fn parse_version(s: &str) -> Result<u64, String> {
         .unwrap_or(s)
         .parse()
         .map_err(|_| format!("`{s}` is not a version (a number as `stat` prints it, like 3)"))
+}
+
+/// `--dialect`'s value, by [`coord::dialect::Dialect::parse`].
+fn parse_dialect(s: &str) -> Result<coord::dialect::Dialect, String> {
+    coord::dialect::Dialect::parse(s).map_err(|e| e.to_string())
 }
 
 /// Whether clap's "error" is really a request for help or the version (printed, exit 0).

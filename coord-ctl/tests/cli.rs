@@ -901,3 +901,24 @@ fn shared_every_command_on_real_backends() {
         assert_eq!(run(u, &["leader", "nobody"]).code, 3);
     }
 }
+
+#[test]
+fn dialect_flag_is_parsed_and_checked_against_the_backend() {
+    // An unknown dialect is a usage error naming the dialects.
+    let o = mem(&["leader", "--dialect", "zab", "sched"]);
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    assert!(o.stderr.contains("curator-latch"), "{}", o.stderr);
+    // A dialect of another backend is refused before any I/O, with the reason.
+    for args in [
+        &["leader", "--dialect", "kazoo", "sched"][..],
+        &["elect", "--dialect", "curator-latch", "sched", "v"],
+        &["lock", "--dialect", "consul-lock", "nightly", "--", "true"],
+    ] {
+        let o = mem(args);
+        assert_ne!(o.code, 0, "{args:?}");
+        let e = one_line_error(&o);
+        assert!(e.contains("dialect runs on"), "{args:?}: {e}");
+    }
+    // coord's own dialect is the default and runs on mem.
+    assert_eq!(mem(&["leader", "--dialect", "coord", "sched"]).code, 3);
+}

@@ -300,7 +300,12 @@ pub async fn deposed_leader_cannot_write(h: &dyn Harness) {
     let eb = Election::new(&b, dir.clone());
     let fb = tokio::spawn(async move { eb.campaign(b"b").await });
     eventually(h, "two candidates", || async {
-        b.children(&dir).await.map(|v| v.len()).unwrap_or(0) == 2
+        Election::new(&b, dir.clone())
+            .participants()
+            .await
+            .map(|v| v.len())
+            .unwrap_or(0)
+            == 2
     })
     .await;
     let target = t.clone();

@@ -30,6 +30,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::{Stream, StreamExt};
 
+use crate::dialect::Dialect;
 use crate::kernel::{Backend, Session};
 use crate::mem::{MemBackend, MemSession};
 use crate::Client;
@@ -56,11 +57,57 @@ pub trait Harness: Send + Sync + 'static {
     fn patience(&self) -> Duration;
     /// A session TTL that is short but valid on this backend (for expiry tests).
     fn short_ttl(&self) -> Duration;
+    /// The dialect of the elections and locks of the suite's clients (coord's own unless a
+    /// [`DialectHarness`] says otherwise).
+    fn dialect(&self) -> Dialect {
+        Dialect::Coord
+    }
 }
 
-/// A [`Client`] over a new harness client.
+/// A harness whose clients make their elections and locks in another dialect: the suite's
+/// election and lock tests run unchanged in that dialect
+/// ([`dialect_conformance_tests!`](crate::dialect_conformance_tests)).
+pub struct DialectHarness {
+    inner: Arc<dyn Harness>,
+    dialect: Dialect,
+}
+
+impl DialectHarness {
+    /// `inner` speaking `dialect`; `None` stays `None` (the backend is unavailable).
+    pub fn wrap(inner: Option<Arc<dyn Harness>>, dialect: Dialect) -> Option<Arc<dyn Harness>> {
+        let inner = inner?;
+        Some(Arc::new(DialectHarness { inner, dialect }))
+    }
+}
+
+#[async_trait]
+impl Harness for DialectHarness {
+    async fn client(&self) -> Arc<dyn Backend> {
+        self.inner.client().await
+    }
+    async fn other_namespace(&self) -> Arc<dyn Backend> {
+        self.inner.other_namespace().await
+    }
+    async fn expire(&self, session: &Arc<dyn Session>) {
+        self.inner.expire(session).await
+    }
+    async fn crash(&self, session: &Arc<dyn Session>) -> bool {
+        self.inner.crash(session).await
+    }
+    fn patience(&self) -> Duration {
+        self.inner.patience()
+    }
+    fn short_ttl(&self) -> Duration {
+        self.inner.short_ttl()
+    }
+    fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+}
+
+/// A [`Client`] over a new harness client (in the harness's dialect).
 pub async fn client(h: &dyn Harness) -> Client {
-    Client::new(h.client().await)
+    Client::new(h.client().await).with_default_dialect(h.dialect())
 }
 
 /// A [`Client`] whose sessions use the harness's short TTL.
@@ -69,6 +116,7 @@ pub async fn short_client(h: &dyn Harness) -> Client {
         h.client().await,
         crate::SessionOptions::new().ttl(h.short_ttl()),
     )
+    .with_default_dialect(h.dialect())
 }
 
 /// Awaits `f` for at most the harness's patience, panicking with `what` otherwise.
@@ -236,6 +284,7 @@ macro_rules! conformance_tests {
                 election_old_leader_rejoins_as_candidate,
                 election_observe_and_leader,
                 election_campaign_fails_when_session_expires,
+                election_participants_and_proclaim,
                 registry_register_discover_deregister,
                 registry_watch_sees_join_and_expiry,
                 registry_cache_follows,
@@ -270,6 +319,113 @@ macro_rules! conformance_tests {
             ]
         );
     };
+}
+
+/// Instantiates the suite's election and lock tests (elections, locks, the supervisor, the
+/// leader cache, the fenced writes of a leadership) for a harness in a dialect, typically
+/// `DialectHarness::wrap(my_factory(test).await, dialect)`. With
+/// `<module>::every_dialect_test_is_listed`, every `election_*`, `lock_*` and `supervisor_*`
+/// test of the suite is in the list.
+#[macro_export]
+macro_rules! dialect_conformance_tests {
+    (factory = $factory:path, attr = #[$attr:meta]) => {
+        $crate::__conformance_subset!($factory, $attr,
+            recipes: [
+                election_single_candidate,
+                election_two_candidates_resign,
+                election_five_candidates_order,
+                election_fifty_candidates_herd,
+                election_leader_session_expires,
+                election_leader_closes,
+                election_loss_seen_before_successor,
+                election_hundred_handovers,
+                election_cancelled_campaign_leaves_nothing,
+                election_old_leader_rejoins_as_candidate,
+                election_observe_and_leader,
+                election_campaign_fails_when_session_expires,
+                election_participants_and_proclaim,
+                lock_mutual_exclusion,
+                lock_try_lock_and_timeout,
+                lock_fencing_tokens_increase,
+                lock_lost_on_expiry,
+                supervisor_keeps_leading_across_expiry,
+                supervisor_one_leader_cancel_hands_over,
+                supervisor_ending_error_stops_it,
+                election_cache_follows_handovers,
+            ],
+            fencing: [
+                fencing_tokens_survive_directory_recreation,
+                guarded_write_refused_after_loss,
+                deposed_leader_cannot_write,
+            ]
+        );
+
+        /// Every election, lock and supervisor test of the suite runs in the dialect.
+        #[test]
+        fn every_dialect_test_is_listed() {
+            $crate::conformance::assert_dialect_tests_listed(&[
+                "election_single_candidate",
+                "election_two_candidates_resign",
+                "election_five_candidates_order",
+                "election_fifty_candidates_herd",
+                "election_leader_session_expires",
+                "election_leader_closes",
+                "election_loss_seen_before_successor",
+                "election_hundred_handovers",
+                "election_cancelled_campaign_leaves_nothing",
+                "election_old_leader_rejoins_as_candidate",
+                "election_observe_and_leader",
+                "election_campaign_fails_when_session_expires",
+                "election_participants_and_proclaim",
+                "lock_mutual_exclusion",
+                "lock_try_lock_and_timeout",
+                "lock_fencing_tokens_increase",
+                "lock_lost_on_expiry",
+                "supervisor_keeps_leading_across_expiry",
+                "supervisor_one_leader_cancel_hands_over",
+                "supervisor_ending_error_stops_it",
+                "election_cache_follows_handovers",
+            ]);
+        }
+    };
+}
+
+/// Instantiates the listed tests only (no completeness check): for a dialect or backend that
+/// runs a chosen part of the suite.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_subset {
+    ($factory:path, $attr:meta, $($module:ident : [$($name:ident),* $(,)?]),* $(,)?) => {
+        $($(
+            #[$attr]
+            async fn $name() {
+                if let Some(h) = $factory(stringify!($name)).await {
+                    $crate::conformance::$module::$name(&*h).await;
+                }
+            }
+        )*)*
+    };
+}
+
+/// Panics naming every `election_*`, `lock_*` or `supervisor_*` test of the recipes module
+/// missing from `listed` (the list of
+/// [`dialect_conformance_tests!`](crate::dialect_conformance_tests)).
+pub fn assert_dialect_tests_listed(listed: &[&str]) {
+    let missing: Vec<String> = test_functions()
+        .into_iter()
+        .filter_map(|t| t.strip_prefix("recipes::").map(str::to_owned))
+        .filter(|t| {
+            ["election_", "lock_", "supervisor_"]
+                .iter()
+                .any(|p| t.starts_with(p))
+        })
+        .filter(|t| !listed.contains(&t.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "election/lock tests missing from dialect_conformance_tests! (they would not run in \
+         the dialects): {missing:?}"
+    );
 }
 
 #[doc(hidden)]

@@ -18,12 +18,10 @@ use crate::{Client, Error, Path};
 
 const QUIET: Duration = Duration::from_millis(300);
 
+/// The candidates of `e` as its dialect sees them (for coord's: its candidate nodes).
 async fn candidates(c: &Client, e: &Election) -> usize {
-    match c.children(e.path()).await {
-        Ok(v) => v.len(),
-        Err(Error::NotFound { .. }) => 0,
-        Err(err) => panic!("{err}"),
-    }
+    let _ = c;
+    e.participants().await.unwrap().len()
 }
 
 async fn wait_candidates(h: &dyn Harness, c: &Client, e: &Election, n: usize) {
@@ -387,6 +385,51 @@ pub async fn election_campaign_fails_when_session_expires(h: &dyn Harness) {
     wait_candidates(h, &a, &e, 1).await;
 }
 
+/// Every candidate in order with its value (`participants`), and a leader changing its value
+/// without a new election (`proclaim`): seen by `leader` and `observe`, with the same fencing
+/// token, and the next leader observed after a resign.
+pub async fn election_participants_and_proclaim(h: &dyn Harness) {
+    let a = client(h).await;
+    let b = client(h).await;
+    let e = a.election("extras").unwrap();
+    assert!(e.participants().await.unwrap().is_empty());
+    let la = within(h, "campaign", e.campaign(b"a")).await.unwrap();
+    let eb = b.election("extras").unwrap();
+    let fb = tokio::spawn(async move { eb.campaign(b"b").await });
+    wait_candidates(h, &a, &e, 2).await;
+    let all = e.participants().await.unwrap();
+    let values: Vec<&[u8]> = all.iter().map(|p| p.value.as_slice()).collect();
+    assert_eq!(values, [&b"a"[..], &b"b"[..]]);
+    assert_eq!(all[0].token, la.fencing_token());
+    assert_eq!(&all[0].node, la.node());
+    let mut obs = Box::pin(e.observe().await.unwrap());
+    assert_eq!(next(h, "a", &mut obs).await.unwrap().unwrap().value, b"a");
+    within(h, "proclaim", la.proclaim(b"a2")).await.unwrap();
+    let seen = next(h, "a2", &mut obs).await.unwrap().unwrap();
+    assert_eq!(
+        (seen.value.as_slice(), seen.token),
+        (&b"a2"[..], la.fencing_token())
+    );
+    let now = e.leader().await.unwrap().unwrap();
+    assert_eq!(
+        (now.value.as_slice(), now.token),
+        (&b"a2"[..], la.fencing_token())
+    );
+    assert!(!fb.is_finished(), "a proclaim is not a new election");
+    let ta = la.fencing_token();
+    la.resign().await.unwrap();
+    let lb = within(h, "b elected", fb).await.unwrap().unwrap();
+    assert!(lb.fencing_token() > ta);
+    let seen = loop {
+        let s = next(h, "b leads", &mut obs).await.unwrap();
+        if s.as_ref().is_some_and(|s| s.value == b"b") {
+            break s.unwrap();
+        }
+    };
+    assert_eq!(seen.token, lb.fencing_token());
+    lb.resign().await.unwrap();
+}
+
 /// Checks: registry register discover deregister.
 pub async fn registry_register_discover_deregister(h: &dyn Harness) {
     let c = client(h).await;
@@ -580,9 +623,8 @@ pub async fn lock_try_lock_and_timeout(h: &dyn Harness) {
     assert!(lb.try_lock().await.unwrap().is_none());
     let r = lb.lock_timeout(Duration::from_millis(200)).await;
     assert!(matches!(r, Err(Error::Timeout { .. })), "{r:?}");
-    let dir = Path::new("/locks/try").unwrap();
     eventually(h, "only the holder's node left", || async {
-        a.children(&dir).await.unwrap().len() == 1
+        lb.participants().await.unwrap().len() == 1
     })
     .await;
     g.unlock().await.unwrap();

@@ -8,6 +8,7 @@
 //! outside coord's layout, CreateRevision order, `?acquire`): their adapter serves them through
 //! a [`DialectDriver`] returned by [`crate::Backend::dialect_driver`].
 
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -18,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::kernel::{Session, WriteOp, WriteResult};
 use crate::path::Path;
 use crate::recipes::election::LeaderInfo;
-use crate::recipes::queue::{HoldState, SuspendPolicy};
+use crate::recipes::queue::{HoldState, Layout, SuspendPolicy};
 
 /// Whose protocol an election or lock speaks. [`Dialect::Coord`] (the default) runs on every
 /// backend; each other dialect runs on one backend (a typed error before any I/O elsewhere).
@@ -72,9 +73,27 @@ impl Dialect {
     pub fn backend(self) -> Option<&'static str> {
         match self {
             Dialect::Coord => None,
-            Dialect::CuratorLock | Dialect::CuratorLatch | Dialect::Kazoo => Some("zookeeper"),
+            Dialect::CuratorLock | Dialect::CuratorLatch | Dialect::Kazoo => Some("zk"),
             Dialect::EtcdConcurrency => Some("etcd"),
             Dialect::ConsulLock | Dialect::ConsulElection => Some("consul"),
+        }
+    }
+
+    /// Whether one change of holder wakes one waiting candidate whatever their number (no
+    /// herd effect). Consul's single-key dialects cannot be: every waiter blocks on the one key.
+    pub fn herd_free(self) -> bool {
+        !matches!(self, Dialect::ConsulLock | Dialect::ConsulElection)
+    }
+
+    /// The candidate-queue layout of a dialect served by the generic queue; `None` for the
+    /// dialects an adapter's [`DialectDriver`] serves.
+    pub(crate) fn layout(self) -> Option<Layout> {
+        match self {
+            Dialect::Coord => Some(Layout::Coord),
+            Dialect::CuratorLock => Some(Layout::Curator("lock-")),
+            Dialect::CuratorLatch => Some(Layout::Curator("latch-")),
+            Dialect::Kazoo => Some(Layout::Kazoo),
+            _ => None,
         }
     }
 
@@ -122,7 +141,9 @@ pub trait DialectDriver: Send + Sync + 'static {
     /// Joins `name` with `value` on `session` and waits until this candidate holds it; with
     /// `try_only`, `Ok(None)` at once when somebody else holds it (and nothing is left
     /// behind). Cancel-safe: dropping the future leaves no key behind. Fails with
-    /// [`Error::SessionExpired`] if the session ends while waiting.
+    /// [`Error::SessionExpired`] if the session ends while waiting. `wakeups` counts each time
+    /// a waiting candidate is woken by a watch (what [`crate::election::Election::wakeups`]
+    /// reports: one per change of holder when the dialect is herd-free).
     async fn acquire(
         &self,
         session: Arc<dyn Session>,
@@ -130,6 +151,7 @@ pub trait DialectDriver: Send + Sync + 'static {
         value: &[u8],
         try_only: bool,
         policy: SuspendPolicy,
+        wakeups: &AtomicU64,
     ) -> Result<Option<Box<dyn DialectHold>>>;
 
     /// Every candidate, in the order the peer gives the role (the first holds it), with its
@@ -140,12 +162,14 @@ pub trait DialectDriver: Send + Sync + 'static {
     async fn observe(&self, name: &Path) -> Result<BoxStream<'static, Result<Option<LeaderInfo>>>>;
 }
 
-/// A role held through a [`DialectDriver`].
+/// A role held through a [`DialectDriver`]. Dropping it without [`DialectHold::release`] must
+/// release it in the background (like the coord dialect's leaderships and lock guards).
 #[async_trait]
 pub trait DialectHold: Send + Sync + 'static {
     /// The fencing token (durable and store-global, as for the coord dialect).
     fn token(&self) -> u64;
-    /// The key that holds the role, as a path.
+    /// The key that holds the role, as a path ([`crate::election::Leadership::guard`] is
+    /// `Guard::created(node, token)`: a path the backend's `write_if` can check where possible).
     fn node(&self) -> &Path;
     /// The session the role is held on.
     fn session(&self) -> Arc<dyn Session>;

@@ -15,10 +15,13 @@ use std::time::Duration;
 use futures::Stream;
 
 use crate::client::Client;
+use crate::dialect::Dialect;
+use crate::election::LeaderInfo;
 use crate::error::{Error, Result};
 use crate::path::Path;
-use crate::recipes::election::hold_states;
-use crate::recipes::queue::{self, Acquire, Held, HoldState, Instruments, SuspendPolicy};
+use crate::recipes::election::{hold_states, participants_of, protocol, Protocol};
+use crate::recipes::hold::Hold;
+use crate::recipes::queue::{self, Acquire, HoldState, Instruments, SuspendPolicy};
 
 /// A lock, identified by its path. Cheap to clone.
 #[derive(Clone)]
@@ -26,17 +29,46 @@ pub struct Lock {
     client: Client,
     path: Path,
     policy: SuspendPolicy,
+    dialect: Dialect,
     instruments: Arc<Instruments>,
 }
 
 impl Lock {
-    /// The lock stored at `path`.
+    /// The lock stored at `path`, in the client's default dialect
+    /// ([`Client::with_default_dialect`]; coord's own unless set).
     pub fn new(client: &Client, path: Path) -> Lock {
         Lock {
             client: client.clone(),
             path,
             policy: SuspendPolicy::default(),
+            dialect: client.default_dialect(),
             instruments: Arc::default(),
+        }
+    }
+
+    /// Speaks `dialect`'s protocol, to share the lock with that peer's clients (see
+    /// [`crate::dialect`]). A dialect the backend cannot serve fails every call with
+    /// [`Error::Unsupported`] before any I/O.
+    pub fn with_dialect(mut self, dialect: Dialect) -> Lock {
+        self.dialect = dialect;
+        self
+    }
+
+    /// The dialect spoken.
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// The lock's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Every holder and waiter, in the order they get the lock (the first holds it).
+    pub async fn participants(&self) -> Result<Vec<LeaderInfo>> {
+        match protocol(&self.client, self.dialect)? {
+            Protocol::Queue(layout) => participants_of(&self.client, &self.path, layout).await,
+            Protocol::Driver(d) => d.participants(&self.path).await,
         }
     }
 
@@ -46,16 +78,44 @@ impl Lock {
         self
     }
 
-    async fn acquire(&self, try_only: bool) -> Result<Acquire> {
-        queue::acquire(
-            &self.client,
-            &self.path,
-            b"",
-            self.policy,
-            try_only,
-            &self.instruments,
-        )
-        .await
+    async fn acquire(&self, try_only: bool) -> Result<Acquire<Hold>> {
+        match protocol(&self.client, self.dialect)? {
+            Protocol::Queue(layout) => Ok(
+                match queue::acquire(
+                    &self.client,
+                    &self.path,
+                    layout,
+                    b"",
+                    self.policy,
+                    try_only,
+                    &self.instruments,
+                )
+                .await?
+                {
+                    Acquire::Held(h) => Acquire::Held(Hold::Queue(h)),
+                    Acquire::Busy => Acquire::Busy,
+                },
+            ),
+            Protocol::Driver(driver) => {
+                let session = self.client.session().await?;
+                Ok(
+                    match driver
+                        .acquire(
+                            session,
+                            &self.path,
+                            b"",
+                            try_only,
+                            self.policy,
+                            &self.instruments.wakeups,
+                        )
+                        .await?
+                    {
+                        Some(h) => Acquire::Held(Hold::Driver(h)),
+                        None => Acquire::Busy,
+                    },
+                )
+            }
+        }
     }
 
     /// Waits until the lock is held. Cancel-safe: dropping the future leaves nothing behind.
@@ -93,14 +153,14 @@ impl Lock {
 
 /// A held lock. Dropping it unlocks (in the background).
 pub struct LockGuard {
-    pub(crate) held: Held,
+    pub(crate) held: Hold,
 }
 
 impl std::fmt::Debug for LockGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LockGuard")
-            .field("node", &self.held.node)
-            .field("token", &self.held.token)
+            .field("node", self.held.node())
+            .field("token", &self.held.token())
             .finish()
     }
 }
@@ -110,7 +170,12 @@ impl LockGuard {
     /// increasing across successive holders of this lock, as for
     /// [`Leadership::fencing_token`](crate::election::Leadership::fencing_token).
     pub fn fencing_token(&self) -> u64 {
-        self.held.token
+        self.held.token()
+    }
+
+    /// The node that holds the lock.
+    pub fn node(&self) -> &Path {
+        self.held.node()
     }
 
     /// The state now.

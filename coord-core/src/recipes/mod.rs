@@ -4,6 +4,7 @@ pub mod dialect;
 pub mod election;
 mod fencing;
 pub mod group;
+mod hold;
 pub mod lock;
 mod queue;
 pub mod registry;

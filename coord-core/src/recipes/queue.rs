@@ -60,15 +60,100 @@ fn nonce() -> String {
     format!("{:016x}", crate::adapter::random_u64())
 }
 
+/// 128 random bits with the version-4 UUID layout (what Curator and kazoo put in their node
+/// names to find their own node again).
+fn uuid4() -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&crate::adapter::random_u64().to_be_bytes());
+    b[8..].copy_from_slice(&crate::adapter::random_u64().to_be_bytes());
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    b
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// How the candidates of one dialect name their nodes and in which order they hold the role:
+/// coord's own layout, or a peer's (Curator, kazoo) matched exactly so that coord and the peer
+/// agree on the holder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Layout {
+    /// `c-<nonce>-<seq>`, ordered by the sequence; names without one are not candidates.
+    Coord,
+    /// Curator's `_c_<uuid>-<lock name><seq>` (`lock-` for InterProcessMutex and
+    /// LeaderSelector, `latch-` for LeaderLatch). Every child is a candidate, ordered by the
+    /// text after the last `<lock name>` (the whole name without one), as
+    /// `StandardLockInternalsDriver.fixForSorting` orders them.
+    Curator(&'static str),
+    /// kazoo's `<uuid4 hex>__lock__<seq>`. The candidates are the names matching
+    /// `__lock__(-?\d{10})$`, ordered by that text (`Lock._get_predecessor`, `contenders()`).
+    Kazoo,
+}
+
+/// The order of a candidate in its directory (only compared within one layout).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum SortKey {
+    /// coord: the sequence number.
+    Seq(u64),
+    /// Curator, kazoo: the text they sort by.
+    Text(String),
+}
+
+impl Layout {
+    /// A fresh name prefix for our node (the store appends the sequence). It is unique to us,
+    /// so it also finds our node after a create whose answer was lost.
+    fn marker(self) -> String {
+        match self {
+            Layout::Coord => format!("c-{}-", nonce()),
+            Layout::Curator(lock_name) => {
+                let u = hex(&uuid4());
+                format!(
+                    "_c_{}-{}-{}-{}-{}-{lock_name}",
+                    &u[..8],
+                    &u[8..12],
+                    &u[12..16],
+                    &u[16..20],
+                    &u[20..]
+                )
+            }
+            Layout::Kazoo => format!("{}__lock__", hex(&uuid4())),
+        }
+    }
+
+    /// The order of the child `name`, `None` if it is not a candidate in this layout.
+    pub(crate) fn sort_key(self, name: &str) -> Option<SortKey> {
+        match self {
+            Layout::Coord => Some(SortKey::Seq(parse_sequence(name)?.1)),
+            Layout::Curator(lock_name) => Some(SortKey::Text(match name.rfind(lock_name) {
+                Some(i) => name[i + lock_name.len()..].to_owned(),
+                None => name.to_owned(),
+            })),
+            Layout::Kazoo => {
+                let i = name.rfind("__lock__")?;
+                let seq = &name[i + "__lock__".len()..];
+                let digits = seq.strip_prefix('-').unwrap_or(seq);
+                (digits.len() == 10 && digits.bytes().all(|b| b.is_ascii_digit()))
+                    .then(|| SortKey::Text(seq.to_owned()))
+            }
+        }
+    }
+}
+
 /// One candidate entry in a queue directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Entry {
     pub(crate) name: String,
-    pub(crate) seq: u64,
+    pub(crate) key: SortKey,
 }
 
-/// The sorted candidate entries of `dir` (names without a sequence suffix are ignored).
-pub(crate) async fn entries(backend: &dyn Backend, dir: &Path) -> Result<Vec<Entry>> {
+/// The candidate entries of `dir` in `layout`'s order (the first holds the role).
+pub(crate) async fn entries(
+    backend: &dyn Backend,
+    dir: &Path,
+    layout: Layout,
+) -> Result<Vec<Entry>> {
     let names = match backend.children(dir).await {
         Ok(n) => n,
         Err(Error::NotFound { .. }) => Vec::new(),
@@ -77,17 +162,24 @@ pub(crate) async fn entries(backend: &dyn Backend, dir: &Path) -> Result<Vec<Ent
     let mut out: Vec<Entry> = names
         .into_iter()
         .filter_map(|name| {
-            let seq = parse_sequence(&name)?.1;
-            Some(Entry { name, seq })
+            let key = layout.sort_key(&name)?;
+            Some(Entry { name, key })
         })
         .collect();
-    out.sort_by_key(|e| e.seq);
+    // A stable sort of the sorted listing: equal keys (only possible between foreign names)
+    // keep the name order.
+    out.sort_by(|a, b| a.key.cmp(&b.key));
     Ok(out)
 }
 
 /// The entries of `dir` ahead of `me`, in order; `None` if `me` is not there.
-async fn entries_ahead(backend: &dyn Backend, dir: &Path, me: &str) -> Result<Option<Vec<Entry>>> {
-    let mut list = entries(backend, dir).await?;
+async fn entries_ahead(
+    backend: &dyn Backend,
+    dir: &Path,
+    layout: Layout,
+    me: &str,
+) -> Result<Option<Vec<Entry>>> {
+    let mut list = entries(backend, dir, layout).await?;
     Ok(list.iter().position(|e| e.name == me).map(|pos| {
         list.truncate(pos);
         list
@@ -130,9 +222,14 @@ async fn remove_until_gone(backend: &dyn Backend, session: &dyn Session, dir: &P
 
 /// Deletes every child of `dir` whose name starts with `marker` (our own candidate node).
 async fn remove_marked(backend: &dyn Backend, dir: &Path, marker: &str) -> Result<()> {
-    for e in entries(backend, dir).await? {
-        if e.name.starts_with(marker) {
-            match backend.delete(&dir.join(&e.name)?, None).await {
+    let names = match backend.children(dir).await {
+        Ok(n) => n,
+        Err(Error::NotFound { .. }) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for name in names {
+        if name.starts_with(marker) {
+            match backend.delete(&dir.join(&name)?, None).await {
                 Ok(()) | Err(Error::NotFound { .. }) => {}
                 Err(err) => return Err(err),
             }
@@ -180,10 +277,10 @@ pub(crate) struct Held {
 /// is cheaper.
 const WALK_MAX: usize = 8;
 
-/// How an acquire ends without holding.
-pub(crate) enum Acquire {
+/// How an acquire ends.
+pub(crate) enum Acquire<H = Held> {
     /// Acquired.
-    Held(Held),
+    Held(H),
     /// `try_only` and somebody else holds it (our node was removed).
     Busy,
 }
@@ -193,6 +290,7 @@ pub(crate) enum Acquire {
 pub(crate) async fn acquire(
     client: &Client,
     dir: &Path,
+    layout: Layout,
     value: &[u8],
     policy: SuspendPolicy,
     try_only: bool,
@@ -203,7 +301,7 @@ pub(crate) async fn acquire(
     // Refuse an oversized value before any write (not even the parents).
     crate::adapter::check_value(backend.capabilities(), value)?;
     create_parents(&*backend, dir).await?;
-    let marker = format!("c-{}-", nonce());
+    let marker = layout.marker();
     // Armed until we hold the role or our node is removed: every other exit path (an error, a
     // dropped future) removes the node in the background.
     let mut pending = Pending {
@@ -226,7 +324,7 @@ pub(crate) async fn acquire(
     let me = created.path.name().to_owned();
     let token = token_of(&*backend, &created)?;
     let mut states = session.states();
-    let Some(ahead) = entries_ahead(&*backend, dir, &me).await? else {
+    let Some(ahead) = entries_ahead(&*backend, dir, layout, &me).await? else {
         return Err(own_node_gone(&*session, &mut states, &created.path).await);
     };
     if try_only && !ahead.is_empty() {
@@ -237,6 +335,7 @@ pub(crate) async fn acquire(
         backend: &*backend,
         session: &*session,
         dir,
+        layout,
         me: &me,
         node: &created.path,
         states,
@@ -295,17 +394,22 @@ async fn create_candidate(
 /// Our node after a create whose answer was lost, found by its marker; `None` if the create
 /// did not happen.
 async fn find_created(backend: &dyn Backend, dir: &Path, marker: &str) -> Result<Option<Created>> {
-    let Some(en) = entries(backend, dir)
-        .await?
-        .into_iter()
-        .find(|en| en.name.starts_with(marker))
-    else {
+    let names = match backend.children(dir).await {
+        Ok(n) => n,
+        Err(Error::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let Some((name, seq)) = names.iter().find_map(|name| {
+        let (prefix, seq) = parse_sequence(name)?;
+        (prefix == marker).then_some((name, seq))
+    }) else {
         return Ok(None);
     };
+    let path = dir.join(name)?;
     Ok(Some(Created {
-        path: dir.join(&en.name)?,
-        sequence: Some(en.seq),
-        stat: backend.get(&dir.join(&en.name)?).await?.stat,
+        stat: backend.get(&path).await?.stat,
+        path,
+        sequence: Some(seq),
     }))
 }
 
@@ -348,6 +452,7 @@ struct Waiting<'a> {
     backend: &'a dyn Backend,
     session: &'a dyn Session,
     dir: &'a Path,
+    layout: Layout,
     /// Our node's name.
     me: &'a str,
     /// Our node.
@@ -407,7 +512,9 @@ impl Waiting<'_> {
     /// concurrent reads otherwise.
     async fn recheck_ahead(&mut self) -> Result<()> {
         if self.ahead.len() > WALK_MAX {
-            let Some(mut listed) = entries_ahead(self.backend, self.dir, self.me).await? else {
+            let Some(mut listed) =
+                entries_ahead(self.backend, self.dir, self.layout, self.me).await?
+            else {
                 return Err(self.own_node_gone().await);
             };
             listed.retain(|e| !self.seen_gone.contains(&e.name));

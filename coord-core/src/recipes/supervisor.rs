@@ -316,7 +316,7 @@ where
     /// leadership) is dropped before this returns.
     async fn term(&mut self, leadership: Leadership) -> TermEnd {
         let token = leadership.fencing_token();
-        let node = leadership.node().clone();
+        let node = leadership.queue_node().cloned();
         let session = leadership.session();
         self.last_session = Some(session.clone());
         let mut states = Box::pin(leadership.states());
@@ -339,7 +339,9 @@ where
                 None => TermEnd::Lost,
             },
             other => {
-                resign(&self.election, &*session, &node).await;
+                if let Some(node) = &node {
+                    resign(&self.election, &*session, node).await;
+                }
                 other
             }
         }
@@ -361,7 +363,8 @@ async fn until_lost(states: &mut (impl Stream<Item = HoldState> + Unpin)) {
 }
 
 /// Deletes our candidate node now (the dropped leadership also removes it in the background,
-/// which covers a deletion that fails or takes longer than the session's TTL here).
+/// which covers a deletion that fails or takes longer than the session's TTL here; a driver
+/// dialect's leadership has no queue node and is released by that drop alone).
 async fn resign(election: &Election, session: &dyn Session, node: &Path) {
     if session.state().is_final() {
         return;

@@ -47,7 +47,7 @@ pub(super) async fn lock(
             "no command given (usage: coordctl lock NAME -- COMMAND [ARGS…])",
         ));
     };
-    let lock = client.lock(&name)?;
+    let lock = client.lock_with(&name, client.default_dialect())?;
     let guard = acquire(ctx, &lock, &name).await?;
     let token = guard.fencing_token();
     eprintln!(

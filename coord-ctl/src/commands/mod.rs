@@ -59,9 +59,19 @@ pub(crate) async fn run(ctx: &Ctx, client: &Client, cmd: Cmd) -> Outcome {
                 watch::watch_key(ctx, client, path, count).await
             }
         }
-        Cmd::Leader { election } => recipes::leader(ctx, client, election).await,
-        Cmd::Elect { election, value } => recipes::elect(ctx, client, election, value).await,
-        Cmd::Lock { name, command } => lock::lock(ctx, client, name, command).await,
+        Cmd::Leader { election, dialect } => {
+            recipes::leader(ctx, &client.with_default_dialect(dialect), election).await
+        }
+        Cmd::Elect {
+            election,
+            value,
+            dialect,
+        } => recipes::elect(ctx, &client.with_default_dialect(dialect), election, value).await,
+        Cmd::Lock {
+            name,
+            command,
+            dialect,
+        } => lock::lock(ctx, &client.with_default_dialect(dialect), name, command).await,
         Cmd::Services { name } => recipes::services(ctx, client, name).await,
         Cmd::Backends => backends(ctx),
         Cmd::Shell { .. } => Err(Failure::new(USAGE, "already in the shell")),

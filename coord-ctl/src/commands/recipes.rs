@@ -15,7 +15,7 @@ use crate::output::{
 
 /// `leader ELECTION`: exit 3 if nobody campaigns.
 pub(super) async fn leader(ctx: &Ctx, client: &Client, election: String) -> Outcome {
-    let e = client.election(&election)?;
+    let e = client.election_with(&election, client.default_dialect())?;
     let Some(l) = timed(ctx, "reading the election", e.leader()).await? else {
         return Err(Failure::new(
             NOT_FOUND,
@@ -46,7 +46,7 @@ pub(super) async fn leader(ctx: &Ctx, client: &Client, election: String) -> Outc
 /// `elect ELECTION VALUE`: campaigns, then holds the leadership until Ctrl-C (resigns) or
 /// until it is lost (exit 5). Ctrl-C while campaigning gives up (exit 0).
 pub(super) async fn elect(ctx: &Ctx, client: &Client, name: String, value: String) -> Outcome {
-    let election = client.election(&name)?;
+    let election = client.election_with(&name, client.default_dialect())?;
     let mut stop = armed_interrupt().await;
     if let Some(l) = timed(ctx, "reading the election", election.leader()).await? {
         note(
