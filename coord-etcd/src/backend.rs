@@ -107,13 +107,6 @@ impl EtcdBackend {
         self.cx.layout()
     }
 
-    /// How many times the waiting candidates of the etcd `concurrency` dialect
-    /// ([`Dialect::EtcdConcurrency`]) of this client were woken by the deletion they watched
-    /// (one watch per waiter: a handover wakes one candidate).
-    pub fn dialect_wakeups(&self) -> u64 {
-        self.concurrency.wakeups()
-    }
-
     /// The underlying etcd client (for tests and extensions; keys outside the layout are not
     /// coord's business).
     pub fn etcd_client(&self) -> &Client {

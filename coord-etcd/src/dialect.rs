@@ -51,20 +51,11 @@ use crate::watch::{watch_raw_key, watch_raw_prefix};
 /// The etcd `concurrency` driver of one backend (see the module docs).
 pub(crate) struct EtcdConcurrency {
     cx: Arc<Context>,
-    /// Times a waiting candidate was woken by the deletion it watched (tests, benchmarks).
-    wakeups: Arc<AtomicU64>,
 }
 
 impl EtcdConcurrency {
     pub(crate) fn new(cx: Arc<Context>) -> EtcdConcurrency {
-        EtcdConcurrency {
-            cx,
-            wakeups: Arc::default(),
-        }
-    }
-
-    pub(crate) fn wakeups(&self) -> u64 {
-        self.wakeups.load(Ordering::Relaxed)
+        EtcdConcurrency { cx }
     }
 }
 
@@ -191,7 +182,13 @@ impl EtcdConcurrency {
 
     /// `waitDeletes`: waits until no key under `prefix` was created before ours (`created`),
     /// or our session ends (an error).
-    async fn wait_deletes(&self, session: &dyn Session, prefix: &str, created: u64) -> Result<()> {
+    async fn wait_deletes(
+        &self,
+        session: &dyn Session,
+        prefix: &str,
+        created: u64,
+        wakeups: &AtomicU64,
+    ) -> Result<()> {
         let scope = WatchScope::new();
         let mut states = session.states();
         let max = rev_i64(created) - 1;
@@ -209,7 +206,7 @@ impl EtcdConcurrency {
             loop {
                 tokio::select! {
                     ev = events.next() => {
-                        self.wakeups.fetch_add(1, Ordering::Relaxed);
+                        wakeups.fetch_add(1, Ordering::Relaxed);
                         match ev {
                             Some(Ok(KeyEvent::Deleted | KeyEvent::Resync(None))) | None => break,
                             Some(Ok(_)) => {}
@@ -310,6 +307,7 @@ impl DialectDriver for EtcdConcurrency {
         value: &[u8],
         try_only: bool,
         policy: SuspendPolicy,
+        wakeups: &AtomicU64,
     ) -> Result<Option<Box<dyn DialectHold>>> {
         check_value(&self.cx.tree.caps, value)?;
         let prefix = self.prefix(name)?;
@@ -350,7 +348,8 @@ impl DialectDriver for EtcdConcurrency {
                 return Ok(None);
             }
         } else {
-            self.wait_deletes(&*session, &prefix, created).await?;
+            self.wait_deletes(&*session, &prefix, created, wakeups)
+                .await?;
         }
         // As `Mutex.Lock` does: our key must still be there (the lease may have ended while
         // we waited).
@@ -386,16 +385,21 @@ impl DialectDriver for EtcdConcurrency {
             .collect())
     }
 
+    async fn resign(&self, _session: &dyn Session, node: &Path, token: u64) -> Result<()> {
+        let Some(name) = node.parent() else {
+            return Ok(());
+        };
+        let key = format!("{}{}", self.prefix(&name)?, node.name());
+        resign(&self.cx, &key, token).await
+    }
+
     async fn observe(&self, name: &Path) -> Result<BoxStream<'static, Result<Option<LeaderInfo>>>> {
         let prefix = self.prefix(name)?;
         let (first, rev) = self.read_prefix(&prefix, false, 1, None).await?;
         let leader = first.first().and_then(|kv| info_of(name, &prefix, kv));
         let scope = WatchScope::new();
         let pokes = watch_raw_prefix(&scope, self.cx.clone(), prefix.clone(), rev + 1);
-        let me = EtcdConcurrency {
-            cx: self.cx.clone(),
-            wakeups: self.wakeups.clone(),
-        };
+        let me = EtcdConcurrency::new(self.cx.clone());
         let name = name.clone();
         // The scope travels with the stream: its watch ends when the stream is dropped.
         let state = (me, name, prefix, pokes, scope, Some(leader.clone()), false);

@@ -128,7 +128,14 @@ impl CoordMember {
             history.record(&hid, Event::Campaigning { role });
             let value = hid.as_bytes().to_vec();
             let acquired = driver
-                .acquire(hs, &name, &value, false, SuspendPolicy::LoseOnSuspend)
+                .acquire(
+                    hs,
+                    &name,
+                    &value,
+                    false,
+                    SuspendPolicy::LoseOnSuspend,
+                    &Default::default(),
+                )
                 .await;
             let mut hold = match acquired {
                 Ok(Some(h)) => h,
