@@ -24,6 +24,7 @@ mod api;
 mod backend;
 mod config;
 mod context;
+pub mod dialect;
 mod error;
 mod session;
 #[cfg(feature = "testing")]

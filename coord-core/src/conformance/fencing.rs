@@ -307,15 +307,7 @@ pub async fn deposed_leader_cannot_write(h: &dyn Harness) {
     let guard_a = la.guard();
     let eb = Election::new(&b, dir.clone());
     let fb = tokio::spawn(async move { eb.campaign(b"b").await });
-    eventually(h, "two candidates", || async {
-        Election::new(&b, dir.clone())
-            .participants()
-            .await
-            .map(|v| v.len())
-            .unwrap_or(0)
-            == 2
-    })
-    .await;
+    super::recipes::wait_candidates(h, &b, &Election::new(&b, dir.clone()), 2).await;
     let target = t.clone();
     let writer = tokio::spawn(async move {
         let mut accepted = 0u64;
