@@ -31,6 +31,9 @@ pub(crate) struct KvEntry {
     pub(crate) create_index: u64,
     #[serde(default)]
     pub(crate) modify_index: u64,
+    /// The key's flags (opaque to Consul; `api.Lock` marks its keys with them).
+    #[serde(default)]
+    pub(crate) flags: u64,
 }
 
 impl KvEntry {
@@ -70,6 +73,8 @@ struct KvOp {
     index: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     session: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    flags: Option<u64>,
 }
 
 impl TxnOp {
@@ -81,6 +86,7 @@ impl TxnOp {
                 value: None,
                 index: None,
                 session: None,
+                flags: None,
             },
         }
     }
@@ -118,6 +124,11 @@ impl TxnOp {
         let mut op = TxnOp::new("check-index", key);
         op.kv.index = Some(index);
         op
+    }
+    /// Sets the key's flags too (a write without them sets them to 0).
+    pub(crate) fn with_flags(mut self, flags: u64) -> TxnOp {
+        self.kv.flags = Some(flags);
+        self
     }
     /// Fails the transaction if the key exists.
     pub(crate) fn check_not_exists(key: &str) -> TxnOp {
@@ -358,6 +369,26 @@ impl Api {
             StatusCode::NOT_FOUND => Ok((None, a.index)),
             s => Err(status_error(s, &a.body, "KV read")),
         }
+    }
+
+    /// `PUT /v1/kv/<key>?<query>` with `value`: Consul's `true` or `false` (an `?acquire=` or
+    /// `?release=` that did not take effect answers `false`).
+    pub(crate) async fn kv_put(
+        &self,
+        key: &str,
+        query: &[(&str, String)],
+        value: &[u8],
+    ) -> Result<bool> {
+        let mut u = self.url(&["v1", "kv"], Some(key))?;
+        for (k, v) in query {
+            u.query_pairs_mut().append_pair(k, v);
+        }
+        let what = "KV write";
+        let a = self
+            .send(Method::PUT, u, Some(value.to_vec()), self.timeout, what)
+            .await?
+            .ok(None, what)?;
+        parse(&a.body, what)
     }
 
     /// Lists the keys directly under `prefix` (which ends with `/`), optionally blocking.
@@ -603,6 +634,7 @@ mod tests {
             session: None,
             create_index: 1,
             modify_index: 1,
+            flags: 0,
         };
         assert!(matches!(e.bytes(), Err(Error::Backend { .. })));
     }

@@ -12,10 +12,13 @@ use coord_core::{
     Capabilities, ChildrenWatch, KeyWatch, Node, Path, Result, Session, SessionOptions,
 };
 
+use coord_core::dialect::{Dialect, DialectDriver};
+
 use crate::api::Api;
 use crate::catalog::Catalog;
 use crate::config::{Config, MAX_SESSION_TTL, MIN_SESSION_TTL};
 use crate::context::{ConsulStore, Context};
+use crate::dialect::SingleKey;
 use crate::session::ConsulSession;
 use crate::watch::{watch_children, watch_key};
 
@@ -115,6 +118,17 @@ impl FlatBackend for ConsulBackend {
 
     fn tree(&self) -> &Tree<ConsulStore> {
         &self.ctx.tree
+    }
+
+    /// Consul's single-key dialects (`api.Lock`, the leader-election guide; see
+    /// [`crate::dialect`]).
+    fn dialect_driver(&self, dialect: Dialect) -> Option<Arc<dyn DialectDriver>> {
+        match dialect {
+            Dialect::ConsulLock | Dialect::ConsulElection => {
+                Some(Arc::new(SingleKey::new(self.ctx.clone(), dialect)))
+            }
+            _ => None,
+        }
     }
 
     async fn open_session(&self, ttl: Duration) -> Result<Arc<dyn Session>> {

@@ -27,6 +27,7 @@ mod backend;
 pub mod catalog;
 mod config;
 mod context;
+pub mod dialect;
 mod error;
 mod session;
 #[cfg(feature = "testing")]

@@ -11,7 +11,10 @@ use coord_core::{Capabilities, ChildrenWatch, Error, KeyWatch, Node, Path, Resul
 use etcd_client::{Client, ConnectOptions, GetOptions};
 
 use crate::config::Config;
+use coord_core::dialect::{Dialect, DialectDriver};
+
 use crate::context::{Context, EtcdStore};
+use crate::dialect::EtcdConcurrency;
 use crate::error::{bounded_at, Ctx};
 use crate::naming::GrpcNaming;
 use crate::session::EtcdSession;
@@ -21,6 +24,8 @@ use crate::watch::{watch_children, watch_key};
 /// layout). Dropping it ends its watches; sessions live on until closed or dropped.
 pub struct EtcdBackend {
     cx: Arc<Context>,
+    /// The etcd `concurrency` dialect's driver (shared by every handle of this client).
+    concurrency: Arc<EtcdConcurrency>,
     /// The watch tasks end with the backend.
     watches: WatchScope,
     /// The native registry layout (grpc-go's naming), made once so its watches live on.
@@ -92,6 +97,7 @@ impl EtcdBackend {
         cx.store().get_one(&root, Some(keys_only)).await?;
         Ok(EtcdBackend {
             naming: Arc::new(GrpcNaming::new(cx.clone())),
+            concurrency: Arc::new(EtcdConcurrency::new(cx.clone())),
             cx,
             watches: WatchScope::new(),
         })
@@ -165,5 +171,14 @@ impl FlatBackend for EtcdBackend {
     /// grpc-go's naming layout ([`GrpcNaming`]); not the default layout on etcd.
     fn native_registry(&self) -> Option<Arc<dyn NativeRegistry>> {
         Some(self.naming.clone())
+    }
+
+    /// The etcd `concurrency` protocol ([`crate::dialect`]); no other dialect needs a driver
+    /// here.
+    fn dialect_driver(&self, dialect: Dialect) -> Option<Arc<dyn DialectDriver>> {
+        match dialect {
+            Dialect::EtcdConcurrency => Some(self.concurrency.clone()),
+            _ => None,
+        }
     }
 }

@@ -24,6 +24,7 @@
 mod backend;
 mod config;
 mod context;
+pub mod dialect;
 mod error;
 pub mod naming;
 mod session;

@@ -376,3 +376,55 @@ async fn run_stream<L: Logic>(
         }
     }
 }
+
+/// Reads the raw key `key` (outside the layout; `path` names it in events) and watches it
+/// from the revision after the read: for the dialects' keys.
+pub(crate) async fn watch_raw_key(
+    scope: &WatchScope,
+    cx: Arc<Context>,
+    key: String,
+    path: &Path,
+) -> Result<(Option<Node>, KeyWatch)> {
+    let ranges = vec![Range {
+        key,
+        prefix: false,
+        keys_only: false,
+    }];
+    let (snap, rev) = cx.store().snapshot(&ranges).await?;
+    let mut logic = KeyLogic { path: path.clone() };
+    let current = match logic.resync(&snap, rev) {
+        KeyEvent::Resync(n) => n,
+        _ => None,
+    };
+    let rx = scope.spawn(|tx| drive(cx, ranges, rev + 1, logic, tx));
+    Ok((current, rx))
+}
+
+/// Something under a raw prefix changed (or may have: a re-read after a gap).
+struct PokeLogic;
+
+impl Logic for PokeLogic {
+    type Ev = ();
+
+    fn on_event(&mut self, _idx: usize, _ev: &PbEvent, _rev: i64) -> Step<()> {
+        Step::Emit(())
+    }
+
+    fn resync(&mut self, _snap: &[Vec<PbKeyValue>], _rev: i64) {}
+}
+
+/// Watches every key under the raw prefix `prefix` from revision `start`: one item per change
+/// (the dialects' `observe` re-reads the holder on each).
+pub(crate) fn watch_raw_prefix(
+    scope: &WatchScope,
+    cx: Arc<Context>,
+    prefix: String,
+    start: i64,
+) -> futures::stream::BoxStream<'static, Result<()>> {
+    let ranges = vec![Range {
+        key: prefix,
+        prefix: true,
+        keys_only: true,
+    }];
+    scope.spawn(|tx| drive(cx, ranges, start, PokeLogic, tx))
+}

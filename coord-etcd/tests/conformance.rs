@@ -15,3 +15,18 @@ mod etcd_native {
         attr = #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     );
 }
+
+/// The election and lock tests again in etcd's `concurrency` dialect (keys
+/// `<prefix>/<lease hex>`, CreateRevision order), so that the dialect is not a weaker election.
+mod etcd_concurrency {
+    async fn factory(test: &str) -> Option<std::sync::Arc<dyn coord_core::conformance::Harness>> {
+        coord_core::conformance::DialectHarness::wrap(
+            coord_etcd::testing::harness(test).await,
+            coord_core::dialect::Dialect::EtcdConcurrency,
+        )
+    }
+    coord_core::dialect_conformance_tests!(
+        factory = factory,
+        attr = #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    );
+}

@@ -44,6 +44,7 @@ use crate::kernel::{
     Stat, Version, WriteOp, WriteResult,
 };
 use crate::path::{format_sequence, Path, RESERVED_PREFIX};
+use crate::recipes::dialect::{Dialect, DialectDriver};
 
 /// Length of the zero-padded depth in a node key (a path has at most 512 segments).
 const DEPTH_DIGITS: usize = 3;
@@ -325,16 +326,20 @@ fn root_node() -> Node {
     }
 }
 
-/// The store's check of `guard`, whose node's key is `key`.
-fn check_of<'a>(guard: Option<&Guard>, key: Option<&'a str>) -> Option<GuardCheck<'a>> {
-    match (guard, key) {
-        (Some(g), Some(key)) => Some(GuardCheck {
-            key,
-            version: g.version,
-            created: g.created,
-        }),
-        _ => None,
-    }
+/// A guard with the store key of its node: the layout's key of the guard's path, or a raw key
+/// outside the layout ([`Tree::write_if_key`]).
+struct Keyed<'a> {
+    guard: &'a Guard,
+    key: String,
+}
+
+/// The store's check of `guard`.
+fn check_of<'a>(guard: Option<&'a Keyed<'_>>) -> Option<GuardCheck<'a>> {
+    guard.map(|g| GuardCheck {
+        key: &g.key,
+        version: g.guard.version,
+        created: g.guard.created,
+    })
 }
 
 /// The error of a create attempt that ends the create without a result.
@@ -411,14 +416,13 @@ impl<S: FlatStore> Tree<S> {
         value: &[u8],
         mode: CreateMode,
         owner: Option<(&S::Owner, &SessionId)>,
-        guard: Option<&Guard>,
+        guard: Option<&Keyed<'_>>,
     ) -> Result<Created> {
         let parent = path.parent().ok_or_else(|| Error::AlreadyExists {
             path: path.to_string(),
         })?;
         let pkey = (!parent.is_root()).then(|| self.layout.node(&parent));
         let ckey = self.layout.sequence(&parent);
-        let gkey = guard.map(|g| self.layout.node(&g.path));
         let sequential = mode == CreateMode::Sequential;
         let mut counter = None;
         let mut backoff = Backoff::contention();
@@ -436,7 +440,7 @@ impl<S: FlatStore> Tree<S> {
                 value,
                 owner: owner.map(|(o, _)| o),
                 counter: c.map(|c| (ckey.as_str(), c)),
-                guard: check_of(guard, gkey.as_deref()),
+                guard: check_of(guard),
             };
             counter = c;
             match self.store.try_create(&attempt).await? {
@@ -485,7 +489,7 @@ impl<S: FlatStore> Tree<S> {
     /// A guard check failed in the store: [`Error::GuardFailed`] if the guard no longer
     /// holds; `Ok` (try again) if it still does (the store checked a stamp read before, and
     /// the guard node was written in between).
-    async fn recheck_guard(&self, guard: Option<&Guard>) -> Result<()> {
+    async fn recheck_guard(&self, guard: Option<&Keyed<'_>>) -> Result<()> {
         let Some(g) = guard else {
             return Err(Error::backend(
                 self.caps.backend,
@@ -493,9 +497,9 @@ impl<S: FlatStore> Tree<S> {
                 false,
             ));
         };
-        let stat = self.exists(&g.path).await?;
-        match g.failure(stat.as_ref()) {
-            Some(reason) => Err(g.error(reason)),
+        let stat = self.store.read(&g.key).await?.map(|e| e.stat());
+        match g.guard.failure(stat.as_ref()) {
+            Some(reason) => Err(g.guard.error(reason)),
             None => Ok(()),
         }
     }
@@ -540,16 +544,15 @@ impl<S: FlatStore> Tree<S> {
         path: &Path,
         value: &[u8],
         expected: Option<Version>,
-        guard: Option<&Guard>,
+        guard: Option<&Keyed<'_>>,
     ) -> Result<Stat> {
         let key = self.layout.node(path);
-        let gkey = guard.map(|g| self.layout.node(&g.path));
         let write = SetAttempt {
             path,
             key: &key,
             value,
             expected,
-            guard: check_of(guard, gkey.as_deref()),
+            guard: check_of(guard),
         };
         let mut backoff = Backoff::contention();
         for _ in 0..MAX_ATTEMPTS {
@@ -589,13 +592,12 @@ impl<S: FlatStore> Tree<S> {
         &self,
         path: &Path,
         expected: Option<Version>,
-        guard: Option<&Guard>,
+        guard: Option<&Keyed<'_>>,
     ) -> Result<()> {
-        let gkey = guard.map(|g| self.layout.node(&g.path));
         let attempt = DeleteAttempt {
             path,
             expected,
-            guard: check_of(guard, gkey.as_deref()),
+            guard: check_of(guard),
         };
         let mut backoff = Backoff::contention();
         for _ in 0..MAX_ATTEMPTS {
@@ -626,6 +628,26 @@ impl<S: FlatStore> Tree<S> {
 
     /// Runs `op` only if `guard` holds (see the module docs); checks already done.
     pub async fn write_if(&self, guard: &Guard, op: &WriteOp) -> Result<WriteResult> {
+        let key = self.layout.node(&guard.path);
+        self.write_keyed(&Keyed { guard, key }, op).await
+    }
+
+    /// [`Tree::write_if`] with a guard node stored at the raw key `key`, outside the layout
+    /// (a peer's election key, for the dialects); `guard.path` only names it in errors.
+    pub async fn write_if_key(
+        &self,
+        guard: &Guard,
+        key: &str,
+        op: &WriteOp,
+    ) -> Result<WriteResult> {
+        let keyed = Keyed {
+            guard,
+            key: key.to_owned(),
+        };
+        self.write_keyed(&keyed, op).await
+    }
+
+    async fn write_keyed(&self, guard: &Keyed<'_>, op: &WriteOp) -> Result<WriteResult> {
         Ok(match op {
             WriteOp::Create { path, value, mode } => WriteResult::Created(
                 self.create_guarded(path, value, *mode, None, Some(guard))
@@ -683,6 +705,10 @@ pub trait FlatBackend: Send + Sync + 'static {
     async fn watch_children(&self, path: &Path) -> Result<(Vec<String>, ChildrenWatch)>;
     /// See [`RawBackend::native_registry`] (`None` by default).
     fn native_registry(&self) -> Option<Arc<dyn crate::registry::NativeRegistry>> {
+        None
+    }
+    /// See [`RawBackend::dialect_driver`].
+    fn dialect_driver(&self, _dialect: Dialect) -> Option<Arc<dyn DialectDriver>> {
         None
     }
     /// See [`RawBackend::as_any`].
@@ -746,6 +772,10 @@ impl<T: FlatBackend> RawBackend for T {
 
     fn native_registry(&self) -> Option<Arc<dyn crate::registry::NativeRegistry>> {
         FlatBackend::native_registry(self)
+    }
+
+    fn dialect_driver(&self, dialect: Dialect) -> Option<Arc<dyn DialectDriver>> {
+        FlatBackend::dialect_driver(self, dialect)
     }
 
     fn as_any(&self) -> &dyn Any {

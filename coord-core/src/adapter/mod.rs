@@ -13,10 +13,12 @@
 //!   [`ChildrenSnapshot`]: the events between two reads of a polled or re-armed watch.
 //! - [`WatchScope`]: watch tasks that end with their backend or their stream.
 //! - [`flat`]: coord's tree on a flat, transactional key-value store (etcd, Consul).
+//! - [`hold`]: the monitor of a role held on one key outside the layout (the dialects).
 
 mod backoff;
 mod diff;
 pub mod flat;
+pub mod hold;
 mod lease;
 mod raw;
 mod scope;

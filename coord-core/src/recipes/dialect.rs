@@ -211,6 +211,13 @@ pub trait DialectDriver: Send + Sync + 'static {
 
     /// The holder after each change (deduplicated), starting with the current one.
     async fn observe(&self, name: &Path) -> Result<BoxStream<'static, Result<Option<LeaderInfo>>>>;
+
+    /// Gives up the role held at `node` with `token` on `session` now, if it is still that
+    /// one: what a supervisor does after the leader's work, which owned the hold, dropped it
+    /// (the drop releases only in the background). Default: nothing.
+    async fn resign(&self, _session: &dyn Session, _node: &Path, _token: u64) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// A role held through a [`DialectDriver`]. Dropping it without [`DialectHold::release`] must

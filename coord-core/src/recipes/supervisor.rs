@@ -317,6 +317,7 @@ where
     async fn term(&mut self, leadership: Leadership) -> TermEnd {
         let token = leadership.fencing_token();
         let node = leadership.queue_node().cloned();
+        let held = leadership.node().clone();
         let session = leadership.session();
         self.last_session = Some(session.clone());
         let mut states = Box::pin(leadership.states());
@@ -339,8 +340,9 @@ where
                 None => TermEnd::Lost,
             },
             other => {
-                if let Some(node) = &node {
-                    resign(&self.election, &*session, node).await;
+                match &node {
+                    Some(node) => resign(&self.election, &*session, node).await,
+                    None => resign_driver(&self.election, &*session, &held, token).await,
                 }
                 other
             }
@@ -359,6 +361,24 @@ async fn until_lost(states: &mut (impl Stream<Item = HoldState> + Unpin)) {
         if s == HoldState::Lost {
             return;
         }
+    }
+}
+
+/// A driver dialect's [`DialectDriver::resign`](crate::dialect::DialectDriver::resign) of the
+/// dropped leadership, bounded like [`resign`].
+async fn resign_driver(election: &Election, session: &dyn Session, node: &Path, token: u64) {
+    if session.state().is_final() {
+        return;
+    }
+    let Ok(crate::recipes::election::Protocol::Driver(driver)) =
+        crate::recipes::election::protocol(election.client(), election.dialect())
+    else {
+        return;
+    };
+    match tokio::time::timeout(session.ttl(), driver.resign(session, node, token)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(%node, error = %e, "resign deferred to the background"),
+        Err(_) => tracing::debug!(%node, "resign timed out; deferred to the background"),
     }
 }
 

@@ -1,0 +1,111 @@
+//! The monitor of a role held on one key outside coord's layout (the etcd and Consul
+//! dialects' [`DialectHold`](crate::recipes::dialect::DialectHold)s): the same rules as the
+//! coord dialect's holder, over a watch the adapter supplies.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use tokio::sync::watch;
+
+use crate::kernel::{KeyEvent, KeyWatch, Node, Session, SessionState};
+use crate::recipes::{HoldState, SuspendPolicy};
+
+/// The state of a held role now: `own` as the monitor last reported it, corrected by the
+/// session's state read directly, so that a loss is seen the moment the session reports it.
+pub fn hold_state(
+    own: HoldState,
+    released: bool,
+    session: SessionState,
+    policy: SuspendPolicy,
+) -> HoldState {
+    if own == HoldState::Lost || released {
+        return HoldState::Lost;
+    }
+    match (session, policy) {
+        (s, _) if s.is_final() => HoldState::Lost,
+        (SessionState::Suspended, SuspendPolicy::LoseOnSuspend) => HoldState::Lost,
+        (SessionState::Suspended, SuspendPolicy::TolerateSuspend) => HoldState::Suspended,
+        _ => own,
+    }
+}
+
+/// Follows the session and the held key until the role is gone; ends in Lost.
+///
+/// - `watch_key()` (re)watches the key: `None` when it is gone or no longer ours (or the
+///   session ended); it is called again after a retryable watch error.
+/// - `ours(node)` says whether a new state of the key still means we hold it (a Consul key
+///   released by its session stays, with another holder or none).
+/// - `hand_over()` runs when contact comes back after a suspension under
+///   [`SuspendPolicy::LoseOnSuspend`]: we stopped acting as the holder, so we give the key up
+///   now instead of at the session's expiry.
+pub async fn monitor_key<W, WF, O, H, HF>(
+    session: Arc<dyn Session>,
+    policy: SuspendPolicy,
+    watch_key: W,
+    ours: O,
+    hand_over: H,
+    tx: watch::Sender<HoldState>,
+) where
+    W: Fn() -> WF + Send,
+    WF: Future<Output = Option<KeyWatch>> + Send,
+    O: Fn(&Node) -> bool + Send,
+    H: FnOnce() -> HF + Send,
+    HF: Future<Output = ()> + Send,
+{
+    let mut states = session.states();
+    let Some(mut events) = watch_key().await else {
+        tx.send_replace(HoldState::Lost);
+        return;
+    };
+    let mut gave_up = false;
+    loop {
+        tokio::select! {
+            st = states.next() => match st {
+                Some(SessionState::Connected) => {
+                    if gave_up {
+                        hand_over().await;
+                        return;
+                    }
+                    tx.send_replace(HoldState::Holding);
+                }
+                Some(SessionState::Suspended) => match policy {
+                    SuspendPolicy::LoseOnSuspend => {
+                        tx.send_replace(HoldState::Lost);
+                        gave_up = true;
+                    }
+                    SuspendPolicy::TolerateSuspend => {
+                        tx.send_replace(HoldState::Suspended);
+                    }
+                },
+                _ => {
+                    tx.send_replace(HoldState::Lost);
+                    return;
+                }
+            },
+            ev = events.next() => match ev {
+                Some(Ok(KeyEvent::Changed(n) | KeyEvent::Created(n) | KeyEvent::Resync(Some(n))))
+                    if ours(&n) => {}
+                Some(Err(e)) if e.is_retryable() => match watch_key().await {
+                    Some(ev) => events = ev,
+                    None => {
+                        tx.send_replace(HoldState::Lost);
+                        return;
+                    }
+                },
+                _ => {
+                    // Deleted, taken over, or the watch ended.
+                    tx.send_replace(HoldState::Lost);
+                    return;
+                }
+            },
+        }
+    }
+}
+
+/// Runs `f` in the background if a runtime is there (for `Drop`, which cannot await).
+pub fn spawn_detached<F: Future<Output = ()> + Send + 'static>(f: F) {
+    if let Ok(handle) = tokio::runtime::Handle::try_current() {
+        handle.spawn(f);
+    }
+}

@@ -1,0 +1,622 @@
+//! The etcd `concurrency` dialect ([`Dialect::EtcdConcurrency`]): coord candidates in the
+//! elections and mutexes of etcd's Go `concurrency` package (`Election`, `Mutex`), of
+//! `etcdctl elect` / `etcdctl elect -l` / `etcdctl lock`, and of the server's `v3election` /
+//! `v3lock` services, which all run the same protocol (`client/v3/concurrency/election.go`,
+//! `mutex.go`, `key.go`):
+//!
+//! - **Keys.** An election or lock named by the path `/a/b` lives under the raw prefix
+//!   `a/b/` — `<namespace>/a/b/` when the URL has a namespace — which is what
+//!   `etcdctl elect a/b` and `etcdctl lock a/b` use (the Go package appends the `/`). These
+//!   keys lie outside coord's own key layout (`…/__coord/…`): coord's tree never sees them.
+//! - **Candidates.** Each candidate writes `<prefix><lease id in hex>` under its session's
+//!   lease with `txn(If CreateRevision(key) == 0, Then Put(key, value, lease), Else Get(key))`;
+//!   a candidate whose key already exists (the same lease campaigning again) keeps it.
+//! - **Order.** The holder is the key with the lowest CreateRevision. A waiter takes the last
+//!   key created before its own (`WithLastCreate`, `WithMaxCreateRev(own − 1)`), waits for its
+//!   deletion, and repeats until none is left: one watch per waiter, herd-free.
+//! - **Token.** The holder's CreateRevision: store-global, so it keeps increasing when coord
+//!   and Go clients take turns (and across restarts of etcd, not across the loss of its data).
+//! - **Guarded writes** and `Proclaim` are transactions comparing the holder key's
+//!   CreateRevision to the token: they fail once the key is gone (resigned, lease expired).
+//! - **Values.** An election key holds the leader's proclamation; `etcdctl lock` and the Go
+//!   `Mutex` write an empty value, so a coord lock holder shows its value where a Go
+//!   holder shows none (the protocol ignores values).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use coord_core::adapter::hold::{hold_state, monitor_key, spawn_detached};
+use coord_core::adapter::{check_value, Backoff, WatchScope};
+use coord_core::dialect::{Dialect, DialectDriver, DialectHold};
+use coord_core::election::LeaderInfo;
+use coord_core::recipes::{HoldState, SuspendPolicy};
+use coord_core::{
+    Error, Guard, GuardFailure, KeyEvent, KeyWatch, Path, Result, Session, SessionId, WriteOp,
+    WriteResult,
+};
+use etcd_client::proto::{PbKeyValue, PbTxnOpResponse};
+use etcd_client::{
+    Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnResponse,
+};
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use tokio::sync::watch;
+
+use crate::context::Context;
+use crate::error::Ctx;
+use crate::watch::{watch_raw_key, watch_raw_prefix};
+
+/// The etcd `concurrency` driver of one backend (see the module docs).
+pub(crate) struct EtcdConcurrency {
+    cx: Arc<Context>,
+}
+
+impl EtcdConcurrency {
+    pub(crate) fn new(cx: Arc<Context>) -> EtcdConcurrency {
+        EtcdConcurrency { cx }
+    }
+}
+
+/// The raw prefix of the election or lock `name` (see the module docs).
+pub(crate) fn raw_prefix(namespace: &str, name: &Path) -> Result<String> {
+    if name.is_root() {
+        return Err(Error::InvalidArgument(
+            "an etcd concurrency election or lock needs a name, not the namespace root".into(),
+        ));
+    }
+    let ns = namespace.trim_matches('/');
+    let n = name.as_str().trim_start_matches('/');
+    Ok(if ns.is_empty() {
+        format!("{n}/")
+    } else {
+        format!("{ns}/{n}/")
+    })
+}
+
+/// The lease of an etcd session: its id is the lease id in hex.
+fn lease_of(session: &dyn Session) -> Result<i64> {
+    let id = &session.id().0;
+    i64::from_str_radix(id, 16)
+        .ok()
+        .filter(|l| *l != 0)
+        .ok_or_else(|| Error::InvalidArgument(format!("{id} is not an etcd session (lease id)")))
+}
+
+fn rev_u64(rev: i64) -> u64 {
+    u64::try_from(rev).unwrap_or(0)
+}
+
+fn rev_i64(rev: u64) -> i64 {
+    i64::try_from(rev).unwrap_or(i64::MAX)
+}
+
+fn range_kvs(resp: &TxnResponse, i: usize) -> &[PbKeyValue] {
+    match resp.0.responses.get(i).and_then(|r| r.response.as_ref()) {
+        Some(PbTxnOpResponse::ResponseRange(r)) => &r.kvs,
+        _ => &[],
+    }
+}
+
+fn header_rev(resp: &TxnResponse) -> i64 {
+    resp.0.header.as_ref().map(|h| h.revision).unwrap_or(0)
+}
+
+/// The candidate `kv` as the recipes show it (its key as a path under `name`).
+fn info_of(name: &Path, prefix: &str, kv: &PbKeyValue) -> Option<LeaderInfo> {
+    let key = std::str::from_utf8(&kv.key).ok()?;
+    let node = name.join(key.strip_prefix(prefix)?).ok()?;
+    Some(LeaderInfo {
+        value: kv.value.clone(),
+        token: rev_u64(kv.create_revision),
+        node,
+    })
+}
+
+impl EtcdConcurrency {
+    fn prefix(&self, name: &Path) -> Result<String> {
+        raw_prefix(&self.cx.tree.namespace, name)
+    }
+
+    /// One read of `prefix` in a transaction (keys sorted by CreateRevision, ascending unless
+    /// `last`, at most `limit`, created at most at `max_create` if set): its kvs and revision.
+    async fn read_prefix(
+        &self,
+        prefix: &str,
+        last: bool,
+        limit: i64,
+        max_create: Option<i64>,
+    ) -> Result<(Vec<PbKeyValue>, i64)> {
+        let order = if last {
+            SortOrder::Descend
+        } else {
+            SortOrder::Ascend
+        };
+        let mut o = GetOptions::new()
+            .with_prefix()
+            .with_sort(SortTarget::Create, order)
+            .with_limit(limit);
+        if let Some(m) = max_create {
+            o = o.with_max_create_revision(m);
+        }
+        let txn = Txn::new().and_then(vec![TxnOp::get(prefix, Some(o))]);
+        let resp = self.cx.store().txn("read", Ctx::default(), txn).await?;
+        Ok((range_kvs(&resp, 0).to_vec(), header_rev(&resp)))
+    }
+
+    /// Creates our key (or finds it, with the same lease) and returns its CreateRevision and
+    /// whether our value had to be written over an older one.
+    async fn campaign(&self, key: &str, value: &[u8], lease: i64, sid: &SessionId) -> Result<u64> {
+        let txn = Txn::new()
+            .when(vec![Compare::create_revision(key, CompareOp::Equal, 0)])
+            .and_then(vec![TxnOp::put(
+                key,
+                value,
+                Some(PutOptions::new().with_lease(lease)),
+            )])
+            .or_else(vec![TxnOp::get(key, None)]);
+        let ctx = Ctx {
+            session: Some(sid),
+            value: Some((value.len(), self.cx.store().max_value)),
+        };
+        let resp = self.cx.store().txn("campaign", ctx, txn).await?;
+        if resp.succeeded() {
+            return Ok(rev_u64(header_rev(&resp)));
+        }
+        // Our lease already has a key here (a campaign again): keep it, with our value (as
+        // `Election.Campaign` does with `Proclaim`).
+        let Some(kv) = range_kvs(&resp, 0).first() else {
+            return Err(Error::backend(
+                "etcd",
+                format!("campaign on {key}: the key exists but was not returned"),
+                true,
+            ));
+        };
+        let created = rev_u64(kv.create_revision);
+        if kv.value != value {
+            proclaim(&self.cx, key, created, value).await?;
+        }
+        Ok(created)
+    }
+
+    /// `waitDeletes`: waits until no key under `prefix` was created before ours (`created`),
+    /// or our session ends (an error).
+    async fn wait_deletes(
+        &self,
+        session: &dyn Session,
+        prefix: &str,
+        created: u64,
+        wakeups: &AtomicU64,
+    ) -> Result<()> {
+        let scope = WatchScope::new();
+        let mut states = session.states();
+        let max = rev_i64(created) - 1;
+        loop {
+            let (kvs, _) = self.read_prefix(prefix, true, 1, Some(max)).await?;
+            let Some(last) = kvs.first() else {
+                return Ok(());
+            };
+            let key = String::from_utf8_lossy(&last.key).into_owned();
+            let (current, mut events) =
+                watch_raw_key(&scope, self.cx.clone(), key, &Path::root()).await?;
+            if current.is_none() {
+                continue;
+            }
+            loop {
+                tokio::select! {
+                    ev = events.next() => {
+                        wakeups.fetch_add(1, Ordering::Relaxed);
+                        match ev {
+                            Some(Ok(KeyEvent::Deleted | KeyEvent::Resync(None))) | None => break,
+                            Some(Ok(_)) => {}
+                            Some(Err(e)) => return Err(e),
+                        }
+                    }
+                    st = states.next() => match st {
+                        Some(s) if s.is_final() => return Err(Error::session_gone(session.id(), s)),
+                        Some(_) => {}
+                        None => return Err(Error::session_gone(session.id(), session.state())),
+                    },
+                }
+            }
+        }
+    }
+}
+
+/// Rewrites the holder's value, guarded by its CreateRevision (`Election.Proclaim`).
+async fn proclaim(cx: &Context, key: &str, created: u64, value: &[u8]) -> Result<()> {
+    let txn = Txn::new()
+        .when(vec![Compare::create_revision(
+            key,
+            CompareOp::Equal,
+            rev_i64(created),
+        )])
+        .and_then(vec![TxnOp::put(
+            key,
+            value,
+            Some(PutOptions::new().with_ignore_lease()),
+        )]);
+    let ctx = Ctx {
+        session: None,
+        value: Some((value.len(), cx.store().max_value)),
+    };
+    let resp = cx.store().txn("proclaim", ctx, txn).await?;
+    if !resp.succeeded() {
+        return Err(Error::GuardFailed {
+            path: key.to_owned(),
+            reason: GuardFailure::Absent,
+        });
+    }
+    Ok(())
+}
+
+/// Deletes our key if it is still the one created at `created` (`Election.Resign`).
+async fn resign(cx: &Context, key: &str, created: u64) -> Result<()> {
+    let txn = Txn::new()
+        .when(vec![Compare::create_revision(
+            key,
+            CompareOp::Equal,
+            rev_i64(created),
+        )])
+        .and_then(vec![TxnOp::delete(key, None)]);
+    cx.store().txn("resign", Ctx::default(), txn).await?;
+    Ok(())
+}
+
+/// Removes our key in the background, retrying while the session lives (a key left behind by
+/// a live session blocks every later candidate).
+fn resign_in_background(cx: Arc<Context>, session: Arc<dyn Session>, key: String, created: u64) {
+    spawn_detached(async move {
+        let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_secs(1));
+        loop {
+            match resign(&cx, &key, created).await {
+                Err(e) if e.is_retryable() && !session.state().is_final() => backoff.wait().await,
+                _ => return,
+            }
+        }
+    });
+}
+
+/// Resigns on every exit path of an acquire until disarmed (cancel safety).
+struct Pending {
+    cx: Arc<Context>,
+    session: Arc<dyn Session>,
+    key: String,
+    created: Option<u64>,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(c) = self.created {
+            resign_in_background(self.cx.clone(), self.session.clone(), self.key.clone(), c);
+        }
+    }
+}
+
+#[async_trait]
+impl DialectDriver for EtcdConcurrency {
+    fn dialect(&self) -> Dialect {
+        Dialect::EtcdConcurrency
+    }
+
+    async fn acquire(
+        &self,
+        session: Arc<dyn Session>,
+        name: &Path,
+        value: &[u8],
+        try_only: bool,
+        policy: SuspendPolicy,
+        wakeups: &AtomicU64,
+    ) -> Result<Option<Box<dyn DialectHold>>> {
+        check_value(&self.cx.tree.caps, value)?;
+        let prefix = self.prefix(name)?;
+        let lease = lease_of(&*session)?;
+        let state = session.state();
+        if state.is_final() {
+            return Err(Error::session_gone(session.id(), state));
+        }
+        let key = format!("{prefix}{lease:x}");
+        let node = name.join(&format!("{lease:x}"))?;
+        let mut pending = Pending {
+            cx: self.cx.clone(),
+            session: session.clone(),
+            key: key.clone(),
+            created: None,
+        };
+        // Armed before the call: a campaign whose answer is lost may still have created it.
+        pending.created = Some(0);
+        let created = self.campaign(&key, value, lease, session.id()).await;
+        let created = match created {
+            Ok(c) => c,
+            Err(e) => {
+                // Nothing of ours is known to exist; a key made by a lost answer goes with the
+                // lease at the latest.
+                pending.created = None;
+                return Err(e);
+            }
+        };
+        pending.created = Some(created);
+        if try_only {
+            let (first, _) = self.read_prefix(&prefix, false, 1, None).await?;
+            if first.first().map(|kv| rev_u64(kv.create_revision)) != Some(created) {
+                pending.created = None;
+                if let Err(e) = resign(&self.cx, &key, created).await {
+                    pending.created = Some(created);
+                    tracing::debug!(error = %e, "try-acquire cleanup deferred");
+                }
+                return Ok(None);
+            }
+        } else {
+            self.wait_deletes(&*session, &prefix, created, wakeups)
+                .await?;
+        }
+        // As `Mutex.Lock` does: our key must still be there (the lease may have ended while
+        // we waited).
+        let own = self.cx.store().get_one(&key, None).await?;
+        if own.map(|kv| rev_u64(kv.create_revision)) != Some(created) {
+            pending.created = None;
+            let st = session.state();
+            return Err(if st.is_final() {
+                Error::session_gone(session.id(), st)
+            } else {
+                Error::NotFound {
+                    path: node.to_string(),
+                }
+            });
+        }
+        pending.created = None;
+        Ok(Some(Box::new(EtcdHold::start(
+            self.cx.clone(),
+            session,
+            key,
+            node,
+            created,
+            policy,
+        ))))
+    }
+
+    async fn participants(&self, name: &Path) -> Result<Vec<LeaderInfo>> {
+        let prefix = self.prefix(name)?;
+        let (kvs, _) = self.read_prefix(&prefix, false, 0, None).await?;
+        Ok(kvs
+            .iter()
+            .filter_map(|kv| info_of(name, &prefix, kv))
+            .collect())
+    }
+
+    async fn resign(&self, _session: &dyn Session, node: &Path, token: u64) -> Result<()> {
+        let Some(name) = node.parent() else {
+            return Ok(());
+        };
+        let key = format!("{}{}", self.prefix(&name)?, node.name());
+        resign(&self.cx, &key, token).await
+    }
+
+    async fn observe(&self, name: &Path) -> Result<BoxStream<'static, Result<Option<LeaderInfo>>>> {
+        let prefix = self.prefix(name)?;
+        let (first, rev) = self.read_prefix(&prefix, false, 1, None).await?;
+        let leader = first.first().and_then(|kv| info_of(name, &prefix, kv));
+        let scope = WatchScope::new();
+        let pokes = watch_raw_prefix(&scope, self.cx.clone(), prefix.clone(), rev + 1);
+        let me = EtcdConcurrency::new(self.cx.clone());
+        let name = name.clone();
+        // The scope travels with the stream: its watch ends when the stream is dropped.
+        let state = (me, name, prefix, pokes, scope, Some(leader.clone()), false);
+        let rest = futures::stream::unfold(state, |mut st| async move {
+            let (me, name, prefix, pokes, _scope, last, failed) = &mut st;
+            if *failed {
+                return None;
+            }
+            loop {
+                match pokes.next().await {
+                    None => return None,
+                    Some(Err(e)) => {
+                        *failed = true;
+                        return Some((Err(e), st));
+                    }
+                    Some(Ok(())) => {}
+                }
+                let now = match me.read_prefix(prefix, false, 1, None).await {
+                    Ok((kvs, _)) => kvs.first().and_then(|kv| info_of(name, prefix, kv)),
+                    Err(e) => {
+                        *failed = true;
+                        return Some((Err(e), st));
+                    }
+                };
+                if last.as_ref() != Some(&now) {
+                    *last = Some(now.clone());
+                    return Some((Ok(now), st));
+                }
+            }
+        });
+        Ok(futures::stream::once(async move { Ok(leader) })
+            .chain(rest)
+            .boxed())
+    }
+}
+
+/// A role held through etcd's concurrency protocol: our key, created at `token`.
+struct EtcdHold {
+    cx: Arc<Context>,
+    session: Arc<dyn Session>,
+    key: String,
+    node: Path,
+    token: u64,
+    policy: SuspendPolicy,
+    state: watch::Receiver<HoldState>,
+    monitor: tokio::task::JoinHandle<()>,
+    released: bool,
+}
+
+impl EtcdHold {
+    fn start(
+        cx: Arc<Context>,
+        session: Arc<dyn Session>,
+        key: String,
+        node: Path,
+        token: u64,
+        policy: SuspendPolicy,
+    ) -> EtcdHold {
+        let (tx, rx) = watch::channel(HoldState::Holding);
+        let (mcx, msession, mkey, mnode) = (cx.clone(), session.clone(), key.clone(), node.clone());
+        let monitor = tokio::spawn(async move {
+            // The watch task lives as long as the monitor.
+            let scope = WatchScope::new();
+            let watch_key = || {
+                let (cx, key, node, session) =
+                    (mcx.clone(), mkey.clone(), mnode.clone(), msession.clone());
+                let scope = &scope;
+                async move { watch_own(scope, cx, key, &node, &*session, token).await }
+            };
+            let ours = |n: &coord_core::Node| n.stat.created == token;
+            let hand_over =
+                || resign_until_gone(mcx.clone(), msession.clone(), mkey.clone(), token);
+            monitor_key(msession.clone(), policy, watch_key, ours, hand_over, tx).await;
+        });
+        EtcdHold {
+            cx,
+            session,
+            key,
+            node,
+            token,
+            policy,
+            state: rx,
+            monitor,
+            released: false,
+        }
+    }
+}
+
+/// Watches our key, retrying transient errors while the session lives; `None` when it is
+/// gone (or is another key than ours).
+async fn watch_own(
+    scope: &WatchScope,
+    cx: Arc<Context>,
+    key: String,
+    node: &Path,
+    session: &dyn Session,
+    token: u64,
+) -> Option<KeyWatch> {
+    let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_secs(1));
+    loop {
+        match watch_raw_key(scope, cx.clone(), key.clone(), node).await {
+            Ok((Some(n), ev)) if n.stat.created == token => return Some(ev),
+            Ok(_) => return None,
+            Err(e) if e.is_retryable() && !session.state().is_final() => backoff.wait().await,
+            Err(_) => return None,
+        }
+    }
+}
+
+async fn resign_until_gone(cx: Arc<Context>, session: Arc<dyn Session>, key: String, token: u64) {
+    let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_secs(1));
+    loop {
+        match resign(&cx, &key, token).await {
+            Err(e) if e.is_retryable() && !session.state().is_final() => backoff.wait().await,
+            _ => return,
+        }
+    }
+}
+
+#[async_trait]
+impl DialectHold for EtcdHold {
+    fn token(&self) -> u64 {
+        self.token
+    }
+
+    fn node(&self) -> &Path {
+        &self.node
+    }
+
+    fn session(&self) -> Arc<dyn Session> {
+        self.session.clone()
+    }
+
+    fn state(&self) -> HoldState {
+        let own = *self.state.borrow();
+        hold_state(own, self.released, self.session.state(), self.policy)
+    }
+
+    fn states(&self) -> watch::Receiver<HoldState> {
+        self.state.clone()
+    }
+
+    async fn proclaim(&self, value: &[u8]) -> Result<()> {
+        check_value(&self.cx.tree.caps, value)?;
+        if self.state() == HoldState::Lost {
+            return Err(self.guard().error(GuardFailure::Released));
+        }
+        proclaim(&self.cx, &self.key, self.token, value)
+            .await
+            .map_err(|e| match e {
+                Error::GuardFailed { reason, .. } => self.guard().error(reason),
+                e => e,
+            })
+    }
+
+    async fn write_if_held(&self, op: &WriteOp) -> Result<WriteResult> {
+        let guard = self.guard();
+        if self.state() == HoldState::Lost {
+            return Err(guard.error(GuardFailure::Released));
+        }
+        self.cx.tree.write_if_key(&guard, &self.key, op).await
+    }
+
+    async fn release(&mut self) -> Result<()> {
+        if self.released {
+            return Ok(());
+        }
+        self.released = true;
+        self.monitor.abort();
+        match resign(&self.cx, &self.key, self.token).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                resign_in_background(
+                    self.cx.clone(),
+                    self.session.clone(),
+                    self.key.clone(),
+                    self.token,
+                );
+                Err(e)
+            }
+        }
+    }
+}
+
+impl EtcdHold {
+    /// The guard of our key as created (named by its path in errors).
+    fn guard(&self) -> Guard {
+        Guard::created(self.node.clone(), self.token)
+    }
+}
+
+impl Drop for EtcdHold {
+    fn drop(&mut self) {
+        if !self.released {
+            self.monitor.abort();
+            resign_in_background(
+                self.cx.clone(),
+                self.session.clone(),
+                self.key.clone(),
+                self.token,
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes() {
+        let p = |s: &str| Path::new(s).unwrap();
+        assert_eq!(raw_prefix("", &p("/my-election")).unwrap(), "my-election/");
+        assert_eq!(raw_prefix("/ns/x", &p("/a/b")).unwrap(), "ns/x/a/b/");
+        assert!(matches!(
+            raw_prefix("", &Path::root()),
+            Err(Error::InvalidArgument(_))
+        ));
+    }
+}
