@@ -54,7 +54,7 @@ use crate::kernel::{
     create_parents, Backend, ChildrenWatch, CreateMode, Created, KeyWatch, Session, SessionStates,
 };
 use crate::path::{parse_sequence, Path};
-use crate::recipes::queue::{entries, own_node_gone, remove_in_background, Entry};
+use crate::recipes::queue::{own_node_gone, remove_in_background};
 
 /// The most members a double barrier accepts: each wake-up lists every member node.
 pub const MAX_MEMBERS: usize = 10_000;
@@ -360,13 +360,20 @@ impl Drop for Pending {
     }
 }
 
+/// A member node: its name and sequence number.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Entry {
+    name: String,
+    seq: u64,
+}
+
 /// The member nodes of `dir` in sequence order (`ready` and other names are not members).
 async fn members(backend: &dyn Backend, dir: &Path) -> Result<Vec<Entry>> {
-    Ok(entries(backend, dir)
-        .await?
-        .into_iter()
-        .filter(|e| e.name.starts_with("m-"))
-        .collect())
+    match backend.children(dir).await {
+        Ok(names) => Ok(parse_members(names)),
+        Err(crate::Error::NotFound { .. }) => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
 }
 
 /// The member entries among `names`, in sequence order.
