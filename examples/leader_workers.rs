@@ -33,7 +33,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use coord::election::Leadership;
-use coord::group::Group;
 use coord::mem::MemSession;
 use coord::partitioner::{Assignment, Partitioner};
 use coord::registry::Instance;
@@ -601,9 +600,11 @@ async fn lead(
         parts.len() - stored.len()
     );
     let progress = Arc::new(Notify::new());
-    // The workers are the members of the service's registry group.
-    let workers = Group::new(client, Path::new("/services")?.join(SERVICE)?);
-    let partitioner = workers.partitioner(parts.len() as u32).await?;
+    // The workers are the service's registered instances.
+    let partitioner = client
+        .registry()
+        .partitioner(SERVICE, parts.len() as u32)
+        .await?;
     let mut assignment = partitioner.assignment();
     let cache = client.registry().cache(SERVICE).await?;
     let mut drivers: HashMap<String, Driver> = HashMap::new();

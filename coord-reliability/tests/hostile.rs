@@ -94,6 +94,11 @@ async fn hostile_input(client: &Client, label: &str) {
             r.as_ref().is_err_and(is_invalid_name),
             "{label}: instance {bad:?}: {r:?}"
         );
+        let r = bounded("partitioner", reg.partitioner(&bad, 8)).await;
+        assert!(
+            r.as_ref().is_err_and(is_invalid_name),
+            "{label}: service partitioner {bad:?}: {r:?}"
+        );
         let r = bounded("discover", reg.discover(&bad)).await;
         assert!(
             r.as_ref().is_err_and(is_invalid_name),

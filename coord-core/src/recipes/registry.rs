@@ -294,6 +294,18 @@ impl Registry {
             .collect()
     }
 
+    /// A [`Partitioner`](crate::partitioner::Partitioner) of `partitions` partitions over the
+    /// instances of `service` (a weight from each instance's `weight` metadata entry; see
+    /// [`crate::partitioner`]).
+    pub async fn partitioner(
+        &self,
+        service: &str,
+        partitions: u32,
+    ) -> Result<crate::partitioner::Partitioner> {
+        crate::partitioner::check_partitions(partitions)?;
+        self.group(service)?.partitioner(partitions).await
+    }
+
     /// The names of the registered services (those with a node, possibly without instances).
     pub async fn services(&self) -> Result<Vec<String>> {
         if let Resolved::Native(native) = self.resolve()? {

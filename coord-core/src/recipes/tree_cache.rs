@@ -42,7 +42,8 @@ use crate::registry::CacheState;
 pub const DEFAULT_MAX_NODES: usize = 10_000;
 /// How many events a slow [`TreeCache::events`] reader may fall behind before it gets a
 /// [`TreeEvent::Resynced`] of the root instead of the events it missed.
-const EVENT_BUFFER: usize = 4096;
+/// (Small in unit tests, so that a test can overrun it quickly.)
+const EVENT_BUFFER: usize = if cfg!(test) { 64 } else { 4096 };
 
 /// Bounds of a [`TreeCache`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -704,5 +705,41 @@ async fn watcher(
         }
         again = true;
         backoff.wait().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::CreateMode;
+
+    /// A reader that falls more than the buffer behind gets `Resynced(root)` in place of the
+    /// events it missed, then the events that follow; the mirror itself is complete.
+    #[tokio::test(start_paused = true)]
+    async fn a_lagging_reader_gets_resynced() {
+        let client = Client::new(Arc::new(crate::mem::MemBackend::new()));
+        let root = Path::new("/lag").unwrap();
+        client.create(&root, b"", CreateMode::Exact).await.unwrap();
+        let cache = client.tree_cache(&root).await.unwrap();
+        let mut events = Box::pin(cache.events());
+        let n = EVENT_BUFFER + 100;
+        for i in 0..n {
+            let k = root.join(&format!("k{i:05}")).unwrap();
+            client.create(&k, b"", CreateMode::Exact).await.unwrap();
+        }
+        let done = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            while cache.len() < n + 1 {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        assert!(done.is_ok(), "the mirror holds {} nodes", cache.len());
+        assert_eq!(events.next().await, Some(TreeEvent::Resynced(root.clone())));
+        let last = root.join(&format!("k{:05}", n - 1)).unwrap();
+        match events.next().await {
+            Some(TreeEvent::Added(node)) => assert!(node.path <= last),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(cache.children(&root).unwrap().len(), n);
     }
 }
