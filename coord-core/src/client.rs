@@ -276,9 +276,9 @@ impl Client {
     }
 
     /// The semaphore `name` with `limit` leases, stored under `/semaphores/<name>`.
-    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for a limit of 0 or above
+    /// [`Error::InvalidArgument`] for a limit of 0 or above
     /// [`MAX_LIMIT`](crate::recipes::semaphore::MAX_LIMIT); every user must agree on the limit
-    /// ([`Error::LimitMismatch`](crate::Error::LimitMismatch) at the first acquire otherwise).
+    /// ([`Error::LimitMismatch`] at the first acquire otherwise).
     pub fn semaphore(
         &self,
         name: &str,

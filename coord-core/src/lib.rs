@@ -4,8 +4,8 @@
 //!   semantic rules, which every backend is held to by the [conformance suite](conformance)).
 //! - [`Path`]: validated key paths; [`Error`]: the one error enum.
 //! - [`mem`]: the in-memory backend.
-//! - [`Client`] and the recipes ([`election`], [`registry`], [`lock`], [`group`]) written once
-//!   over the kernel.
+//! - [`Client`] and the recipes ([`election`], [`registry`], [`lock`], [`rwlock`], [`semaphore`],
+//!   [`group`]) written once over the kernel.
 #![warn(missing_docs, unreachable_pub)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 

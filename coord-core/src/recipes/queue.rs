@@ -1118,4 +1118,75 @@ mod tests {
             ["c-a-0000000001", "c-b-0000000002"]
         );
     }
+
+    fn q(names: &[&str]) -> Vec<Entry> {
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| Entry {
+                name: format!("{n}-0123456789abcdef-{i:010}"),
+                key: SortKey::Seq(i as u64),
+            })
+            .collect()
+    }
+
+    fn watched(d: Decision) -> (Vec<u64>, bool) {
+        match d {
+            Decision::Hold => panic!("holds"),
+            Decision::Watch { nodes, on_held } => (
+                nodes
+                    .iter()
+                    .map(|e| match e.key {
+                        SortKey::Seq(n) => n,
+                        SortKey::Text(_) => panic!("a coord entry"),
+                    })
+                    .collect(),
+                on_held,
+            ),
+        }
+    }
+
+    #[test]
+    fn exclusive_watches_its_predecessor() {
+        assert_eq!(Rule::Exclusive.decide(&[]), Decision::Hold);
+        assert_eq!(
+            watched(Rule::Exclusive.decide(&q(&["r", "w", "r"]))),
+            (vec![2], false)
+        );
+    }
+
+    #[test]
+    fn a_reader_waits_only_for_the_last_writer_ahead() {
+        assert_eq!(Rule::Shared.decide(&q(&["r", "r"])), Decision::Hold);
+        assert_eq!(
+            watched(Rule::Shared.decide(&q(&["w", "r", "w", "r"]))),
+            (vec![2], false)
+        );
+        // Any tag but a reader's counts as a writer.
+        assert_eq!(watched(Rule::Shared.decide(&q(&["c"]))), (vec![0], false));
+    }
+
+    #[test]
+    fn leases_fit_in_fifo_order() {
+        let one = Rule::Leases {
+            limit: 3,
+            weight: 1,
+        };
+        let two = Rule::Leases {
+            limit: 3,
+            weight: 2,
+        };
+        assert_eq!(one.decide(&q(&["s1", "s1"])), Decision::Hold);
+        // The first waiter watches every holder ahead.
+        assert_eq!(watched(two.decide(&q(&["s1", "s1"]))), (vec![0, 1], false));
+        assert_eq!(watched(one.decide(&q(&["s3"]))), (vec![0], false));
+        // A later waiter watches its predecessor, for its held mark too.
+        assert_eq!(
+            watched(one.decide(&q(&["s1", "s2", "s2"]))),
+            (vec![2], true)
+        );
+        // A node that does not say how many it takes counts as the whole limit.
+        assert_eq!(watched(one.decide(&q(&["x"]))), (vec![0], false));
+        assert_eq!(watched(one.decide(&q(&["s9", "s1"]))), (vec![1], true));
+    }
 }
