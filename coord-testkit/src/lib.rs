@@ -38,7 +38,7 @@
 //! into the log file. [`Server::pause`]/[`Server::resume`] are `docker pause`/`unpause`,
 //! [`Server::kill`] is `docker kill`, [`Server::stop`] a `SIGTERM` then `docker kill`,
 //! [`Server::restart`] a fresh container on the same ports and data; [`Server::pid`] is the host
-//! pid of the container's init. Containers are removed on drop, and by a per-process lifeline
+//! pid of the server, the container's first process. Containers are removed on drop, and by a per-process lifeline
 //! (owner label) when the test process exits however it exits. A daemon that does not answer
 //! counts as a backend that is not installed (skip, or fail with `COORD_REQUIRE_BACKENDS=1`).
 //!
