@@ -7,7 +7,9 @@
 //! as a process would; no container address is ever contacted), the server's temp dir
 //! bind-mounted at the same path (configuration, data; it survives a restart), the entrypoint
 //! overridden to the server itself (`etcd`, `consul`, ZooKeeper's `zkServer.sh
-//! start-foreground <zoo.cfg>`), and `--init` so signals reach it. The container's output is
+//! start-foreground <zoo.cfg>`, which execs `java`), so the server is the container's first
+//! process (each installs a `SIGTERM` handler, so a graceful stop reaches it, and its pid
+//! is the server's as with a process). The container's output is
 //! followed (`docker logs -f`) into the server's log file, so error messages carry its tail as
 //! with processes.
 //!
@@ -257,7 +259,7 @@ fn command(kind: Kind, launch: &Launch) -> (String, Vec<OsString>, Vec<(String, 
 #[derive(Debug)]
 pub(crate) struct Contained {
     id: String,
-    /// The host pid of the container's init (`--init`).
+    /// The host pid of the container's first process: the server.
     pid: u32,
     /// `docker logs -f`, appending to the server's log file.
     follower: Option<Child>,
@@ -295,7 +297,6 @@ impl Contained {
             dir_label.into(),
             "--network".into(),
             "host".into(),
-            "--init".into(),
             "-v".into(),
             mount.into(),
             "-w".into(),
@@ -341,7 +342,7 @@ impl Contained {
         Ok(me)
     }
 
-    /// The host pid of the container's init.
+    /// The host pid of the server (the container's first process).
     pub(crate) fn pid(&self) -> u32 {
         self.pid
     }
@@ -484,7 +485,7 @@ impl Running {
         }
     }
 
-    /// The server's pid (a container's: its init's, on the host).
+    /// The server's pid (in a container: its host pid).
     pub(crate) fn pid(&self) -> u32 {
         match self {
             Running::Process(p) => p.pid(),

@@ -30,6 +30,18 @@
 //! Servers run in their own process group, so a Ctrl-C in the terminal reaches the test
 //! process only and the servers are stopped through the lifeline.
 //!
+//! # Containers
+//!
+//! With `COORD_TESTKIT=containers` the same API runs each server in a container (`docker run`
+//! of the kind's image) instead of a process: host networking on the same free 127.0.0.1
+//! ports, the server's temp dir bind-mounted at the same path, the container's output followed
+//! into the log file. [`Server::pause`]/[`Server::resume`] are `docker pause`/`unpause`,
+//! [`Server::kill`] is `docker kill`, [`Server::stop`] a `SIGTERM` then `docker kill`,
+//! [`Server::restart`] a fresh container on the same ports and data; [`Server::pid`] is the host
+//! pid of the server, the container's first process. Containers are removed on drop, and by a per-process lifeline
+//! (owner label) when the test process exits however it exits. A daemon that does not answer
+//! counts as a backend that is not installed (skip, or fail with `COORD_REQUIRE_BACKENDS=1`).
+//!
 //! # Environment
 //!
 //! | variable | meaning |
@@ -40,6 +52,9 @@
 //! | `COORD_ETCD_BIN`, `COORD_CONSUL_BIN`, `COORD_JAVA`, `COORD_ZK_CLASSPATH` | exact binaries / classpath to use |
 //! | `COORD_TESTKIT_START_TIMEOUT_SECS` | bound for a server to become ready (default 30) |
 //! | `COORD_ZK_TICK_MS` | ZooKeeper's `tickTime` (default 500; 10–2000): its session-expiry granularity |
+//! | `COORD_TESTKIT=containers` | run every server in a container instead of a process (see below); `processes` (the default) or unset: processes |
+//! | `COORD_ZK_IMAGE`, `COORD_ETCD_IMAGE`, `COORD_CONSUL_IMAGE` | the containers' images (defaults: `zookeeper:3.9.3`, `quay.io/coreos/etcd:v3.5.16`, `hashicorp/consul:1.8.7`; `scripts/build-test-images.sh` builds local `coord-test/...` ones) |
+//! | `DOCKER_HOST` | the docker daemon of the containers |
 //! | `COORD_TESTKIT_KEEP=1` | keep the temp dirs of dropped servers (for debugging) |
 //! | `TMPDIR` | where the temp dirs go |
 //!
