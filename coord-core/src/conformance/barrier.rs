@@ -164,7 +164,8 @@ pub async fn double_barrier_rounds(h: &dyn Harness) {
 }
 
 /// Checks: a dropped or timed-out enter leaves no node and does not count; typed errors for
-/// a member count of 0 or above the maximum, with nothing written.
+/// a member count of 0 or above the maximum, with nothing written, and for a count that
+/// disagrees with the one stored.
 pub async fn double_barrier_cancel_and_bad_counts(h: &dyn Harness) {
     let a = client(h).await;
     for n in [0, MAX_MEMBERS + 1, usize::MAX] {
@@ -190,6 +191,10 @@ pub async fn double_barrier_cancel_and_bad_counts(h: &dyn Harness) {
         barrier.entered().await.unwrap().is_empty()
     })
     .await;
+    // A member that disagrees about N is refused and leaves nothing.
+    let r = a.double_barrier("cancel", 3).unwrap().enter().await;
+    assert!(matches!(r, Err(Error::InvalidArgument(_))), "{r:?}");
+    assert!(barrier.entered().await.unwrap().is_empty());
     // Two later members make a round of their own: nothing cancelled counted.
     let b = client(h).await;
     let other = b.double_barrier("cancel", 2).unwrap();
