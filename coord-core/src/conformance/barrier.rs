@@ -99,16 +99,22 @@ pub async fn double_barrier_enter_leave(h: &dyn Harness) {
         .iter()
         .map(|c| c.double_barrier("step", N).unwrap())
         .collect();
-    let mut first = Box::pin(barriers[0].enter());
-    let mut second = Box::pin(barriers[1].enter());
-    assert!(still_pending(&mut first).await, "entered with 1 of {N}");
-    assert!(still_pending(&mut second).await, "entered with 2 of {N}");
-    assert_eq!(barriers[2].entered().await.unwrap().len(), 2);
+    // Tasks, so that both make progress while we look.
+    let (b0, b1) = (barriers[0].clone(), barriers[1].clone());
+    let first = tokio::spawn(async move { b0.enter().await });
+    let second = tokio::spawn(async move { b1.enter().await });
+    eventually(h, "two members in", || async {
+        barriers[2].entered().await.unwrap().len() == 2
+    })
+    .await;
+    tokio::time::sleep(QUIET).await;
+    assert!(!first.is_finished(), "entered with 2 of {N}");
+    assert!(!second.is_finished(), "entered with 2 of {N}");
     let third = within(h, "third enters", barriers[2].enter())
         .await
         .unwrap();
-    let first = within(h, "first enters", first).await.unwrap();
-    let second = within(h, "second enters", second).await.unwrap();
+    let first = within(h, "first enters", first).await.unwrap().unwrap();
+    let second = within(h, "second enters", second).await.unwrap().unwrap();
     assert_eq!(first.round(), third.round());
     assert_eq!(second.round(), third.round());
     let mut leave1 = Box::pin(first.leave());
@@ -221,10 +227,14 @@ pub async fn double_barrier_member_session_expiry(h: &dyn Harness) {
     let y = client(h).await;
     let z = client(h).await;
     let bx = x.double_barrier("expiry", 2).unwrap();
-    let mut waiting = Box::pin(bx.enter());
-    assert!(still_pending(&mut waiting).await);
+    let watcher = bx.clone();
+    let waiting = tokio::spawn(async move { bx.enter().await });
+    eventually(h, "x in", || async {
+        watcher.entered().await.unwrap().len() == 1
+    })
+    .await;
     h.expire(&current(&x).await).await;
-    let r = within(h, "enter fails on expiry", waiting).await;
+    let r = within(h, "enter fails on expiry", waiting).await.unwrap();
     assert!(matches!(r, Err(Error::SessionExpired { .. })), "{r:?}");
     let by = y.double_barrier("expiry", 2).unwrap();
     let mut ey = Box::pin(by.enter());
