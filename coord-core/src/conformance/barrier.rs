@@ -99,16 +99,22 @@ pub async fn double_barrier_enter_leave(h: &dyn Harness) {
         .iter()
         .map(|c| c.double_barrier("step", N).unwrap())
         .collect();
-    let mut first = Box::pin(barriers[0].enter());
-    let mut second = Box::pin(barriers[1].enter());
-    assert!(still_pending(&mut first).await, "entered with 1 of {N}");
-    assert!(still_pending(&mut second).await, "entered with 2 of {N}");
-    assert_eq!(barriers[2].entered().await.unwrap().len(), 2);
+    // Tasks, so that both make progress while we look.
+    let (b0, b1) = (barriers[0].clone(), barriers[1].clone());
+    let first = tokio::spawn(async move { b0.enter().await });
+    let second = tokio::spawn(async move { b1.enter().await });
+    eventually(h, "two members in", || async {
+        barriers[2].entered().await.unwrap().len() == 2
+    })
+    .await;
+    tokio::time::sleep(QUIET).await;
+    assert!(!first.is_finished(), "entered with 2 of {N}");
+    assert!(!second.is_finished(), "entered with 2 of {N}");
     let third = within(h, "third enters", barriers[2].enter())
         .await
         .unwrap();
-    let first = within(h, "first enters", first).await.unwrap();
-    let second = within(h, "second enters", second).await.unwrap();
+    let first = within(h, "first enters", first).await.unwrap().unwrap();
+    let second = within(h, "second enters", second).await.unwrap().unwrap();
     assert_eq!(first.round(), third.round());
     assert_eq!(second.round(), third.round());
     let mut leave1 = Box::pin(first.leave());
@@ -164,7 +170,8 @@ pub async fn double_barrier_rounds(h: &dyn Harness) {
 }
 
 /// Checks: a dropped or timed-out enter leaves no node and does not count; typed errors for
-/// a member count of 0 or above the maximum, with nothing written.
+/// a member count of 0 or above the maximum, with nothing written, and for a count that
+/// disagrees with the one stored.
 pub async fn double_barrier_cancel_and_bad_counts(h: &dyn Harness) {
     let a = client(h).await;
     for n in [0, MAX_MEMBERS + 1, usize::MAX] {
@@ -190,6 +197,10 @@ pub async fn double_barrier_cancel_and_bad_counts(h: &dyn Harness) {
         barrier.entered().await.unwrap().is_empty()
     })
     .await;
+    // A member that disagrees about N is refused and leaves nothing.
+    let r = a.double_barrier("cancel", 3).unwrap().enter().await;
+    assert!(matches!(r, Err(Error::InvalidArgument(_))), "{r:?}");
+    assert!(barrier.entered().await.unwrap().is_empty());
     // Two later members make a round of their own: nothing cancelled counted.
     let b = client(h).await;
     let other = b.double_barrier("cancel", 2).unwrap();
@@ -216,10 +227,14 @@ pub async fn double_barrier_member_session_expiry(h: &dyn Harness) {
     let y = client(h).await;
     let z = client(h).await;
     let bx = x.double_barrier("expiry", 2).unwrap();
-    let mut waiting = Box::pin(bx.enter());
-    assert!(still_pending(&mut waiting).await);
+    let watcher = bx.clone();
+    let waiting = tokio::spawn(async move { bx.enter().await });
+    eventually(h, "x in", || async {
+        watcher.entered().await.unwrap().len() == 1
+    })
+    .await;
     h.expire(&current(&x).await).await;
-    let r = within(h, "enter fails on expiry", waiting).await;
+    let r = within(h, "enter fails on expiry", waiting).await.unwrap();
     assert!(matches!(r, Err(Error::SessionExpired { .. })), "{r:?}");
     let by = y.double_barrier("expiry", 2).unwrap();
     let mut ey = Box::pin(by.enter());

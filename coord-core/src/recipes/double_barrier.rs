@@ -26,6 +26,10 @@
 //! deletes the stale `ready` itself if every member of that round is gone, so a round whose
 //! members all died does not block the next one.
 //!
+//! The directory holds the member count, written by the first member to enter: a member that
+//! enters with another count gets [`Error::InvalidArgument`] (and leaves no node), so that
+//! clients that disagree about N cannot each complete rounds of their own size.
+//!
 //! # Dead members
 //!
 //! Because member nodes are ephemeral, a member whose session ends (a crash, an expiry, a
@@ -102,6 +106,7 @@ impl DoubleBarrier {
         let backend = self.client.backend().clone();
         let mut session = self.client.session().await?;
         create_parents(&*backend, &self.dir).await?;
+        self.agree_on_members(&*backend).await?;
         let marker = format!("m-{:016x}-", random_u64());
         let mut pending = Pending {
             backend: backend.clone(),
@@ -153,6 +158,47 @@ impl DoubleBarrier {
             .into_iter()
             .map(|e| e.name)
             .collect())
+    }
+
+    /// Stores our member count in the barrier's directory if none is stored yet, and refuses
+    /// to enter ([`Error::InvalidArgument`]) if another count is stored there.
+    async fn agree_on_members(&self, backend: &dyn Backend) -> Result<()> {
+        const ATTEMPTS: u32 = 8;
+        for _ in 0..ATTEMPTS {
+            let node = match backend.get(&self.dir).await {
+                Ok(n) => n,
+                Err(Error::NotFound { .. }) => {
+                    create_parents(backend, &self.dir).await?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if node.value.is_empty() {
+                let count = self.members.to_string();
+                match backend
+                    .set(&self.dir, count.as_bytes(), Some(node.stat.version))
+                    .await
+                {
+                    Ok(_) => return Ok(()),
+                    Err(Error::VersionMismatch { .. } | Error::NotFound { .. }) => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            let stored = decode_number(&self.dir, &node.value)?;
+            if stored != self.members as u64 {
+                return Err(Error::InvalidArgument(format!(
+                    "double barrier {} is for {stored} members, not {} (delete it to change \
+                     the count)",
+                    self.dir, self.members
+                )));
+            }
+            return Ok(());
+        }
+        Err(Error::Contended {
+            op: "enter",
+            path: self.dir.to_string(),
+            attempts: ATTEMPTS,
+        })
     }
 
     /// Creates our member node `<dir>/<marker><seq>`. A session that had already ended when
@@ -208,7 +254,7 @@ impl DoubleBarrier {
         loop {
             let (current, ready_events) = backend.watch(&ready).await?;
             if let Some(r) = current {
-                let bound = decode_bound(&ready, &r.value)?;
+                let bound = decode_number(&ready, &r.value)?;
                 if seq <= bound {
                     return Ok(bound);
                 }
@@ -295,7 +341,7 @@ impl Entered {
             if !parse_members(names).iter().any(|m| m.seq <= self.round) {
                 // Our round is over: its ready goes, unless a later round's replaced it.
                 match self.backend.get(&ready).await {
-                    Ok(n) if decode_bound(&ready, &n.value).ok() == Some(self.round) => {
+                    Ok(n) if decode_number(&ready, &n.value).ok() == Some(self.round) => {
                         delete_at(&*self.backend, &ready, n.stat.version).await?;
                     }
                     Ok(_) | Err(Error::NotFound { .. }) => {}
@@ -390,8 +436,8 @@ fn parse_members(names: Vec<String>) -> Vec<Entry> {
     out
 }
 
-/// The round bound stored in `ready`.
-fn decode_bound(path: &Path, value: &[u8]) -> Result<u64> {
+/// The number stored in `ready` (the round's bound) or in the directory (the member count).
+fn decode_number(path: &Path, value: &[u8]) -> Result<u64> {
     std::str::from_utf8(value)
         .ok()
         .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
@@ -399,7 +445,7 @@ fn decode_bound(path: &Path, value: &[u8]) -> Result<u64> {
         .ok_or_else(|| Error::MalformedData {
             path: path.to_string(),
             reason: format!(
-                "a double barrier's ready node holds a member number, not {:?}",
+                "a double barrier's node holds a decimal number, not {:?}",
                 String::from_utf8_lossy(value)
             ),
         })
