@@ -31,7 +31,9 @@
 //!
 //! As in coord's own layout, an id (or an address) held by another lease is replaced
 //! ([`IfPresent::Replace`]) or refused ([`IfPresent::Fail`]) in one transaction that checks
-//! what was read; an id held by the registering session itself is refused.
+//! what was read; an id held by the registering session itself is refused. An address is one
+//! gRPC endpoint, so it is one entry: two instances with different ids at the same
+//! `host:port` are treated like one id (the later replaces or is refused).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
