@@ -14,7 +14,6 @@ mod consul_agent;
 mod cx;
 mod guarded;
 mod kernel;
-mod layouts;
 mod raw;
 mod recipes;
 mod scale;
@@ -254,11 +253,6 @@ async fn bench_backend(name: &str, sizes: Sizes, only: &[u8], start: Instant) ->
         rows.extend(recipes::herd(&cx).await);
     }
     section!(6, "registry", recipes::registry(&cx));
-    section!(
-        6,
-        "registry, other layout",
-        layouts::registry_other_layout(&cx)
-    );
     section!(7, "children above grandchildren", scale::grandchildren(&cx));
     if wanted(7) {
         progress(name, "memory", start);

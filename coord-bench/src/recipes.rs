@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use coord::election::{Election, Leadership};
-use coord::registry::{Instance, Registration};
+use coord::registry::{Instance, Registration, RegistryLayout};
 use coord::{Client, SessionOptions};
 use futures::{StreamExt, TryStreamExt};
 use tokio::sync::mpsc;
@@ -257,20 +257,34 @@ pub async fn herd(cx: &Cx) -> Vec<Row> {
     rows
 }
 
-/// Item 6: registration → visible in another client's watch; cached lookups; discover.
+/// Item 6: registration → visible in another client's watch; cached lookups; discover — in
+/// the generic layout, and in the backend's native layout if it has one (rows named after it).
 pub async fn registry(cx: &Cx) -> Res<Vec<Row>> {
+    let mut rows = registry_in(cx, RegistryLayout::Generic).await?;
+    if cx.backend.native_registry().is_some() {
+        rows.extend(registry_in(cx, RegistryLayout::Native).await?);
+    }
+    Ok(rows)
+}
+
+/// Item 6 in one registry layout.
+async fn registry_in(cx: &Cx, layout: RegistryLayout) -> Res<Vec<Row>> {
     let s = &cx.sizes;
     let reg = Client::new(cx.backend.clone());
     // The watcher is another client: its own connection to the server.
     let other = Client::new(coord::connect_backend(&cx.url).await?);
-    let mut stream = Box::pin(other.registry().watch("vis").await?);
+    let label = match layout {
+        RegistryLayout::Generic => "registry".to_owned(),
+        _ => format!("registry ({})", reg.registry_with(layout)?.layout_name()?),
+    };
+    let mut stream = Box::pin(other.registry_with(layout)?.watch("vis").await?);
     within(STEP, "first watch list", stream.next()).await?;
     let mut d = Vec::new();
     for r in 0..s.reg_rounds + 2 {
         let id = format!("i{r}");
         let t0 = Instant::now();
         let registration = reg
-            .registry()
+            .registry_with(layout)?
             .register(&Instance::new("vis", &id, "127.0.0.1", 8080))
             .await?;
         loop {
@@ -298,7 +312,7 @@ pub async fn registry(cx: &Cx) -> Res<Vec<Row>> {
     let mut rows = vec![Row::new(
         6,
         format!(
-            "registry: register → visible in another client's watch (n={})",
+            "{label}: register → visible in another client's watch (n={})",
             vis.n
         ),
         vis.show(),
@@ -312,9 +326,10 @@ pub async fn registry(cx: &Cx) -> Res<Vec<Row>> {
     let big = s.discover_instances;
     let regs: Vec<Registration> = futures::stream::iter(0..big)
         .map(|i| {
-            let r = reg.registry();
+            let r = reg.registry_with(layout);
             let port = u16::try_from(10_000 + i).unwrap_or(u16::MAX);
             async move {
+                let r = r?;
                 r.register(&Instance::new("big", &format!("i{i:05}"), "10.0.0.1", port))
                     .await
             }
@@ -323,7 +338,7 @@ pub async fn registry(cx: &Cx) -> Res<Vec<Row>> {
         .try_collect()
         .await?;
     // Cached lookups: no I/O.
-    let cache = other.registry().cache("big").await?;
+    let cache = other.registry_with(layout)?.cache("big").await?;
     let deadline = Instant::now() + STEP;
     while cache.instances().len() < big {
         if Instant::now() > deadline {
@@ -343,7 +358,7 @@ pub async fn registry(cx: &Cx) -> Res<Vec<Row>> {
     rows.push(Row::new(
         6,
         format!(
-            "registry: cached lookups ({} instances, no I/O)",
+            "{label}: cached lookups ({} instances, no I/O)",
             thousands(big as u64)
         ),
         rate(per),
@@ -355,7 +370,7 @@ pub async fn registry(cx: &Cx) -> Res<Vec<Row>> {
     let mut dd = Vec::new();
     for r in 0..s.discover_rounds + 1 {
         let t = Instant::now();
-        let list = reg.registry().discover("big").await?;
+        let list = reg.registry_with(layout)?.discover("big").await?;
         if r >= 1 {
             dd.push(t.elapsed());
         }
@@ -367,7 +382,7 @@ pub async fn registry(cx: &Cx) -> Res<Vec<Row>> {
     rows.push(Row::new(
         6,
         format!(
-            "registry: discover a service of {} instances (n={})",
+            "{label}: discover a service of {} instances (n={})",
             thousands(big as u64),
             st.n
         ),

@@ -39,10 +39,13 @@
 //! instances registered through a registry at its path (`coord_registry`), like the other
 //! layouts' namespaces. `services` of such a registry reads each service of the catalog once.
 //!
+//! With ACLs, the token needs `service:write` on the service names it registers (and
+//! `service:read`/`node:read` to discover), besides what sessions and keys need.
+//!
 //! # Rules checked before any I/O ([`coord_core::Error::InvalidArgument`], nothing registered)
 //!
 //! - service names: 1 to 63 ASCII letters, digits and `-` (a DNS label: Consul accepts other
-//!   names but leaves them out of DNS);
+//!   names but leaves them out of DNS); ids: no `"`, `\` or control characters;
 //! - metadata (Consul's rules): keys match `^[A-Za-z0-9_-]+$`, at most 128 bytes, not
 //!   starting with `consul-`, not one of coord's three keys; values at most 512 bytes; at most
 //!   64 pairs with coord's three (so 61 of the caller's).
@@ -188,18 +191,24 @@ impl Catalog {
         Some(i)
     }
 
-    /// `/v1/health/service/<name>` (only passing instances with `passing`), optionally as a
-    /// blocking query; the entries and the index.
+    /// `/v1/health/service/<name>` (only passing instances with `passing`; only the agent
+    /// service `id` with `id`), optionally as a blocking query; the entries and the index.
     async fn health(
         &self,
         service: &str,
         passing: bool,
+        id: Option<&str>,
         block: Option<(u64, Duration)>,
     ) -> Result<(Vec<HealthEntry>, u64)> {
         let what = "health read";
         let mut u = self.api.url(&["v1", "health", "service", service], None)?;
         if passing {
             u.query_pairs_mut().append_key_only("passing");
+        }
+        if let Some(id) = id {
+            // `check` keeps `"` and `\` out of ids: the literal needs no escaping.
+            u.query_pairs_mut()
+                .append_pair("filter", &format!("Service.ID == \"{id}\""));
         }
         let a = self.api.get(u, block, what).await?.ok(None, what)?;
         Ok((parse(&a.body, what)?, a.index))
@@ -212,7 +221,7 @@ impl Catalog {
         service: &str,
         block: Option<(u64, Duration)>,
     ) -> Result<(Vec<Instance>, u64)> {
-        let (entries, index) = self.health(service, true, block).await?;
+        let (entries, index) = self.health(service, true, None, block).await?;
         let mut list: Vec<Instance> = entries
             .into_iter()
             .filter_map(|e| self.instance(root, e))
@@ -250,7 +259,7 @@ impl Catalog {
         let deadline = tokio::time::Instant::now() + self.api.timeout;
         let mut backoff = Backoff::new(Duration::from_millis(5), Duration::from_millis(100));
         loop {
-            let (entries, _) = self.health(service, passing, None).await?;
+            let (entries, _) = self.health(service, passing, Some(id), None).await?;
             if entries.iter().any(|e| e.service.id == id) == passing {
                 return Ok(());
             }
@@ -277,6 +286,22 @@ fn check_name(instance: &Instance) -> Result<()> {
                 "the service name {name:?} is not 1 to 63 ASCII letters, digits and `-` \
                  (Consul DNS could not find it)"
             ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks an instance id: printable, without `"` or `\` (it is part of the agent service ID,
+/// which coord quotes in health API filters).
+fn check_id(instance: &Instance) -> Result<()> {
+    if let Some(c) = instance
+        .id
+        .chars()
+        .find(|c| *c == '"' || *c == '\\' || c.is_control())
+    {
+        return Err(invalid(
+            instance,
+            format!("the id may not hold {c:?} (Consul service IDs are quoted in filters)"),
         ));
     }
     Ok(())
@@ -331,6 +356,7 @@ impl NativeRegistry for Catalog {
 
     fn check(&self, instance: &Instance) -> Result<()> {
         check_name(instance)?;
+        check_id(instance)?;
         check_meta(instance)
     }
 
@@ -493,6 +519,12 @@ mod tests {
     fn rules_are_checked() {
         let ok = Instance::new("api-2", "x", "h", 1).with_meta("zone_a-1", "v");
         assert!(check_name(&ok).is_ok() && check_meta(&ok).is_ok());
+        for id in ["a\"b", "a\\b"] {
+            assert!(
+                check_id(&Instance::new("api", id, "h", 1)).is_err(),
+                "{id:?}"
+            );
+        }
         for bad in ["", "a_b", "a.b", &"x".repeat(64)] {
             let i = Instance::new(bad, "x", "h", 1);
             assert!(

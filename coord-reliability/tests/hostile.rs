@@ -121,8 +121,20 @@ async fn hostile_input(client: &Client, label: &str) {
     let r = bounded("join", client.group("g").expect("name").join("m", &big)).await;
     assert!(too_large(&r), "{label}: join: {r:?}");
     let inst = Instance::new("svc", "i", "h", 1).with_meta("blob", &"y".repeat(max + 1));
-    let r = bounded("register", client.registry().register(&inst)).await;
+    let generic = client
+        .registry_with(coord::registry::RegistryLayout::Generic)
+        .expect("the generic layout");
+    let r = bounded("register", generic.register(&inst)).await;
     assert!(too_large(&r), "{label}: register: {r:?}");
+    // A native layout (the default on Consul) refuses it by its own rules, before any I/O too
+    // (Consul: metadata values are at most 512 bytes).
+    if client.registry().layout_name() != Ok("generic") {
+        let r = bounded("register", client.registry().register(&inst)).await;
+        assert!(
+            too_large(&r) || matches!(r, Err(Error::InvalidArgument(_))),
+            "{label}: native register: {r:?}"
+        );
+    }
     // Nothing was written by any of the above.
     let root = Path::root();
     let left = bounded("children", client.children(&root)).await;

@@ -123,8 +123,9 @@ impl Server {
     /// Starts a Consul dev agent (`consul agent -dev`, a single server) on 127.0.0.1 and waits
     /// until it has a leader and its node's `serfHealth` check is passing.
     ///
-    /// DNS and gRPC are off; the HTTP, Serf LAN/WAN and server RPC ports are free ports. A dev
-    /// agent keeps its state in memory: after [`restart`](Server::restart) it starts empty.
+    /// gRPC is off; the HTTP, DNS (found with `/v1/agent/self`), Serf LAN/WAN and server RPC
+    /// ports are free ports. A dev agent keeps its state in memory: after
+    /// [`restart`](Server::restart) it starts empty.
     pub fn consul() -> Result<Server, Error> {
         let consul = consul_binary()?;
         start_with_retries(|| prepare_consul(&consul))
@@ -797,9 +798,11 @@ fn consul_binary() -> Result<PathBuf, Error> {
 }
 
 fn prepare_consul(consul: &Path) -> Result<Server, Error> {
-    let ports = free_ports(4)?;
+    let ports = free_ports(5)?;
     let dir = make_temp_dir("consul")?;
     let (http, serf_lan, serf_wan, server) = (ports[0], ports[1], ports[2], ports[3]);
+    // DNS on a free port, for the tests of what Consul DNS serves (`/v1/agent/self` names it).
+    let dns = ports[4];
     let node = unique_name();
     let config = dir.join("consul.json");
     if let Err(e) = fs::write(
@@ -827,7 +830,7 @@ fn prepare_consul(consul: &Path) -> Result<Server, Error> {
         "-http-port".into(),
         s(http),
         "-dns-port".into(),
-        "-1".into(),
+        s(dns),
         "-grpc-port".into(),
         "-1".into(),
         "-serf-lan-port".into(),
