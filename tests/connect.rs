@@ -166,8 +166,12 @@ async fn unknown_options_name_the_close_match() {
     );
     let far = reason("mem://x?zzz=1").await;
     assert!(
-        far.contains("`zzz`") && far.contains("max_value_size, session_ttl"),
+        far.contains("`zzz`") && far.contains("max_value_size, registry, session_ttl"),
         "{far}"
+    );
+    assert_eq!(
+        reason("mem://x?registy=native").await,
+        "unknown option `registy` (did you mean `registry`?)"
     );
     // Every backend: the same typo, the same suggestion, before any I/O (port 1 is closed).
     for (scheme, enabled) in [
@@ -181,6 +185,11 @@ async fn unknown_options_name_the_close_match() {
         assert_eq!(
             reason(&format!("{scheme}://127.0.0.1:1/x?sesion_ttl=5s")).await,
             "unknown option `sesion_ttl` (did you mean `session_ttl`?)",
+            "{scheme}"
+        );
+        assert_eq!(
+            reason(&format!("{scheme}://127.0.0.1:1/x?registry=natve")).await,
+            "option `registry`: \"natve\" is not a layout (default, generic, native)",
             "{scheme}"
         );
         // Far from every option: the list of the backend's own, and never a credential.

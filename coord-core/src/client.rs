@@ -190,9 +190,11 @@ impl Client {
     ///
     /// Registrations and memberships made through this client end: their state becomes
     /// [`MembershipState::Closed`](crate::group::MembershipState::Closed) and they never
-    /// register again, not even if the close fails. Leaderships and locks on the session
-    /// report Lost. The next recipe call opens a new session. For an orderly end (resign,
-    /// deregister, then close) use [`Client::shutdown`].
+    /// register again, not even if the close fails. A registration in a native layout
+    /// (Consul's catalog) is deregistered first, each within [`SHUTDOWN_STEP_TIMEOUT`]: its
+    /// entry need not go with the session. Leaderships and locks on the session report Lost.
+    /// The next recipe call opens a new session. For an orderly end (resign, deregister, then
+    /// close) use [`Client::shutdown`].
     pub async fn close(&self) -> Result<()> {
         let session = {
             let mut slot = self.inner.slot.lock().await;
@@ -201,7 +203,8 @@ impl Client {
         };
         let members = live(&self.owned().members);
         for m in members {
-            // Without removal this does no I/O: the session's close removes the nodes.
+            // Without removal a member does no I/O (the session's close removes its node); a
+            // native registration deregisters itself (its entry need not go with the session).
             let _ = m.end(false).await;
         }
         match session {

@@ -886,9 +886,12 @@ fn shared_every_command_on_real_backends() {
             serde_json::json!([]),
             "the ephemeral outlived its process"
         );
-        // services, from instances registered in the same process.
+        // services, from instances registered in the same process: written by hand in the
+        // generic layout's JSON, so read in that layout (Consul's default is its catalog).
+        let sep = if url.contains('?') { '&' } else { '?' };
+        let generic = format!("{url}{sep}registry=generic");
         let o = run_with(
-            cmd(u, &["shell"]),
+            cmd(Some(&generic), &["shell"]),
             "create /services/api/a1 '{\"service\":\"api\",\"id\":\"a1\",\"address\":\"10.0.0.1\",\"port\":80}' -p --ephemeral\nservices api\n",
         );
         assert_eq!(o.code, 0, "{}", o.stderr);
