@@ -16,7 +16,6 @@ mod cx;
 mod dialects;
 mod guarded;
 mod kernel;
-mod layouts;
 mod partition;
 mod raw;
 mod recipes;
@@ -264,11 +263,6 @@ async fn bench_backend(name: &str, sizes: Sizes, only: &[u8], start: Instant) ->
         rows.extend(recipes::herd(&cx).await);
     }
     section!(6, "registry", recipes::registry(&cx));
-    section!(
-        6,
-        "registry, other layout",
-        layouts::registry_other_layout(&cx)
-    );
     section!(7, "children above grandchildren", scale::grandchildren(&cx));
     if wanted(7) {
         progress(name, "memory", start);

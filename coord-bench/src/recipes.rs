@@ -321,14 +321,16 @@ async fn registry_in(cx: &Cx, layout: RegistryLayout) -> Res<Vec<Row>> {
         "",
         Verdict::Info,
     )];
-    // A service with many instances (one session holds them all).
+    // A service with many instances (one session holds them all), each at its own port: in
+    // etcd's naming layout an address is one entry.
     let big = s.discover_instances;
     let regs: Vec<Registration> = futures::stream::iter(0..big)
         .map(|i| {
             let r = reg.registry_with(layout);
+            let port = u16::try_from(10_000 + i).unwrap_or(u16::MAX);
             async move {
                 let r = r?;
-                r.register(&Instance::new("big", &format!("i{i:05}"), "10.0.0.1", 9000))
+                r.register(&Instance::new("big", &format!("i{i:05}"), "10.0.0.1", port))
                     .await
             }
         })

@@ -31,7 +31,9 @@
 //!
 //! As in coord's own layout, an id (or an address) held by another lease is replaced
 //! ([`IfPresent::Replace`]) or refused ([`IfPresent::Fail`]) in one transaction that checks
-//! what was read; an id held by the registering session itself is refused.
+//! what was read; an id held by the registering session itself is refused. An address is one
+//! gRPC endpoint, so it is one entry: two instances with different ids at the same
+//! `host:port` are treated like one id (the later replaces or is refused).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -512,5 +514,47 @@ impl Logic for PrefixLogic {
             })
             .unwrap_or_default();
         self.list()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_the_endpoints_json() {
+        let i = Instance::new("api", "api-1", "10.0.0.7", 8080).with_meta("zone", "a");
+        assert_eq!(
+            String::from_utf8(encode(&i).unwrap()).unwrap(),
+            r#"{"Op":0,"Addr":"10.0.0.7:8080","Metadata":{"id":"api-1","metadata":{"zone":"a"}}}"#
+        );
+        let v6 = Instance::new("api", "api-2", "::1", 80).with_tag("v2");
+        assert_eq!(endpoint_addr(&v6), "[::1]:80");
+        let key = format!("t/{}", endpoint_addr(&v6));
+        assert_eq!(decode("api", &key, &encode(&v6).unwrap()).unwrap(), v6);
+    }
+
+    #[test]
+    fn reads_what_go_services_write() {
+        let go = br#"{"Op":0,"Addr":"10.0.0.9:50051","Metadata":null}"#;
+        let i = decode("grpc", "t/10.0.0.9:50051", go).unwrap();
+        assert_eq!(
+            i,
+            Instance::new("grpc", "10.0.0.9:50051", "10.0.0.9", 50051)
+        );
+        let meta = br#"{"Op":0,"Addr":"h:1","Metadata":{"weight":3,"ok":true,"x":{"y":1}}}"#;
+        let i = decode("grpc", "t/h:1", meta).unwrap();
+        assert_eq!(i.metadata.get("weight").map(String::as_str), Some("3"));
+        assert_eq!(i.metadata.get("ok").map(String::as_str), Some("true"));
+        assert!(!i.metadata.contains_key("x"));
+        for bad in [
+            &br#"{"Op":1,"Addr":"h:1"}"#[..],
+            br#"{"Op":0,"Addr":"no-port"}"#,
+            br#"{"Op":0,"Addr":"h:99999"}"#,
+            b"not json",
+        ] {
+            let e = decode("grpc", "t/x", bad).unwrap_err();
+            assert!(matches!(e, Error::MalformedData { .. }), "{e:?}");
+        }
     }
 }

@@ -362,3 +362,63 @@ impl NativeRegistry for CuratorDiscovery {
             .boxed())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node() -> Path {
+        Path::new("/services/api/a1").unwrap()
+    }
+
+    #[test]
+    fn reads_what_curator_5_4_writes() {
+        // As Curator 5.4's ServiceDiscovery stored it on this machine (payload: a HashMap).
+        let json = br#"{"name":"api","id":"a1","address":"10.0.0.1","port":8080,"sslPort":null,"payload":{"@class":"java.util.HashMap","owner":"curator"},"registrationTimeUTC":1796247739833,"serviceType":"DYNAMIC","uriSpec":null}"#;
+        let i = decode("api", &node(), json).unwrap();
+        assert_eq!(
+            i,
+            Instance::new("api", "a1", "10.0.0.1", 8080).with_meta("owner", "curator")
+        );
+    }
+
+    #[test]
+    fn writes_curator_s_fields_and_reads_them_back() {
+        let i = Instance::new("api", "a1", "10.0.0.1", 8080)
+            .with_meta("zone", "a")
+            .with_tag("v2");
+        let v: serde_json::Value = serde_json::from_slice(&encode(&i).unwrap()).unwrap();
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        for k in [
+            "name",
+            "id",
+            "address",
+            "port",
+            "sslPort",
+            "payload",
+            "registrationTimeUTC",
+            "serviceType",
+            "uriSpec",
+        ] {
+            assert!(keys.contains(&k), "{k} missing from {v}");
+        }
+        assert_eq!(v["serviceType"], "DYNAMIC");
+        assert!(v["payload"].is_null());
+        assert_eq!(decode("api", &node(), &encode(&i).unwrap()).unwrap(), i);
+    }
+
+    #[test]
+    fn ssl_only_and_malformed_entries() {
+        let ssl = br#"{"name":"api","id":"a1","address":"h","port":null,"sslPort":8443}"#;
+        assert_eq!(decode("api", &node(), ssl).unwrap().port, 8443);
+        for bad in [
+            &br#"{"name":"api","id":"a1","address":"h"}"#[..],
+            br#"{"name":"api","id":"a1","port":1}"#,
+            br#"{"name":"api","id":"a1","address":"h","port":70000}"#,
+            b"not json",
+        ] {
+            let e = decode("api", &node(), bad).unwrap_err();
+            assert!(matches!(e, Error::MalformedData { .. }), "{e:?}");
+        }
+    }
+}
