@@ -40,6 +40,7 @@
 //! | `COORD_ETCD_BIN`, `COORD_CONSUL_BIN`, `COORD_JAVA`, `COORD_ZK_CLASSPATH` | exact binaries / classpath to use |
 //! | `COORD_TESTKIT_START_TIMEOUT_SECS` | bound for a server to become ready (default 30) |
 //! | `COORD_ZK_TICK_MS` | ZooKeeper's `tickTime` (default 500; 10–2000): its session-expiry granularity |
+//! | `COORD_CURATOR_CLASSPATH`, `COORD_PYTHON` | the Curator classpath and the Python with kazoo of the mixed-fleet [`peers`] (default: Debian's `/usr/share/java` jars, `/usr/bin/python3`) |
 //! | `COORD_TESTKIT_KEEP=1` | keep the temp dirs of dropped servers (for debugging) |
 //! | `TMPDIR` | where the temp dirs go |
 //!
