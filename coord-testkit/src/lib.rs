@@ -55,6 +55,7 @@
 //! | `COORD_TESTKIT=containers` | run every server in a container instead of a process (see below); `processes` (the default) or unset: processes |
 //! | `COORD_ZK_IMAGE`, `COORD_ETCD_IMAGE`, `COORD_CONSUL_IMAGE` | the containers' images (defaults: `zookeeper:3.9.3`, `quay.io/coreos/etcd:v3.5.16`, `hashicorp/consul:1.8.7`; `scripts/build-test-images.sh` builds local `coord-test/...` ones) |
 //! | `DOCKER_HOST` | the docker daemon of the containers |
+//! | `COORD_CURATOR_CLASSPATH`, `COORD_PYTHON` | the Curator classpath and the Python with kazoo of the mixed-fleet [`peers`] (default: Debian's `/usr/share/java` jars, `/usr/bin/python3`) |
 //! | `COORD_TESTKIT_KEEP=1` | keep the temp dirs of dropped servers (for debugging) |
 //! | `TMPDIR` | where the temp dirs go |
 //!

@@ -112,7 +112,8 @@ pub async fn election_five_candidates_order(h: &dyn Harness) {
 }
 
 /// One leadership change wakes exactly one waiting candidate (no herd effect), counted by the
-/// recipe's instrument.
+/// recipe's instrument; a dialect that is not herd-free ([`crate::dialect::Dialect::herd_free`],
+/// Consul's single-key locks) prints its count instead.
 pub async fn election_fifty_candidates_herd(h: &dyn Harness) {
     const N: usize = 50;
     let mut elections = Vec::new();
@@ -165,11 +166,20 @@ pub async fn election_fifty_candidates_herd(h: &dyn Harness) {
         .await;
         // ...and after things settle, exactly one candidate was woken.
         tokio::time::sleep(QUIET).await;
-        assert_eq!(
-            wakeups() - before,
-            1,
-            "wake-ups for one leadership change with {N} candidates (change {changes})"
-        );
+        let woken = wakeups() - before;
+        if h.dialect().herd_free() {
+            assert_eq!(
+                woken, 1,
+                "wake-ups for one leadership change with {N} candidates (change {changes})"
+            );
+        } else {
+            // A single-key dialect wakes every waiter by design: measured, not a failure.
+            assert!(woken >= 1, "the successor was elected without a wake-up");
+            println!(
+                "{}: {woken} wake-ups for one change with {N} candidates (not herd-free)",
+                h.dialect()
+            );
+        }
         let _ = succ;
     }
     for t in pending.into_iter().flatten() {

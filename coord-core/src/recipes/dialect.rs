@@ -49,7 +49,8 @@
 //! lets every member's identity create children (Curator's and kazoo's default is
 //! `world:anyone` all), or give every member the same digest credentials. A directory that
 //! coord created with credentials stops peers with another identity from joining (their
-//! create fails with `NoAuth`). coord's own candidate nodes are world-readable, which is all a
+//! create fails with `NoAuth`); so does a namespace (chroot) that coord created with
+//! credentials when the peer would create the directory in it. coord's own candidate nodes are world-readable, which is all a
 //! peer needs of them.
 //!
 //! # Driver dialects
