@@ -1,4 +1,4 @@
-//! Item 9 (ZooKeeper only): handovers in each peer dialect, next to the peer's own handover
+//! Item 10 (ZooKeeper only): handovers in each peer dialect, next to the peer's own handover
 //! between two of its processes, measured in the same run (issue 15).
 //!
 //! For each ZooKeeper dialect, three pairs of members take turns in one election: two peer
@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use crate::cx::{crash, within, Cx, STEP};
 use crate::stats::{ms, ratio, Res, Row, Stats, Verdict};
 
-const ITEM: u8 = 9;
+const ITEM: u8 = 10;
 const SESSION: Duration = Duration::from_secs(2);
 const PEER_INTERVAL: Duration = Duration::from_millis(20);
 /// A new candidate's node is in place (and its predecessor watched) after this.
@@ -382,7 +382,7 @@ async fn herd(s: &Setup<'_>, n: usize, changes: usize) -> Res<(f64, Stats)> {
     Ok((per, Stats::of(&d).ok_or("no samples")?))
 }
 
-/// Item 9 for one dialect.
+/// Item 10 for one dialect.
 async fn one(s: &Setup<'_>) -> Res<Vec<Row>> {
     let (clean, crashes) = (
         s.cx.sizes.clean_rounds.max(4),
@@ -457,7 +457,7 @@ async fn one(s: &Setup<'_>) -> Res<Vec<Row>> {
     Ok(rows)
 }
 
-/// Item 9: every ZooKeeper dialect (nothing on the other backends).
+/// Item 10: every ZooKeeper dialect (nothing on the other backends).
 pub async fn dialects(cx: &Cx) -> Vec<Row> {
     if cx.name != "zk" {
         return Vec::new();
