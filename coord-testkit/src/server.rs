@@ -9,6 +9,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::error::Error;
+use crate::netns::Host;
 use crate::probe;
 use crate::supervisor::{Launch, Supervised};
 use crate::util::{self, free_ports, make_temp_dir};
@@ -70,6 +71,10 @@ pub struct Server {
     /// Consul's node name (readiness also waits for the node's `serfHealth` check).
     consul_node: Option<String>,
     proc: Option<Supervised>,
+    /// The address it listens on (`127.0.0.1`, or a host address of a [`crate::netns::Net`]).
+    host: String,
+    /// The network namespace it runs in (`None`: this process's own).
+    netns: Option<String>,
 }
 
 impl Server {
@@ -93,7 +98,7 @@ impl Server {
         start_with_retries(|| {
             let port = free_ports(1)?[0];
             let dir = make_temp_dir("zookeeper")?;
-            let cfg = zoo_cfg(&dir, port, &[]);
+            let cfg = zoo_cfg(&dir, "127.0.0.1", port, &[]);
             prepare_zookeeper(&tools, dir, unique_name(), port, &cfg, None)
         })
     }
@@ -116,6 +121,7 @@ impl Server {
                 ports[1],
                 &initial,
                 &name,
+                "127.0.0.1",
             ))
         })
     }
@@ -144,7 +150,7 @@ impl Server {
     /// `"127.0.0.1:PORT"`: ZooKeeper's client port, etcd's client URL without the scheme,
     /// Consul's HTTP API.
     pub fn endpoint(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.host, self.port)
     }
 
     /// The port of [`endpoint`](Server::endpoint).
@@ -240,11 +246,19 @@ impl Server {
     }
 
     fn check_once(&self, bound: Duration) -> Result<(), String> {
-        probe::probe(self.kind, &self.endpoint(), bound)?;
-        if let Some(node) = &self.consul_node {
-            probe::consul_node_healthy(&self.endpoint(), node, bound)?;
+        let (kind, endpoint, node) = (self.kind, self.endpoint(), self.consul_node.clone());
+        let check = move || {
+            probe::probe(kind, &endpoint, bound)?;
+            if let Some(node) = &node {
+                probe::consul_node_healthy(&endpoint, node, bound)?;
+            }
+            Ok(())
+        };
+        match &self.netns {
+            // The address exists only inside the member's namespace.
+            Some(ns) => crate::netns::run_in(ns, check).map_err(|e| e.to_string())?,
+            None => check(),
         }
-        Ok(())
     }
 
     /// Stops the server gracefully: `SIGTERM` (and `SIGCONT` if it is paused), up to 10 s to
@@ -364,7 +378,7 @@ impl Cluster {
             let mut members = Vec::with_capacity(n);
             for (i, dir) in dirs.into_iter().enumerate() {
                 let port = ports[3 * i];
-                let cfg = zoo_cfg(&dir, port, &servers);
+                let cfg = zoo_cfg(&dir, "127.0.0.1", port, &servers);
                 members.push(prepare_zookeeper(
                     &tools,
                     dir,
@@ -406,6 +420,7 @@ impl Cluster {
                     ports[2 * i + 1],
                     &initial,
                     &base,
+                    "127.0.0.1",
                 ));
             }
             Ok(members)
@@ -443,14 +458,99 @@ impl Cluster {
                     serf_wan: ports[4 * i + 2],
                     server: ports[4 * i + 3],
                     expect: n,
+                    host: "127.0.0.1".into(),
                 };
-                let others: Vec<u16> = serf_lan
+                let others: Vec<String> = serf_lan
                     .iter()
                     .enumerate()
                     .filter(|(j, _)| *j != i)
-                    .map(|(_, p)| *p)
+                    .map(|(_, p)| format!("127.0.0.1:{p}"))
                     .collect();
                 members.push(prepare_consul_member(&consul, dir, &member, &others)?);
+            }
+            Ok(members)
+        })
+    }
+
+    /// A ZooKeeper ensemble with one member per host of a [`crate::netns::Net`], each in its
+    /// host's namespace on its address (client port 2181, quorum 2888, election 3888).
+    pub fn zookeeper_in(hosts: &[Host]) -> Result<Cluster, Error> {
+        let tools = zookeeper_tools()?;
+        start_cluster_with_retries(|| {
+            let dirs = make_temp_dirs("zookeeper", hosts.len())?;
+            let servers: Vec<String> = (0..hosts.len())
+                .map(|i| format!("server.{}={}:2888:3888", i + 1, hosts[i].ip))
+                .collect();
+            let base = unique_name();
+            let mut members = Vec::with_capacity(hosts.len());
+            for (i, dir) in dirs.into_iter().enumerate() {
+                let cfg = zoo_cfg(&dir, &hosts[i].ip, 2181, &servers);
+                let name = format!("{base}-m{}", i + 1);
+                let m = prepare_zookeeper(&tools, dir, name, 2181, &cfg, Some(i + 1))?;
+                members.push(place(m, &hosts[i]));
+            }
+            Ok(members)
+        })
+    }
+
+    /// A static etcd cluster with one member per host of a [`crate::netns::Net`] (client port
+    /// 2379, peer port 2380), each in its host's namespace.
+    pub fn etcd_in(hosts: &[Host]) -> Result<Cluster, Error> {
+        let etcd = etcd_binary()?;
+        start_cluster_with_retries(|| {
+            let dirs = make_temp_dirs("etcd", hosts.len())?;
+            let base = unique_name();
+            let names: Vec<String> = (1..=hosts.len()).map(|i| format!("{base}-m{i}")).collect();
+            let initial = names
+                .iter()
+                .zip(hosts)
+                .map(|(name, h)| format!("{name}=http://{}:2380", h.ip))
+                .collect::<Vec<_>>()
+                .join(",");
+            let mut members = Vec::with_capacity(hosts.len());
+            for (i, dir) in dirs.into_iter().enumerate() {
+                let m = prepare_etcd(
+                    &etcd,
+                    dir,
+                    names[i].clone(),
+                    2379,
+                    2380,
+                    &initial,
+                    &base,
+                    &hosts[i].ip,
+                );
+                members.push(place(m, &hosts[i]));
+            }
+            Ok(members)
+        })
+    }
+
+    /// A Consul datacenter of servers, one per host of a [`crate::netns::Net`] (HTTP 8500,
+    /// Serf LAN 8301, WAN 8302, server RPC 8300), each in its host's namespace.
+    pub fn consul_in(hosts: &[Host]) -> Result<Cluster, Error> {
+        let consul = consul_binary()?;
+        start_cluster_with_retries(|| {
+            let dirs = make_temp_dirs("consul", hosts.len())?;
+            let base = unique_name();
+            let mut members = Vec::with_capacity(hosts.len());
+            for (i, dir) in dirs.into_iter().enumerate() {
+                let member = ConsulMember {
+                    node: format!("{base}-m{}", i + 1),
+                    http: 8500,
+                    serf_lan: 8301,
+                    serf_wan: 8302,
+                    server: 8300,
+                    expect: hosts.len(),
+                    host: hosts[i].ip.clone(),
+                };
+                let others: Vec<String> = hosts
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .map(|(_, h)| format!("{}:8301", h.ip))
+                    .collect();
+                let m = prepare_consul_member(&consul, dir, &member, &others)?;
+                members.push(place(m, &hosts[i]));
             }
             Ok(members)
         })
@@ -488,6 +588,17 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         self.stop_all();
     }
+}
+
+/// Moves a prepared member into `host`'s namespace: its address, its probes, and its argv
+/// behind `ip netns exec` (which execs the server, so the supervisor's pid is the server's).
+fn place(mut server: Server, host: &Host) -> Server {
+    server.host = host.ip.clone();
+    server.netns = Some(host.ns.clone());
+    let mut argv = host.exec_prefix();
+    argv.append(&mut server.launch.argv);
+    server.launch.argv = argv;
+    server
 }
 
 fn stop_all(members: &mut [Server]) {
@@ -560,7 +671,7 @@ fn start_cluster_with_retries(
 // ---------------------------------------------------------------------------------------------
 
 /// zoo.cfg for a standalone server (no `servers`) or an ensemble member.
-fn zoo_cfg(dir: &Path, client_port: u16, servers: &[String]) -> String {
+fn zoo_cfg(dir: &Path, host: &str, client_port: u16, servers: &[String]) -> String {
     let mut cfg = String::new();
     let _ = writeln!(cfg, "# written by coord-testkit");
     // The session-expiry granularity: sessions die between their timeout and one tick later.
@@ -573,7 +684,7 @@ fn zoo_cfg(dir: &Path, client_port: u16, servers: &[String]) -> String {
     let _ = writeln!(cfg, "syncLimit=5");
     let _ = writeln!(cfg, "dataDir={}", dir.join("data").display());
     let _ = writeln!(cfg, "clientPort={client_port}");
-    let _ = writeln!(cfg, "clientPortAddress=127.0.0.1");
+    let _ = writeln!(cfg, "clientPortAddress={host}");
     let _ = writeln!(cfg, "admin.enableServer=false");
     let _ = writeln!(cfg, "4lw.commands.whitelist=*");
     let _ = writeln!(cfg, "minSessionTimeout=1000");
@@ -707,6 +818,8 @@ fn prepare_zookeeper(
         },
         consul_node: None,
         proc: None,
+        host: "127.0.0.1".into(),
+        netns: None,
     })
 }
 
@@ -732,6 +845,7 @@ fn etcd_binary() -> Result<PathBuf, Error> {
     util::find_binary("etcd", "COORD_ETCD_BIN", "etcd/usr/bin/etcd")
 }
 
+#[allow(clippy::too_many_arguments)] // all of them are the member's identity
 fn prepare_etcd(
     etcd: &Path,
     dir: PathBuf,
@@ -740,9 +854,10 @@ fn prepare_etcd(
     peer_port: u16,
     initial_cluster: &str,
     token: &str,
+    host: &str,
 ) -> Server {
-    let client = format!("http://127.0.0.1:{client_port}");
-    let peer = format!("http://127.0.0.1:{peer_port}");
+    let client = format!("http://{host}:{client_port}");
+    let peer = format!("http://{host}:{peer_port}");
     let args: Vec<OsString> = vec![
         etcd.into(),
         "--name".into(),
@@ -785,6 +900,8 @@ fn prepare_etcd(
         },
         consul_node: None,
         proc: None,
+        host: "127.0.0.1".into(),
+        netns: None,
     }
 }
 
@@ -852,6 +969,8 @@ fn prepare_consul(consul: &Path) -> Result<Server, Error> {
         },
         consul_node: Some(node),
         proc: None,
+        host: "127.0.0.1".into(),
+        netns: None,
     })
 }
 
@@ -864,6 +983,8 @@ struct ConsulMember {
     server: u16,
     /// `-bootstrap-expect`: the number of servers.
     expect: usize,
+    /// The address it binds and advertises.
+    host: String,
 }
 
 /// A server of a Consul datacenter (not `-dev`): configuration file, data dir and launch.
@@ -871,7 +992,7 @@ fn prepare_consul_member(
     consul: &Path,
     dir: PathBuf,
     m: &ConsulMember,
-    join_serf_lan: &[u16],
+    join_serf_lan: &[String],
 ) -> Result<Server, Error> {
     let config = dir.join("consul.json");
     let data = dir.join("data");
@@ -901,11 +1022,11 @@ fn prepare_consul_member(
         "-data-dir".into(),
         data.into(),
         "-client".into(),
-        "127.0.0.1".into(),
+        m.host.clone().into(),
         "-bind".into(),
-        "127.0.0.1".into(),
+        m.host.clone().into(),
         "-advertise".into(),
-        "127.0.0.1".into(),
+        m.host.clone().into(),
         "-http-port".into(),
         s(m.http),
         "-dns-port".into(),
@@ -921,9 +1042,9 @@ fn prepare_consul_member(
         "-retry-interval".into(),
         "1s".into(),
     ];
-    for port in join_serf_lan {
+    for addr in join_serf_lan {
         argv.push("-retry-join".into());
-        argv.push(format!("127.0.0.1:{port}").into());
+        argv.push(addr.into());
     }
     argv.push("-config-file".into());
     argv.push(config.into());
@@ -940,5 +1061,7 @@ fn prepare_consul_member(
         },
         consul_node: Some(m.node.clone()),
         proc: None,
+        host: "127.0.0.1".into(),
+        netns: None,
     })
 }
