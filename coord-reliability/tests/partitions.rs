@@ -126,8 +126,7 @@ impl Run<'_> {
         let mut majority_leader = None;
         if leader_cut {
             // The old leader must notice, and the majority must elect a successor that writes.
-            let (sus, lost, succ) = self.swarm.wait_for(
-                &format!("{name}: the old leader's loss and a successor"),
+            let found = self.swarm.try_wait_for(
                 Duration::from_secs(90),
                 |rs| {
                     let after = |r: &&Record| r.t_us >= cut_at;
@@ -137,12 +136,15 @@ impl Run<'_> {
                     });
                     let lost = rs.iter().filter(after).find(|r| {
                         r.id == old
-                            && matches!(&r.event, Event::Lost { token: t, .. } if *t == token)
+                            && matches!(&r.event, Event::Lost { role, token: t } if role == "election" && *t == token)
                     });
                     let succ = rs
                         .iter()
                         .filter(after)
-                        .find(|r| r.id != old && matches!(r.event, Event::Granted { .. }));
+                        .find(|r| {
+                            r.id != old
+                                && matches!(&r.event, Event::Granted { role, .. } if role == "election")
+                        });
                     let succ_wrote = succ.is_some_and(|g| {
                         self.fence
                             .log()
@@ -157,6 +159,17 @@ impl Run<'_> {
                     }
                 },
             );
+            let Some((sus, lost, succ)) = found else {
+                for r in self.swarm.records() {
+                    if r.t_us + 5_000_000 >= cut_at && !matches!(r.event, Event::Write { .. }) {
+                        eprintln!("  {r:?}");
+                    }
+                }
+                panic!(
+                    "{name} on {}: no Lost of {old} (token {token}) and writing successor within 90 s",
+                    self.kind
+                );
+            };
             assert!(
                 sus.min(lost) <= succ,
                 "{name} on {}: live overlap beyond the suspension bound: the old leader {old} \
@@ -305,8 +318,12 @@ fn partitions(kind: Kind) {
     let fence_addr = fence.addr().to_string();
     let ns = format!("/part-{}-{}", std::process::id(), now_us() % 1_000_000_000);
     let mut swarm = Swarm::default();
-    for i in 0..MEMBERS {
-        let u = url(kind, &members[i].ip, &ns);
+    // The lock's holders cycle (three writes each) through every cut, on their own fence.
+    let lock_listener = net.bind_service(0).expect("bind the lock's fence");
+    let lock_fence = FencedResource::start_on(lock_listener).expect("lock fence");
+    let lock_fence_addr = lock_fence.addr().to_string();
+    for (i, m) in members.iter().enumerate() {
+        let u = url(kind, &m.ip, &ns);
         let wrapper = net.host(MEMBERS + i).exec_prefix();
         swarm.spawn_wrapped(
             &cid(i),
@@ -318,6 +335,12 @@ fn partitions(kind: Kind) {
                 "part",
                 "--fence",
                 &fence_addr,
+                "--lock",
+                "part-lock",
+                "--lock-fence",
+                &lock_fence_addr,
+                "--register",
+                "part-svc",
                 "--write-interval-ms",
                 "100",
                 "--zombie-writes",
@@ -365,10 +388,11 @@ fn partitions(kind: Kind) {
     let end = now_us();
     let mut logs = BTreeMap::new();
     logs.insert("election".to_owned(), fence.log());
+    logs.insert("lock".to_owned(), lock_fence.log());
     let report = history::check(&swarm.records(), &swarm.faults, &logs, end);
     println!(
-        "partitions on {kind}: {} grants, {} fenced overlaps, {} writes accepted, {} stale rejected, {} stale accepted; {:?} in all",
-        report.grants.values().sum::<usize>(),
+        "partitions on {kind}: grants {:?}, {} fenced overlaps, {} writes accepted, {} stale rejected, {} stale accepted; {:?} in all",
+        report.grants,
         report.fenced_overlaps,
         report.writes_accepted,
         report.stale_writes_rejected,
