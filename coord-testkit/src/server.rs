@@ -459,6 +459,7 @@ impl Cluster {
                     server: ports[4 * i + 3],
                     expect: n,
                     host: "127.0.0.1".into(),
+                    keep_dead_servers: false,
                 };
                 let others: Vec<String> = serf_lan
                     .iter()
@@ -542,6 +543,7 @@ impl Cluster {
                     server: 8300,
                     expect: hosts.len(),
                     host: hosts[i].ip.clone(),
+                    keep_dead_servers: true,
                 };
                 let others: Vec<String> = hosts
                     .iter()
@@ -985,6 +987,10 @@ struct ConsulMember {
     expect: usize,
     /// The address it binds and advertises.
     host: String,
+    /// Autopilot keeps servers that serf marks failed as voters: a partitioned server that
+    /// comes back is not a non-voter for the stabilization time (10 s), so the next cut of
+    /// another server leaves the majority side its quorum.
+    keep_dead_servers: bool,
 }
 
 /// A server of a Consul datacenter (not `-dev`): configuration file, data dir and launch.
@@ -1002,7 +1008,14 @@ fn prepare_consul_member(
             fs::write(
                 &config,
                 // As the dev agent's (see `prepare_consul`), plus the shortest Raft timings.
-                "{\n  \"disable_update_check\": true,\n  \"log_level\": \"info\",\n  \"ports\": { \"https\": -1 },\n  \"limits\": { \"http_max_conns_per_client\": 10000 },\n  \"performance\": { \"raft_multiplier\": 1 }\n}\n",
+                format!(
+                    "{{\n  \"disable_update_check\": true,\n  \"log_level\": \"info\",\n  \"ports\": {{ \"https\": -1 }},\n  \"limits\": {{ \"http_max_conns_per_client\": 10000 }},\n  \"performance\": {{ \"raft_multiplier\": 1 }}{}\n}}\n",
+                    if m.keep_dead_servers {
+                        ",\n  \"autopilot\": { \"cleanup_dead_servers\": false }"
+                    } else {
+                        ""
+                    }
+                ),
             )
             .map_err(|e| format!("write {}: {e}", config.display()))
         });
