@@ -21,7 +21,10 @@
 //! no overlap of live holders outside a partition of the older one, the old leader reports
 //! Suspended or Lost no later than its successor's grant (no live overlap beyond the
 //! suspension bound), and after the last heal every contender is connected again with one
-//! leader (0 orphans). Figures per scenario are printed as `PARTITION-ROW` lines.
+//! leader (0 orphans). Registrations (each contender registers `part-svc`): during a cut the
+//! majority side's are all discoverable through a majority member, and after every heal all
+//! three are back (seen by a fresh client on a seventh, never-cut observer host). Figures per
+//! scenario are printed as `PARTITION-ROW` lines.
 
 mod common;
 
@@ -32,7 +35,7 @@ use common::{holders, Swarm};
 use coord_reliability::fence::FencedResource;
 use coord_reliability::history::{self, Event, FaultWindow, Record};
 use coord_reliability::now_us;
-use coord_testkit::netns::Net;
+use coord_testkit::netns::{run_in, Net};
 use coord_testkit::{require_backends, Cluster, Kind};
 
 /// The session TTL of every contender.
@@ -68,6 +71,8 @@ fn connected(state: &str) -> bool {
 
 struct Run<'a> {
     kind: Kind,
+    /// The coord namespace of the contenders' URLs.
+    ns: String,
     net: &'a mut Net,
     swarm: &'a mut Swarm,
     fence: &'a FencedResource,
@@ -215,6 +220,22 @@ impl Run<'_> {
                 "{name}: a minority contender was granted"
             );
         }
+        // The majority side's registrations stay, seen through a majority member.
+        let majority: Vec<usize> = (0..MEMBERS).filter(|m| !sides.contains(m)).collect();
+        let want: Vec<String> = if client_only {
+            (0..MEMBERS)
+                .filter(|m| !sides.contains(m))
+                .map(cid)
+                .collect()
+        } else {
+            majority.iter().map(|m| cid(*m)).collect()
+        };
+        if let Err(last) = self.wait_registered(majority[0], &want, Duration::from_secs(30)) {
+            panic!(
+                "{name} on {}: majority-side registrations {want:?} lost during the cut: {last}",
+                self.kind
+            );
+        }
         let heal_at = now_us();
         self.net.heal_all().expect("heal");
         for f in self.swarm.faults.iter_mut() {
@@ -225,10 +246,19 @@ impl Run<'_> {
         let t = Instant::now();
         self.settle(&format!("everyone back after {name}"));
         let recovered_ms = t.elapsed().as_millis();
+        let all: Vec<String> = (0..MEMBERS).map(cid).collect();
+        let back_ms = self
+            .wait_registered(0, &all, Duration::from_secs(30))
+            .unwrap_or_else(|last| {
+                panic!(
+                    "{name} on {}: registrations not back 30 s after the heal: {last}",
+                    self.kind
+                )
+            });
         self.row(
             name,
             &format!(
-                "cut {hosts:?} for {} ms; old leader Suspended/Lost after {} / {} ms; successor after {} ms; minority grants {minority_grants}; majority leader {}; all reconnected with one leader {recovered_ms} ms after heal",
+                "cut {hosts:?} for {} ms; old leader Suspended/Lost after {} / {} ms; successor after {} ms; minority grants {minority_grants}; majority leader {}; all reconnected with one leader {recovered_ms} ms after heal; majority registrations lost 0; all registrations back {back_ms} ms after that",
                 (heal_at - cut_at) / 1000,
                 opt(suspended_ms),
                 opt(lost_ms),
@@ -260,13 +290,77 @@ impl Run<'_> {
         }
         let t = Instant::now();
         self.settle("everyone back after flapping");
+        let recovered_ms = t.elapsed().as_millis();
+        let all: Vec<String> = (0..MEMBERS).map(cid).collect();
+        let back_ms = self
+            .wait_registered(0, &all, Duration::from_secs(30))
+            .unwrap_or_else(|last| {
+                panic!(
+                    "flapping on {}: registrations not back 30 s after the heal: {last}",
+                    self.kind
+                )
+            });
         self.row(
             "flapping",
             &format!(
-                "{rounds} cut/heal rounds in {secs} s; all reconnected with one leader {} ms after the last heal",
-                t.elapsed().as_millis()
+                "{rounds} cut/heal rounds in {secs} s; all reconnected with one leader {recovered_ms} ms after the last heal; all registrations back {back_ms} ms after that"
             ),
         );
+    }
+
+    /// The contender ids registered under `part-svc`, as a fresh client on the never-cut
+    /// observer host (host 6) sees them through member `member`.
+    fn registered(&self, member: usize) -> Result<Vec<String>, String> {
+        let u = url(self.kind, &self.net.host(member).ip, &self.ns);
+        let observer = self.net.host(2 * MEMBERS).ns.clone();
+        run_in(&observer, move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(async {
+                let look = async {
+                    let client = coord::connect(&u).await.map_err(|e| e.to_string())?;
+                    let found = client.registry().discover("part-svc").await;
+                    let _ = client.close().await;
+                    let mut ids: Vec<String> = found
+                        .map_err(|e| e.to_string())?
+                        .into_iter()
+                        .map(|i| i.id)
+                        .collect();
+                    ids.sort();
+                    Ok(ids)
+                };
+                tokio::time::timeout(Duration::from_secs(10), look)
+                    .await
+                    .unwrap_or_else(|_| Err("no answer within 10 s".into()))
+            })
+        })
+        .map_err(|e| e.to_string())?
+    }
+
+    /// Waits (bounded) until `want` are all registered, seen through `member`; the time it
+    /// took, or the last answer.
+    fn wait_registered(
+        &self,
+        member: usize,
+        want: &[String],
+        limit: Duration,
+    ) -> Result<u128, String> {
+        let t = Instant::now();
+        let mut last;
+        loop {
+            last = self.registered(member);
+            if let Ok(ids) = &last {
+                if want.iter().all(|w| ids.contains(w)) {
+                    return Ok(t.elapsed().as_millis());
+                }
+            }
+            if t.elapsed() > limit {
+                return Err(format!("{last:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     fn row(&mut self, scenario: &str, text: &str) {
@@ -297,7 +391,7 @@ fn last_sessions(rs: &[Record]) -> BTreeMap<String, (String, String)> {
 
 fn partitions(kind: Kind) {
     // Declared first so it is dropped last: the processes inside go before their namespaces.
-    let mut net = match Net::new(2 * MEMBERS) {
+    let mut net = match Net::new(2 * MEMBERS + 1) {
         Ok(n) => n,
         Err(e) => return skip_or_fail("network namespaces not available", e).unwrap_or(()),
     };
@@ -357,6 +451,7 @@ fn partitions(kind: Kind) {
         net: &mut net,
         swarm: &mut swarm,
         fence: &fence,
+        ns: ns.clone(),
         rows: Vec::new(),
     };
     let t0 = Instant::now();
