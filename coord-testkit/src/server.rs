@@ -147,8 +147,9 @@ impl Server {
         &self.name
     }
 
-    /// `"127.0.0.1:PORT"`: ZooKeeper's client port, etcd's client URL without the scheme,
-    /// Consul's HTTP API.
+    /// `"127.0.0.1:PORT"` (for a member of a cluster in network namespaces, its host's
+    /// address, reachable only from those namespaces): ZooKeeper's client port, etcd's client
+    /// URL without the scheme, Consul's HTTP API.
     pub fn endpoint(&self) -> String {
         format!("{}:{}", self.host, self.port)
     }
@@ -190,7 +191,13 @@ impl Server {
     /// (or accepts a session), etcd's `/health` is true, Consul has a leader. A paused server
     /// fails it (the TCP connect succeeds, the answer never comes).
     pub fn probe(&self, timeout: Duration) -> Result<(), Error> {
-        probe::probe(self.kind, &self.endpoint(), timeout).map_err(|why| {
+        let (kind, endpoint) = (self.kind, self.endpoint());
+        let check = move || probe::probe(kind, &endpoint, timeout);
+        let result = match &self.netns {
+            Some(ns) => crate::netns::run_in(ns, check).unwrap_or_else(|e| Err(e.to_string())),
+            None => check(),
+        };
+        result.map_err(|why| {
             Error::with_log(
                 format!("{} {} is not ready: {why}", self.kind, self.name),
                 &self.log,
