@@ -82,7 +82,7 @@ apt_retry() {
 MISSING=()
 for p in zookeeper protobuf-compiler libprotobuf-dev openssl default-jdk-headless \
     libcurator-framework-java libcurator-recipes-java libcurator-discovery-java python3-kazoo \
-    bind9-dnsutils; do
+    bind9-dnsutils iproute2; do
     pkg_installed "$p" || MISSING+=("$p")
 done
 if [ "${#MISSING[@]}" -gt 0 ]; then
@@ -94,7 +94,7 @@ if [ "${#MISSING[@]}" -gt 0 ]; then
     log "apt-get install -y ${MISSING[*]}"
     apt_retry "${SUDO[@]}" apt-get install -y -q --no-install-recommends "${MISSING[@]}"
 else
-    log "system packages (zookeeper, protoc, JDK, Curator, kazoo, dig): already installed"
+    log "system packages (zookeeper, protoc, JDK, Curator, kazoo, dig, iproute2): already installed"
 fi
 
 # ---------------------------------------------------------------------------------------------

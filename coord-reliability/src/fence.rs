@@ -47,7 +47,12 @@ pub struct FencedResource {
 impl FencedResource {
     /// Starts the resource on `127.0.0.1:0` (a thread per connection).
     pub fn start() -> std::io::Result<FencedResource> {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
+        FencedResource::start_on(TcpListener::bind("127.0.0.1:0")?)
+    }
+
+    /// Starts the resource on a listener the caller bound (e.g. inside a network namespace
+    /// that partitioned processes still reach).
+    pub fn start_on(listener: TcpListener) -> std::io::Result<FencedResource> {
         let addr = listener.local_addr()?;
         listener.set_nonblocking(true)?;
         let state = Arc::new(Mutex::new(State::default()));

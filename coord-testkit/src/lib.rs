@@ -11,6 +11,9 @@
 //!   members ([`Cluster::zookeeper`], [`Cluster::etcd`], [`Cluster::consul`]).
 //! - [`shared_endpoints`]: the endpoints a test suite should use — from an environment
 //!   variable when set, else one server per kind shared by the whole test process.
+//! - [`netns`]: real network partitions — clusters ([`Cluster::zookeeper_in`],
+//!   [`Cluster::etcd_in`], [`Cluster::consul_in`]) and clients each in its own network
+//!   namespace on a private bridge, with [`netns::Net::isolate`] / [`netns::Net::heal`].
 //! - [`harness`]: the conformance [`Harness`](coord_core::conformance::Harness) of a backend
 //!   reached by URL ([`harness::UrlHarness`]), which the adapters' `testing` modules
 //!   instantiate with their backend's expire/crash mechanics.
@@ -79,6 +82,7 @@ mod error;
 pub mod harness;
 pub mod hostile;
 pub mod peers;
+pub mod netns;
 mod probe;
 mod proxy;
 mod server;

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::container::{self, Running};
 use crate::error::Error;
+use crate::netns::Host;
 use crate::probe;
 use crate::supervisor::Launch;
 use crate::util::{self, free_ports, make_temp_dir};
@@ -71,6 +72,10 @@ pub struct Server {
     /// Consul's node name (readiness also waits for the node's `serfHealth` check).
     consul_node: Option<String>,
     proc: Option<Running>,
+    /// The address it listens on (`127.0.0.1`, or a host address of a [`crate::netns::Net`]).
+    host: String,
+    /// The network namespace it runs in (`None`: this process's own).
+    netns: Option<String>,
 }
 
 impl Server {
@@ -94,7 +99,7 @@ impl Server {
         start_with_retries(|| {
             let port = free_ports(1)?[0];
             let dir = make_temp_dir("zookeeper")?;
-            let cfg = zoo_cfg(&dir, port, &[]);
+            let cfg = zoo_cfg(&dir, "127.0.0.1", port, &[]);
             prepare_zookeeper(&tools, dir, unique_name(), port, &cfg, None)
         })
     }
@@ -117,6 +122,7 @@ impl Server {
                 ports[1],
                 &initial,
                 &name,
+                "127.0.0.1",
             ))
         })
     }
@@ -143,10 +149,11 @@ impl Server {
         &self.name
     }
 
-    /// `"127.0.0.1:PORT"`: ZooKeeper's client port, etcd's client URL without the scheme,
-    /// Consul's HTTP API.
+    /// `"127.0.0.1:PORT"` (for a member of a cluster in network namespaces, its host's
+    /// address, reachable only from those namespaces): ZooKeeper's client port, etcd's client
+    /// URL without the scheme, Consul's HTTP API.
     pub fn endpoint(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.host, self.port)
     }
 
     /// The port of [`endpoint`](Server::endpoint).
@@ -186,7 +193,13 @@ impl Server {
     /// (or accepts a session), etcd's `/health` is true, Consul has a leader. A paused server
     /// fails it (the TCP connect succeeds, the answer never comes).
     pub fn probe(&self, timeout: Duration) -> Result<(), Error> {
-        probe::probe(self.kind, &self.endpoint(), timeout).map_err(|why| {
+        let (kind, endpoint) = (self.kind, self.endpoint());
+        let check = move || probe::probe(kind, &endpoint, timeout);
+        let result = match &self.netns {
+            Some(ns) => crate::netns::run_in(ns, check).unwrap_or_else(|e| Err(e.to_string())),
+            None => check(),
+        };
+        result.map_err(|why| {
             Error::with_log(
                 format!("{} {} is not ready: {why}", self.kind, self.name),
                 &self.log,
@@ -242,11 +255,19 @@ impl Server {
     }
 
     fn check_once(&self, bound: Duration) -> Result<(), String> {
-        probe::probe(self.kind, &self.endpoint(), bound)?;
-        if let Some(node) = &self.consul_node {
-            probe::consul_node_healthy(&self.endpoint(), node, bound)?;
+        let (kind, endpoint, node) = (self.kind, self.endpoint(), self.consul_node.clone());
+        let check = move || {
+            probe::probe(kind, &endpoint, bound)?;
+            if let Some(node) = &node {
+                probe::consul_node_healthy(&endpoint, node, bound)?;
+            }
+            Ok(())
+        };
+        match &self.netns {
+            // The address exists only inside the member's namespace.
+            Some(ns) => crate::netns::run_in(ns, check).map_err(|e| e.to_string())?,
+            None => check(),
         }
-        Ok(())
     }
 
     /// Stops the server gracefully: `SIGTERM` (and `SIGCONT` if it is paused), up to 10 s to
@@ -371,7 +392,7 @@ impl Cluster {
             let mut members = Vec::with_capacity(n);
             for (i, dir) in dirs.into_iter().enumerate() {
                 let port = ports[3 * i];
-                let cfg = zoo_cfg(&dir, port, &servers);
+                let cfg = zoo_cfg(&dir, "127.0.0.1", port, &servers);
                 members.push(prepare_zookeeper(
                     &tools,
                     dir,
@@ -413,6 +434,7 @@ impl Cluster {
                     ports[2 * i + 1],
                     &initial,
                     &base,
+                    "127.0.0.1",
                 ));
             }
             Ok(members)
@@ -450,14 +472,101 @@ impl Cluster {
                     serf_wan: ports[4 * i + 2],
                     server: ports[4 * i + 3],
                     expect: n,
+                    host: "127.0.0.1".into(),
+                    keep_dead_servers: false,
                 };
-                let others: Vec<u16> = serf_lan
+                let others: Vec<String> = serf_lan
                     .iter()
                     .enumerate()
                     .filter(|(j, _)| *j != i)
-                    .map(|(_, p)| *p)
+                    .map(|(_, p)| format!("127.0.0.1:{p}"))
                     .collect();
                 members.push(prepare_consul_member(&consul, dir, &member, &others)?);
+            }
+            Ok(members)
+        })
+    }
+
+    /// A ZooKeeper ensemble with one member per host of a [`crate::netns::Net`], each in its
+    /// host's namespace on its address (client port 2181, quorum 2888, election 3888).
+    pub fn zookeeper_in(hosts: &[Host]) -> Result<Cluster, Error> {
+        let tools = zookeeper_tools()?;
+        start_cluster_with_retries(|| {
+            let dirs = make_temp_dirs("zookeeper", hosts.len())?;
+            let servers: Vec<String> = (0..hosts.len())
+                .map(|i| format!("server.{}={}:2888:3888", i + 1, hosts[i].ip))
+                .collect();
+            let base = unique_name();
+            let mut members = Vec::with_capacity(hosts.len());
+            for (i, dir) in dirs.into_iter().enumerate() {
+                let cfg = zoo_cfg(&dir, &hosts[i].ip, 2181, &servers);
+                let name = format!("{base}-m{}", i + 1);
+                let m = prepare_zookeeper(&tools, dir, name, 2181, &cfg, Some(i + 1))?;
+                members.push(place(m, &hosts[i]));
+            }
+            Ok(members)
+        })
+    }
+
+    /// A static etcd cluster with one member per host of a [`crate::netns::Net`] (client port
+    /// 2379, peer port 2380), each in its host's namespace.
+    pub fn etcd_in(hosts: &[Host]) -> Result<Cluster, Error> {
+        let etcd = etcd_binary()?;
+        start_cluster_with_retries(|| {
+            let dirs = make_temp_dirs("etcd", hosts.len())?;
+            let base = unique_name();
+            let names: Vec<String> = (1..=hosts.len()).map(|i| format!("{base}-m{i}")).collect();
+            let initial = names
+                .iter()
+                .zip(hosts)
+                .map(|(name, h)| format!("{name}=http://{}:2380", h.ip))
+                .collect::<Vec<_>>()
+                .join(",");
+            let mut members = Vec::with_capacity(hosts.len());
+            for (i, dir) in dirs.into_iter().enumerate() {
+                let m = prepare_etcd(
+                    &etcd,
+                    dir,
+                    names[i].clone(),
+                    2379,
+                    2380,
+                    &initial,
+                    &base,
+                    &hosts[i].ip,
+                );
+                members.push(place(m, &hosts[i]));
+            }
+            Ok(members)
+        })
+    }
+
+    /// A Consul datacenter of servers, one per host of a [`crate::netns::Net`] (HTTP 8500,
+    /// Serf LAN 8301, WAN 8302, server RPC 8300), each in its host's namespace.
+    pub fn consul_in(hosts: &[Host]) -> Result<Cluster, Error> {
+        let consul = consul_binary()?;
+        start_cluster_with_retries(|| {
+            let dirs = make_temp_dirs("consul", hosts.len())?;
+            let base = unique_name();
+            let mut members = Vec::with_capacity(hosts.len());
+            for (i, dir) in dirs.into_iter().enumerate() {
+                let member = ConsulMember {
+                    node: format!("{base}-m{}", i + 1),
+                    http: 8500,
+                    serf_lan: 8301,
+                    serf_wan: 8302,
+                    server: 8300,
+                    expect: hosts.len(),
+                    host: hosts[i].ip.clone(),
+                    keep_dead_servers: true,
+                };
+                let others: Vec<String> = hosts
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .map(|(_, h)| format!("{}:8301", h.ip))
+                    .collect();
+                let m = prepare_consul_member(&consul, dir, &member, &others)?;
+                members.push(place(m, &hosts[i]));
             }
             Ok(members)
         })
@@ -495,6 +604,17 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         self.stop_all();
     }
+}
+
+/// Moves a prepared member into `host`'s namespace: its address, its probes, and its argv
+/// behind `ip netns exec` (which execs the server, so the supervisor's pid is the server's).
+fn place(mut server: Server, host: &Host) -> Server {
+    server.host = host.ip.clone();
+    server.netns = Some(host.ns.clone());
+    let mut argv = host.exec_prefix();
+    argv.append(&mut server.launch.argv);
+    server.launch.argv = argv;
+    server
 }
 
 fn stop_all(members: &mut [Server]) {
@@ -567,7 +687,7 @@ fn start_cluster_with_retries(
 // ---------------------------------------------------------------------------------------------
 
 /// zoo.cfg for a standalone server (no `servers`) or an ensemble member.
-fn zoo_cfg(dir: &Path, client_port: u16, servers: &[String]) -> String {
+fn zoo_cfg(dir: &Path, host: &str, client_port: u16, servers: &[String]) -> String {
     let mut cfg = String::new();
     let _ = writeln!(cfg, "# written by coord-testkit");
     // The session-expiry granularity: sessions die between their timeout and one tick later.
@@ -580,7 +700,7 @@ fn zoo_cfg(dir: &Path, client_port: u16, servers: &[String]) -> String {
     let _ = writeln!(cfg, "syncLimit=5");
     let _ = writeln!(cfg, "dataDir={}", dir.join("data").display());
     let _ = writeln!(cfg, "clientPort={client_port}");
-    let _ = writeln!(cfg, "clientPortAddress=127.0.0.1");
+    let _ = writeln!(cfg, "clientPortAddress={host}");
     let _ = writeln!(cfg, "admin.enableServer=false");
     let _ = writeln!(cfg, "4lw.commands.whitelist=*");
     let _ = writeln!(cfg, "minSessionTimeout=1000");
@@ -721,6 +841,8 @@ fn prepare_zookeeper(
         },
         consul_node: None,
         proc: None,
+        host: "127.0.0.1".into(),
+        netns: None,
     })
 }
 
@@ -749,6 +871,7 @@ fn etcd_binary() -> Result<PathBuf, Error> {
     util::find_binary("etcd", "COORD_ETCD_BIN", "etcd/usr/bin/etcd")
 }
 
+#[allow(clippy::too_many_arguments)] // all of them are the member's identity
 fn prepare_etcd(
     etcd: &Path,
     dir: PathBuf,
@@ -757,9 +880,10 @@ fn prepare_etcd(
     peer_port: u16,
     initial_cluster: &str,
     token: &str,
+    host: &str,
 ) -> Server {
-    let client = format!("http://127.0.0.1:{client_port}");
-    let peer = format!("http://127.0.0.1:{peer_port}");
+    let client = format!("http://{host}:{client_port}");
+    let peer = format!("http://{host}:{peer_port}");
     let args: Vec<OsString> = vec![
         etcd.into(),
         "--name".into(),
@@ -802,6 +926,8 @@ fn prepare_etcd(
         },
         consul_node: None,
         proc: None,
+        host: "127.0.0.1".into(),
+        netns: None,
     }
 }
 
@@ -874,6 +1000,8 @@ fn prepare_consul(consul: &Path) -> Result<Server, Error> {
         },
         consul_node: Some(node),
         proc: None,
+        host: "127.0.0.1".into(),
+        netns: None,
     })
 }
 
@@ -886,6 +1014,12 @@ struct ConsulMember {
     server: u16,
     /// `-bootstrap-expect`: the number of servers.
     expect: usize,
+    /// The address it binds and advertises.
+    host: String,
+    /// Autopilot keeps servers that serf marks failed as voters: a partitioned server that
+    /// comes back is not a non-voter for the stabilization time (10 s), so the next cut of
+    /// another server leaves the majority side its quorum.
+    keep_dead_servers: bool,
 }
 
 /// A server of a Consul datacenter (not `-dev`): configuration file, data dir and launch.
@@ -893,7 +1027,7 @@ fn prepare_consul_member(
     consul: &Path,
     dir: PathBuf,
     m: &ConsulMember,
-    join_serf_lan: &[u16],
+    join_serf_lan: &[String],
 ) -> Result<Server, Error> {
     let config = dir.join("consul.json");
     let data = dir.join("data");
@@ -903,7 +1037,14 @@ fn prepare_consul_member(
             fs::write(
                 &config,
                 // As the dev agent's (see `prepare_consul`), plus the shortest Raft timings.
-                "{\n  \"disable_update_check\": true,\n  \"log_level\": \"info\",\n  \"ports\": { \"https\": -1 },\n  \"limits\": { \"http_max_conns_per_client\": 10000 },\n  \"performance\": { \"raft_multiplier\": 1 }\n}\n",
+                format!(
+                    "{{\n  \"disable_update_check\": true,\n  \"log_level\": \"info\",\n  \"ports\": {{ \"https\": -1 }},\n  \"limits\": {{ \"http_max_conns_per_client\": 10000 }},\n  \"performance\": {{ \"raft_multiplier\": 1 }}{}\n}}\n",
+                    if m.keep_dead_servers {
+                        ",\n  \"autopilot\": { \"cleanup_dead_servers\": false }"
+                    } else {
+                        ""
+                    }
+                ),
             )
             .map_err(|e| format!("write {}: {e}", config.display()))
         });
@@ -923,11 +1064,11 @@ fn prepare_consul_member(
         "-data-dir".into(),
         data.into(),
         "-client".into(),
-        "127.0.0.1".into(),
+        m.host.clone().into(),
         "-bind".into(),
-        "127.0.0.1".into(),
+        m.host.clone().into(),
         "-advertise".into(),
-        "127.0.0.1".into(),
+        m.host.clone().into(),
         "-http-port".into(),
         s(m.http),
         "-dns-port".into(),
@@ -943,9 +1084,9 @@ fn prepare_consul_member(
         "-retry-interval".into(),
         "1s".into(),
     ];
-    for port in join_serf_lan {
+    for addr in join_serf_lan {
         argv.push("-retry-join".into());
-        argv.push(format!("127.0.0.1:{port}").into());
+        argv.push(addr.into());
     }
     argv.push("-config-file".into());
     argv.push(config.into());
@@ -962,5 +1103,7 @@ fn prepare_consul_member(
         },
         consul_node: Some(m.node.clone()),
         proc: None,
+        host: "127.0.0.1".into(),
+        netns: None,
     })
 }

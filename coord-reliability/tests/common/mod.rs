@@ -47,8 +47,19 @@ pub struct Swarm {
 
 impl Swarm {
     pub fn spawn(&mut self, id: &str, args: &[&str]) {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_contender"));
-        cmd.arg("--id").arg(id).args(args);
+        self.spawn_wrapped(id, &[], args)
+    }
+
+    /// [`Swarm::spawn`] behind `wrapper` (e.g. `ip netns exec NS`, which execs the contender
+    /// so that its pid and stdio are the contender's).
+    pub fn spawn_wrapped(&mut self, id: &str, wrapper: &[std::ffi::OsString], args: &[&str]) {
+        let contender = std::ffi::OsString::from(env!("CARGO_BIN_EXE_contender"));
+        let (program, pre) = match wrapper.split_first() {
+            Some((p, rest)) => (p.clone(), rest.iter().cloned().chain([contender]).collect()),
+            None => (contender, Vec::new()),
+        };
+        let mut cmd = Command::new(program);
+        cmd.args(pre).arg("--id").arg(id).args(args);
         self.spawn_command(id, cmd);
     }
 
