@@ -12,6 +12,7 @@
 
 mod consul_agent;
 mod cx;
+mod dialects;
 mod guarded;
 mod kernel;
 mod raw;
@@ -37,7 +38,8 @@ plain set) and prints a markdown table per backend. Servers are started through 
 unless COORD_ZK_ENDPOINTS, COORD_ETCD_ENDPOINTS or COORD_CONSUL_ENDPOINTS name running ones.
   --quick       smaller sizes (herd 10/100, 2,000 grandchildren, ...): under two minutes
   --backends    comma-separated subset (default: all four)
-  --only        comma-separated item numbers 1-8 to measure (default: all)
+  --only        comma-separated item numbers 1-9 to measure (default: all; 9, the
+                ZooKeeper dialects next to Curator and kazoo processes, runs on zk only)
 ZooKeeper is started with tickTime=50 ms (its session-expiry granularity; COORD_ZK_TICK_MS
 overrides).";
 
@@ -73,8 +75,8 @@ fn parse(args: &[String]) -> Result<Options, String> {
                 o.only = v
                     .split(',')
                     .map(|s| match s.trim().parse::<u8>() {
-                        Ok(n) if (1..=8).contains(&n) => Ok(n),
-                        _ => Err(format!("--only takes item numbers 1-8, not {s:?}")),
+                        Ok(n) if (1..=9).contains(&n) => Ok(n),
+                        _ => Err(format!("--only takes item numbers 1-9, not {s:?}")),
                     })
                     .collect::<Result<_, _>>()?;
             }
@@ -259,6 +261,10 @@ async fn bench_backend(name: &str, sizes: Sizes, only: &[u8], start: Instant) ->
         rows.extend(scale::memory(&cx).await);
     }
     section!(8, "guarded write", guarded::guarded_set(&cx));
+    if wanted(9) && cx.name == "zk" {
+        progress(name, "dialects (Curator, kazoo)", start);
+        rows.extend(dialects::dialects(&cx).await);
+    }
     if let Some(raw) = &cx.raw {
         // Best-effort cleanup on servers that outlive the run (etcd, Consul prefixes).
         let ns = format!("bench-{uniq}");
@@ -336,7 +342,7 @@ mod tests {
         assert!(parse(&a(&["--nope"])).is_err());
         assert_eq!(parse(&a(&["--only", "1,4"])).unwrap().only, vec![1, 4]);
         assert_eq!(parse(&a(&["--only", "8"])).unwrap().only, vec![8]);
-        assert!(parse(&a(&["--only", "9"])).is_err());
+        assert!(parse(&a(&["--only", "10"])).is_err());
         assert_eq!(parse(&a(&[])).unwrap().backends.len(), 4);
     }
 }

@@ -89,6 +89,14 @@ pub enum Event {
     },
     /// The process is exiting normally.
     Exiting,
+    /// Who leads, as the process's own library sees it (a mixed-fleet peer's `getLeader()` /
+    /// `contenders()`, answering `observe`).
+    Observed {
+        /// The leader's id (empty: nobody).
+        leader: String,
+        /// Every candidate's id, in the library's order.
+        participants: Vec<String>,
+    },
 }
 
 /// One line of a contender's output.

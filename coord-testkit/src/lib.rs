@@ -61,6 +61,7 @@
 mod error;
 pub mod harness;
 pub mod hostile;
+pub mod peers;
 mod probe;
 mod proxy;
 mod server;

@@ -618,7 +618,7 @@ fn make_temp_dirs(label: &str, n: usize) -> Result<Vec<PathBuf>, Error> {
 }
 
 /// `java`: `COORD_JAVA`, else `$JAVA_HOME/bin/java`, else `PATH`.
-fn find_java() -> Result<PathBuf, Error> {
+pub(crate) fn find_java() -> Result<PathBuf, Error> {
     if let Some(p) = util::env_nonempty("COORD_JAVA") {
         let p = PathBuf::from(p);
         return if util::is_executable(&p) {

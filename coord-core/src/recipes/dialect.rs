@@ -2,11 +2,62 @@
 //! join the elections and locks of Curator, kazoo, etcd's concurrency package and Consul's
 //! `api.Lock` fleets.
 //!
+//! ```no_run
+//! # async fn demo(client: coord_core::Client) -> coord_core::Result<()> {
+//! use coord_core::dialect::Dialect;
+//! // The LeaderLatch of a Java service at /services/billing/leader (under the URL's namespace).
+//! let election = client.election_with("/services/billing/leader", Dialect::CuratorLatch)?;
+//! let leadership = election.campaign(b"billing-7").await?; // getLeader().getId() == "billing-7"
+//! # Ok(()) }
+//! ```
+//!
 //! The dialects whose layout is ephemeral sequential nodes in a directory (Curator, kazoo) run
 //! on the generic candidate queue with the peer's node names and order. The others (etcd's
 //! concurrency package, Consul's single-key locks) need what the kernel does not have (raw keys
 //! outside coord's layout, CreateRevision order, `?acquire`): their adapter serves them through
 //! a [`DialectDriver`] returned by [`crate::Backend::dialect_driver`].
+//!
+//! A dialect is chosen per election or lock ([`crate::Client::election_with`],
+//! [`crate::Client::lock_with`], [`crate::election::Election::with_dialect`],
+//! [`crate::lock::Lock::with_dialect`]) or per client handle
+//! ([`crate::Client::with_default_dialect`]). A dialect the backend cannot serve fails with
+//! [`Error::Unsupported`] before any I/O. The API is the same in every dialect (`campaign`,
+//! `resign`, `lost`, `leader`, `observe`, `participants`, `proclaim`, the guarded writes).
+//!
+//! # The ZooKeeper dialects
+//!
+//! | dialect | peer | our node | order (the first holds the role) | node data |
+//! |---|---|---|---|---|
+//! | [`Dialect::CuratorLock`] | Curator `InterProcessMutex`, `LeaderSelector` | `_c_<uuid>-lock-<seq>` | the text after the last `lock-`, a name without it whole (`StandardLockInternalsDriver.fixForSorting`); every child counts | the campaign value (LeaderSelector's participant id); empty for a lock |
+//! | [`Dialect::CuratorLatch`] | Curator `LeaderLatch` | `_c_<uuid>-latch-<seq>` | the same with `latch-` | the campaign value (the latch's id) |
+//! | [`Dialect::Kazoo`] | kazoo `Lock`, `Election` | `<uuid4 hex>__lock__<seq>` | children matching `__lock__(-?\d{10})$`, by that text (kazoo's `_get_predecessor`, `contenders()`); others ignored | the campaign value (kazoo's identifier); empty for a lock |
+//!
+//! A waiter watches only its predecessor, as the peers do (herd-free). The `<uuid>` part plays
+//! the role of coord's nonce: after a create whose answer was lost, coord finds its node by it
+//! (Curator's "protection" and kazoo's retry do the same). The fencing token is the creation
+//! zxid of the holder's node (`czxid`, [`crate::Stat::created`]) in every ZooKeeper dialect, so
+//! tokens keep increasing when coord and the peer take turns; a peer that wants to fence reads
+//! its own node's `czxid` (as the mixed-fleet tests' peers do). Curator's mutex writes the
+//! host's IP address as node data by default and LeaderSelector/LeaderLatch the id; coord writes
+//! what was passed to `campaign` (and nothing for a lock).
+//!
+//! ZooKeeper ACLs: with credentials in the URL, coord creates the nodes it makes (the missing
+//! parents of the election, its candidate nodes) with *creator all + world read*. Joining a
+//! foreign election needs CREATE on its directory and READ on the others' nodes (to read the
+//! leader's data and to watch a predecessor); coord never deletes or writes another
+//! candidate's node. So: let the peer (or an operator) create the directory, with an ACL that
+//! lets every member's identity create children (Curator's and kazoo's default is
+//! `world:anyone` all), or give every member the same digest credentials. A directory that
+//! coord created with credentials stops peers with another identity from joining (their
+//! create fails with `NoAuth`). coord's own candidate nodes are world-readable, which is all a
+//! peer needs of them.
+//!
+//! # Driver dialects
+//!
+//! [`Dialect::EtcdConcurrency`], [`Dialect::ConsulLock`] and [`Dialect::ConsulElection`] are
+//! served by their adapter's [`DialectDriver`] (see coord-etcd and coord-consul for their keys
+//! and tokens). Consul's single-key dialects cannot be herd-free ([`Dialect::herd_free`]):
+//! every waiter blocks on the one key.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;

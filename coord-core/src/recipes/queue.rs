@@ -801,3 +801,101 @@ async fn monitor(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sorted(layout: Layout, names: &[&str]) -> Vec<String> {
+        let mut v: Vec<(SortKey, String)> = names
+            .iter()
+            .filter_map(|n| Some((layout.sort_key(n)?, n.to_string())))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v.into_iter().map(|(_, n)| n).collect()
+    }
+
+    /// Each layout's marker, with the store's sequence appended, is found again by its marker
+    /// (what `find_created` does after a lost create answer) and is a candidate of its layout.
+    #[test]
+    fn markers_round_trip() {
+        for layout in [
+            Layout::Coord,
+            Layout::Curator("lock-"),
+            Layout::Curator("latch-"),
+            Layout::Kazoo,
+        ] {
+            let m = layout.marker();
+            assert_ne!(m, layout.marker(), "markers are unique");
+            let name = format!("{m}0000000042");
+            assert_eq!(parse_sequence(&name), Some((m.as_str(), 42)));
+            assert!(layout.sort_key(&name).is_some(), "{name}");
+            assert!(
+                Path::root().join(&name).is_ok(),
+                "{name} is a valid node name"
+            );
+        }
+        // Curator: `_c_` + a 36-character UUID + `-lock-`; kazoo: 32 hex digits + `__lock__`.
+        let c = Layout::Curator("lock-").marker();
+        assert!(
+            c.starts_with("_c_") && c.ends_with("-lock-") && c.len() == 3 + 36 + 6,
+            "{c}"
+        );
+        assert_eq!(c.as_bytes()[3 + 14], b'4', "a version-4 UUID: {c}");
+        let k = Layout::Kazoo.marker();
+        assert!(k.ends_with("__lock__") && k.len() == 32 + 8, "{k}");
+    }
+
+    /// Curator's order: the text after the last `lock-`, a name without it compared whole
+    /// (so coord's own names sort after every Curator node, as Curator sees them).
+    #[test]
+    fn curator_order() {
+        let names = [
+            "_c_b-lock-0000000003",
+            "c-0123-0000000001",
+            "_c_a-lock-0000000002",
+            "x-latch-0000000000",
+            "lock-0000000004",
+        ];
+        assert_eq!(
+            sorted(Layout::Curator("lock-"), &names),
+            [
+                "_c_a-lock-0000000002",
+                "_c_b-lock-0000000003",
+                "lock-0000000004",
+                "c-0123-0000000001",
+                "x-latch-0000000000",
+            ]
+        );
+        assert_eq!(
+            sorted(Layout::Curator("latch-"), &names)[0],
+            "x-latch-0000000000"
+        );
+    }
+
+    /// kazoo's contenders: names matching `__lock__(-?\d{10})$`, by that text; others ignored.
+    #[test]
+    fn kazoo_order() {
+        let names = [
+            "bb__lock__0000000003",
+            "aa__lock__0000000007",
+            "cc__rlock__0000000001",
+            "c-0123-0000000000",
+            "dd__lock__12",
+            "ee__lock__0000000005",
+        ];
+        assert_eq!(
+            sorted(Layout::Kazoo, &names),
+            [
+                "bb__lock__0000000003",
+                "ee__lock__0000000005",
+                "aa__lock__0000000007"
+            ]
+        );
+        // coord's own layout ignores names without a sequence suffix, orders by the number.
+        assert_eq!(
+            sorted(Layout::Coord, &["c-b-0000000002", "junk", "c-a-0000000001"]),
+            ["c-a-0000000001", "c-b-0000000002"]
+        );
+    }
+}

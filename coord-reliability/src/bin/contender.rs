@@ -3,7 +3,7 @@
 //! ```text
 //! contender --url URL --id ID [--election NAME] [--fence ADDR]
 //!           [--lock NAME --lock-fence ADDR] [--register SERVICE]
-//!           [--write-interval-ms 100] [--zombie-writes 0]
+//!           [--write-interval-ms 100] [--zombie-writes 0] [--dialect coord]
 //! ```
 //!
 //! Campaigns in the election (and loops on the lock, and registers an instance) and prints
@@ -35,6 +35,8 @@ struct Args {
     register: Option<String>,
     interval: Duration,
     zombie_writes: u32,
+    /// The dialect of the election and the lock (`--dialect`, coord's own by default).
+    dialect: coord::dialect::Dialect,
 }
 
 fn parse_args() -> std::result::Result<Args, String> {
@@ -56,6 +58,9 @@ fn parse_args() -> std::result::Result<Args, String> {
             "--write-interval-ms" => {
                 let v = val()?;
                 a.interval = Duration::from_millis(v.parse().map_err(|_| format!("bad {v}"))?)
+            }
+            "--dialect" => {
+                a.dialect = coord::dialect::Dialect::parse(&val()?).map_err(|e| e.to_string())?
             }
             "--zombie-writes" => {
                 let v = val()?;
@@ -155,7 +160,7 @@ async fn election_loop(
     name: String,
     mut cmds: broadcast::Receiver<String>,
 ) -> Result<()> {
-    let election = client.election(&name)?;
+    let election = client.election_with(&name, a.dialect)?;
     let mut fence = a.fence.clone().map(|addr| Fence { addr, conn: None });
     let role = "election";
     loop {
@@ -224,7 +229,7 @@ async fn lock_loop(
     name: String,
     mut cmds: broadcast::Receiver<String>,
 ) -> Result<()> {
-    let lock = client.lock(&name)?;
+    let lock = client.lock_with(&name, a.dialect)?;
     let mut fence = a.lock_fence.clone().map(|addr| Fence { addr, conn: None });
     let role = "lock";
     loop {
@@ -300,6 +305,40 @@ async fn lock_loop(
     }
 }
 
+/// Answers `observe`: the election's leader and candidates as coord sees them (ids are the
+/// values the candidates campaigned with).
+async fn observe(a: &Args, client: &Client) {
+    let Some(name) = a.election.as_deref() else {
+        return error(&a.id, "observe", "no --election");
+    };
+    let seen = async {
+        let e = client.election_with(name, a.dialect)?;
+        let all = e.participants().await?;
+        // The first item of `observe` is the current leader (as `leader()` answers it).
+        let mut stream = Box::pin(e.observe().await?);
+        let leader = match futures::StreamExt::next(&mut stream).await {
+            Some(l) => l?,
+            None => e.leader().await?,
+        };
+        Ok::<_, coord::Error>((leader, all))
+    };
+    match seen.await {
+        Ok((leader, all)) => emit(
+            &a.id,
+            Event::Observed {
+                leader: leader
+                    .map(|l| String::from_utf8_lossy(&l.value).into_owned())
+                    .unwrap_or_default(),
+                participants: all
+                    .iter()
+                    .map(|p| String::from_utf8_lossy(&p.value).into_owned())
+                    .collect(),
+            },
+        ),
+        Err(e) => error(&a.id, "observe", e),
+    }
+}
+
 async fn run(a: Args) -> Result<()> {
     let client = coord::connect(&a.url).await?;
     let (tx, _) = broadcast::channel::<String>(16);
@@ -365,12 +404,17 @@ async fn run(a: Args) -> Result<()> {
     }
     // Commands from stdin; EOF means quit.
     let stdin_tx = tx.clone();
+    let (obs_args, obs_client) = (a.clone(), client.clone());
     tokio::spawn(async move {
         let mut lines = BufReader::new(tokio::io::stdin()).lines();
         loop {
             match lines.next_line().await {
                 Ok(Some(l)) => {
                     let l = l.trim().to_owned();
+                    if l == "observe" {
+                        observe(&obs_args, &obs_client).await;
+                        continue;
+                    }
                     let quit = l == "quit";
                     let _ = stdin_tx.send(l);
                     if quit {

@@ -47,15 +47,19 @@ pub struct Swarm {
 
 impl Swarm {
     pub fn spawn(&mut self, id: &str, args: &[&str]) {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_contender"))
-            .arg("--id")
-            .arg(id)
-            .args(args)
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_contender"));
+        cmd.arg("--id").arg(id).args(args);
+        self.spawn_command(id, cmd);
+    }
+
+    /// Starts any process that speaks the contender's protocol (a mixed-fleet peer) as `id`.
+    pub fn spawn_command(&mut self, id: &str, mut cmd: Command) {
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("spawn contender");
+            .unwrap_or_else(|e| panic!("spawn {id}: {e}"));
         let stdout = child.stdout.take().expect("stdout");
         let stderr = child.stderr.take().expect("stderr");
         let records = self.records.clone();
