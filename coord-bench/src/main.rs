@@ -13,6 +13,7 @@
 mod consul_agent;
 mod cx;
 mod dialects;
+mod dialects_kv;
 mod guarded;
 mod kernel;
 mod raw;
@@ -39,7 +40,8 @@ unless COORD_ZK_ENDPOINTS, COORD_ETCD_ENDPOINTS or COORD_CONSUL_ENDPOINTS name r
   --quick       smaller sizes (herd 10/100, 2,000 grandchildren, ...): under two minutes
   --backends    comma-separated subset (default: all four)
   --only        comma-separated item numbers 1-9 to measure (default: all; 9, the
-                ZooKeeper dialects next to Curator and kazoo processes, runs on zk only)
+                dialects next to their peers' processes: Curator and kazoo on zk,
+                etcdctl lock on etcd, consul lock on consul)
 ZooKeeper is started with tickTime=50 ms (its session-expiry granularity; COORD_ZK_TICK_MS
 overrides).";
 
@@ -264,6 +266,10 @@ async fn bench_backend(name: &str, sizes: Sizes, only: &[u8], start: Instant) ->
     if wanted(9) && cx.name == "zk" {
         progress(name, "dialects (Curator, kazoo)", start);
         rows.extend(dialects::dialects(&cx).await);
+    }
+    if wanted(9) && (cx.name == "etcd" || cx.name == "consul") {
+        progress(name, "dialects (etcdctl lock, consul lock)", start);
+        rows.extend(dialects_kv::dialects(&cx).await);
     }
     if let Some(raw) = &cx.raw {
         // Best-effort cleanup on servers that outlive the run (etcd, Consul prefixes).
