@@ -9,6 +9,10 @@
 //! The one crash of a `consul lock` holder is followed by the destruction of its session (what
 //! Consul does after its 15 s TTL, sooner): Consul then refuses every acquire for the session's
 //! 15 s lock-delay, which coord's candidates must wait out (retry), not fail on.
+//!
+//! The same for [`Dialect::ConsulElection`] against candidates of Consul's leader-election
+//! guide (`tests/fleet/consul_election_peer.py`: the guide's HTTP steps, Python's standard
+//! library only; there is no Consul CLI for it), on the key itself with flags 0.
 
 mod fleet;
 
@@ -31,6 +35,7 @@ enum Member {
 }
 
 struct Fleet {
+    dialect: Dialect,
     endpoint: String,
     url: String,
     name: Path,
@@ -84,7 +89,10 @@ fn destroy_session(endpoint: &str, id: &str) {
 
 impl Fleet {
     fn key(&self) -> String {
-        format!("{}/.lock", self.prefix)
+        match self.dialect {
+            Dialect::ConsulLock => format!("{}/.lock", self.prefix),
+            _ => self.prefix.clone(),
+        }
     }
 
     async fn join_coord(&mut self) {
@@ -96,8 +104,8 @@ impl Fleet {
             .await
             .expect("session");
         let driver = backend
-            .dialect_driver(Dialect::ConsulLock)
-            .expect("Consul serves the api.Lock dialect");
+            .dialect_driver(self.dialect)
+            .expect("Consul serves the dialect");
         let m = CoordMember::start(
             &id,
             driver,
@@ -112,13 +120,29 @@ impl Fleet {
 
     fn join_peer(&mut self) {
         self.joined += 1;
-        let id = format!("consul-lock-{}", self.joined);
-        let mut cmd = command(&tools_dir().join("bin/consul"));
-        cmd.arg("lock")
-            .arg(format!("-http-addr={}", self.endpoint))
-            .arg(&self.prefix)
-            .arg("echo HELD; exec sleep 600");
-        let p = PeerProc::spawn(&id, cmd, |line| line == "HELD");
+        let p = if self.dialect == Dialect::ConsulLock {
+            let id = format!("consul-lock-{}", self.joined);
+            let mut cmd = command(&tools_dir().join("bin/consul"));
+            cmd.arg("lock")
+                .arg(format!("-http-addr={}", self.endpoint))
+                .arg(&self.prefix)
+                .arg("echo HELD; exec sleep 600");
+            PeerProc::spawn(&id, cmd, |line| line == "HELD")
+        } else {
+            let id = format!("guide-{}", self.joined);
+            let script = concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fleet/consul_election_peer.py"
+            );
+            let mut cmd = command(std::path::Path::new("/usr/bin/python3"));
+            cmd.arg(script)
+                .arg(&self.endpoint)
+                .arg(self.key())
+                .arg(&id)
+                .arg("10s")
+                .arg("1s");
+            PeerProc::spawn(&id, cmd, |line| line.starts_with("HELD "))
+        };
         self.members.push(Member::Peer(p));
     }
 
@@ -188,6 +212,25 @@ impl Fleet {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consul_lock_dialect_with_consul_lock() {
+    mixed_fleet(Dialect::ConsulLock).await;
+}
+
+/// The leader-election guide's peer is a Python script following the guide over the HTTP
+/// API (`tests/fleet/consul_election_peer.py`, standard library only), with a 1 s lock-delay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consul_election_dialect_with_guide_peers() {
+    if !std::path::Path::new("/usr/bin/python3").exists() {
+        assert!(
+            !coord_testkit::require_backends(),
+            "/usr/bin/python3 is required (COORD_REQUIRE_BACKENDS=1)"
+        );
+        eprintln!("SKIPPED: /usr/bin/python3 not available (the leader-election guide's peer)");
+        return;
+    }
+    mixed_fleet(Dialect::ConsulElection).await;
+}
+
+async fn mixed_fleet(dialect: Dialect) {
     let Some(eps) = coord_testkit::harness::endpoints(Kind::Consul).await else {
         return;
     };
@@ -197,19 +240,27 @@ async fn consul_lock_dialect_with_consul_lock() {
         .unwrap_or_default()
         .trim_start_matches("http://")
         .to_owned();
-    let prefix = format!("mixed-lock-{}", unique_suffix());
+    let prefix = match dialect {
+        Dialect::ConsulLock => format!("mixed-lock-{}", unique_suffix()),
+        _ => format!("mixed-elect-{}/leader", unique_suffix()),
+    };
     let url = format!("consul://{endpoint}");
     let admin = ConsulBackend::connect(&url).await.expect("connect");
     let driver = admin
-        .dialect_driver(Dialect::ConsulLock)
-        .expect("Consul serves the api.Lock dialect");
+        .dialect_driver(dialect)
+        .expect("Consul serves the dialect");
     let mut fleet = Fleet {
+        dialect,
         endpoint,
         url,
         name: Path::new(format!("/{prefix}")).expect("path"),
         prefix,
         driver: driver.clone(),
-        history: History::new("lock"),
+        history: History::new(if dialect == Dialect::ConsulLock {
+            "lock"
+        } else {
+            "election"
+        }),
         members: Vec::new(),
         joined: 0,
         peer_crashed: false,
@@ -233,7 +284,12 @@ async fn consul_lock_dialect_with_consul_lock() {
         let peer_holds = matches!(fleet.members[idx], Member::Peer(_));
         // Consul's view: the key's Session is the holder's.
         let d = detailed(&fleet.endpoint, &fleet.key()).expect("the lock key");
-        assert_eq!(d["Flags"], "3304740253564472344", "api.Lock's flags");
+        let flags = if dialect == Dialect::ConsulLock {
+            "3304740253564472344"
+        } else {
+            "0"
+        };
+        assert_eq!(d["Flags"], flags, "the dialect's flags");
         match &fleet.members[idx] {
             Member::Coord(c) => {
                 coord_led += 1;
@@ -295,8 +351,8 @@ async fn consul_lock_dialect_with_consul_lock() {
         }
     }
     eprintln!(
-        "consul lock: {changes} handovers, {coord_led} held by coord, {peer_led} by consul lock \
-         (one consul lock holder crashed: {})",
+        "{dialect}: {changes} handovers, {coord_led} held by coord, {peer_led} by the peers \
+         (one peer holder crashed: {})",
         fleet.peer_crashed
     );
     assert!(coord_led > 0 && peer_led > 0);
