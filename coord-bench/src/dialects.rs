@@ -176,8 +176,10 @@ impl Member {
         }
     }
 
-    /// Dies without releasing; when (µs).
-    async fn crash(self) -> Res<u64> {
+    /// Dies without releasing; when (µs), and what must outlive the successor's grant (a
+    /// coord leadership dropped now would delete its node through the live backend, which a
+    /// dead process cannot do).
+    async fn crash(self) -> Res<(u64, Option<Leadership>)> {
         match self {
             Member::Coord {
                 client, held, task, ..
@@ -193,13 +195,12 @@ impl Member {
                 if let Some(t) = task {
                     t.abort();
                 }
-                drop(l);
-                Ok(t)
+                Ok((t, Some(l)))
             }
             Member::Peer { mut proc, .. } => {
                 let t = now_us();
                 proc.kill();
-                Ok(t)
+                Ok((t, None))
             }
         }
     }
@@ -315,9 +316,10 @@ async fn pair(
         for _ in 0..crashes {
             let dead = holder.kind();
             let replacement = Member::start(s, dead, &name, &id(dead))?;
-            let t0 = std::mem::replace(&mut holder, replacement).crash().await?;
+            let (t0, corpse) = std::mem::replace(&mut holder, replacement).crash().await?;
             let t1 = waiter.granted(SESSION * 3 + Duration::from_secs(5)).await?;
             out.crash.push(((dead, waiter.kind()), since(t0, t1)));
+            drop(corpse);
             // The replacement queues behind the new holder.
             std::mem::swap(&mut holder, &mut waiter);
             queued(s, &name, 2).await?;
