@@ -78,7 +78,8 @@ impl Peer {
     fn spawn(s: &Setup<'_>, name: &str) -> Res<Peer> {
         use std::os::unix::process::CommandExt;
         let tools = coord_testkit::tools_dir().join("bin");
-        let raw = format!("{}/{name}", s.ns);
+        // coord's `election(name)` is the path `/elections/<name>`.
+        let raw = format!("{}/elections/{name}", s.ns);
         let setpriv = std::path::Path::new("/usr/bin/setpriv");
         let mut cmd = if setpriv.exists() {
             let mut c = Command::new(setpriv);
@@ -238,27 +239,38 @@ impl Member {
         }
     }
 
-    /// Gives the role up and queues again (a peer: a new process); when the release started.
-    async fn resign(&mut self, s: &Setup<'_>, name: &str) -> Res<u64> {
+    /// Gives the role up; when the release started. It queues again only once the successor
+    /// holds ([`Member::requeue`]): on a single Consul key a candidate that campaigns again at
+    /// once may win the key back (there is no queue).
+    async fn resign(&mut self) -> Res<u64> {
         match self {
             Member::Coord { held, .. } => {
                 let l = held.take().ok_or("coord does not hold the role")?;
                 let t = now_us();
                 l.resign().await?;
-                let (tx, rx) = mpsc::unbounded_channel();
-                if let Member::Coord { rx: old, .. } = self {
-                    *old = rx;
-                }
-                self.campaign(tx);
                 Ok(t)
             }
             Member::Peer(p) => {
                 let t = now_us();
                 p.terminate().await;
-                *p = Peer::spawn(s, name)?;
                 Ok(t)
             }
         }
+    }
+
+    /// Campaigns again after a resign (a peer: a new process).
+    fn requeue(&mut self, s: &Setup<'_>, name: &str) -> Res<()> {
+        match self {
+            Member::Coord { .. } => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                if let Member::Coord { rx: old, .. } = self {
+                    *old = rx;
+                }
+                self.campaign(tx);
+            }
+            Member::Peer(p) => *p = Peer::spawn(s, name)?,
+        }
+        Ok(())
     }
 
     async fn crash(self) -> Res<u64> {
@@ -361,10 +373,11 @@ async fn pair(
     let crash_bound = Duration::from_secs(90);
     let result = async {
         for _ in 0..clean {
-            let t0 = holder.resign(s, &name).await?;
+            let t0 = holder.resign().await?;
             let t1 = waiter.granted(STEP).await?;
             out.clean
                 .push(((holder.kind(), waiter.kind()), since(t0, t1)));
+            holder.requeue(s, &name)?;
             std::mem::swap(&mut holder, &mut waiter);
             queued(s, &name, 2).await?;
         }
