@@ -206,6 +206,21 @@ impl Member {
         }
     }
 
+    /// A placeholder for a member about to be replaced: a coord candidate that has not
+    /// campaigned (no I/O).
+    fn idle(s: &Setup<'_>, name: &str) -> Res<Member> {
+        let client = Client::new(s.cx.backend.clone()).with_default_dialect(s.dialect);
+        let election = client.election(name)?;
+        let (_, rx) = mpsc::unbounded_channel();
+        Ok(Member::Coord {
+            client,
+            election,
+            rx,
+            task: None,
+            held: None,
+        })
+    }
+
     fn campaign(&mut self, tx: mpsc::UnboundedSender<Elected>) {
         if let Member::Coord { election, task, .. } = self {
             let e = election.clone();
@@ -383,10 +398,12 @@ async fn pair(
         }
         for _ in 0..crashes {
             let dead = holder.kind();
-            let replacement = Member::start(s, dead, &name)?;
-            let t0 = std::mem::replace(&mut holder, replacement).crash().await?;
+            // The replacement joins once the successor holds (see `resign`).
+            let idle = Member::idle(s, &name)?;
+            let t0 = std::mem::replace(&mut holder, idle).crash().await?;
             let t1 = waiter.granted(crash_bound).await?;
             out.crash.push(((dead, waiter.kind()), since(t0, t1)));
+            holder = Member::start(s, dead, &name)?;
             std::mem::swap(&mut holder, &mut waiter);
             queued(s, &name, 2).await?;
         }
