@@ -14,6 +14,7 @@ mod consul_agent;
 mod counter;
 mod cx;
 mod dialects;
+mod dialects_kv;
 mod guarded;
 mod kernel;
 mod partition;
@@ -43,13 +44,14 @@ through coord-testkit unless COORD_ZK_ENDPOINTS, COORD_ETCD_ENDPOINTS or COORD_C
 name running ones.
   --quick       smaller sizes (herd 10/100, 2,000 grandchildren, ...): under two minutes
   --backends    comma-separated subset (default: all four)
-  --only        comma-separated item numbers 1-13 to measure (default: all; 10, the
-                ZooKeeper dialects next to Curator and kazoo processes, runs on zk only)
+  --only        comma-separated item numbers 1-14 to measure (default: all; 10, the
+                ZooKeeper dialects next to Curator and kazoo processes, runs on zk only;
+                14, the dialects next to etcdctl lock and consul lock, on etcd and consul)
 ZooKeeper is started with tickTime=50 ms (its session-expiry granularity; COORD_ZK_TICK_MS
 overrides).";
 
 /// The item numbers `--only` accepts (12: the partitioner, 13: the tree cache).
-const ITEMS: &[u8] = &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13];
+const ITEMS: &[u8] = &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14];
 
 struct Options {
     quick: bool,
@@ -284,6 +286,10 @@ async fn bench_backend(name: &str, sizes: Sizes, only: &[u8], start: Instant) ->
         partition::moved_fraction(&cx)
     );
     section!(13, "tree cache lookups", partition::tree_cache_lookups(&cx));
+    if wanted(14) && (cx.name == "etcd" || cx.name == "consul") {
+        progress(name, "dialects (etcdctl lock, consul lock)", start);
+        rows.extend(dialects_kv::dialects(&cx).await);
+    }
     if let Some(raw) = &cx.raw {
         // Best-effort cleanup on servers that outlive the run (etcd, Consul prefixes).
         let ns = format!("bench-{uniq}");
@@ -364,8 +370,11 @@ mod tests {
         assert_eq!(parse(&a(&["--only", "9"])).unwrap().only, vec![9]);
         assert_eq!(parse(&a(&["--only", "10"])).unwrap().only, vec![10]);
         assert_eq!(parse(&a(&["--only", "11"])).unwrap().only, vec![11]);
-        assert_eq!(parse(&a(&["--only", "12,13"])).unwrap().only, vec![12, 13]);
-        assert!(parse(&a(&["--only", "14"])).is_err());
+        assert_eq!(
+            parse(&a(&["--only", "12,13,14"])).unwrap().only,
+            vec![12, 13, 14]
+        );
+        assert!(parse(&a(&["--only", "15"])).is_err());
         assert_eq!(parse(&a(&[])).unwrap().backends.len(), 4);
     }
 }

@@ -147,26 +147,19 @@ fn info_of(node: &Path, e: &KvEntry) -> Result<Option<LeaderInfo>> {
     }))
 }
 
-/// The end of a blocking wait for the key.
-enum Woken {
-    /// The key changed (or the wait timed out): look again from this index.
-    Index(u64),
-}
-
-/// Blocks on `key` from `index`, or until the session ends (an error).
+/// Blocks on `key` from `index`, or until the session ends (an error): the key as the
+/// blocking query returned it (used at once, so that a released key is tried without another
+/// round trip), and its index.
 async fn block_on(
     driver: &SingleKey,
     session: &dyn Session,
     states: &mut coord_core::SessionStates,
     key: &str,
     index: u64,
-) -> Result<Woken> {
+) -> Result<(Option<KvEntry>, u64)> {
     loop {
         tokio::select! {
-            r = driver.read(key, Some((index, driver.api().wait))) => {
-                let (_, i) = r?;
-                return Ok(Woken::Index(i));
-            }
+            r = driver.read(key, Some((index, driver.api().wait))) => return r,
             st = states.next() => match st {
                 Some(s) if s.is_final() => return Err(Error::session_gone(session.id(), s)),
                 Some(_) => {}
@@ -246,15 +239,14 @@ impl DialectDriver for SingleKey {
             let (entry, i) = match index {
                 None => self.read(&key, None).await?,
                 Some(from) => {
-                    let Woken::Index(i) =
-                        block_on(self, &*session, &mut states, &key, from).await?;
+                    let (e, i) = block_on(self, &*session, &mut states, &key, from).await?;
                     wakeups.fetch_add(1, Ordering::Relaxed);
                     index = None;
-                    // Consul's index may go backwards (a restarted agent): start over.
+                    // Consul's index may go backwards (a restarted agent): read afresh.
                     if i < from {
                         continue;
                     }
-                    self.read(&key, None).await?
+                    (e, i)
                 }
             };
             match entry.as_ref().and_then(|e| e.owner()) {

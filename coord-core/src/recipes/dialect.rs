@@ -56,9 +56,23 @@
 //! # Driver dialects
 //!
 //! [`Dialect::EtcdConcurrency`], [`Dialect::ConsulLock`] and [`Dialect::ConsulElection`] are
-//! served by their adapter's [`DialectDriver`] (see coord-etcd and coord-consul for their keys
-//! and tokens). Consul's single-key dialects cannot be herd-free ([`Dialect::herd_free`]):
-//! every waiter blocks on the one key.
+//! served by their adapter's [`DialectDriver`] (module `dialect` of coord-etcd and of
+//! coord-consul has the details). Their keys lie outside coord's layout (`…/__coord/…`), so a
+//! leadership's node is not a node of coord's tree: write under it with the leadership's
+//! guarded writes (`Leadership::guarded_set`, `write_if_held`), which the driver checks on the
+//! raw key, not with [`crate::Backend::write_if`] and `Leadership::guard()`.
+//!
+//! | dialect | peer | key(s) for the name `/a/b` | holder | fencing token |
+//! |---|---|---|---|---|
+//! | [`Dialect::EtcdConcurrency`] | Go `concurrency.Election` / `Mutex`, `etcdctl elect` / `lock`, `v3election` / `v3lock` | `a/b/<lease id hex>` per candidate, under its lease (the namespace first, if any) | lowest CreateRevision; a waiter watches the key created just before its own | the holder key's CreateRevision |
+//! | [`Dialect::ConsulLock`] | Go `api.Lock`, `consul lock a/b` | `a/b/.lock`, flags `0x2ddccbc058a50c18` | the key's `Session` (`?acquire`) | the key's `ModifyIndex` while held (the acquire's index, raised by a proclaim) |
+//! | [`Dialect::ConsulElection`] | Consul's leader-election guide | `a/b` itself, flags 0, the leader's value | the key's `Session` | the same |
+//!
+//! Consul's single-key dialects cannot be herd-free ([`Dialect::herd_free`]): every waiter
+//! blocks on the one key and a release wakes them all; they race for it (no first-come
+//! order), Consul keeps no list of them (`participants` shows the holder only), and an acquire
+//! refused during a lock-delay is retried. `LockIndex` is no fencing token: it counts the
+//! acquisitions of one key, not store-wide.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
