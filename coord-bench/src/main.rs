@@ -50,7 +50,7 @@ name running ones.
 ZooKeeper is started with tickTime=50 ms (its session-expiry granularity; COORD_ZK_TICK_MS
 overrides).";
 
-/// The item numbers `--only` accepts (12: the partitioner, 13: the tree cache).
+/// The item numbers `--only` accepts (see docs/BENCHMARKS.md for what each measures).
 const ITEMS: &[u8] = &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14];
 
 struct Options {
