@@ -311,5 +311,5 @@ async fn etcd_concurrency_election_with_etcdctl_elect() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_concurrency_mutex_with_etcdctl_lock() {
-    mixed_fleet(Peer::Lock, 8).await;
+    mixed_fleet(Peer::Lock, 20).await;
 }
