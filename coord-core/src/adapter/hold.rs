@@ -61,44 +61,89 @@ pub async fn monitor_key<W, WF, O, H, HF>(
     let mut gave_up = false;
     loop {
         tokio::select! {
-            st = states.next() => match st {
-                Some(SessionState::Connected) => {
-                    if gave_up {
-                        hand_over().await;
-                        return;
-                    }
-                    tx.send_replace(HoldState::Holding);
-                }
-                Some(SessionState::Suspended) => match policy {
-                    SuspendPolicy::LoseOnSuspend => {
-                        tx.send_replace(HoldState::Lost);
-                        gave_up = true;
-                    }
-                    SuspendPolicy::TolerateSuspend => {
-                        tx.send_replace(HoldState::Suspended);
-                    }
-                },
-                _ => {
-                    tx.send_replace(HoldState::Lost);
-                    return;
-                }
+            st = states.next() => match on_state(st, policy, &tx, &mut gave_up) {
+                Next::Continue => {}
+                Next::Handover => return hand_over().await,
+                Next::Stop => return,
             },
             ev = events.next() => match ev {
                 Some(Ok(KeyEvent::Changed(n) | KeyEvent::Created(n) | KeyEvent::Resync(Some(n))))
                     if ours(&n) => {}
-                Some(Err(e)) if e.is_retryable() => match watch_key().await {
-                    Some(ev) => events = ev,
-                    None => {
-                        tx.send_replace(HoldState::Lost);
-                        return;
+                Some(Err(e)) if e.is_retryable() => {
+                    // Watch again while the session lives, following the session meanwhile: a
+                    // re-watch against an unreachable server ends only with its request
+                    // timeout, and a suspension must not wait for that (a ZooKeeper partition
+                    // test saw Lost come 5 s after Suspended, after the successor was elected).
+                    let rewatch = watch_key();
+                    tokio::pin!(rewatch);
+                    loop {
+                        tokio::select! {
+                            r = &mut rewatch => match r {
+                                Some(ev) => {
+                                    events = ev;
+                                    break;
+                                }
+                                None => {
+                                    tx.send_replace(HoldState::Lost);
+                                    return;
+                                }
+                            },
+                            st = states.next() => match on_state(st, policy, &tx, &mut gave_up) {
+                                Next::Continue => {}
+                                Next::Handover => return hand_over().await,
+                                Next::Stop => return,
+                            },
+                        }
                     }
-                },
+                }
                 _ => {
                     // Deleted, taken over, or the watch ended.
                     tx.send_replace(HoldState::Lost);
                     return;
                 }
             },
+        }
+    }
+}
+
+/// What the monitor does next after a session state.
+enum Next {
+    /// Keep following.
+    Continue,
+    /// Contact is back after we gave the role up: hand the key over and stop.
+    Handover,
+    /// The session ended: the role is lost.
+    Stop,
+}
+
+/// Publishes what session state `st` means for the role under `policy`.
+fn on_state(
+    st: Option<SessionState>,
+    policy: SuspendPolicy,
+    tx: &watch::Sender<HoldState>,
+    gave_up: &mut bool,
+) -> Next {
+    match st {
+        Some(SessionState::Connected) if *gave_up => Next::Handover,
+        Some(SessionState::Connected) => {
+            tx.send_replace(HoldState::Holding);
+            Next::Continue
+        }
+        Some(SessionState::Suspended) => {
+            match policy {
+                SuspendPolicy::LoseOnSuspend => {
+                    tx.send_replace(HoldState::Lost);
+                    *gave_up = true;
+                }
+                SuspendPolicy::TolerateSuspend => {
+                    tx.send_replace(HoldState::Suspended);
+                }
+            }
+            Next::Continue
+        }
+        _ => {
+            tx.send_replace(HoldState::Lost);
+            Next::Stop
         }
     }
 }

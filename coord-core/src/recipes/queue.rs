@@ -966,101 +966,16 @@ async fn monitor(
     policy: SuspendPolicy,
     tx: watch::Sender<HoldState>,
 ) {
-    let mut states = session.states();
-    let Some(mut events) = watch_own(&*backend, &*session, &node).await else {
-        tx.send_replace(HoldState::Lost);
-        return;
-    };
-    let mut gave_up = false;
-    loop {
-        tokio::select! {
-            st = states.next() => match on_state(st, policy, &tx, &mut gave_up) {
-                Next::Continue => {}
-                Next::Handover => return handover(&*backend, &*session, &node).await,
-                Next::Stop => return,
-            },
-            ev = events.next() => match ev {
-                Some(Ok(KeyEvent::Changed(_) | KeyEvent::Created(_) | KeyEvent::Resync(Some(_)))) => {}
-                Some(Err(e)) if e.is_retryable() => {
-                    // The stream broke (a server restart, say): the role is not lost for that;
-                    // watch again while the session lives. The session's states are followed
-                    // meanwhile: a re-watch against an unreachable server only ends with its
-                    // request timeout, and a suspension must not wait for that (a partition
-                    // test saw Lost come 5 s after Suspended, after the successor was elected).
-                    let rewatch = watch_own(&*backend, &*session, &node);
-                    tokio::pin!(rewatch);
-                    loop {
-                        tokio::select! {
-                            r = &mut rewatch => match r {
-                                Some(ev) => {
-                                    events = ev;
-                                    break;
-                                }
-                                None => {
-                                    tx.send_replace(HoldState::Lost);
-                                    return;
-                                }
-                            },
-                            st = states.next() => match on_state(st, policy, &tx, &mut gave_up) {
-                                Next::Continue => {}
-                                Next::Handover => {
-                                    return handover(&*backend, &*session, &node).await
-                                }
-                                Next::Stop => return,
-                            },
-                        }
-                    }
-                }
-                _ => {
-                    // Deleted (by an operator or with the session), or the watch ended.
-                    tx.send_replace(HoldState::Lost);
-                    return;
-                }
-            },
-        }
-    }
-}
-
-/// What the monitor does next after a session state.
-enum Next {
-    /// Keep following.
-    Continue,
-    /// Contact is back after we gave the role up: remove our node and stop.
-    Handover,
-    /// The session ended: the role is lost.
-    Stop,
-}
-
-/// Publishes what session state `st` means for the role under `policy`.
-fn on_state(
-    st: Option<SessionState>,
-    policy: SuspendPolicy,
-    tx: &watch::Sender<HoldState>,
-    gave_up: &mut bool,
-) -> Next {
-    match st {
-        Some(SessionState::Connected) if *gave_up => Next::Handover,
-        Some(SessionState::Connected) => {
-            tx.send_replace(HoldState::Holding);
-            Next::Continue
-        }
-        Some(SessionState::Suspended) => {
-            match policy {
-                SuspendPolicy::LoseOnSuspend => {
-                    tx.send_replace(HoldState::Lost);
-                    *gave_up = true;
-                }
-                SuspendPolicy::TolerateSuspend => {
-                    tx.send_replace(HoldState::Suspended);
-                }
-            }
-            Next::Continue
-        }
-        _ => {
-            tx.send_replace(HoldState::Lost);
-            Next::Stop
-        }
-    }
+    // Every state of our node counts as ours: only its deletion (or the session) ends the role.
+    crate::adapter::hold::monitor_key(
+        session.clone(),
+        policy,
+        || watch_own(&*backend, &*session, &node),
+        |_| true,
+        || handover(&*backend, &*session, &node),
+        tx,
+    )
+    .await
 }
 
 /// We stopped acting as the holder and contact is back: hand over now, not at our expiry.
