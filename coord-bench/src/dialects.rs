@@ -29,26 +29,26 @@ const PEER_INTERVAL: Duration = Duration::from_millis(20);
 /// A new candidate's node is in place (and its predecessor watched) after this.
 const SETTLE: Duration = Duration::from_millis(100);
 
-fn now_us() -> u64 {
+pub(crate) fn now_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
         .unwrap_or(0)
 }
 
-fn since(from_us: u64, to_us: u64) -> Duration {
+pub(crate) fn since(from_us: u64, to_us: u64) -> Duration {
     Duration::from_micros(to_us.saturating_sub(from_us))
 }
 
 /// coord or the peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
+pub(crate) enum Kind {
     Coord,
     Peer,
 }
 
 impl Kind {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Kind::Coord => "coord",
             Kind::Peer => "peer",

@@ -17,7 +17,7 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use coord::dialect::Dialect;
 use coord::election::{Election, Leadership};
@@ -25,38 +25,13 @@ use coord::{Client, SessionOptions};
 use tokio::sync::mpsc;
 
 use crate::cx::{crash, within, Cx, STEP};
+use crate::dialects::{now_us, since, Kind};
 use crate::stats::{ms, ratio, Res, Row, Stats, Verdict};
 
 const ITEM: u8 = 14;
 const SESSION: Duration = Duration::from_secs(2);
 /// A new candidate is queued (its key read or its blocking query parked) after this.
 const SETTLE: Duration = Duration::from_millis(200);
-
-fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
-
-fn since(from_us: u64, to_us: u64) -> Duration {
-    Duration::from_micros(to_us.saturating_sub(from_us))
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
-    Coord,
-    Peer,
-}
-
-impl Kind {
-    fn name(self) -> &'static str {
-        match self {
-            Kind::Coord => "coord",
-            Kind::Peer => "peer",
-        }
-    }
-}
 
 struct Setup<'a> {
     cx: &'a Cx,
