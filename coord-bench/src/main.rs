@@ -16,6 +16,7 @@ mod cx;
 mod dialects;
 mod dialects_kv;
 mod guarded;
+mod handover;
 mod kernel;
 mod partition;
 mod raw;

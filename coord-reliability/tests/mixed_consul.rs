@@ -18,21 +18,18 @@ mod fleet;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use coord::consul::{ConsulBackend, ConsulSession};
 use coord::recipes::dialect::{Dialect, DialectDriver};
-use coord::{Backend, Path, SessionOptions};
+use coord::{Backend, Path};
 use coord_testkit::harness::unique_suffix;
 use coord_testkit::{tools_dir, Kind};
-use fleet::{assert_clean, command, lock, wait_until, Cmd, CoordMember, History, PeerProc};
-use futures::StreamExt;
-
-enum Member {
-    Coord(CoordMember),
-    Peer(PeerProc),
-}
+use fleet::{
+    assert_clean, command, finish, holder_index, observe_tokens, wait_observed, CoordMember,
+    History, Member, PeerProc,
+};
 
 struct Fleet {
     dialect: Dialect,
@@ -98,23 +95,7 @@ impl Fleet {
     async fn join_coord(&mut self) {
         self.joined += 1;
         let id = format!("coord-{}", self.joined);
-        let backend = ConsulBackend::connect(&self.url).await.expect("connect");
-        let session = backend
-            .open_session(SessionOptions::new().ttl(Duration::from_secs(2)))
-            .await
-            .expect("session");
-        let driver = backend
-            .dialect_driver(self.dialect)
-            .expect("Consul serves the dialect");
-        let m = CoordMember::start(
-            &id,
-            driver,
-            session,
-            self.name.clone(),
-            self.history.clone(),
-        );
-        // The client lives as long as the member's task needs it.
-        std::mem::forget(backend);
+        let m = CoordMember::join(&self.url, self.dialect, &id, &self.name, &self.history).await;
         self.members.push(Member::Coord(m));
     }
 
@@ -148,13 +129,7 @@ impl Fleet {
 
     /// The member holding the lock now (waits for one), with its token.
     async fn holder(&mut self) -> (usize, u64) {
-        let idx = wait_until("a holder", Duration::from_secs(60), || {
-            self.members.iter().position(|m| match m {
-                Member::Coord(c) => c.token().is_some(),
-                Member::Peer(p) => p.seen().is_some(),
-            })
-        })
-        .await;
+        let idx = holder_index(&self.members).await;
         let key = self.key();
         let token = match &mut self.members[idx] {
             Member::Coord(c) => c.token().expect("holding"),
@@ -177,18 +152,12 @@ impl Fleet {
         match self.members.remove(idx) {
             Member::Coord(c) => {
                 if crash {
-                    self.history.fault(&c.id, "crash");
-                    let s = c.session.as_any().downcast_ref::<ConsulSession>();
-                    s.expect("a Consul session").crash();
-                    c.send(Cmd::Crash);
-                    self.history.lost(&c.id, token);
-                    std::mem::forget(c);
+                    c.crash(&self.history, token, |s| {
+                        let s = s.as_any().downcast_ref::<ConsulSession>();
+                        s.expect("a Consul session").crash();
+                    });
                 } else {
-                    c.send(Cmd::Resign);
-                    wait_until("the release", Duration::from_secs(10), || {
-                        c.token().is_none().then_some(())
-                    })
-                    .await;
+                    c.resign().await;
                 }
                 self.join_coord().await;
             }
@@ -265,14 +234,7 @@ async fn mixed_fleet(dialect: Dialect) {
         joined: 0,
         peer_crashed: false,
     };
-    let observed = Arc::new(Mutex::new(Vec::new()));
-    let mut holders = driver.observe(&fleet.name).await.expect("observe");
-    let obs = observed.clone();
-    let observing = tokio::spawn(async move {
-        while let Some(Ok(l)) = holders.next().await {
-            lock(&obs).push(l.map(|l| l.token));
-        }
-    });
+    let (observed, observing) = observe_tokens(&driver, &fleet.name).await;
     fleet.join_coord().await;
     fleet.join_peer();
     fleet.join_coord().await;
@@ -319,37 +281,15 @@ async fn mixed_fleet(dialect: Dialect) {
             .await
             .expect("participants");
         assert_eq!(now.first().map(|l| l.token), Some(token), "participants");
-        wait_until(
-            "coord's observe() to name the holder",
-            Duration::from_secs(10),
-            || (lock(&observed).last().copied().flatten() == Some(token)).then_some(()),
-        )
-        .await;
+        wait_observed(&observed, token).await;
         // Coord holders crash every fourth change; one `consul lock` holder crashes once.
         let crash = change % 4 == 2 && (!peer_holds || !fleet.peer_crashed);
         fleet.hand_over(idx, token, crash).await;
     }
     observing.abort();
     let (idx, token) = fleet.holder().await;
-    let holder = fleet.members.remove(idx);
-    for m in fleet.members.drain(..) {
-        if let Member::Peer(mut p) = m {
-            p.terminate(Duration::from_secs(20));
-        }
-    }
-    match holder {
-        Member::Coord(c) => {
-            c.send(Cmd::Resign);
-            wait_until("the release", Duration::from_secs(10), || {
-                c.token().is_none().then_some(())
-            })
-            .await;
-        }
-        Member::Peer(mut p) => {
-            fleet.history.releasing(&p.id, token);
-            p.terminate(Duration::from_secs(20));
-        }
-    }
+    let limit = Duration::from_secs(20);
+    finish(&mut fleet.members, idx, token, &fleet.history, limit).await;
     eprintln!(
         "{dialect}: {changes} handovers, {coord_led} held by coord, {peer_led} by the peers \
          (one peer holder crashed: {})",

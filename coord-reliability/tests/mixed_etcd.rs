@@ -8,16 +8,18 @@
 
 mod fleet;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use coord::etcd::{EtcdBackend, EtcdSession};
 use coord::recipes::dialect::{Dialect, DialectDriver};
-use coord::{Backend, Path, SessionOptions};
+use coord::{Backend, Path};
 use coord_testkit::harness::unique_suffix;
 use coord_testkit::{tools_dir, Kind};
-use fleet::{assert_clean, command, lock, wait_until, Cmd, CoordMember, History, PeerProc};
-use futures::StreamExt;
+use fleet::{
+    assert_clean, command, finish, holder_index, lock, observe_tokens, wait_observed, wait_until,
+    CoordMember, History, Member, PeerProc,
+};
 
 /// How the etcdctl peers take part.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -27,11 +29,6 @@ enum Peer {
     Elect,
     /// `etcdctl lock --ttl=2 NAME`.
     Lock,
-}
-
-enum Member {
-    Coord(CoordMember),
-    Peer(PeerProc),
 }
 
 struct Fleet {
@@ -59,23 +56,8 @@ impl Fleet {
     async fn join_coord(&mut self) {
         self.joined += 1;
         let id = format!("coord-{}", self.joined);
-        let backend = EtcdBackend::connect(&self.url).await.expect("connect");
-        let session = backend
-            .open_session(SessionOptions::new().ttl(Duration::from_secs(2)))
-            .await
-            .expect("session");
-        let driver = backend
-            .dialect_driver(Dialect::EtcdConcurrency)
-            .expect("etcd serves the concurrency dialect");
-        let m = CoordMember::start(
-            &id,
-            driver,
-            session,
-            self.name.clone(),
-            self.history.clone(),
-        );
-        // The client lives as long as the member's task needs it: keep it with the driver.
-        std::mem::forget(backend);
+        let (url, name) = (&self.url, &self.name);
+        let m = CoordMember::join(url, Dialect::EtcdConcurrency, &id, name, &self.history).await;
         self.members.push(Member::Coord(m));
     }
 
@@ -93,13 +75,7 @@ impl Fleet {
 
     /// The member holding the role now (waits for one), with its token and key.
     async fn holder(&mut self) -> (usize, u64) {
-        let idx = wait_until("a holder", Duration::from_secs(60), || {
-            self.members.iter().position(|m| match m {
-                Member::Coord(c) => c.token().is_some(),
-                Member::Peer(p) => p.seen().is_some(),
-            })
-        })
-        .await;
+        let idx = holder_index(&self.members).await;
         let token = match &mut self.members[idx] {
             Member::Coord(c) => c.token().expect("holding"),
             Member::Peer(p) => match p.token {
@@ -134,19 +110,12 @@ impl Fleet {
         match m {
             Member::Coord(c) => {
                 if crash {
-                    self.history.fault(&c.id, "crash");
-                    let s = c.session.as_any().downcast_ref::<EtcdSession>();
-                    s.expect("an etcd session").crash();
-                    c.send(Cmd::Crash);
-                    self.history.lost(&c.id, token);
-                    // The crashed member's hold stays until its lease expires.
-                    std::mem::forget(c);
+                    c.crash(&self.history, token, |s| {
+                        let s = s.as_any().downcast_ref::<EtcdSession>();
+                        s.expect("an etcd session").crash();
+                    });
                 } else {
-                    c.send(Cmd::Resign);
-                    wait_until("the resign", Duration::from_secs(10), || {
-                        c.token().is_none().then_some(())
-                    })
-                    .await;
+                    c.resign().await;
                 }
                 self.join_coord().await;
             }
@@ -170,26 +139,6 @@ impl Fleet {
                 }
                 self.join_peer();
             }
-        }
-    }
-}
-
-impl Fleet {
-    /// The last member (the holder) resigns and nobody joins.
-    async fn hand_over_last(&mut self, token: u64) {
-        match self.members.pop() {
-            Some(Member::Coord(c)) => {
-                c.send(Cmd::Resign);
-                wait_until("the resign", Duration::from_secs(10), || {
-                    c.token().is_none().then_some(())
-                })
-                .await;
-            }
-            Some(Member::Peer(mut p)) => {
-                self.history.releasing(&p.id, token);
-                p.terminate(Duration::from_secs(10));
-            }
-            None => {}
         }
     }
 }
@@ -232,14 +181,7 @@ async fn mixed_fleet(peer: Peer, changes: usize) {
             move |l| l.starts_with(&prefix),
         )
     });
-    let observed = Arc::new(Mutex::new(Vec::new()));
-    let mut leaders = driver.observe(&fleet.name).await.expect("observe");
-    let obs = observed.clone();
-    let observing = tokio::spawn(async move {
-        while let Some(Ok(l)) = leaders.next().await {
-            lock(&obs).push(l.map(|l| l.token));
-        }
-    });
+    let (observed, observing) = observe_tokens(&driver, &fleet.name).await;
     fleet.join_coord().await;
     fleet.join_peer();
     fleet.join_coord().await;
@@ -260,12 +202,7 @@ async fn mixed_fleet(peer: Peer, changes: usize) {
             .await
             .expect("participants");
         assert_eq!(first.first().map(|l| l.token), Some(token), "participants");
-        wait_until(
-            "coord's observe() to name the holder",
-            Duration::from_secs(10),
-            || (lock(&observed).last().copied().flatten() == Some(token)).then_some(()),
-        )
-        .await;
+        wait_observed(&observed, token).await;
         // etcd's view names the holder, whoever it is.
         if let Some(obs) = &observer {
             let node = first[0].node.name().to_owned();
@@ -291,14 +228,8 @@ async fn mixed_fleet(peer: Peer, changes: usize) {
     // The waiting members leave first, then the holder resigns: nobody is granted the role
     // after the history's end without its holder saying so.
     let (idx, token) = fleet.holder().await;
-    let holder = fleet.members.remove(idx);
-    for m in fleet.members.drain(..) {
-        if let Member::Peer(mut p) = m {
-            p.terminate(Duration::from_secs(10));
-        }
-    }
-    fleet.members.push(holder);
-    fleet.hand_over_last(token).await;
+    let limit = Duration::from_secs(10);
+    finish(&mut fleet.members, idx, token, &fleet.history, limit).await;
     eprintln!("etcd {role}: {changes} handovers, {coord_led} led by coord, {peer_led} by etcdctl");
     assert!(coord_led > 0 && peer_led > 0);
     assert_clean(&fleet.history, changes);

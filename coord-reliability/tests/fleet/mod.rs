@@ -9,9 +9,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use coord::recipes::dialect::DialectDriver;
+use coord::recipes::dialect::{Dialect, DialectDriver};
 use coord::recipes::{HoldState, SuspendPolicy};
-use coord::{Path, Session};
+use coord::{Path, Session, SessionOptions};
 use coord_reliability::fence::FencedResource;
 use coord_reliability::history::{check, Event, FaultWindow, Record, Report};
 use coord_reliability::now_us;
@@ -184,6 +184,47 @@ impl CoordMember {
         }
     }
 
+    /// Joins through a client of its own on `url`, with a 2 s session.
+    pub async fn join(
+        url: &str,
+        dialect: Dialect,
+        id: &str,
+        name: &Path,
+        history: &Arc<History>,
+    ) -> CoordMember {
+        let backend = coord::connect_backend(url).await.expect("connect");
+        let session = backend
+            .open_session(SessionOptions::new().ttl(Duration::from_secs(2)))
+            .await
+            .expect("session");
+        let driver = backend
+            .dialect_driver(dialect)
+            .expect("the backend serves the dialect");
+        let m = CoordMember::start(id, driver, session, name.clone(), history.clone());
+        // The client lives as long as the member's task needs it.
+        std::mem::forget(backend);
+        m
+    }
+
+    /// Resigns the role it holds and waits until it has let go.
+    pub async fn resign(self) {
+        self.send(Cmd::Resign);
+        wait_until("the release", Duration::from_secs(10), || {
+            self.token().is_none().then_some(())
+        })
+        .await;
+    }
+
+    /// Crashes while holding `token`: `stop_session` stops its session's keep-alive without
+    /// closing it; the hold stays until the session expires (a dead process cleans nothing up).
+    pub fn crash(self, history: &History, token: u64, stop_session: impl FnOnce(&dyn Session)) {
+        history.fault(&self.id, "crash");
+        stop_session(&*self.session);
+        self.send(Cmd::Crash);
+        history.lost(&self.id, token);
+        std::mem::forget(self);
+    }
+
     pub fn token(&self) -> Option<u64> {
         *lock(&self.held)
     }
@@ -306,6 +347,81 @@ impl PeerProc {
 impl Drop for PeerProc {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A member of a mixed fleet.
+pub enum Member {
+    Coord(CoordMember),
+    Peer(PeerProc),
+}
+
+impl Member {
+    /// Whether it says it holds the role.
+    pub fn holds(&self) -> bool {
+        match self {
+            Member::Coord(c) => c.token().is_some(),
+            Member::Peer(p) => p.seen().is_some(),
+        }
+    }
+}
+
+/// The index of the member holding the role (waits for one, up to a minute).
+pub async fn holder_index(members: &[Member]) -> usize {
+    wait_until("a holder", Duration::from_secs(60), || {
+        members.iter().position(Member::holds)
+    })
+    .await
+}
+
+/// The holders' tokens as `driver.observe` reports them, in order, until the task is aborted.
+pub async fn observe_tokens(
+    driver: &Arc<dyn DialectDriver>,
+    name: &Path,
+) -> (Arc<Mutex<Vec<Option<u64>>>>, tokio::task::JoinHandle<()>) {
+    let observed = Arc::new(Mutex::new(Vec::new()));
+    let mut holders = driver.observe(name).await.expect("observe");
+    let obs = observed.clone();
+    let task = tokio::spawn(async move {
+        use futures::StreamExt;
+        while let Some(Ok(l)) = holders.next().await {
+            lock(&obs).push(l.map(|l| l.token));
+        }
+    });
+    (observed, task)
+}
+
+/// Waits until coord's `observe()` names `token` as the holder's.
+pub async fn wait_observed(observed: &Mutex<Vec<Option<u64>>>, token: u64) {
+    wait_until(
+        "coord's observe() to name the holder",
+        Duration::from_secs(10),
+        || (lock(observed).last().copied().flatten() == Some(token)).then_some(()),
+    )
+    .await;
+}
+
+/// Ends a run: the waiting members leave first, then the holder (`idx`, holding `token`) lets
+/// go, so that nobody is granted the role after the history's end without its holder saying so.
+pub async fn finish(
+    members: &mut Vec<Member>,
+    idx: usize,
+    token: u64,
+    history: &History,
+    limit: Duration,
+) {
+    let holder = members.remove(idx);
+    for m in members.drain(..) {
+        if let Member::Peer(mut p) = m {
+            p.terminate(limit);
+        }
+    }
+    match holder {
+        Member::Coord(c) => c.resign().await,
+        Member::Peer(mut p) => {
+            history.releasing(&p.id, token);
+            p.terminate(limit);
+        }
     }
 }
 
