@@ -122,6 +122,8 @@ struct Run<'a> {
     swarm: &'a mut Swarm,
     fence: &'a FencedResource,
     policy: Policy,
+    /// When the contenders were last told their policy (settle waits for them to follow).
+    policy_since: u64,
     rows: Vec<String>,
     /// A small xorshift state for the flapping schedule.
     rng: u64,
@@ -133,25 +135,43 @@ impl Run<'_> {
         if self.policy == policy {
             return;
         }
+        self.policy_since = now_us();
         for i in 0..self.m {
             self.swarm.send(&cid(i), policy.command());
         }
         self.policy = policy;
     }
 
-    /// Waits until every contender's last session is connected and there is exactly one
-    /// leader that has written; returns its index.
+    /// Waits until every contender's last session is connected, every contender has
+    /// campaigned since the last policy switch, and there is exactly one leader, granted since
+    /// that switch, that has written; returns its index.
     fn settle(&self, what: &str) -> (usize, u64) {
         let since = now_us();
+        let switched = self.policy_since;
         self.swarm.wait_for(what, Duration::from_secs(120), |rs| {
             let sessions = last_sessions(rs);
             let all =
                 (0..self.m).all(|i| sessions.get(&cid(i)).is_some_and(|(_, st)| connected(st)));
+            let campaigned = (0..self.m).all(|i| {
+                rs.iter().any(|r| {
+                    r.t_us >= switched
+                        && r.id == cid(i)
+                        && matches!(&r.event, Event::Campaigning { role } if role == "election")
+                })
+            });
             let h = holders(rs, "election");
-            if !all || h.len() != 1 {
+            if !all || !campaigned || h.len() != 1 {
                 return None;
             }
             let (id, tok) = h.into_iter().next()?;
+            let granted_since_switch = rs.iter().any(|r| {
+                r.t_us >= switched
+                    && r.id == id
+                    && matches!(&r.event, Event::Granted { role, token } if role == "election" && *token == tok)
+            });
+            if !granted_since_switch {
+                return None;
+            }
             let wrote = self
                 .fence
                 .log()
@@ -268,6 +288,7 @@ impl Run<'_> {
         let majority: Vec<usize> = (0..m).filter(|s| !sides.contains(s)).collect();
         let want: Vec<String> = majority.iter().map(|s| cid(*s)).collect();
         if let Err(last) = self.wait_registered(majority[0], &want, Duration::from_secs(30)) {
+            self.dump_sessions_since(cut_at);
             panic!(
                 "{name} on {} ({m} members): majority-side registrations {want:?} lost during \
                  the cut: {last}",
@@ -297,6 +318,22 @@ impl Run<'_> {
                     self.kind
                 );
             };
+            let noticed_us = suspended_ms.map_or(lost, |ms| cut_at + ms * 1000);
+            if policy == Policy::Lose && lost > noticed_us + TTL_US / 4 {
+                // Under LoseOnSuspend the loss should come with the suspension: show the old
+                // leader's own records around it.
+                eprintln!(
+                    "{name} on {} ({m} members): {old}'s Lost came {} ms after its session left \
+                     Connected; its records:",
+                    self.kind,
+                    (lost - noticed_us) / 1000
+                );
+                for r in self.swarm.records() {
+                    if r.id == old && r.t_us + 1_000_000 >= cut_at && r.t_us <= lost + 100_000 {
+                        eprintln!("  {r:?}");
+                    }
+                }
+            }
             Some((lost - cut_at) / 1000)
         } else {
             None
@@ -318,14 +355,30 @@ impl Run<'_> {
     /// Waits (bounded) until every contender's registration is back after a heal; how long.
     fn all_back(&self, name: &str) -> u128 {
         let all: Vec<String> = (0..self.m).map(cid).collect();
+        let from = now_us();
         self.wait_registered(0, &all, Duration::from_secs(60))
             .unwrap_or_else(|last| {
+                self.dump_sessions_since(from);
                 panic!(
                     "{name} on {} ({} members): registrations not back 60 s after the heal: \
                      {last}",
                     self.kind, self.m
                 )
             })
+    }
+
+    /// Every contender's session changes, registrations and errors since `cut_at`.
+    fn dump_sessions_since(&self, cut_at: u64) {
+        for r in self.swarm.records() {
+            if r.t_us + 5_000_000 >= cut_at
+                && matches!(
+                    r.event,
+                    Event::Session { .. } | Event::Registered { .. } | Event::Error { .. }
+                )
+            {
+                eprintln!("  {r:?}");
+            }
+        }
     }
 
     fn dump_since(&self, cut_at: u64) {
@@ -746,6 +799,7 @@ fn partitions(kind: Kind, m: usize) {
         fence: &fence,
         ns: ns.clone(),
         policy: Policy::Lose,
+        policy_since: 0,
         rows: Vec::new(),
         rng: now_us() | 1,
     };
