@@ -148,7 +148,7 @@ impl Run<'_> {
     fn settle(&self, what: &str) -> (usize, u64) {
         let since = now_us();
         let switched = self.policy_since;
-        self.swarm.wait_for(what, Duration::from_secs(120), |rs| {
+        let settled = self.swarm.try_wait_for(Duration::from_secs(120), |rs| {
             let sessions = last_sessions(rs);
             let all =
                 (0..self.m).all(|i| sessions.get(&cid(i)).is_some_and(|(_, st)| connected(st)));
@@ -179,6 +179,18 @@ impl Run<'_> {
                 .any(|w| w.writer == id && w.token == tok && w.accepted && w.t_us >= since);
             let i: usize = id.strip_prefix('c')?.parse().ok()?;
             wrote.then_some((i, tok))
+        });
+        settled.unwrap_or_else(|| {
+            // What the store holds, next to what the contenders printed.
+            self.swarm.dump();
+            eprintln!(
+                "{} ({} members): election candidates now: {:?}; sessions: {:?}",
+                self.kind,
+                self.m,
+                self.candidates(),
+                last_sessions(&self.swarm.records())
+            );
+            panic!("timed out after 120 s waiting for {what}")
         })
     }
 
@@ -519,7 +531,7 @@ impl Run<'_> {
         })
     }
 
-    /// The values of the election's candidates, seen through member 0.
+    /// The values of the election's candidates in queue order, seen through member 0.
     fn candidates(&self) -> Result<Vec<String>, String> {
         self.look(0, |client| {
             Box::pin(async move {
@@ -529,12 +541,10 @@ impl Run<'_> {
                     .participants()
                     .await
                     .map_err(|e| e.to_string())?;
-                let mut ids: Vec<String> = all
+                Ok(all
                     .iter()
                     .map(|p| String::from_utf8_lossy(&p.value).into_owned())
-                    .collect();
-                ids.sort();
-                Ok(ids)
+                    .collect())
             })
         })
     }
@@ -545,7 +555,10 @@ impl Run<'_> {
         let want: Vec<String> = (0..self.m).map(cid).collect();
         let t = Instant::now();
         loop {
-            let got = self.candidates();
+            let got = self.candidates().map(|mut ids| {
+                ids.sort();
+                ids
+            });
             if let Ok(ids) = &got {
                 if *ids == want || t.elapsed() > Duration::from_micros(3 * TTL_US) {
                     eprintln!("{} candidates after the last heal: {ids:?}", self.kind);
