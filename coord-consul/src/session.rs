@@ -10,8 +10,10 @@
 //! to 2 × TTL, at least 20 s). The agent reaps the service of a client that never came back
 //! after a minute critical.
 //!
-//! The lifecycle is [`LeaseSession`]'s; Consul-specific: after a failed pass, a pass counts
-//! only if the session still exists; `Expired` also when a blocking query on
+//! The lifecycle is [`LeaseSession`]'s; Consul-specific: a pass counts only if the servers
+//! answer, within the same bound, that the session still exists — the pass alone is the local
+//! agent's word, and a client agent cut off from the servers passes while the servers have
+//! invalidated the session (its node's `serfHealth` failed) and granted its locks to others; `Expired` also when a blocking query on
 //! `/v1/session/info` sees the session invalidated or destroyed, an acquire is refused by a
 //! session Consul no longer knows, or the agent no longer knows the check. The end destroys
 //! the session and deregisters the check.
@@ -138,10 +140,21 @@ impl Lease for ConsulLease {
             // Without its check the session is invalid (Consul invalidates it when the check
             // goes; a restarted dev agent forgot both).
             Pass::UnknownCheck => Ok(Renewal::Gone),
-            Pass::Passed if recovering && !api.session_exists(&self.id.0, None).await?.0 => {
-                Ok(Renewal::Gone)
+            // The servers' word, bounded like the pass: a cut-off agent makes it a failure
+            // (Suspended), an invalidated session Gone (partitions.rs, leader-side-cut on Consul
+            // with a client agent per side: the old leader stayed Connected for the whole cut).
+            Pass::Passed => {
+                let bound = self.pass_timeout();
+                match tokio::time::timeout(bound, api.session_exists(&self.id.0, None)).await {
+                    Ok(Ok((true, _))) => Ok(Renewal::Renewed),
+                    Ok(Ok((false, _))) => Ok(Renewal::Gone),
+                    Ok(Err(e)) => Err(e),
+                    Err(_) => Err(Error::timeout(format!(
+                        "the servers did not confirm the session within {bound:?}{}",
+                        if recovering { " (recovering)" } else { "" }
+                    ))),
+                }
             }
-            Pass::Passed => Ok(Renewal::Renewed),
         }
     }
 

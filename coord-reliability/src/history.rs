@@ -57,6 +57,16 @@ pub enum Event {
         /// The fencing token.
         token: u64,
     },
+    /// A held role's state changed (`Suspended`, `Holding` again; `Lost` comes as [`Event::Lost`]):
+    /// what the holder itself reports under `TolerateSuspend`.
+    HoldState {
+        /// `election` or `lock`.
+        role: String,
+        /// The fencing token.
+        token: u64,
+        /// `Holding` or `Suspended`.
+        state: String,
+    },
     /// A write to the fenced resource and its answer.
     Write {
         /// `election` or `lock`.

@@ -1,34 +1,43 @@
 //! Network partitions with network namespaces (issue 20).
 //!
-//! Per backend: a 3-member cluster, each member in its own namespace (hosts 0–2), and three
-//! contender processes in their own namespaces (hosts 3–5), contender `c<i>` talking to member
-//! `i` only. They campaign in one election and, while leading, write to a fenced resource on
-//! the never-cut service net (see `coord_testkit::netns`). The scenarios run one after the
-//! other on the same cluster, each from a settled state (everyone connected, one leader):
+//! Per backend and cluster size (3 and 5 members): every member in its own namespace (hosts
+//! `0..M`), `M` contender processes in their own namespaces (hosts `M..2M`), contender `c<i>`
+//! talking to member `i` only — on Consul to a client agent in its own namespace that joins
+//! the servers (clients talk to a local agent in real deployments), so cutting a contender's
+//! host cuts its agent too. They campaign in one election, loop on one lock and register one
+//! instance each, and write, while holding, to fenced resources on the never-cut service net
+//! (see `coord_testkit::netns`). The scenarios run one after the other on the same cluster,
+//! each from a settled state (everyone connected, one leader that writes); the ones that cut
+//! the leader's side run under both suspend policies (`LoseOnSuspend`, `TolerateSuspend`,
+//! switched with the contenders' `policy` command), so their rows stand side by side:
 //!
-//! 1. `leader-side-cut`: the leader's client and its member are cut off from the rest (the
-//!    2|1 split with the leader on the minority side).
-//! 2. `minority-cut`: a 2|1 split with the leader on the majority side: the leader keeps
-//!    leading, the minority's contender gets nothing.
+//! 1. `leader-side-cut`: the leader's client and its member are cut off from the rest (a
+//!    minority of 1 with the leader on it).
+//! 2. `minority-cut` (3 members): a 2|1 split with the leader on the majority side;
+//!    `split-3|2` (5 members): the leader and one more side on the minority, then
+//!    `split-3|2-majority`: two other sides cut, the leader on the majority.
 //! 3. `client-cut`: the leader's client alone is cut off from every member while its session
 //!    lives on (the server sees it go quiet).
-//! 4. `heal-after-ttl`: as 1, healed only after several session TTLs: the old leader's
-//!    session is gone, it reports Lost and campaigns again with a new session.
-//! 5. `flapping`: a random side (one member and its client) is cut and healed every
-//!    0.5–3 s for `COORD_PARTITION_FLAP_SECS` (default 15; the long run uses ≥ 60).
+//! 4. `heal-after-ttl`: as 1, healed only after 4 session TTLs: the old leader's session is
+//!    gone, it reports Lost and campaigns again with a new session.
+//! 5. `flapping`: a random side (one member and its client; on 5 members one or two) is cut
+//!    and healed every 0.5–3 s for `COORD_PARTITION_FLAP_SECS` (default 15; the long run
+//!    uses 1800).
 //!
 //! Checked over the whole history: 0 stale writes accepted, no duplicate or inverted tokens,
 //! no overlap of live holders outside a partition of the older one, the old leader reports
 //! Suspended or Lost no later than its successor's grant (no live overlap beyond the
-//! suspension bound), and after the last heal every contender is connected again with one
-//! leader (0 orphans). Registrations (each contender registers `part-svc`): during a cut the
-//! majority side's are all discoverable through a majority member, and after every heal all
-//! three are back (seen by a fresh client on a seventh, never-cut observer host). Figures per
-//! scenario are printed as `PARTITION-ROW` lines.
+//! suspension bound) and Lost by the time everyone is back, and after the last heal every
+//! contender is connected again with one leader (0 orphans). Registrations (each contender
+//! registers `part-svc`): during a cut the majority side's are all discoverable through a
+//! majority member, and after every heal all are back (seen by a fresh client on a never-cut
+//! observer host, host `2M`). Figures per scenario are printed as `PARTITION-ROW` lines.
 
 mod common;
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use common::{holders, Swarm};
@@ -38,10 +47,11 @@ use coord_reliability::now_us;
 use coord_testkit::netns::{run_in, Net};
 use coord_testkit::{require_backends, Cluster, Kind};
 
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
 /// The session TTL of every contender.
 const TTL: &str = "2s";
 const TTL_US: u64 = 2_000_000;
-const MEMBERS: usize = 3;
 
 fn skip_or_fail(what: &str, e: impl std::fmt::Display) -> Option<()> {
     if require_backends() {
@@ -51,15 +61,16 @@ fn skip_or_fail(what: &str, e: impl std::fmt::Display) -> Option<()> {
     None
 }
 
-fn url(kind: Kind, member: &str, ns: &str) -> String {
+/// The URL of the agent or member at `addr` (port 8500 on Consul, 2181/2379 elsewhere).
+fn url(kind: Kind, addr: &str, ns: &str) -> String {
     match kind {
-        Kind::ZooKeeper => format!("zk://{member}:2181{ns}?session_timeout={TTL}"),
-        Kind::Etcd => format!("etcd://{member}:2379{ns}?session_ttl={TTL}"),
-        Kind::Consul => format!("consul://{member}:8500{ns}?session_ttl={TTL}"),
+        Kind::ZooKeeper => format!("zk://{addr}:2181{ns}?session_timeout={TTL}"),
+        Kind::Etcd => format!("etcd://{addr}:2379{ns}?session_ttl={TTL}"),
+        Kind::Consul => format!("consul://{addr}:8500{ns}?session_ttl={TTL}"),
     }
 }
 
-/// Contender id of host index `i` (0..3).
+/// Contender id of side `i`.
 fn cid(i: usize) -> String {
     format!("c{i}")
 }
@@ -69,30 +80,98 @@ fn connected(state: &str) -> bool {
     state == "Connected"
 }
 
+/// The contenders' suspend policy, as the `policy` command names it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Policy {
+    Lose,
+    Tolerate,
+}
+
+impl Policy {
+    fn command(self) -> &'static str {
+        match self {
+            Policy::Lose => "policy lose",
+            Policy::Tolerate => "policy tolerate",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Policy::Lose => "LoseOnSuspend",
+            Policy::Tolerate => "TolerateSuspend",
+        }
+    }
+}
+
+/// What a cut scenario does: which sides (offsets from the leader's side) it cuts, whether
+/// the clients alone, for how long after the expected reaction.
+struct Cut<'s> {
+    name: &'s str,
+    sides: &'s [usize],
+    client_only: bool,
+    hold: Duration,
+}
+
 struct Run<'a> {
     kind: Kind,
+    /// The number of members (and of contenders).
+    m: usize,
     /// The coord namespace of the contenders' URLs.
     ns: String,
     net: &'a mut Net,
     swarm: &'a mut Swarm,
     fence: &'a FencedResource,
+    policy: Policy,
+    /// When the contenders were last told their policy (settle waits for them to follow).
+    policy_since: u64,
     rows: Vec<String>,
+    /// A small xorshift state for the flapping schedule.
+    rng: u64,
 }
 
 impl Run<'_> {
-    /// Waits until every contender's last session is connected and there is exactly one
-    /// leader that has written; returns its index.
+    /// Switches every contender to `policy` (the leader resigns to campaign again under it).
+    fn set_policy(&mut self, policy: Policy) {
+        if self.policy == policy {
+            return;
+        }
+        self.policy_since = now_us();
+        for i in 0..self.m {
+            self.swarm.send(&cid(i), policy.command());
+        }
+        self.policy = policy;
+    }
+
+    /// Waits until every contender's last session is connected, every contender has
+    /// campaigned since the last policy switch, and there is exactly one leader, granted since
+    /// that switch, that has written; returns its index.
     fn settle(&self, what: &str) -> (usize, u64) {
         let since = now_us();
-        self.swarm.wait_for(what, Duration::from_secs(120), |rs| {
+        let switched = self.policy_since;
+        let settled = self.swarm.try_wait_for(Duration::from_secs(120), |rs| {
             let sessions = last_sessions(rs);
             let all =
-                (0..MEMBERS).all(|i| sessions.get(&cid(i)).is_some_and(|(_, st)| connected(st)));
+                (0..self.m).all(|i| sessions.get(&cid(i)).is_some_and(|(_, st)| connected(st)));
+            let campaigned = (0..self.m).all(|i| {
+                rs.iter().any(|r| {
+                    r.t_us >= switched
+                        && r.id == cid(i)
+                        && matches!(&r.event, Event::Campaigning { role } if role == "election")
+                })
+            });
             let h = holders(rs, "election");
-            if !all || h.len() != 1 {
+            if !all || !campaigned || h.len() != 1 {
                 return None;
             }
             let (id, tok) = h.into_iter().next()?;
+            let granted_since_switch = rs.iter().any(|r| {
+                r.t_us >= switched
+                    && r.id == id
+                    && matches!(&r.event, Event::Granted { role, token } if role == "election" && *token == tok)
+            });
+            if !granted_since_switch {
+                return None;
+            }
             let wrote = self
                 .fence
                 .log()
@@ -100,16 +179,32 @@ impl Run<'_> {
                 .any(|w| w.writer == id && w.token == tok && w.accepted && w.t_us >= since);
             let i: usize = id.strip_prefix('c')?.parse().ok()?;
             wrote.then_some((i, tok))
+        });
+        settled.unwrap_or_else(|| {
+            // What the store holds, next to what the contenders printed.
+            self.swarm.dump();
+            eprintln!(
+                "{} ({} members): election candidates now: {:?}; sessions: {:?}",
+                self.kind,
+                self.m,
+                self.candidates(),
+                last_sessions(&self.swarm.records())
+            );
+            panic!("timed out after 120 s waiting for {what}")
         })
     }
 
-    /// Cuts `sides` (member indexes; each with its client unless `client_only`), waits for
-    /// what the scenario expects, heals after `hold` more, and records the row.
-    fn cut(&mut self, name: &str, sides: &[usize], client_only: bool, hold: Duration) {
+    /// Cuts the scenario's sides (each member with its client unless `client_only`), waits
+    /// for what the scenario expects, heals after `hold` more, and records the row.
+    fn cut(&mut self, c: Cut<'_>, policy: Policy) {
+        self.set_policy(policy);
+        let name = format!("{} [{}]", c.name, policy.label());
+        let name = name.as_str();
         let (leader, token) = self.settle(&format!("a settled cluster before {name}"));
-        let sides: Vec<usize> = sides.iter().map(|s| (s + leader) % MEMBERS).collect();
-        let mut hosts: Vec<usize> = sides.iter().map(|s| MEMBERS + s).collect();
-        if !client_only {
+        let m = self.m;
+        let sides: Vec<usize> = c.sides.iter().map(|s| (s + leader) % m).collect();
+        let mut hosts: Vec<usize> = sides.iter().map(|s| m + s).collect();
+        if !c.client_only {
             hosts.extend(sides.iter().copied());
         }
         let leader_cut = sides.contains(&leader);
@@ -125,79 +220,57 @@ impl Run<'_> {
             });
         }
         let mut suspended_ms = None;
-        let mut lost_ms = None;
         let mut successor_ms = None;
         let mut minority_grants = 0;
         let mut majority_leader = None;
         if leader_cut {
             // The old leader must notice, and the majority must elect a successor that writes.
-            let found = self.swarm.try_wait_for(
-                Duration::from_secs(90),
-                |rs| {
-                    let after = |r: &&Record| r.t_us >= cut_at;
-                    let sus = rs.iter().filter(after).find(|r| {
-                        r.id == old
-                            && matches!(&r.event, Event::Session { state, .. } if !connected(state))
-                    });
-                    let lost = rs.iter().filter(after).find(|r| {
-                        r.id == old
-                            && matches!(&r.event, Event::Lost { role, token: t } if role == "election" && *t == token)
-                    });
-                    let succ = rs
-                        .iter()
-                        .filter(after)
-                        .find(|r| {
-                            r.id != old
-                                && matches!(&r.event, Event::Granted { role, .. } if role == "election")
-                        });
-                    let succ_wrote = succ.is_some_and(|g| {
-                        self.fence
-                            .log()
-                            .iter()
-                            .any(|w| w.writer == g.id && w.accepted && w.t_us >= g.t_us)
-                    });
-                    match (lost, succ) {
-                        (Some(l), Some(g)) if succ_wrote => {
-                            Some((sus.map(|s| s.t_us).unwrap_or(l.t_us), l.t_us, g.t_us))
-                        }
-                        _ => None,
-                    }
-                },
-            );
-            let Some((sus, lost, succ)) = found else {
-                for r in self.swarm.records() {
-                    if r.t_us + 5_000_000 >= cut_at && !matches!(r.event, Event::Write { .. }) {
-                        eprintln!("  {r:?}");
-                    }
-                }
+            // Under TolerateSuspend the old leader's Lost may come only after the heal.
+            let found = self.swarm.try_wait_for(Duration::from_secs(90), |rs| {
+                let noticed = noticed(rs, &old, token, cut_at)?;
+                let succ = rs.iter().find(|r| {
+                    r.t_us >= cut_at
+                        && r.id != old
+                        && matches!(&r.event, Event::Granted { role, .. } if role == "election")
+                })?;
+                let wrote = self
+                    .fence
+                    .log()
+                    .iter()
+                    .any(|w| w.writer == succ.id && w.accepted && w.t_us >= succ.t_us);
+                wrote.then_some((noticed, succ.t_us))
+            });
+            let Some((sus, succ)) = found else {
+                self.dump_since(cut_at);
                 panic!(
-                    "{name} on {}: no Lost of {old} (token {token}) and writing successor within 90 s",
+                    "{name} on {} ({m} members): the old leader {old} (token {token}) did not \
+                     report Suspended/Lost, or no successor wrote, within 90 s",
                     self.kind
                 );
             };
             assert!(
-                sus.min(lost) <= succ,
-                "{name} on {}: live overlap beyond the suspension bound: the old leader {old} \
-                 reported Suspended/Lost {} ms after its successor's grant",
+                sus <= succ,
+                "{name} on {} ({m} members): live overlap beyond the suspension bound: the old \
+                 leader {old} reported Suspended/Lost {} ms after its successor's grant",
                 self.kind,
-                (sus.min(lost) - succ) / 1000
+                (sus - succ) / 1000
             );
-            suspended_ms = Some((sus.min(lost) - cut_at) / 1000);
-            lost_ms = Some((lost - cut_at) / 1000);
+            suspended_ms = Some((sus - cut_at) / 1000);
             successor_ms = Some((succ - cut_at) / 1000);
         }
-        std::thread::sleep(hold);
+        std::thread::sleep(c.hold);
         if !leader_cut {
-            // Nobody on the minority is granted.
+            // Nobody on the minority is granted what it asked for after the cut (a grant
+            // answered just before the cut may be printed just after it: counted apart).
             let rs = self.swarm.records();
-            minority_grants = rs
-                .iter()
-                .filter(|r| {
-                    r.t_us >= cut_at
-                        && sides.iter().any(|s| r.id == cid(*s))
-                        && matches!(r.event, Event::Granted { .. })
-                })
-                .count();
+            let (late, after) = minority_grants_since(&rs, &sides, cut_at);
+            minority_grants = after.len();
+            if !late.is_empty() || !after.is_empty() {
+                eprintln!(
+                    "{name}: minority grants printed after the cut: {late:?} (asked before), \
+                     {after:?} (asked after)"
+                );
+            }
             // The majority has a leader that writes (the old one, unless the cut took the
             // quorum's own leader and the re-election outlasted the client's TTL).
             let (holder, kept) = self.swarm.wait_for(
@@ -215,24 +288,22 @@ impl Run<'_> {
                 },
             );
             majority_leader = Some(format!("{holder} (kept: {kept})"));
+            if minority_grants > 0 {
+                self.dump_since(cut_at);
+            }
             assert_eq!(
                 minority_grants, 0,
-                "{name}: a minority contender was granted"
+                "{name}: a minority contender was granted a role it asked for after the cut"
             );
         }
         // The majority side's registrations stay, seen through a majority member.
-        let majority: Vec<usize> = (0..MEMBERS).filter(|m| !sides.contains(m)).collect();
-        let want: Vec<String> = if client_only {
-            (0..MEMBERS)
-                .filter(|m| !sides.contains(m))
-                .map(cid)
-                .collect()
-        } else {
-            majority.iter().map(|m| cid(*m)).collect()
-        };
+        let majority: Vec<usize> = (0..m).filter(|s| !sides.contains(s)).collect();
+        let want: Vec<String> = majority.iter().map(|s| cid(*s)).collect();
         if let Err(last) = self.wait_registered(majority[0], &want, Duration::from_secs(30)) {
+            self.dump_sessions_since(cut_at);
             panic!(
-                "{name} on {}: majority-side registrations {want:?} lost during the cut: {last}",
+                "{name} on {} ({m} members): majority-side registrations {want:?} lost during \
+                 the cut: {last}",
                 self.kind
             );
         }
@@ -246,15 +317,40 @@ impl Run<'_> {
         let t = Instant::now();
         self.settle(&format!("everyone back after {name}"));
         let recovered_ms = t.elapsed().as_millis();
-        let all: Vec<String> = (0..MEMBERS).map(cid).collect();
-        let back_ms = self
-            .wait_registered(0, &all, Duration::from_secs(30))
-            .unwrap_or_else(|last| {
-                panic!(
-                    "{name} on {}: registrations not back 30 s after the heal: {last}",
-                    self.kind
-                )
+        // The old leader has reported Lost by now (its session ended when the successor came).
+        let lost_ms = if leader_cut {
+            let lost = self.swarm.try_wait_for(Duration::from_secs(30), |rs| {
+                lost_at(rs, &old, token, cut_at)
             });
+            let Some(lost) = lost else {
+                self.dump_since(cut_at);
+                panic!(
+                    "{name} on {} ({m} members): the old leader {old} never reported Lost of \
+                     token {token}",
+                    self.kind
+                );
+            };
+            let noticed_us = suspended_ms.map_or(lost, |ms| cut_at + ms * 1000);
+            if policy == Policy::Lose && lost > noticed_us + TTL_US / 4 {
+                // Under LoseOnSuspend the loss should come with the suspension: show the old
+                // leader's own records around it.
+                eprintln!(
+                    "{name} on {} ({m} members): {old}'s Lost came {} ms after its session left \
+                     Connected; its records:",
+                    self.kind,
+                    (lost - noticed_us) / 1000
+                );
+                for r in self.swarm.records() {
+                    if r.id == old && r.t_us + 1_000_000 >= cut_at && r.t_us <= lost + 100_000 {
+                        eprintln!("  {r:?}");
+                    }
+                }
+            }
+            Some((lost - cut_at) / 1000)
+        } else {
+            None
+        };
+        let back_ms = self.all_back(name);
         self.row(
             name,
             &format!(
@@ -268,51 +364,137 @@ impl Run<'_> {
         );
     }
 
+    /// Waits (bounded) until every contender's registration is back after a heal; how long.
+    fn all_back(&self, name: &str) -> u128 {
+        let all: Vec<String> = (0..self.m).map(cid).collect();
+        let from = now_us();
+        self.wait_registered(0, &all, Duration::from_secs(60))
+            .unwrap_or_else(|last| {
+                self.dump_sessions_since(from);
+                panic!(
+                    "{name} on {} ({} members): registrations not back 60 s after the heal: \
+                     {last}",
+                    self.kind, self.m
+                )
+            })
+    }
+
+    /// Every contender's session changes, registrations and errors since `cut_at`.
+    fn dump_sessions_since(&self, cut_at: u64) {
+        for r in self.swarm.records() {
+            if r.t_us + 5_000_000 >= cut_at
+                && matches!(
+                    r.event,
+                    Event::Session { .. } | Event::Registered { .. } | Event::Error { .. }
+                )
+            {
+                eprintln!("  {r:?}");
+            }
+        }
+    }
+
+    fn dump_since(&self, cut_at: u64) {
+        for r in self.swarm.records() {
+            if r.t_us + 5_000_000 >= cut_at && !matches!(r.event, Event::Write { .. }) {
+                eprintln!("  {r:?}");
+            }
+        }
+    }
+
+    fn next_rand(&mut self, n: usize) -> usize {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        (self.rng % n as u64) as usize
+    }
+
     fn flap(&mut self, secs: u64) {
         self.settle("a settled cluster before flapping");
+        let m = self.m;
         let start = Instant::now();
         let mut rounds = 0;
+        let mut cuts = 0;
         while start.elapsed() < Duration::from_secs(secs) {
-            let side = fastrand_usize(MEMBERS);
+            // One side, or on 5 members up to two: always a minority.
+            let count = 1 + self.next_rand(m.div_ceil(2) - 1);
+            let mut sides: Vec<usize> = Vec::new();
+            while sides.len() < count {
+                let s = self.next_rand(m);
+                if !sides.contains(&s) {
+                    sides.push(s);
+                }
+            }
+            let hosts: Vec<usize> = sides.iter().flat_map(|&s| [s, m + s]).collect();
             let cut_at = now_us();
-            self.net.isolate(&[side, MEMBERS + side]).expect("isolate");
-            std::thread::sleep(Duration::from_millis(500 + fastrand_usize(2500) as u64));
+            self.net.isolate(&hosts).expect("isolate");
+            let held = 500 + self.next_rand(2500) as u64;
+            std::thread::sleep(Duration::from_millis(held));
             self.net.heal_all().expect("heal");
-            self.swarm.faults.push(FaultWindow {
-                id: Some(cid(side)),
-                kind: "partition".into(),
-                from_us: cut_at,
-                // A session the cut ended may be noticed a moment after the heal.
-                to_us: now_us() + TTL_US,
-            });
-            std::thread::sleep(Duration::from_millis(500 + fastrand_usize(2500) as u64));
+            for s in &sides {
+                self.swarm.faults.push(FaultWindow {
+                    id: Some(cid(*s)),
+                    kind: "partition".into(),
+                    from_us: cut_at,
+                    // A session the cut ended may be noticed a moment after the heal.
+                    to_us: now_us() + TTL_US,
+                });
+            }
+            cuts += sides.len();
+            let pause = 500 + self.next_rand(2500) as u64;
+            std::thread::sleep(Duration::from_millis(pause));
             rounds += 1;
         }
         let t = Instant::now();
         self.settle("everyone back after flapping");
         let recovered_ms = t.elapsed().as_millis();
-        let all: Vec<String> = (0..MEMBERS).map(cid).collect();
-        let back_ms = self
-            .wait_registered(0, &all, Duration::from_secs(30))
-            .unwrap_or_else(|last| {
-                panic!(
-                    "flapping on {}: registrations not back 30 s after the heal: {last}",
-                    self.kind
-                )
-            });
+        let back_ms = self.all_back("flapping");
+        let since = now_us().saturating_sub(start.elapsed().as_micros() as u64);
+        let rs = self.swarm.records();
+        let grants = |role: &str| {
+            rs.iter()
+                .filter(|r| r.t_us >= since)
+                .filter(|r| matches!(&r.event, Event::Granted { role: x, .. } if x == role))
+                .count()
+        };
+        let (elections, locks) = (grants("election"), grants("lock"));
+        // The lock is in use when contenders ask for it (a short flap may grant none on Consul,
+        // whose recovery after a cut takes longer than the pauses between cuts).
+        let lock_asks = rs
+            .iter()
+            .filter(|r| r.t_us >= since)
+            .filter(|r| matches!(&r.event, Event::Campaigning { role } if role == "lock"))
+            .count();
+        // The election is in use when a leader writes (a grant needs a cut of the leader).
+        let led = self
+            .fence
+            .log()
+            .iter()
+            .filter(|w| w.accepted && w.t_us >= since)
+            .count();
+        let label = format!("flapping [{}]", self.policy.label());
         self.row(
-            "flapping",
+            &label,
             &format!(
-                "{rounds} cut/heal rounds in {secs} s; all reconnected with one leader {recovered_ms} ms after the last heal; all registrations back {back_ms} ms after that"
+                "{rounds} cut/heal rounds ({cuts} sides cut) in {secs} s; {elections} election and {locks} lock grants, {led} leader writes accepted meanwhile; all reconnected with one leader {recovered_ms} ms after the last heal; all registrations back {back_ms} ms after that"
             ),
+        );
+        assert!(
+            lock_asks > 0 && led > 0,
+            "flapping on {}: the lock and the election were not in use ({lock_asks} lock \
+             requests, {led} leader writes)",
+            self.kind
         );
     }
 
-    /// The contender ids registered under `part-svc`, as a fresh client on the never-cut
-    /// observer host (host 6) sees them through member `member`.
-    fn registered(&self, member: usize) -> Result<Vec<String>, String> {
+    /// Asks a fresh client on the never-cut observer host, connected through member
+    /// `member`: `what` of it, bounded to 10 s.
+    fn look<T: Send + 'static>(
+        &self,
+        member: usize,
+        what: fn(coord::Client) -> BoxFuture<Result<T, String>>,
+    ) -> Result<T, String> {
         let u = url(self.kind, &self.net.host(member).ip, &self.ns);
-        let observer = self.net.host(2 * MEMBERS).ns.clone();
+        let observer = self.net.host(2 * self.m).ns.clone();
         run_in(&observer, move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -321,15 +503,9 @@ impl Run<'_> {
             rt.block_on(async {
                 let look = async {
                     let client = coord::connect(&u).await.map_err(|e| e.to_string())?;
-                    let found = client.registry().discover("part-svc").await;
+                    let found = what(client.clone()).await;
                     let _ = client.close().await;
-                    let mut ids: Vec<String> = found
-                        .map_err(|e| e.to_string())?
-                        .into_iter()
-                        .map(|i| i.id)
-                        .collect();
-                    ids.sort();
-                    Ok(ids)
+                    found
                 };
                 tokio::time::timeout(Duration::from_secs(10), look)
                     .await
@@ -337,6 +513,63 @@ impl Run<'_> {
             })
         })
         .map_err(|e| e.to_string())?
+    }
+
+    /// The contender ids registered under `part-svc`, seen through member `member`.
+    fn registered(&self, member: usize) -> Result<Vec<String>, String> {
+        self.look(member, |client| {
+            Box::pin(async move {
+                let found = client.registry().discover("part-svc").await;
+                let mut ids: Vec<String> = found
+                    .map_err(|e| e.to_string())?
+                    .into_iter()
+                    .map(|i| i.id)
+                    .collect();
+                ids.sort();
+                Ok(ids)
+            })
+        })
+    }
+
+    /// The values of the election's candidates in queue order, seen through member 0.
+    fn candidates(&self) -> Result<Vec<String>, String> {
+        self.look(0, |client| {
+            Box::pin(async move {
+                let all = client
+                    .election("part")
+                    .map_err(|e| e.to_string())?
+                    .participants()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(all
+                    .iter()
+                    .map(|p| String::from_utf8_lossy(&p.value).into_owned())
+                    .collect())
+            })
+        })
+    }
+
+    /// Orphans after the last heal: candidates beyond one per contender, once the candidates
+    /// had time to settle (bounded: 3 TTLs); the last answer is printed.
+    fn orphans(&self) -> usize {
+        let want: Vec<String> = (0..self.m).map(cid).collect();
+        let t = Instant::now();
+        loop {
+            let got = self.candidates().map(|mut ids| {
+                ids.sort();
+                ids
+            });
+            if let Ok(ids) = &got {
+                if *ids == want || t.elapsed() > Duration::from_micros(3 * TTL_US) {
+                    eprintln!("{} candidates after the last heal: {ids:?}", self.kind);
+                    return ids.len().saturating_sub(want.len())
+                        + want.iter().filter(|w| !ids.contains(w)).count();
+                }
+            } else if t.elapsed() > Duration::from_secs(30) {
+                panic!("{}: cannot list the candidates: {got:?}", self.kind);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// Waits (bounded) until `want` are all registered, seen through `member`; the time it
@@ -364,19 +597,67 @@ impl Run<'_> {
     }
 
     fn row(&mut self, scenario: &str, text: &str) {
-        let line = format!("PARTITION-ROW {} | {scenario} | {text}", self.kind);
+        let line = format!(
+            "PARTITION-ROW {} {}m | {scenario} | {text}",
+            self.kind, self.m
+        );
         println!("{line}");
         self.rows.push(line);
     }
 }
 
-fn opt(v: Option<u64>) -> String {
-    v.map_or("-".into(), |v| v.to_string())
+/// When `old` first reported, after `cut_at`, that it may no longer lead with `token`: its
+/// hold `Suspended` or `Lost`, or its session no longer connected.
+fn noticed(rs: &[Record], old: &str, token: u64, cut_at: u64) -> Option<u64> {
+    rs.iter()
+        .filter(|r| r.t_us >= cut_at && r.id == old)
+        .find(|r| match &r.event {
+            Event::Session { state, .. } => !connected(state),
+            Event::HoldState {
+                role,
+                token: t,
+                state,
+            } => role == "election" && *t == token && state == "Suspended",
+            Event::Lost { role, token: t } => role == "election" && *t == token,
+            _ => false,
+        })
+        .map(|r| r.t_us)
 }
 
-/// A small pseudo-random number below `n` (the flapping schedule; no need for quality).
-fn fastrand_usize(n: usize) -> usize {
-    (now_us() / 7 % n as u64) as usize
+/// The grants printed by contenders of `sides` after `cut_at`: those of a request made before
+/// the cut (answered just before it), and those of a request made after it (impossible
+/// without a server: the violation).
+fn minority_grants_since(
+    rs: &[Record],
+    sides: &[usize],
+    cut_at: u64,
+) -> (Vec<Record>, Vec<Record>) {
+    let (mut late, mut after) = (Vec::new(), Vec::new());
+    for s in sides {
+        let id = cid(*s);
+        // Roles whose current request (Campaigning) was made after the cut.
+        let mut asked_after: Vec<String> = Vec::new();
+        for r in rs.iter().filter(|r| r.id == id && r.t_us >= cut_at) {
+            match &r.event {
+                Event::Campaigning { role } => asked_after.push(role.clone()),
+                Event::Granted { role, .. } if asked_after.contains(role) => after.push(r.clone()),
+                Event::Granted { .. } => late.push(r.clone()),
+                _ => {}
+            }
+        }
+    }
+    (late, after)
+}
+
+/// When `old` reported the loss of its leadership `token` after `cut_at`.
+fn lost_at(rs: &[Record], old: &str, token: u64, cut_at: u64) -> Option<u64> {
+    rs.iter()
+        .find(|r| {
+            r.t_us >= cut_at
+                && r.id == old
+                && matches!(&r.event, Event::Lost { role, token: t } if role == "election" && *t == token)
+        })
+        .map(|r| r.t_us)
 }
 
 fn last_sessions(rs: &[Record]) -> BTreeMap<String, (String, String)> {
@@ -389,13 +670,83 @@ fn last_sessions(rs: &[Record]) -> BTreeMap<String, (String, String)> {
     out
 }
 
-fn partitions(kind: Kind) {
+fn opt(v: Option<u64>) -> String {
+    v.map_or("-".into(), |v| v.to_string())
+}
+
+/// The scenarios of a 3-member cluster (see the module docs).
+fn scenarios_3(run: &mut Run<'_>) {
+    let hold = Duration::from_micros(TTL_US);
+    for policy in [Policy::Lose, Policy::Tolerate] {
+        let cuts = [
+            Cut {
+                name: "leader-side-cut (2|1, leader on minority)",
+                sides: &[0],
+                client_only: false,
+                hold,
+            },
+            Cut {
+                name: "client-cut (leader's client only)",
+                sides: &[0],
+                client_only: true,
+                hold,
+            },
+            Cut {
+                name: "heal-after-ttl (leader side cut for 4 TTLs)",
+                sides: &[0],
+                client_only: false,
+                hold: hold * 4,
+            },
+        ];
+        for c in cuts {
+            run.cut(c, policy);
+        }
+    }
+    let minority = Cut {
+        name: "minority-cut (2|1, leader on majority)",
+        sides: &[1],
+        client_only: false,
+        hold: hold * 2,
+    };
+    run.cut(minority, Policy::Tolerate);
+}
+
+/// The scenarios of a 5-member cluster: the 3|2 split with the leader on either side.
+fn scenarios_5(run: &mut Run<'_>) {
+    let hold = Duration::from_micros(TTL_US);
+    for policy in [Policy::Lose, Policy::Tolerate] {
+        let c = Cut {
+            name: "split-3|2 (leader on the minority of 2)",
+            sides: &[0, 1],
+            client_only: false,
+            hold,
+        };
+        run.cut(c, policy);
+    }
+    let c = Cut {
+        name: "split-3|2-majority (leader on the majority of 3)",
+        sides: &[1, 2],
+        client_only: false,
+        hold: hold * 2,
+    };
+    run.cut(c, Policy::Tolerate);
+    let c = Cut {
+        name: "leader-side-cut (4|1, leader on minority)",
+        sides: &[0],
+        client_only: false,
+        hold,
+    };
+    run.cut(c, Policy::Lose);
+}
+
+fn partitions(kind: Kind, m: usize) {
     // Declared first so it is dropped last: the processes inside go before their namespaces.
-    let mut net = match Net::new(2 * MEMBERS + 1) {
+    let mut net = match Net::new(2 * m + 1) {
         Ok(n) => n,
         Err(e) => return skip_or_fail("network namespaces not available", e).unwrap_or(()),
     };
-    let members: Vec<_> = net.hosts()[..MEMBERS].to_vec();
+    let members: Vec<_> = net.hosts()[..m].to_vec();
+    let clients: Vec<_> = net.hosts()[m..2 * m].to_vec();
     let started = match kind {
         Kind::ZooKeeper => Cluster::zookeeper_in(&members),
         Kind::Etcd => Cluster::etcd_in(&members),
@@ -404,6 +755,14 @@ fn partitions(kind: Kind) {
     let _cluster = match started {
         Ok(c) => c,
         Err(e) => return skip_or_fail(&format!("{kind} cluster in namespaces"), e).unwrap_or(()),
+    };
+    // Consul's clients talk to a client agent in their own namespace.
+    let _agents = match kind {
+        Kind::Consul => match Cluster::consul_agents_in(&clients, &members) {
+            Ok(a) => Some(a),
+            Err(e) => return skip_or_fail("Consul client agents in namespaces", e).unwrap_or(()),
+        },
+        _ => None,
     };
     let listener = net
         .bind_service(0)
@@ -416,9 +775,13 @@ fn partitions(kind: Kind) {
     let lock_listener = net.bind_service(0).expect("bind the lock's fence");
     let lock_fence = FencedResource::start_on(lock_listener).expect("lock fence");
     let lock_fence_addr = lock_fence.addr().to_string();
-    for (i, m) in members.iter().enumerate() {
-        let u = url(kind, &m.ip, &ns);
-        let wrapper = net.host(MEMBERS + i).exec_prefix();
+    for i in 0..m {
+        let addr = match kind {
+            Kind::Consul => &clients[i].ip,
+            _ => &members[i].ip,
+        };
+        let u = url(kind, addr, &ns);
+        let wrapper = clients[i].exec_prefix();
         swarm.spawn_wrapped(
             &cid(i),
             &wrapper,
@@ -439,6 +802,8 @@ fn partitions(kind: Kind) {
                 "100",
                 "--zombie-writes",
                 "3",
+                "--suspend-policy",
+                "lose",
             ],
         );
     }
@@ -448,35 +813,28 @@ fn partitions(kind: Kind) {
         .unwrap_or(15);
     let mut run = Run {
         kind,
+        m,
         net: &mut net,
         swarm: &mut swarm,
         fence: &fence,
         ns: ns.clone(),
+        policy: Policy::Lose,
+        policy_since: 0,
         rows: Vec::new(),
+        rng: now_us() | 1,
     };
     let t0 = Instant::now();
-    // Hold each cut a little beyond the TTL so the minority's sessions can end.
-    let hold = Duration::from_micros(TTL_US);
-    run.cut(
-        "leader-side-cut (2|1, leader on minority)",
-        &[0],
-        false,
-        hold,
-    );
-    run.cut(
-        "minority-cut (2|1, leader on majority)",
-        &[1],
-        false,
-        hold * 2,
-    );
-    run.cut("client-cut (leader's client only)", &[0], true, hold);
-    run.cut(
-        "heal-after-ttl (leader side cut for 4 TTLs)",
-        &[0],
-        false,
-        hold * 4,
-    );
+    if m == 3 {
+        scenarios_3(&mut run);
+    } else {
+        scenarios_5(&mut run);
+    }
     run.flap(flap_secs);
+    let orphans = run.orphans();
+    run.row(
+        "after the last heal",
+        &format!("orphan candidates {orphans} (want 0)"),
+    );
     let rows = std::mem::take(&mut run.rows);
     drop(run);
     let killed = swarm.quit_all(Duration::from_secs(20));
@@ -486,7 +844,7 @@ fn partitions(kind: Kind) {
     logs.insert("lock".to_owned(), lock_fence.log());
     let report = history::check(&swarm.records(), &swarm.faults, &logs, end);
     println!(
-        "partitions on {kind}: grants {:?}, {} fenced overlaps, {} writes accepted, {} stale rejected, {} stale accepted; {:?} in all",
+        "partitions on {kind} ({m} members): grants {:?}, {} fenced overlaps, {} writes accepted, {} stale rejected, {} stale accepted; {:?} in all",
         report.grants,
         report.fenced_overlaps,
         report.writes_accepted,
@@ -498,6 +856,7 @@ fn partitions(kind: Kind) {
         eprintln!("{r}");
     }
     assert!(report.ok(), "checker: {report:#?}");
+    assert_eq!(orphans, 0, "orphan candidates after the last heal");
     assert_eq!(report.stale_writes_accepted, 0);
     assert!(killed.is_empty(), "did not quit in time: {killed:?}");
     assert!(swarm.panics().is_empty(), "panics: {:?}", swarm.panics());
@@ -505,15 +864,30 @@ fn partitions(kind: Kind) {
 
 #[test]
 fn partitions_zookeeper() {
-    partitions(Kind::ZooKeeper);
+    partitions(Kind::ZooKeeper, 3);
 }
 
 #[test]
 fn partitions_etcd() {
-    partitions(Kind::Etcd);
+    partitions(Kind::Etcd, 3);
 }
 
 #[test]
 fn partitions_consul() {
-    partitions(Kind::Consul);
+    partitions(Kind::Consul, 3);
+}
+
+#[test]
+fn partitions5_zookeeper() {
+    partitions(Kind::ZooKeeper, 5);
+}
+
+#[test]
+fn partitions5_etcd() {
+    partitions(Kind::Etcd, 5);
+}
+
+#[test]
+fn partitions5_consul() {
+    partitions(Kind::Consul, 5);
 }

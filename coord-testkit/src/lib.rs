@@ -12,8 +12,9 @@
 //! - [`shared_endpoints`]: the endpoints a test suite should use — from an environment
 //!   variable when set, else one server per kind shared by the whole test process.
 //! - [`netns`]: real network partitions — clusters ([`Cluster::zookeeper_in`],
-//!   [`Cluster::etcd_in`], [`Cluster::consul_in`]) and clients each in its own network
-//!   namespace on a private bridge, with [`netns::Net::isolate`] / [`netns::Net::heal`].
+//!   [`Cluster::etcd_in`], [`Cluster::consul_in`], Consul client agents with
+//!   [`Cluster::consul_agents_in`]) and clients each in its own network namespace on a private
+//!   bridge, with [`netns::Net::isolate`] / [`netns::Net::heal`].
 //! - [`harness`]: the conformance [`Harness`](coord_core::conformance::Harness) of a backend
 //!   reached by URL ([`harness::UrlHarness`]), which the adapters' `testing` modules
 //!   instantiate with their backend's expire/crash mechanics.

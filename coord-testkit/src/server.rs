@@ -543,33 +543,16 @@ impl Cluster {
     /// A Consul datacenter of servers, one per host of a [`crate::netns::Net`] (HTTP 8500,
     /// Serf LAN 8301, WAN 8302, server RPC 8300), each in its host's namespace.
     pub fn consul_in(hosts: &[Host]) -> Result<Cluster, Error> {
-        let consul = consul_binary()?;
-        start_cluster_with_retries(|| {
-            let dirs = make_temp_dirs("consul", hosts.len())?;
-            let base = unique_name();
-            let mut members = Vec::with_capacity(hosts.len());
-            for (i, dir) in dirs.into_iter().enumerate() {
-                let member = ConsulMember {
-                    node: format!("{base}-m{}", i + 1),
-                    http: 8500,
-                    serf_lan: 8301,
-                    serf_wan: 8302,
-                    server: 8300,
-                    expect: hosts.len(),
-                    host: hosts[i].ip.clone(),
-                    keep_dead_servers: true,
-                };
-                let others: Vec<String> = hosts
-                    .iter()
-                    .enumerate()
-                    .filter(|(j, _)| *j != i)
-                    .map(|(_, h)| format!("{}:8301", h.ip))
-                    .collect();
-                let m = prepare_consul_member(&consul, dir, &member, &others)?;
-                members.push(place(m, &hosts[i]));
-            }
-            Ok(members)
-        })
+        consul_agents(hosts, hosts, hosts.len())
+    }
+
+    /// Consul client agents (not servers), one per host of a [`crate::netns::Net`], each in
+    /// its host's namespace on the same ports as [`Cluster::consul_in`]'s servers, joined to
+    /// the servers on `servers`: clients talk to a local agent in real deployments, and a
+    /// partition that cuts a client's host cuts its agent too. Ready once every agent's node
+    /// is healthy in the servers' catalog.
+    pub fn consul_agents_in(agents: &[Host], servers: &[Host]) -> Result<Cluster, Error> {
+        consul_agents(agents, servers, 0)
     }
 
     /// All members' endpoints, `"127.0.0.1:p1,127.0.0.1:p2,127.0.0.1:p3"` (including stopped
@@ -615,6 +598,38 @@ fn place(mut server: Server, host: &Host) -> Server {
     argv.append(&mut server.launch.argv);
     server.launch.argv = argv;
     server
+}
+
+/// Consul agents on `hosts` joining the serf LAN of `servers` (itself excepted): servers of a
+/// datacenter of `expect` servers, or client agents with `expect` 0.
+fn consul_agents(hosts: &[Host], servers: &[Host], expect: usize) -> Result<Cluster, Error> {
+    let consul = consul_binary()?;
+    let role = if expect == 0 { "a" } else { "m" };
+    start_cluster_with_retries(|| {
+        let dirs = make_temp_dirs("consul", hosts.len())?;
+        let base = unique_name();
+        let mut members = Vec::with_capacity(hosts.len());
+        for (i, dir) in dirs.into_iter().enumerate() {
+            let member = ConsulMember {
+                node: format!("{base}-{role}{}", i + 1),
+                http: 8500,
+                serf_lan: 8301,
+                serf_wan: 8302,
+                server: 8300,
+                expect,
+                host: hosts[i].ip.clone(),
+                keep_dead_servers: expect > 0,
+            };
+            let others: Vec<String> = servers
+                .iter()
+                .filter(|h| h.ip != hosts[i].ip)
+                .map(|h| format!("{}:8301", h.ip))
+                .collect();
+            let m = prepare_consul_member(&consul, dir, &member, &others)?;
+            members.push(place(m, &hosts[i]));
+        }
+        Ok(members)
+    })
 }
 
 fn stop_all(members: &mut [Server]) {
@@ -1012,7 +1027,7 @@ struct ConsulMember {
     serf_lan: u16,
     serf_wan: u16,
     server: u16,
-    /// `-bootstrap-expect`: the number of servers.
+    /// `-bootstrap-expect`: the number of servers; 0 makes a client agent (no `-server`).
     expect: usize,
     /// The address it binds and advertises.
     host: String,
@@ -1053,12 +1068,15 @@ fn prepare_consul_member(
         return Err(Error::new(e));
     }
     let s = |v: u16| OsString::from(v.to_string());
-    let mut argv: Vec<OsString> = vec![
-        consul.into(),
-        "agent".into(),
-        "-server".into(),
-        "-bootstrap-expect".into(),
-        m.expect.to_string().into(),
+    let mut argv: Vec<OsString> = vec![consul.into(), "agent".into()];
+    if m.expect > 0 {
+        argv.extend([
+            "-server".into(),
+            "-bootstrap-expect".into(),
+            m.expect.to_string().into(),
+        ]);
+    }
+    argv.extend([
         "-node".into(),
         m.node.clone().into(),
         "-data-dir".into(),
@@ -1083,7 +1101,7 @@ fn prepare_consul_member(
         s(m.server),
         "-retry-interval".into(),
         "1s".into(),
-    ];
+    ]);
     for addr in join_serf_lan {
         argv.push("-retry-join".into());
         argv.push(addr.into());

@@ -54,11 +54,16 @@ pub async fn monitor_key<W, WF, O, H, HF>(
     HF: Future<Output = ()> + Send,
 {
     let mut states = session.states();
-    let Some(mut events) = watch_key().await else {
-        tx.send_replace(HoldState::Lost);
-        return;
-    };
     let mut gave_up = false;
+    // The first watch follows the session too: a holder cut off right after its grant must
+    // not wait for that request's timeout (partitions.rs, leader-side-cut (4|1) on etcd under
+    // LoseOnSuspend: Lost came 3.5 s after Suspended, 5 s after the grant, after the successor).
+    let mut events =
+        match watch_following(watch_key(), &mut states, policy, &tx, &mut gave_up).await {
+            Watched::Ready(ev) => ev,
+            Watched::Done(Next::Handover) => return hand_over().await,
+            Watched::Done(_) => return,
+        };
     loop {
         tokio::select! {
             st = states.next() => match on_state(st, policy, &tx, &mut gave_up) {
@@ -74,26 +79,12 @@ pub async fn monitor_key<W, WF, O, H, HF>(
                     // re-watch against an unreachable server ends only with its request
                     // timeout, and a suspension must not wait for that (a ZooKeeper partition
                     // test saw Lost come 5 s after Suspended, after the successor was elected).
-                    let rewatch = watch_key();
-                    tokio::pin!(rewatch);
-                    loop {
-                        tokio::select! {
-                            r = &mut rewatch => match r {
-                                Some(ev) => {
-                                    events = ev;
-                                    break;
-                                }
-                                None => {
-                                    tx.send_replace(HoldState::Lost);
-                                    return;
-                                }
-                            },
-                            st = states.next() => match on_state(st, policy, &tx, &mut gave_up) {
-                                Next::Continue => {}
-                                Next::Handover => return hand_over().await,
-                                Next::Stop => return,
-                            },
-                        }
+                    match watch_following(watch_key(), &mut states, policy, &tx, &mut gave_up)
+                        .await
+                    {
+                        Watched::Ready(ev) => events = ev,
+                        Watched::Done(Next::Handover) => return hand_over().await,
+                        Watched::Done(_) => return,
                     }
                 }
                 _ => {
@@ -101,6 +92,44 @@ pub async fn monitor_key<W, WF, O, H, HF>(
                     tx.send_replace(HoldState::Lost);
                     return;
                 }
+            },
+        }
+    }
+}
+
+/// What [`watch_following`] ended with.
+enum Watched {
+    /// The key is watched again.
+    Ready(KeyWatch),
+    /// The monitor is done (`Stop`: Lost was published) or must hand the key over.
+    Done(Next),
+}
+
+/// Runs `watch` (a `watch_key()`) while following the session's states; a key that is gone
+/// publishes Lost.
+async fn watch_following<WF>(
+    watch: WF,
+    states: &mut crate::kernel::SessionStates,
+    policy: SuspendPolicy,
+    tx: &watch::Sender<HoldState>,
+    gave_up: &mut bool,
+) -> Watched
+where
+    WF: Future<Output = Option<KeyWatch>>,
+{
+    tokio::pin!(watch);
+    loop {
+        tokio::select! {
+            r = &mut watch => return match r {
+                Some(ev) => Watched::Ready(ev),
+                None => {
+                    tx.send_replace(HoldState::Lost);
+                    Watched::Done(Next::Stop)
+                }
+            },
+            st = states.next() => match on_state(st, policy, tx, gave_up) {
+                Next::Continue => {}
+                done => return Watched::Done(done),
             },
         }
     }

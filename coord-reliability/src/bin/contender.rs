@@ -5,6 +5,7 @@
 //!           [--lock NAME --lock-fence ADDR] [--register SERVICE]
 //!           [--rwlock NAME [--rwlock-fence ADDR]] [--semaphore NAME --semaphore-limit N]
 //!           [--write-interval-ms 100] [--zombie-writes 0] [--dialect coord]
+//!           [--suspend-policy lose|tolerate]
 //! ```
 //!
 //! With `--rwlock` it also loops on a read-write lock (one hold in three a write, fenced
@@ -15,15 +16,22 @@
 //! leading (holding the lock) it writes to the fenced resource with its fencing token every
 //! interval, without checking its own state first: the resource is the defence. After a loss,
 //! `--zombie-writes N` sends N more writes with the old token, as a process that missed the
-//! loss would. Commands on stdin: `resign`, `unlock`, `quit`; end of stdin also quits (the test
-//! process holds the other end, so contenders never outlive it).
+//! loss would. Commands on stdin: `resign`, `unlock`, `quit`, `policy lose|tolerate` (the
+//! election's and the lock's suspend policy from the next campaign on; a leader resigns to
+//! campaign again under it); end of stdin also quits (the test process holds the other end, so
+//! contenders never outlive it). Under either policy the election's holder prints its
+//! `Suspended`/`Holding` changes (`HoldState`).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
+use coord::recipes::{HoldState, SuspendPolicy};
 use coord::registry::Instance;
 use coord::{Client, Result};
 use coord_reliability::history::{Event, Record};
 use coord_reliability::now_us;
+use futures::StreamExt;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::{broadcast, watch};
@@ -45,6 +53,28 @@ struct Args {
     zombie_writes: u32,
     /// The dialect of the election and the lock (`--dialect`, coord's own by default).
     dialect: coord::dialect::Dialect,
+    /// `TolerateSuspend` instead of the default `LoseOnSuspend` (`--suspend-policy`, and the
+    /// `policy` command, which changes it for every loop).
+    tolerate: Arc<AtomicBool>,
+}
+
+impl Args {
+    fn policy(&self) -> SuspendPolicy {
+        if self.tolerate.load(Ordering::Relaxed) {
+            SuspendPolicy::TolerateSuspend
+        } else {
+            SuspendPolicy::LoseOnSuspend
+        }
+    }
+}
+
+/// `lose` or `tolerate`: whether the policy tolerates a suspension.
+fn parse_policy(v: &str) -> std::result::Result<bool, String> {
+    match v {
+        "lose" => Ok(false),
+        "tolerate" => Ok(true),
+        _ => Err(format!("bad suspend policy {v} (lose or tolerate)")),
+    }
 }
 
 fn parse_args() -> std::result::Result<Args, String> {
@@ -77,6 +107,7 @@ fn parse_args() -> std::result::Result<Args, String> {
             "--dialect" => {
                 a.dialect = coord::dialect::Dialect::parse(&val()?).map_err(|e| e.to_string())?
             }
+            "--suspend-policy" => a.tolerate.store(parse_policy(&val()?)?, Ordering::Relaxed),
             "--zombie-writes" => {
                 let v = val()?;
                 a.zombie_writes = v.parse().map_err(|_| format!("bad {v}"))?
@@ -175,10 +206,12 @@ async fn election_loop(
     name: String,
     mut cmds: broadcast::Receiver<String>,
 ) -> Result<()> {
-    let election = client.election_with(&name, a.dialect)?;
     let mut fence = a.fence.clone().map(|addr| Fence { addr, conn: None });
     let role = "election";
     loop {
+        let election = client
+            .election_with(&name, a.dialect)?
+            .with_suspend_policy(a.policy());
         emit(&a.id, Event::Campaigning { role: role.into() });
         let leadership = tokio::select! {
             r = election.campaign(a.id.as_bytes()) => r,
@@ -206,8 +239,15 @@ async fn election_loop(
             },
         );
         let mut tick = tokio::time::interval(a.interval);
+        let mut states = Box::pin(leadership.states());
         let quit = loop {
             tokio::select! {
+                Some(st) = states.next() => {
+                    if matches!(st, HoldState::Suspended | HoldState::Holding) {
+                        let state = format!("{st:?}");
+                        emit(&a.id, Event::HoldState { role: role.into(), token, state });
+                    }
+                }
                 _ = leadership.lost() => {
                     emit(&a.id, Event::Lost { role: role.into(), token });
                     for _ in 0..a.zombie_writes {
@@ -244,10 +284,12 @@ async fn lock_loop(
     name: String,
     mut cmds: broadcast::Receiver<String>,
 ) -> Result<()> {
-    let lock = client.lock_with(&name, a.dialect)?;
     let mut fence = a.lock_fence.clone().map(|addr| Fence { addr, conn: None });
     let role = "lock";
     loop {
+        let lock = client
+            .lock_with(&name, a.dialect)?
+            .with_suspend_policy(a.policy());
         emit(&a.id, Event::Campaigning { role: role.into() });
         let guard = tokio::select! {
             r = lock.lock_timeout(Duration::from_secs(3)) => r,
@@ -589,6 +631,15 @@ async fn run(a: Args) -> Result<()> {
                     let l = l.trim().to_owned();
                     if l == "observe" {
                         observe(&obs_args, &obs_client).await;
+                        continue;
+                    }
+                    if let Some(p) = l.strip_prefix("policy ") {
+                        match parse_policy(p.trim()) {
+                            Ok(t) => obs_args.tolerate.store(t, Ordering::Relaxed),
+                            Err(e) => error(&obs_args.id, "policy", e),
+                        }
+                        // Waiting loops campaign again at any command; the leader resigns.
+                        let _ = stdin_tx.send("resign".into());
                         continue;
                     }
                     let quit = l == "quit";
