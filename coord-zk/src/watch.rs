@@ -282,8 +282,11 @@ struct Entry<K: WatchKind> {
     seen: Epoch,
     /// The queues of the watches of this path.
     subs: Vec<EventSender<K::Event>>,
-    /// New watches waiting for a read that started after they asked.
+    /// New watches waiting for the read in flight (it started after they asked).
     waiters: Vec<Reply<K>>,
+    /// New watches that asked during a read: they wait for the next one (the read in flight
+    /// may not show a write that returned before they asked).
+    queued: Vec<Reply<K>>,
     /// Cancels the armed watcher (`None`: none is armed).
     armed: Option<AbortHandle>,
     /// A read is in flight.
@@ -301,6 +304,7 @@ impl<K: WatchKind> Entry<K> {
             seen,
             subs: Vec::new(),
             waiters: Vec::new(),
+            queued: Vec::new(),
             armed: None,
             reading: false,
             again: false,
@@ -310,7 +314,9 @@ impl<K: WatchKind> Entry<K> {
 
     /// Nobody watches this path any more.
     fn unused(&self) -> bool {
-        self.waiters.is_empty() && self.subs.iter().all(EventSender::is_closed)
+        self.waiters.is_empty()
+            && self.queued.is_empty()
+            && self.subs.iter().all(EventSender::is_closed)
     }
 
     /// Drops the armed watcher (zookeeper-client then forgets it).
@@ -445,7 +451,11 @@ impl<K: WatchKind> Driver<K> {
             .entries
             .entry(req.path.clone())
             .or_insert_with(|| Entry::new(seen));
-        e.waiters.push(req.reply);
+        if e.reading {
+            e.queued.push(req.reply);
+        } else {
+            e.waiters.push(req.reply);
+        }
         self.read(&req.path);
     }
 
@@ -472,6 +482,8 @@ impl<K: WatchKind> Driver<K> {
             return;
         }
         e.reading = true;
+        let queued = std::mem::take(&mut e.queued);
+        e.waiters.extend(queued);
         let arm = e.armed.is_none();
         let conn = self.conns.borrow().clone();
         let timeout = self.bounds.timeout;
