@@ -2,27 +2,14 @@
 //! ZooKeeper session (one connection), and the watches of one path share one ZooKeeper watch.
 //! Against the kit's shared server; every wait is bounded.
 
-use std::future::Future;
-use std::sync::Arc;
-use std::time::Duration;
+mod common;
 
-use coord_core::{
-    Backend, Client, CreateMode, KeyEvent, KeyWatch, Path, SessionOptions, SessionState,
-};
+use std::sync::Arc;
+
+use common::{p, within};
+use coord_core::{Backend, Client, CreateMode, KeyEvent, KeyWatch, SessionOptions, SessionState};
 use coord_zk::ZkBackend;
 use futures::StreamExt;
-
-const BOUND: Duration = Duration::from_secs(30);
-
-fn p(s: &str) -> Path {
-    Path::new(s).unwrap()
-}
-
-async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
-    tokio::time::timeout(BOUND, f)
-        .await
-        .unwrap_or_else(|_| panic!("timed out after {BOUND:?} waiting for {what}"))
-}
 
 /// A backend in a fresh namespace of the shared server (`None`: skipped, not required).
 async fn backend(test: &str) -> Option<Arc<ZkBackend>> {
