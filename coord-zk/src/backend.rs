@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use coord_core::adapter::{RawBackend, WatchScope};
+use coord_core::adapter::RawBackend;
 use coord_core::kernel::{ChildrenWatch, KeyWatch};
 use coord_core::registry::NativeRegistry;
 use coord_core::{
@@ -16,17 +16,16 @@ use coord_core::{
 use crate::context::Context;
 use crate::discovery::CuratorDiscovery;
 use crate::session::ZkSession;
-use crate::watch::{watch_children, watch_key};
+use crate::watch::{children_watch, watch_key};
 
 /// A ZooKeeper client in one namespace (chroot), implementing coord's
 /// [`Backend`](coord_core::Backend).
 ///
-/// One ZooKeeper session serves keys and watches; each [`Session`] it opens is a ZooKeeper
-/// session of its own (see the crate docs).
+/// One ZooKeeper session serves keys and watches, and the first [`Session`] it opens with its
+/// default TTL; every further session is a ZooKeeper session of its own (see the crate docs).
+/// Its watches end when it is dropped.
 pub struct ZkBackend {
     ctx: Arc<Context>,
-    /// The watch tasks end with the backend.
-    watches: WatchScope,
     /// The native registry layout (Curator's x-discovery), made once so its watches live on.
     discovery: Arc<CuratorDiscovery>,
 }
@@ -48,13 +47,18 @@ impl ZkBackend {
         Ok(ZkBackend {
             discovery: Arc::new(CuratorDiscovery::new(ctx.clone())),
             ctx,
-            watches: WatchScope::new(),
         })
     }
 
     /// The current main ZooKeeper session id (changes if that session expires and is replaced).
     pub fn main_session_id(&self) -> SessionId {
         self.ctx.main_session_id()
+    }
+}
+
+impl Drop for ZkBackend {
+    fn drop(&mut self) {
+        self.ctx.watches.close();
     }
 }
 
@@ -101,11 +105,11 @@ impl RawBackend for ZkBackend {
     }
 
     async fn watch(&self, path: &Path) -> Result<(Option<Node>, KeyWatch)> {
-        watch_key(&self.ctx, &self.watches, path).await
+        watch_key(&self.ctx, path).await
     }
 
     async fn watch_children(&self, path: &Path) -> Result<(Vec<String>, ChildrenWatch)> {
-        watch_children(&self.ctx, &self.watches, path).await
+        children_watch(&self.ctx, path).await
     }
 
     /// Curator's x-discovery layout ([`CuratorDiscovery`]); not the default layout on

@@ -1,6 +1,6 @@
-//! Making ZooKeeper clients: one client is one ZooKeeper session (the backend's main session
-//! and every coord session each have their own), chrooted to the namespace. [`Capture`] lets
-//! a test stop a client's background task as a crash would.
+//! Making ZooKeeper clients: one client is one ZooKeeper session (the backend's main session,
+//! which one coord session may share, and every further coord session), chrooted to the
+//! namespace. [`Capture`] lets a test stop a client's background task as a crash would.
 
 use std::future::Future;
 use std::pin::Pin;

@@ -1,21 +1,29 @@
-//! [`Context`]: what the backend, its sessions and its watch tasks share: the configuration,
-//! the capabilities, the main ZooKeeper client (replaced when its session expires) and the key
-//! operations on it.
+//! [`Context`]: what the backend, its sessions and its watches share: the configuration,
+//! the capabilities, the main ZooKeeper client (replaced when its session ends or is handed
+//! over), the watch drivers and the key operations on it.
+//!
+//! The main client's ZooKeeper session can be claimed by one coord session at a time (the one
+//! a `Client` opens by default): that session then rides on the main connection, so that a
+//! process holds one ZooKeeper session instead of two. Closing, dropping or crashing it hands
+//! the backend over to a new main client first; its expiry is the main session's expiry.
 
 use std::future::Future;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use coord_core::adapter::Backoff;
 use coord_core::{
     Capabilities, CreateMode, Created, Error, Guard, Node, Path, Result, SessionId, Stat, Version,
     WriteOp, WriteResult,
 };
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use zookeeper_client as zk;
 
+use crate::client::Capture;
 use crate::config::{Config, DEFAULT_SESSION_TTL};
 use crate::error::{self, Op, ZkResult};
+use crate::watch::Hub;
 use crate::{client, probe};
 
 /// The largest value the server takes, with room for the request's path and header inside
@@ -23,10 +31,12 @@ use crate::{client, probe};
 /// namespace.
 pub(crate) const MAX_VALUE_SIZE: usize = 1024 * 1024 - 4096;
 
-/// Which main client a value came from: its generation (bumped when the main session expired
-/// and was replaced) and how many reconnects it went through (each may have missed events).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Which main client a value came from: which client (bumped each time it is replaced), its
+/// generation (bumped when it was replaced because its session ended: what it watched may be
+/// lost) and how many reconnects it went through (each may have missed events).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Epoch {
+    pub(crate) client: u64,
     pub(crate) generation: u64,
     pub(crate) reconnects: u64,
 }
@@ -36,13 +46,27 @@ pub(crate) struct Epoch {
 pub(crate) struct MainConn {
     pub(crate) client: zk::Client,
     pub(crate) epoch: Epoch,
+    /// Can abort the client's background task (a crash of the session riding on it).
+    capture: Arc<Capture>,
 }
 
-/// The shared state of one backend: what `ZkBackend`, its sessions and its watch tasks use.
+/// A request to the supervisor: replace the main client if its session is still `session`.
+struct Retire {
+    session: i64,
+    /// The session is given up without a close (a crash): its watches are lost.
+    lost: bool,
+}
+
+/// The shared state of one backend: what `ZkBackend`, its sessions and its watches use.
 pub(crate) struct Context {
     pub(crate) cfg: Config,
     pub(crate) caps: Capabilities,
     conn: watch::Sender<MainConn>,
+    /// The last main ZooKeeper session a coord session claimed (0: none yet).
+    claimed: Mutex<i64>,
+    retire: mpsc::UnboundedSender<Retire>,
+    /// The drivers of every key and children watch.
+    pub(crate) watches: Hub,
 }
 
 impl Context {
@@ -51,27 +75,93 @@ impl Context {
     pub(crate) async fn connect(url: &str) -> Result<Arc<Context>> {
         let cfg = Config::parse(url)?;
         let caps = capabilities(&cfg).await?;
-        let client = client::connect(&cfg, caps.default_session_ttl, true, None).await?;
+        let capture = Arc::new(Capture::default());
+        let client = client::connect(&cfg, caps.default_session_ttl, true, Some(&capture)).await?;
         let (conn, rx) = watch::channel(MainConn {
             client,
-            epoch: Epoch {
-                generation: 0,
-                reconnects: 0,
-            },
+            epoch: Epoch::default(),
+            capture,
         });
-        let ctx = Arc::new(Context { cfg, caps, conn });
-        tokio::spawn(supervise(Arc::downgrade(&ctx), rx));
+        let (retire, retired) = mpsc::unbounded_channel();
+        let watches = Hub::start(conn.subscribe(), cfg.timeout, &cfg.connect_string);
+        let ctx = Arc::new(Context {
+            cfg,
+            caps,
+            conn,
+            claimed: Mutex::new(0),
+            retire,
+            watches,
+        });
+        tokio::spawn(supervise(Arc::downgrade(&ctx), rx, retired));
         Ok(ctx)
+    }
+
+    /// The current main client for a coord session to ride on, claimed by it: `None` if
+    /// `ttl` is not the main session's, the main client is not connected, or another
+    /// session rides on it already.
+    pub(crate) fn claim_main(&self, ttl: Duration) -> Option<zk::Client> {
+        if ttl != self.caps.default_session_ttl {
+            return None;
+        }
+        let client = self.conn.borrow().client.clone();
+        if client.state() != zk::SessionState::SyncConnected {
+            return None;
+        }
+        let id = client.session_id().0;
+        let mut claimed = self.claimed.lock().unwrap_or_else(|p| p.into_inner());
+        if *claimed == id {
+            return None;
+        }
+        *claimed = id;
+        Some(client)
+    }
+
+    /// Asks for a new main client if the current one's session is `session`; whether it is.
+    pub(crate) fn retire_main(&self, session: i64, lost: bool) -> bool {
+        if self.conn.borrow().client.session_id().0 != session {
+            return false;
+        }
+        self.retire.send(Retire { session, lost }).is_ok()
+    }
+
+    /// Hands the backend over to a new main client if the current one's session is `session`,
+    /// and waits (within the timeout) until it has been, so that the old one can be closed.
+    pub(crate) async fn release_main(&self, session: i64) {
+        if !self.retire_main(session, false) {
+            return;
+        }
+        let deadline = Instant::now() + self.cfg.timeout;
+        let mut rx = self.conn.subscribe();
+        while rx.borrow_and_update().client.session_id().0 == session {
+            if !matches!(
+                tokio::time::timeout_at(deadline, rx.changed()).await,
+                Ok(Ok(()))
+            ) {
+                tracing::warn!("zk: no new main session within {:?}", self.cfg.timeout);
+                return;
+            }
+        }
+    }
+
+    /// Aborts the main client's task if its session is `session` (a crash: no close, the
+    /// server expires the session after its TTL), and asks for a new main client; whether the
+    /// task was aborted.
+    pub(crate) fn crash_main(&self, session: i64) -> bool {
+        let capture = {
+            let c = self.conn.borrow();
+            if c.client.session_id().0 != session {
+                return false;
+            }
+            c.capture.clone()
+        };
+        let aborted = capture.abort();
+        self.retire_main(session, true);
+        aborted
     }
 
     /// The ACLs for nodes coord creates.
     pub(crate) fn acls(&self) -> zk::Acls<'static> {
         client::acls(&self.cfg)
-    }
-
-    /// A receiver of the current main client.
-    pub(crate) fn conns(&self) -> watch::Receiver<MainConn> {
-        self.conn.subscribe()
     }
 
     /// The current main ZooKeeper session id.
@@ -102,7 +192,7 @@ impl Context {
                 Err(_) => return Err(at(error::timeout(what, path, after))),
                 Ok(Ok(v)) => return Ok((v, conn.epoch)),
                 Ok(Err(zk::Error::SessionExpired | zk::Error::ClientClosed)) => loop {
-                    if rx.borrow().epoch.generation != conn.epoch.generation {
+                    if rx.borrow().epoch.client != conn.epoch.client {
                         break;
                     }
                     match tokio::time::timeout_at(deadline, rx.changed()).await {
@@ -358,13 +448,21 @@ async fn capabilities(cfg: &Config) -> Result<Capabilities> {
         .with_registry_layout(cfg.registry))
 }
 
-/// Follows the main client's state: counts reconnects and replaces the client when its
-/// session expired, so that watches carry on (with a `Resync`). Ends with the context.
-async fn supervise(weak: Weak<Context>, mut rx: watch::Receiver<MainConn>) {
+/// Follows the main client's state: counts reconnects, and replaces the client when its
+/// session ended (watches carry on with a `Resync`) or a session riding on it is closed or
+/// crashed. Ends with the context.
+async fn supervise(
+    weak: Weak<Context>,
+    mut rx: watch::Receiver<MainConn>,
+    mut retire: mpsc::UnboundedReceiver<Retire>,
+) {
     loop {
-        let mut sw = rx.borrow_and_update().client.state_watcher();
+        let (mut sw, id) = {
+            let c = rx.borrow_and_update();
+            (c.client.state_watcher(), c.client.session_id().0)
+        };
         let mut disconnected = false;
-        loop {
+        let lost = loop {
             tokio::select! {
                 st = sw.changed() => match st {
                     zk::SessionState::Disconnected => disconnected = true,
@@ -375,39 +473,55 @@ async fn supervise(weak: Weak<Context>, mut rx: watch::Receiver<MainConn>) {
                             ctx.conn.send_modify(|c| c.epoch.reconnects += 1);
                         }
                     }
-                    _ => break,
+                    _ => break true,
+                },
+                r = retire.recv() => match r {
+                    Some(r) if r.session == id => break r.lost,
+                    Some(_) => {}
+                    None => return,
                 },
                 r = rx.changed() => if r.is_err() { return },
             }
+        };
+        if lost {
+            tracing::warn!("zk: the main ZooKeeper session ended; opening a new one");
+        } else {
+            tracing::debug!("zk: handing the main connection over to a new session");
         }
-        tracing::warn!("zk: the main ZooKeeper session ended; opening a new one");
-        let Some(client) = reconnect(&weak).await else {
+        let Some((client, capture)) = reconnect(&weak).await else {
             return;
         };
         let Some(ctx) = weak.upgrade() else { return };
         ctx.conn.send_modify(|c| {
+            // A handed-over session that ended meanwhile lost its watches all the same.
+            let ended = lost || c.client.state().is_terminated();
             c.client = client;
-            c.epoch.generation += 1;
+            c.capture = capture;
+            c.epoch.client += 1;
+            if ended {
+                c.epoch.generation += 1;
+            }
         });
     }
 }
 
-/// A new main client, synced with the leader, after the old one's session ended; retried
-/// until it works (`None`: the context is gone).
-async fn reconnect(weak: &Weak<Context>) -> Option<zk::Client> {
+/// A new main client, synced with the leader, after the old one's session ended or was handed
+/// over; retried until it works (`None`: the context is gone).
+async fn reconnect(weak: &Weak<Context>) -> Option<(zk::Client, Arc<Capture>)> {
     let mut backoff = Backoff::reconnect();
     loop {
         let (cfg, ttl) = {
             let ctx = weak.upgrade()?;
             (ctx.cfg.clone(), ctx.caps.default_session_ttl)
         };
-        match client::connect(&cfg, ttl, true, None).await {
+        let capture = Arc::new(Capture::default());
+        match client::connect(&cfg, ttl, true, Some(&capture)).await {
             // A new session carries no record of what the old one read, and its server may
             // lag: catch it up with the leader before it serves reads, so that an answer never
             // comes from a state older than one given before (a candidate must not see a live
             // predecessor as gone).
             Ok(client) => match client.sync("/").await {
-                Ok(()) => return Some(client),
+                Ok(()) => return Some((client, capture)),
                 Err(e) => tracing::warn!("zk: syncing the new main session failed: {e}"),
             },
             Err(e) => tracing::warn!("zk: reconnecting the main session failed: {e}"),

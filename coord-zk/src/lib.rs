@@ -16,16 +16,25 @@
 //!   change, delete or add children to them (a namespace belongs to one identity). Without
 //!   credentials nodes are open (`world:anyone` all).
 //! - **Sessions**: the [`ZkBackend`] keeps one main ZooKeeper session for persistent keys,
-//!   reads and watches; every [`coord_core::Session`] is a ZooKeeper session of its own, with
-//!   the requested timeout (the server clamps it into `[minSessionTimeout,
-//!   maxSessionTimeout]`, by default `[2, 20] × tickTime`; the capabilities report the bounds
-//!   the server really grants, learned once per host list). States: `Connected`;
-//!   `Suspended` when the connection is lost (after about 2/5 of the TTL without an answer);
-//!   `Expired` when the server says so or when the client has been cut off for 1.4 × the TTL;
-//!   `Closed` on close. After the main session expires, the backend opens a new one and
-//!   re-arms every watch, which yields `Resync`.
-//! - **Watches**: ZooKeeper one-shot watches, re-armed after each event with the read they
-//!   come from; quick changes may be coalesced (`watch_coalesces`).
+//!   reads and watches. The first [`coord_core::Session`] it opens with the default TTL (the
+//!   session a `coord::Client` uses) *is* that main session: one ZooKeeper session and one
+//!   connection per process in the common case, as with Curator or kazoo. Every further
+//!   session, or one with another TTL, is a ZooKeeper session of its own (one more
+//!   connection), with the requested timeout (the server clamps it into
+//!   `[minSessionTimeout, maxSessionTimeout]`, by default `[2, 20] × tickTime`; the
+//!   capabilities report the bounds the server really grants, learned once per host list).
+//!   States: `Connected`; `Suspended` when the connection is lost (after about 2/5 of the TTL
+//!   without an answer); `Expired` when the server says so or when the client has been cut
+//!   off for 1.4 × the TTL; `Closed` on close. After the main session expires, the backend
+//!   opens a new one and re-arms every watch, which yields `Resync`. Closing (or dropping) the
+//!   session that rides on the main connection first moves the backend to a new main
+//!   session, then closes the old one (its ephemerals go at once); watches re-read and yield
+//!   `Resync` only if the state changed meanwhile.
+//! - **Watches**: ZooKeeper one-shot watches, one per watched path whatever the number of
+//!   coord watches on it, served by two tasks per backend (keys, children) and re-armed after each event with
+//!   the read they come from; quick changes may be coalesced (`watch_coalesces`). Each watch
+//!   buffers at most `WATCH_BUFFER` events; a consumer that falls that far behind gets one
+//!   `Resync` of the newest state instead.
 #![warn(missing_docs, unreachable_pub)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 

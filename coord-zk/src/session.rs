@@ -1,7 +1,10 @@
-//! [`ZkSession`]: one ZooKeeper client (one ZooKeeper session) per coord session.
+//! [`ZkSession`]: a coord session is one ZooKeeper session: the backend's main one (the
+//! first session a backend opens with its default TTL rides on the main connection) or one
+//! of its own (one more connection).
 
 use std::any::Any;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -17,14 +20,22 @@ use crate::client::{self, Capture};
 use crate::context::{created, session_name, Context};
 use crate::error::{self, Op, ZkResult};
 
-/// A coord session backed by its own ZooKeeper session (its own connection). Ephemerals are
-/// created through it; the backend's main client syncs before a create returns, so that
-/// reads through the backend see them (read-your-writes across the two connections).
+/// A coord session backed by a ZooKeeper session. The first session a backend opens with its
+/// default TTL is the backend's main ZooKeeper session (one connection per process in the
+/// common case, as with Curator); its expiry is the main session's expiry, after which the
+/// backend opens a new main session and its watches resync. Any further session (or one with
+/// another TTL) has its own connection; the backend's main client syncs before a create
+/// through it returns, so that reads through the backend see it (read-your-writes across the
+/// two connections).
 ///
-/// Dropping the last handle closes the ZooKeeper session (its ephemerals go at once).
+/// Closing or dropping the last handle closes the ZooKeeper session (its ephemerals go at
+/// once); a session on the main connection first hands the backend over to a new main
+/// session.
 pub struct ZkSession {
     ctx: Arc<Context>,
     client: Mutex<Option<zk::Client>>,
+    /// It is the backend's main ZooKeeper session (`client` is a clone of the main client).
+    rides: AtomicBool,
     info: zk::SessionInfo,
     id: SessionId,
     ttl: Duration,
@@ -65,23 +76,37 @@ async fn terminated(mut sw: zk::StateWatcher) {
 }
 
 impl ZkSession {
-    /// Opens a ZooKeeper session of its own, asking for `ttl` (the server may clamp it).
+    /// Claims the backend's main ZooKeeper session if nobody rides on it and `ttl` is its TTL;
+    /// else opens a ZooKeeper session of its own, asking for `ttl` (the server may clamp it).
     pub(crate) async fn open(ctx: Arc<Context>, ttl: Duration) -> Result<ZkSession> {
+        if let Some(main) = ctx.claim_main(ttl) {
+            return Ok(ZkSession::new(ctx, main, true, Capture::default()));
+        }
         let capture = Capture::default();
         let client = client::connect(&ctx.cfg, ttl, false, Some(&capture)).await?;
+        Ok(ZkSession::new(ctx, client, false, capture))
+    }
+
+    fn new(ctx: Arc<Context>, client: zk::Client, rides: bool, capture: Capture) -> ZkSession {
         let sw = client.state_watcher();
         let session = ZkSession {
             info: client.session().clone(),
             id: SessionId(session_name(client.session_id().0)),
             ttl: client.session_timeout(),
             client: Mutex::new(Some(client)),
+            rides: AtomicBool::new(rides),
             state: Arc::new(StateCell::new(SessionState::Connected)),
             stop: watch::channel(()).0,
             ctx,
             capture,
         };
         session.follow(sw);
-        Ok(session)
+        session
+    }
+
+    /// Whether this is the backend's main ZooKeeper session.
+    fn rides(&self) -> bool {
+        self.rides.load(Ordering::Relaxed)
     }
 
     fn slot(&self) -> MutexGuard<'_, Option<zk::Client>> {
@@ -106,6 +131,7 @@ impl ZkSession {
                 // Still alive (the close did not take): carry on with the new connection.
                 tracing::warn!("zk: session {} survived the expiry attempt", self.id);
                 if let Ok(c) = client::chroot(&self.ctx.cfg, client) {
+                    self.rides.store(false, Ordering::Relaxed);
                     self.follow(c.state_watcher());
                     *self.slot() = Some(c);
                     self.capture.adopt(capture);
@@ -162,11 +188,16 @@ impl ZkSession {
 
     /// Stops keeping the session alive without closing it, like a crashed process: the
     /// client's background task is aborted and its connection dropped. The server expires
-    /// the session after its TTL. The local state is left as it was.
+    /// the session after its TTL. The local state is left as it was. If it is the backend's
+    /// main session, the backend carries on with a new one (its watches resync).
     pub fn crash(&self) -> bool {
-        let aborted = self.capture.abort();
+        let client = self.slot().take();
+        let aborted = match &client {
+            Some(c) if self.rides() => self.ctx.crash_main(c.session_id().0),
+            _ => self.capture.abort(),
+        };
         // Nothing may use the client any more; with its task gone, dropping it sends nothing.
-        drop(self.slot().take());
+        drop(client);
         aborted
     }
 }
@@ -223,7 +254,9 @@ impl RawSession for ZkSession {
             Ok(Ok(v)) => v,
         };
         let made = created(path, mode, &stat, seq)?;
-        self.ctx.sync(made.path.as_str()).await;
+        if !self.rides() {
+            self.ctx.sync(made.path.as_str()).await;
+        }
         Ok(made)
     }
 
@@ -233,6 +266,10 @@ impl RawSession for ZkSession {
             return Ok(());
         };
         let sw = client.state_watcher();
+        if self.rides() {
+            // The backend's own clone must go too: it moves to a new main session first.
+            self.ctx.release_main(client.session_id().0).await;
+        }
         // The last clone gone, the client sends closeSession and waits for the answer.
         drop(client);
         let after = self.ctx.cfg.timeout;
@@ -256,5 +293,11 @@ impl RawSession for ZkSession {
 impl Drop for ZkSession {
     fn drop(&mut self) {
         self.state.advance(SessionState::Closed);
+        if self.rides() {
+            if let Some(c) = self.slot().take() {
+                // The session closes once the backend has moved to a new main session.
+                self.ctx.retire_main(c.session_id().0, false);
+            }
+        }
     }
 }

@@ -1,66 +1,153 @@
-//! Key and children watches over ZooKeeper's one-shot watches.
+//! Key and children watches over ZooKeeper's one-shot watches, shared per path.
 //!
-//! Each watch is a task: it holds one armed one-shot watcher; when it fires, the task reads
-//! the current state while arming the next watcher (one call: `get_and_watch_data`,
-//! `check_and_watch_stat`, `get_and_watch_children`), and derives the events from the
-//! previous and the new snapshot ([`KeySnapshot`] / [`ChildrenSnapshot`]: czxid is the
-//! creation stamp, mzxid the modification stamp). Quick changes between two reads are
-//! coalesced into one event that shows the latest state.
+//! One driver task per kind (keys, children) serves every watch of a backend. For each
+//! watched path it keeps one [`Entry`]: the state last reported, the queues of the coord
+//! watches of that path ([`event_queue`]: no task and no channel per watch) and at most one
+//! armed one-shot watcher on the main client. When the watcher fires, the driver reads the
+//! state while arming the next one (one call: `get_and_watch_data`, `check_and_watch_stat`,
+//! `get_and_watch_children`) and derives the events from the previous and the new snapshot
+//! ([`KeySnapshot`] / [`ChildrenSnapshot`]: czxid is the creation stamp, mzxid the
+//! modification stamp). Quick changes between two reads are coalesced into one event that
+//! shows the latest state. Reads of one path never overlap: a trigger during a read asks for
+//! one more read after it.
 //!
-//! After a reconnect of the main client the task re-reads at once and yields `Resync` if the
-//! state differs from what it last reported (events may have been missed during the gap).
-//! When the main session expired (the backend opens a new one) or a watcher was lost, the
-//! task re-arms on the new client and always yields `Resync`. A watch ends only when its
+//! A new watch of a path already watched reads the path again (without arming a second
+//! watcher) and joins at that state, so that its first state is never older than a write
+//! that returned before it; the other watches of the path get the events up to it.
+//!
+//! After a reconnect of the main client every path is read again and yields `Resync` if the
+//! state differs from what was last reported (events may have been missed during the gap).
+//! When the main session ended (the backend opens a new one) or a watcher was lost, the path
+//! is re-armed on the new client and always yields `Resync`. A watch ends only when its
 //! stream or the backend is dropped.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::time::Duration;
 
-use coord_core::adapter::{Backoff, ChildrenSnapshot, KeySnapshot, WatchScope};
+use coord_core::adapter::{
+    event_queue, Backoff, ChildrenSnapshot, EventSender, KeySnapshot, WatchScope, WATCH_BUFFER,
+};
 use coord_core::kernel::{ChildrenWatch, KeyWatch};
-use coord_core::{ChildrenEvent, KeyEvent, Node, Path, Result};
-use futures::{FutureExt, Stream};
-use tokio::sync::{mpsc, watch};
+use coord_core::{ChildrenEvent, Error, KeyEvent, Node, Path, Result};
+use futures::future::{AbortHandle, Abortable};
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, Stream, StreamExt};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
 use zookeeper_client as zk;
 
 use crate::context::{stat_of, Context, Epoch, MainConn};
-use crate::error::{Op, ZkResult};
+use crate::error::{self, Op, ZkResult};
 
 /// Reads `path` and watches it (see the module docs).
-pub(crate) async fn watch_key(
-    ctx: &Context,
-    scope: &WatchScope,
-    path: &Path,
-) -> Result<(Option<Node>, KeyWatch)> {
-    let (snap, rx) = start::<KeyKind>(ctx, scope, path).await?;
+pub(crate) async fn watch_key(ctx: &Context, path: &Path) -> Result<(Option<Node>, KeyWatch)> {
+    let hub = &ctx.watches;
+    let (snap, rx) = subscribe(&hub.keys, &hub.bounds, path).await?;
     Ok((snap.map(|s| s.node), rx))
 }
 
-/// Lists `path`'s children and watches the list (see the module docs).
+/// [`children_watch`] for callers that still pass a [`WatchScope`] (the native registry):
+/// the watch lives as long as the backend's other watches, whatever the scope.
 pub(crate) async fn watch_children(
     ctx: &Context,
-    scope: &WatchScope,
+    _scope: &WatchScope,
     path: &Path,
 ) -> Result<(Vec<String>, ChildrenWatch)> {
-    let (snap, rx) = start::<ChildrenKind>(ctx, scope, path).await?;
+    children_watch(ctx, path).await
+}
+
+/// Lists `path`'s children and watches the list (see the module docs).
+pub(crate) async fn children_watch(
+    ctx: &Context,
+    path: &Path,
+) -> Result<(Vec<String>, ChildrenWatch)> {
+    let hub = &ctx.watches;
+    let (snap, rx) = subscribe(&hub.children, &hub.bounds, path).await?;
     Ok((snap.visible(), rx))
+}
+
+/// The watch drivers of one backend. They end, and every watch stream with them, on
+/// [`Hub::close`] or when the main client's sender is gone (the context dropped).
+pub(crate) struct Hub {
+    keys: mpsc::UnboundedSender<Subscribe<KeyKind>>,
+    children: mpsc::UnboundedSender<Subscribe<ChildrenKind>>,
+    bounds: Bounds,
+    stop: watch::Sender<bool>,
+}
+
+impl Hub {
+    /// Starts the drivers over the main clients `conns` gives.
+    pub(crate) fn start(conns: watch::Receiver<MainConn>, timeout: Duration, hosts: &str) -> Hub {
+        let bounds = Bounds {
+            timeout,
+            hosts: hosts.to_owned(),
+        };
+        let stop = watch::channel(false).0;
+        Hub {
+            keys: Driver::<KeyKind>::spawn(conns.clone(), bounds.clone(), stop.subscribe()),
+            children: Driver::<ChildrenKind>::spawn(conns, bounds.clone(), stop.subscribe()),
+            bounds,
+            stop,
+        }
+    }
+
+    /// Ends every watch (the backend is dropped).
+    pub(crate) fn close(&self) {
+        self.stop.send_replace(true);
+    }
+}
+
+/// What errors are bounded by and name.
+#[derive(Clone)]
+struct Bounds {
+    timeout: Duration,
+    hosts: String,
+}
+
+type EventStream<E> = Pin<Box<dyn Stream<Item = Result<E>> + Send>>;
+type Reply<K> =
+    oneshot::Sender<Result<(<K as WatchKind>::Snap, EventStream<<K as WatchKind>::Event>)>>;
+
+/// A request for a new watch of `path`.
+struct Subscribe<K: WatchKind> {
+    path: Path,
+    reply: Reply<K>,
+}
+
+/// Asks the driver for a new watch and waits (within the timeout) for its first state.
+async fn subscribe<K: WatchKind>(
+    tx: &mpsc::UnboundedSender<Subscribe<K>>,
+    bounds: &Bounds,
+    path: &Path,
+) -> Result<(K::Snap, EventStream<K::Event>)> {
+    let (reply, rx) = oneshot::channel();
+    let req = Subscribe {
+        path: path.clone(),
+        reply,
+    };
+    tx.send(req).map_err(|_| Error::Closed)?;
+    match tokio::time::timeout(bounds.timeout, rx).await {
+        Err(_) => Err(error::at(
+            error::timeout("watch", path.as_str(), bounds.timeout),
+            &bounds.hosts,
+        )),
+        Ok(Err(_)) => Err(Error::Closed),
+        Ok(Ok(r)) => r,
+    }
 }
 
 /// An armed watcher: resolves to `true` on a node event, `false` when the watcher was lost
 /// (the session ended).
-type Fired = Pin<Box<dyn Future<Output = bool> + Send>>;
-
-fn fired(w: zk::OneshotWatcher) -> Fired {
-    Box::pin(async move {
-        // zookeeper-client 0.11 unwraps the watcher's channel: a watcher whose client task
-        // is gone panics instead of resolving. That is a lost watcher too.
-        match AssertUnwindSafe(w.changed()).catch_unwind().await {
-            Ok(ev) => ev.event_type != zk::EventType::Session,
-            Err(_) => false,
-        }
-    })
+async fn fired(w: zk::OneshotWatcher) -> bool {
+    // zookeeper-client 0.11 unwraps the watcher's channel: a watcher whose client task is
+    // gone panics instead of resolving. That is a lost watcher too.
+    match AssertUnwindSafe(w.changed()).catch_unwind().await {
+        Ok(ev) => ev.event_type != zk::EventType::Session,
+        Err(_) => false,
+    }
 }
 
 /// A zxid as a snapshot stamp: the stamps are only compared, and the cast keeps them distinct.
@@ -80,13 +167,15 @@ async fn watch_absent(c: &zk::Client, path: &str) -> ZkResult<Option<zk::Oneshot
 /// What a kind of watch reads and reports.
 trait WatchKind: Send + 'static {
     type Snap: Clone + PartialEq + Send + Sync + 'static;
-    type Event: Send + 'static;
+    type Event: Clone + Send + coord_core::adapter::Collapse + 'static;
 
     /// Reads the state and arms a watcher, atomically.
     fn arm(
         c: zk::Client,
         path: Path,
     ) -> impl Future<Output = ZkResult<(Self::Snap, zk::OneshotWatcher)>> + Send;
+    /// Reads the state without arming a watcher.
+    fn read(c: zk::Client, path: Path) -> impl Future<Output = ZkResult<Self::Snap>> + Send;
     /// The events from `prev` to `new`.
     fn events(prev: &Self::Snap, new: &Self::Snap) -> Vec<Self::Event>;
     /// The resync event for the state `new`.
@@ -95,6 +184,18 @@ trait WatchKind: Send + 'static {
 
 struct KeyKind;
 
+fn key_snapshot(path: Path, value: Vec<u8>, stat: &zk::Stat) -> Option<KeySnapshot> {
+    Some(KeySnapshot {
+        created: stamp(stat.czxid),
+        modified: stamp(stat.mzxid),
+        node: Node {
+            path,
+            value,
+            stat: stat_of(stat),
+        },
+    })
+}
+
 impl WatchKind for KeyKind {
     type Snap = Option<KeySnapshot>;
     type Event = KeyEvent;
@@ -102,24 +203,21 @@ impl WatchKind for KeyKind {
     async fn arm(c: zk::Client, path: Path) -> ZkResult<(Self::Snap, zk::OneshotWatcher)> {
         loop {
             match c.get_and_watch_data(path.as_str()).await {
-                Ok((value, stat, w)) => {
-                    let snap = KeySnapshot {
-                        created: stamp(stat.czxid),
-                        modified: stamp(stat.mzxid),
-                        node: Node {
-                            path,
-                            value,
-                            stat: stat_of(&stat),
-                        },
-                    };
-                    return Ok((Some(snap), w));
-                }
+                Ok((value, stat, w)) => return Ok((key_snapshot(path, value, &stat), w)),
                 Err(zk::Error::NoNode) => {}
                 Err(e) => return Err(e),
             }
             if let Some(w) = watch_absent(&c, path.as_str()).await? {
                 return Ok((None, w));
             }
+        }
+    }
+
+    async fn read(c: zk::Client, path: Path) -> ZkResult<Self::Snap> {
+        match c.get_data(path.as_str()).await {
+            Ok((value, stat)) => Ok(key_snapshot(path, value, &stat)),
+            Err(zk::Error::NoNode) => Ok(None),
+            Err(e) => Err(e),
         }
     }
 
@@ -134,6 +232,14 @@ impl WatchKind for KeyKind {
 
 struct ChildrenKind;
 
+fn children_snapshot(mut list: Vec<String>, stat: &zk::Stat) -> ChildrenSnapshot {
+    list.sort();
+    ChildrenSnapshot {
+        parent: Some(stamp(stat.czxid)),
+        list,
+    }
+}
+
 impl WatchKind for ChildrenKind {
     type Snap = ChildrenSnapshot;
     type Event = ChildrenEvent;
@@ -141,20 +247,21 @@ impl WatchKind for ChildrenKind {
     async fn arm(c: zk::Client, path: Path) -> ZkResult<(ChildrenSnapshot, zk::OneshotWatcher)> {
         loop {
             match c.get_and_watch_children(path.as_str()).await {
-                Ok((mut list, stat, w)) => {
-                    list.sort();
-                    let snap = ChildrenSnapshot {
-                        parent: Some(stamp(stat.czxid)),
-                        list,
-                    };
-                    return Ok((snap, w));
-                }
+                Ok((list, stat, w)) => return Ok((children_snapshot(list, &stat), w)),
                 Err(zk::Error::NoNode) => {}
                 Err(e) => return Err(e),
             }
             if let Some(w) = watch_absent(&c, path.as_str()).await? {
                 return Ok((ChildrenSnapshot::default(), w));
             }
+        }
+    }
+
+    async fn read(c: zk::Client, path: Path) -> ZkResult<ChildrenSnapshot> {
+        match c.get_children(path.as_str()).await {
+            Ok((list, stat)) => Ok(children_snapshot(list, &stat)),
+            Err(zk::Error::NoNode) => Ok(ChildrenSnapshot::default()),
+            Err(e) => Err(e),
         }
     }
 
@@ -167,130 +274,56 @@ impl WatchKind for ChildrenKind {
     }
 }
 
-type EventStream<E> = Pin<Box<dyn Stream<Item = Result<E>> + Send>>;
-
-/// Reads and arms through the main client, then hands the watcher to a task of `scope` (it
-/// ends with the backend or the stream).
-async fn start<K: WatchKind>(
-    ctx: &Context,
-    scope: &WatchScope,
-    path: &Path,
-) -> Result<(K::Snap, EventStream<K::Event>)> {
-    let ((snap, w), epoch) = ctx
-        .with_main("watch", path.as_str(), Op::Other, |c| {
-            K::arm(c, path.clone())
-        })
-        .await?;
-    let mut conns = ctx.conns();
-    // Compare the epoch at once: the main client may have changed since the read.
-    conns.mark_changed();
-    let (timeout, prev) = (ctx.cfg.timeout, snap.clone());
-    let rx = scope.spawn(|tx| {
-        let task = Task::<K> {
-            conns,
-            timeout,
-            path: path.clone(),
-            prev,
-            seen: epoch,
-            tx,
-            armed: Some(fired(w)),
-            force_resync: false,
-            backoff: Backoff::reconnect(),
-        };
-        task.run()
-    });
-    Ok((snap, rx))
-}
-
-/// One watch's task (see the module docs).
-struct Task<K: WatchKind> {
-    conns: watch::Receiver<MainConn>,
-    timeout: Duration,
-    path: Path,
-    /// The state last reported.
-    prev: K::Snap,
+/// One watched path.
+struct Entry<K: WatchKind> {
+    /// The state last reported (`None` before the first read).
+    prev: Option<K::Snap>,
     /// The main client `prev` was read from.
     seen: Epoch,
-    tx: mpsc::UnboundedSender<Result<K::Event>>,
-    /// The armed watcher; `None` after a failed re-arm (retried after `backoff`).
-    armed: Option<Fired>,
-    /// Set when a watcher was lost: the next read is reported as a `Resync`.
+    /// The queues of the watches of this path.
+    subs: Vec<EventSender<K::Event>>,
+    /// New watches waiting for the read in flight (it started after they asked).
+    waiters: Vec<Reply<K>>,
+    /// New watches that asked during a read: they wait for the next one (the read in flight
+    /// may not show a write that returned before they asked).
+    queued: Vec<Reply<K>>,
+    /// Cancels the armed watcher (`None`: none is armed).
+    armed: Option<AbortHandle>,
+    /// A read is in flight.
+    reading: bool,
+    /// Read again when the read in flight is done.
+    again: bool,
+    /// A watcher was lost: the next read is reported as a `Resync`.
     force_resync: bool,
-    backoff: Backoff,
 }
 
-/// Why the task woke up.
-enum Trigger {
-    /// The main client is gone (the backend with it).
-    Stop,
-    /// The watcher fired.
-    Fired,
-    /// The watcher was lost with its session.
-    Lost,
-    /// The main client reconnected or was replaced.
-    Conn,
-    /// Time to retry a failed re-arm.
-    Retry,
-}
-
-impl<K: WatchKind> Task<K> {
-    async fn run(mut self) {
-        loop {
-            match self.trigger().await {
-                Trigger::Stop => return,
-                Trigger::Lost => {
-                    self.armed = None;
-                    self.force_resync = true;
-                    continue;
-                }
-                // Nothing was missed while the watcher stays armed on the same connection.
-                Trigger::Conn if self.armed.is_some() && self.conns.borrow().epoch == self.seen => {
-                    continue
-                }
-                Trigger::Fired | Trigger::Conn | Trigger::Retry => {}
-            }
-            if !self.rearm().await {
-                return;
-            }
+impl<K: WatchKind> Entry<K> {
+    fn new(seen: Epoch) -> Entry<K> {
+        Entry {
+            prev: None,
+            seen,
+            subs: Vec::new(),
+            waiters: Vec::new(),
+            queued: Vec::new(),
+            armed: None,
+            reading: false,
+            again: false,
+            force_resync: false,
         }
     }
 
-    async fn trigger(&mut self) -> Trigger {
-        match self.armed.as_mut() {
-            Some(f) => tokio::select! {
-                ok = f => if ok { Trigger::Fired } else { Trigger::Lost },
-                r = self.conns.changed() => if r.is_err() { Trigger::Stop } else { Trigger::Conn },
-            },
-            None => tokio::select! {
-                _ = self.backoff.wait() => Trigger::Retry,
-                r = self.conns.changed() => if r.is_err() { Trigger::Stop } else { Trigger::Conn },
-            },
-        }
+    /// Nobody watches this path any more.
+    fn unused(&self) -> bool {
+        self.waiters.is_empty()
+            && self.queued.is_empty()
+            && self.subs.iter().all(EventSender::is_closed)
     }
 
-    /// Reads the state and arms the next watcher on the current main client, and sends the
-    /// events since the last read. `false` when the stream is gone.
-    async fn rearm(&mut self) -> bool {
-        let conn = self.conns.borrow_and_update().clone();
-        let read = K::arm(conn.client, self.path.clone());
-        let (snap, w) = match tokio::time::timeout(self.timeout, read).await {
-            Ok(Ok(v)) => v,
-            Ok(Err(e)) => {
-                tracing::debug!("zk: re-arming the watch on {} failed: {e}", self.path);
-                self.armed = None;
-                return true;
-            }
-            Err(_) => {
-                tracing::debug!("zk: re-arming the watch on {} timed out", self.path);
-                self.armed = None;
-                return true;
-            }
-        };
-        self.armed = Some(fired(w));
-        self.backoff.reset();
-        let events = self.events(conn.epoch, &snap);
-        self.prev = snap;
-        events.into_iter().all(|ev| self.tx.send(Ok(ev)).is_ok())
+    /// Drops the armed watcher (zookeeper-client then forgets it).
+    fn disarm(&mut self) {
+        if let Some(h) = self.armed.take() {
+            h.abort();
+        }
     }
 
     /// The events from the last reported state to `snap`, read from the client at `epoch`.
@@ -299,13 +332,288 @@ impl<K: WatchKind> Task<K> {
         let reconnected = epoch != self.seen;
         self.seen = epoch;
         self.force_resync = false;
-        if new_session || (reconnected && self.prev != *snap) {
+        let Some(prev) = self.prev.as_ref() else {
+            return vec![];
+        };
+        if new_session || (reconnected && prev != snap) {
             vec![K::resync(snap)]
         } else if reconnected {
             // The same state: nothing to report, and no event can have been missed.
             vec![]
         } else {
-            K::events(&self.prev, snap)
+            K::events(prev, snap)
+        }
+    }
+
+    /// Sends `events` to every watch of the path, forgetting the watches whose stream is gone.
+    fn deliver(&mut self, events: &[K::Event]) {
+        if events.is_empty() {
+            return;
+        }
+        self.subs
+            .retain(|tx| events.iter().all(|ev| tx.send(ev.clone())));
+    }
+}
+
+/// An armed watcher of a path: `Some(fired)` (see [`fired`]), `None` if it was disarmed.
+type Armed = Pin<Box<dyn Future<Output = Option<(Path, bool)>> + Send>>;
+type Reading<K> = Pin<Box<dyn Future<Output = Done<K>> + Send>>;
+
+/// A state read, with the watcher armed by the read if it was asked to arm one.
+type Read<K> = (<K as WatchKind>::Snap, Option<zk::OneshotWatcher>);
+
+/// A finished read: the path, the client it was read from, and the state with the watcher
+/// it armed (if it was asked to arm one).
+struct Done<K: WatchKind> {
+    path: Path,
+    epoch: Epoch,
+    /// `Err(bound)`: no answer within the bound.
+    result: std::result::Result<ZkResult<Read<K>>, Duration>,
+}
+
+/// The task behind every watch of one kind.
+struct Driver<K: WatchKind> {
+    conns: watch::Receiver<MainConn>,
+    bounds: Bounds,
+    entries: HashMap<Path, Entry<K>>,
+    armed: FuturesUnordered<Armed>,
+    reads: FuturesUnordered<Reading<K>>,
+    /// Paths whose read failed, read again at `retry_at`.
+    retry: Vec<Path>,
+    retry_at: Option<Instant>,
+    backoff: Backoff,
+    /// New watches since the last sweep of unused entries.
+    since_sweep: usize,
+}
+
+impl<K: WatchKind> Driver<K> {
+    fn spawn(
+        conns: watch::Receiver<MainConn>,
+        bounds: Bounds,
+        stop: watch::Receiver<bool>,
+    ) -> mpsc::UnboundedSender<Subscribe<K>> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let driver = Driver::<K> {
+            conns,
+            bounds,
+            entries: HashMap::new(),
+            armed: FuturesUnordered::new(),
+            reads: FuturesUnordered::new(),
+            retry: Vec::new(),
+            retry_at: None,
+            backoff: Backoff::reconnect(),
+            since_sweep: 0,
+        };
+        tokio::spawn(driver.run(rx, stop));
+        tx
+    }
+
+    async fn run(
+        mut self,
+        mut requests: mpsc::UnboundedReceiver<Subscribe<K>>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        loop {
+            let retry_at = self.retry_at;
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                req = requests.recv() => match req {
+                    Some(req) => self.subscribe(req),
+                    None => return,
+                },
+                Some(fired) = self.armed.next(), if !self.armed.is_empty() => {
+                    if let Some((path, ok)) = fired {
+                        self.fired(path, ok)
+                    }
+                }
+                Some(done) = self.reads.next(), if !self.reads.is_empty() => self.done(done),
+                r = self.conns.changed() => match r {
+                    Ok(()) => self.reconnected(),
+                    Err(_) => return,
+                },
+                _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {
+                    self.retry_at = None;
+                    for path in std::mem::take(&mut self.retry) {
+                        self.read(&path);
+                    }
+                }
+            }
+        }
+    }
+
+    fn subscribe(&mut self, req: Subscribe<K>) {
+        self.since_sweep += 1;
+        if self.since_sweep >= self.entries.len().max(64) {
+            self.sweep();
+        }
+        let seen = self.conns.borrow().epoch;
+        let e = self
+            .entries
+            .entry(req.path.clone())
+            .or_insert_with(|| Entry::new(seen));
+        if e.reading {
+            e.queued.push(req.reply);
+        } else {
+            e.waiters.push(req.reply);
+        }
+        self.read(&req.path);
+    }
+
+    /// Forgets the paths nobody watches any more (amortized: every time as many new watches
+    /// as there are paths came in).
+    fn sweep(&mut self) {
+        self.since_sweep = 0;
+        self.entries.retain(|_, e| {
+            let keep = e.reading || !e.unused();
+            if !keep {
+                e.disarm();
+            }
+            keep
+        });
+    }
+
+    /// Reads `path` now, or after the read in flight. Arms a watcher unless one is armed.
+    fn read(&mut self, path: &Path) {
+        let Some(e) = self.entries.get_mut(path) else {
+            return;
+        };
+        if e.reading {
+            e.again = true;
+            return;
+        }
+        e.reading = true;
+        let queued = std::mem::take(&mut e.queued);
+        e.waiters.extend(queued);
+        let arm = e.armed.is_none();
+        let conn = self.conns.borrow().clone();
+        let timeout = self.bounds.timeout;
+        let path = path.clone();
+        self.reads.push(Box::pin(async move {
+            let c = conn.client;
+            let p = path.clone();
+            let read = async move {
+                if arm {
+                    K::arm(c, p).await.map(|(s, w)| (s, Some(w)))
+                } else {
+                    K::read(c, p).await.map(|s| (s, None))
+                }
+            };
+            let result = tokio::time::timeout(timeout, read)
+                .await
+                .map_err(|_| timeout);
+            Done {
+                path,
+                epoch: conn.epoch,
+                result,
+            }
+        }));
+    }
+
+    fn fired(&mut self, path: Path, ok: bool) {
+        let Some(e) = self.entries.get_mut(&path) else {
+            return;
+        };
+        e.armed = None;
+        if !ok {
+            e.force_resync = true;
+        }
+        self.read(&path);
+    }
+
+    /// The main client reconnected or was replaced: every path is read again.
+    fn reconnected(&mut self) {
+        let now = self.conns.borrow_and_update().epoch;
+        let paths: Vec<Path> = self
+            .entries
+            .iter_mut()
+            .map(|(p, e)| {
+                if e.seen.client != now.client {
+                    // The watcher is on the old client: arm a new one.
+                    e.disarm();
+                }
+                p.clone()
+            })
+            .collect();
+        for p in paths {
+            self.read(&p);
+        }
+    }
+
+    fn done(&mut self, done: Done<K>) {
+        let Done {
+            path,
+            epoch,
+            result,
+        } = done;
+        let current = self.conns.borrow().epoch;
+        let Some(e) = self.entries.get_mut(&path) else {
+            return;
+        };
+        e.reading = false;
+        match result {
+            Ok(Ok((snap, w))) => {
+                if let Some(w) = w {
+                    if epoch.client == current.client {
+                        let (handle, reg) = AbortHandle::new_pair();
+                        let p = path.clone();
+                        self.armed.push(Box::pin(async move {
+                            Abortable::new(fired(w), reg).await.ok().map(|ok| (p, ok))
+                        }));
+                        e.armed = Some(handle);
+                    } else {
+                        // Read from a client replaced since: read again on the new one.
+                        e.again = true;
+                    }
+                }
+                let events = e.events(epoch, &snap);
+                e.deliver(&events);
+                for reply in e.waiters.drain(..) {
+                    let (tx, rx) = event_queue::<K::Event>(WATCH_BUFFER);
+                    let stream: EventStream<K::Event> = Box::pin(rx.map(Ok));
+                    if reply.send(Ok((snap.clone(), stream))).is_ok() {
+                        e.subs.push(tx);
+                    }
+                }
+                e.prev = Some(snap);
+                self.backoff.reset();
+            }
+            Ok(Err(err)) => {
+                tracing::debug!("zk: reading the watched {path} failed: {err}");
+                // A session that ended is replaced: new watches wait for it (within their
+                // timeout); anything else fails them.
+                if !matches!(err, zk::Error::SessionExpired | zk::Error::ClientClosed) {
+                    for reply in e.waiters.drain(..) {
+                        let mapped = error::map(err.clone(), path.as_str(), Op::Other, None);
+                        let _ = reply.send(Err(error::at(mapped, &self.bounds.hosts)));
+                    }
+                }
+                self.retry_later(&path);
+            }
+            Err(after) => {
+                tracing::debug!("zk: reading the watched {path} timed out");
+                for reply in e.waiters.drain(..) {
+                    let err = error::timeout("watch", path.as_str(), after);
+                    let _ = reply.send(Err(error::at(err, &self.bounds.hosts)));
+                }
+                self.retry_later(&path);
+            }
+        }
+        let Some(e) = self.entries.get_mut(&path) else {
+            return;
+        };
+        if e.unused() && !e.reading {
+            e.disarm();
+            self.entries.remove(&path);
+        } else if std::mem::take(&mut e.again) {
+            self.read(&path);
+        }
+    }
+
+    /// Reads `path` again after the back-off.
+    fn retry_later(&mut self, path: &Path) {
+        self.retry.push(path.clone());
+        if self.retry_at.is_none() {
+            self.retry_at = Some(Instant::now() + self.backoff.next_delay());
         }
     }
 }

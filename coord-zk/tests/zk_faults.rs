@@ -1,27 +1,17 @@
 //! ZooKeeper-specific fault tests against real servers from coord-testkit (tickTime 500).
 //! Every wait is bounded.
 
-use std::future::Future;
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::{p, within};
 use coord_core::recipes::{HoldState, SuspendPolicy};
 use coord_core::{Backend, Client, CreateMode, Path, Session, SessionOptions, SessionState};
 use coord_testkit::{Cluster, Server};
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-const BOUND: Duration = Duration::from_secs(30);
-
-fn p(s: &str) -> Path {
-    Path::new(s).unwrap()
-}
-
-async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
-    tokio::time::timeout(BOUND, f)
-        .await
-        .unwrap_or_else(|_| panic!("timed out after {BOUND:?} waiting for {what}"))
-}
 
 /// Runs a blocking test-kit call off the runtime.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
