@@ -206,7 +206,8 @@ enum Keep {
     Agent(consul_agent::Agent),
 }
 
-fn static_name(name: &str) -> &'static str {
+/// The backend name as a `&'static str` (the `Cx` field).
+pub(crate) fn static_name(name: &str) -> &'static str {
     match name {
         "zk" => "zk",
         "etcd" => "etcd",

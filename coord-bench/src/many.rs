@@ -112,13 +112,21 @@ fn parse_row(line: &str) -> Option<Row> {
     ))
 }
 
-fn static_name(name: &str) -> &'static str {
-    match name {
-        "zk" => "zk",
-        "etcd" => "etcd",
-        "consul" => "consul",
-        _ => "mem",
-    }
+/// Creates every path of `paths` with `value`, [`AT_ONCE`] at a time.
+async fn create_all(
+    b: &dyn coord::Backend,
+    paths: impl Iterator<Item = Res<Path>>,
+    value: &[u8],
+) -> Res<()> {
+    stream::iter(paths)
+        .map(|p| async move {
+            b.create(&p?, value, CreateMode::Exact).await?;
+            Res::Ok(())
+        })
+        .buffer_unordered(AT_ONCE)
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(())
 }
 
 /// The child process: `name` at `url` (its own namespace), the raw client at `endpoint`.
@@ -132,7 +140,7 @@ pub async fn child(name: &str, url: &str, endpoint: &str, quick: bool) -> Res<()
         other => Some(Raw::connect(other, endpoint).await?),
     };
     let cx = Cx {
-        name: static_name(name),
+        name: crate::static_name(name),
         url: url.to_owned(),
         backend,
         raw,
@@ -155,29 +163,8 @@ async fn one_process(cx: &Cx, endpoint: &str) -> Vec<Row> {
     // Setup: the parents and two thirds of the keys.
     let setup = async {
         create_parents(b, &parent(0)?).await?;
-        stream::iter(1..n)
-            .map(|i| async move {
-                Ok::<_, crate::stats::BoxError>(
-                    b.create(&parent(i)?, b"", CreateMode::Exact)
-                        .await
-                        .map(|_| ())?,
-                )
-            })
-            .buffer_unordered(AT_ONCE)
-            .try_collect::<Vec<()>>()
-            .await?;
-        stream::iter((0..keys).filter(|i| i % 3 != 0))
-            .map(|i| async move {
-                Ok::<_, crate::stats::BoxError>(
-                    b.create(&key(i)?, b"init", CreateMode::Exact)
-                        .await
-                        .map(|_| ())?,
-                )
-            })
-            .buffer_unordered(AT_ONCE)
-            .try_collect::<Vec<()>>()
-            .await?;
-        Res::Ok(())
+        create_all(b, (1..n).map(parent), b"").await?;
+        create_all(b, (0..keys).filter(|i| i % 3 != 0).map(key), b"init").await
     };
     if let Err(e) = setup.await {
         rows.push(Row::failed(7, "one process: setup", &e));
