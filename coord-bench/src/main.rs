@@ -17,7 +17,9 @@ mod dialects;
 mod dialects_kv;
 mod guarded;
 mod handover;
+mod idle;
 mod kernel;
+mod many;
 mod partition;
 mod raw;
 mod recipes;
@@ -133,13 +135,21 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-        return match rt.block_on(scale::child_phase(&phase, n, &url)) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::FAILURE
-            }
+        return child_exit(rt.block_on(scale::child_phase(&phase, n, &url)));
+    }
+    if args.first().map(String::as_str) == Some("--child-scale") {
+        let [_, name, url, endpoint, size] = &args[..] else {
+            eprintln!("usage: coord-bench --child-scale NAME URL ENDPOINT quick|full");
+            return ExitCode::from(2);
         };
+        return child_exit(rt.block_on(many::child(name, url, endpoint, size == "quick")));
+    }
+    if args.first().map(String::as_str) == Some("--child-candidate") {
+        let [_, url, leader] = &args[..] else {
+            eprintln!("usage: coord-bench --child-candidate URL own-leader|''");
+            return ExitCode::from(2);
+        };
+        return child_exit(rt.block_on(idle::child(url, leader == "own-leader")));
     }
     let opts = match parse(&args) {
         Ok(o) => o,
@@ -152,6 +162,17 @@ fn main() -> ExitCode {
         }
     };
     rt.block_on(run(opts))
+}
+
+/// The exit code of a child process's phase; its error on stderr.
+fn child_exit(r: Res<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn kind_of(name: &str) -> Option<Kind> {
@@ -186,7 +207,8 @@ enum Keep {
     Agent(consul_agent::Agent),
 }
 
-fn static_name(name: &str) -> &'static str {
+/// The backend name as a `&'static str` (the `Cx` field).
+pub(crate) fn static_name(name: &str) -> &'static str {
     match name {
         "zk" => "zk",
         "etcd" => "etcd",
@@ -270,6 +292,14 @@ async fn bench_backend(name: &str, sizes: Sizes, only: &[u8], start: Instant) ->
     if wanted(7) {
         progress(name, "memory", start);
         rows.extend(scale::memory(&cx).await);
+        progress(name, "one process: watches, sessions, connections", start);
+        rows.extend(many::rows(&cx).await);
+        let secs = if cx.sizes.mem_n < cx::Sizes::full().mem_n {
+            3
+        } else {
+            10
+        };
+        section!(7, "idle waiting candidate", idle::idle_candidate(&cx, secs));
     }
     section!(8, "guarded write", guarded::guarded_set(&cx));
     if wanted(9) {

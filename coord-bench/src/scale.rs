@@ -83,7 +83,7 @@ pub async fn grandchildren(cx: &Cx) -> Res<Vec<Row>> {
 }
 
 /// `VmRSS` and `VmHWM` of this process, in KiB.
-fn proc_status() -> (u64, u64) {
+pub(crate) fn proc_status() -> (u64, u64) {
     let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let field = |name: &str| {
         s.lines()
@@ -201,7 +201,7 @@ async fn run_child(phase: &str, n: usize, url: &str) -> Res<(u64, u64)> {
     Ok((rss1.saturating_sub(rss0), hwm1.saturating_sub(rss0)))
 }
 
-fn kib(k: u64) -> String {
+pub(crate) fn kib(k: u64) -> String {
     if k >= 10 * 1024 {
         format!("{:.1} MiB", k as f64 / 1024.0)
     } else {

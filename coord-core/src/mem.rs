@@ -17,6 +17,11 @@
 //!   namespaces), starting at 1; they last as long as the store does.
 //! - A guarded write ([`Backend::write_if`]) checks its guard and
 //!   writes under the store's one lock.
+//! - A watch is a small bounded queue ([`event_queue`] of [`WATCH_BUFFER`] events) in the
+//!   store's map of watchers, with no task of its own; a consumer that falls that far behind
+//!   gets one `Resync` with the latest state instead of the queued events. Watchers whose
+//!   stream was dropped are pruned when their key changes and by a sweep whose cost is spread
+//!   over the registrations.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,9 +29,12 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::{mpsc, watch};
+use futures::StreamExt;
+use tokio::sync::watch;
 
-use crate::adapter::{check_ttl, stream_of, RawBackend, RawSession};
+use crate::adapter::{
+    check_ttl, event_queue, Collapse, EventSender, RawBackend, RawSession, WATCH_BUFFER,
+};
 use crate::error::{Error, Result};
 use crate::kernel::*;
 use crate::path::{format_sequence, Path};
@@ -61,16 +69,27 @@ struct SessionEntry {
 
 struct Watcher<E> {
     client: u64,
-    tx: mpsc::UnboundedSender<Result<E>>,
+    tx: EventSender<E>,
 }
+
+/// A map of watchers by (namespace, path).
+type Watchers<E> = HashMap<(String, String), Vec<Watcher<E>>>;
+
+/// Registrations between two sweeps of dropped watchers, at least.
+const SWEEP_MIN: usize = 256;
 
 #[derive(Default)]
 struct Inner {
     /// namespace -> path -> node. Each namespace's root `/` always exists.
     trees: HashMap<String, BTreeMap<String, MemNode>>,
     sessions: HashMap<u64, SessionEntry>,
-    key_watchers: HashMap<(String, String), Vec<Watcher<KeyEvent>>>,
-    child_watchers: HashMap<(String, String), Vec<Watcher<ChildrenEvent>>>,
+    key_watchers: Watchers<KeyEvent>,
+    child_watchers: Watchers<ChildrenEvent>,
+    /// Watch registrations since the last sweep of dropped watchers.
+    registered_since_sweep: usize,
+    /// Watchers left by the last sweep: the next one comes after as many registrations
+    /// (amortised O(1) per registration; at most about twice the live watchers are kept).
+    live_after_sweep: usize,
     /// The last creation stamp given (store-wide; the next create takes the one after).
     last_created: u64,
 }
@@ -95,13 +114,43 @@ impl Store {
     }
 }
 
-fn send_all<E: Clone>(list: Option<&mut Vec<Watcher<E>>>, ev: E) {
+fn send_all<E: Clone + Collapse>(list: Option<&mut Vec<Watcher<E>>>, ev: E) {
     if let Some(list) = list {
-        list.retain(|w| w.tx.send(Ok(ev.clone())).is_ok());
+        list.retain(|w| w.tx.send(ev.clone()));
     }
 }
 
+/// Drops the watchers that `keep` refuses, and the keys left without any; returns how many
+/// are left.
+fn prune<E>(map: &mut Watchers<E>, keep: impl Fn(&Watcher<E>) -> bool) -> usize {
+    map.retain(|_, l| {
+        l.retain(&keep);
+        !l.is_empty()
+    });
+    map.values().map(Vec::len).sum()
+}
+
+/// Adds a watcher of (`ns`, `path`) to `map`, dropping those of the same key whose stream is
+/// gone.
+fn register<E>(map: &mut Watchers<E>, ns: &str, path: &Path, w: Watcher<E>) {
+    let list = map
+        .entry((ns.to_owned(), path.as_str().to_owned()))
+        .or_default();
+    list.retain(|w| !w.tx.is_closed());
+    list.push(w);
+}
+
 impl Inner {
+    /// Counts a registration and sweeps the dropped watchers of every key when due.
+    fn registered(&mut self) {
+        self.registered_since_sweep += 1;
+        if self.registered_since_sweep > self.live_after_sweep.max(SWEEP_MIN) {
+            self.live_after_sweep = prune(&mut self.key_watchers, |w| !w.tx.is_closed())
+                + prune(&mut self.child_watchers, |w| !w.tx.is_closed());
+            self.registered_since_sweep = 0;
+        }
+    }
+
     fn tree(&mut self, ns: &str) -> &mut BTreeMap<String, MemNode> {
         self.trees.entry(ns.to_owned()).or_insert_with(|| {
             let mut t = BTreeMap::new();
@@ -451,16 +500,8 @@ impl Drop for MemBackend {
         // Watches belong to the client: end them with it.
         let mut inner = self.store.lock();
         let me = self.client_id;
-        inner
-            .key_watchers
-            .values_mut()
-            .for_each(|l| l.retain(|w| w.client != me));
-        inner
-            .child_watchers
-            .values_mut()
-            .for_each(|l| l.retain(|w| w.client != me));
-        inner.key_watchers.retain(|_, l| !l.is_empty());
-        inner.child_watchers.retain(|_, l| !l.is_empty());
+        prune(&mut inner.key_watchers, |w| w.client != me);
+        prune(&mut inner.child_watchers, |w| w.client != me);
     }
 }
 
@@ -554,40 +595,36 @@ impl RawBackend for MemBackend {
     }
 
     async fn watch(&self, path: &Path) -> Result<(Option<Node>, KeyWatch)> {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = event_queue(WATCH_BUFFER);
         let mut inner = self.store.lock();
         let current = inner.node(&self.ns, path.as_str()).map(|n| Node {
             path: path.clone(),
             value: n.value.clone(),
             stat: Inner::stat_of(n),
         });
-        inner
-            .key_watchers
-            .entry((self.ns.clone(), path.as_str().to_owned()))
-            .or_default()
-            .push(Watcher {
-                client: self.client_id,
-                tx,
-            });
-        Ok((current, stream_of(rx)))
+        let w = Watcher {
+            client: self.client_id,
+            tx,
+        };
+        register(&mut inner.key_watchers, &self.ns, path, w);
+        inner.registered();
+        Ok((current, Box::pin(rx.map(Ok))))
     }
 
     async fn watch_children(&self, path: &Path) -> Result<(Vec<String>, ChildrenWatch)> {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = event_queue(WATCH_BUFFER);
         let mut inner = self.store.lock();
         let current = inner
             .node(&self.ns, path.as_str())
             .map(|n| n.children.iter().cloned().collect())
             .unwrap_or_default();
-        inner
-            .child_watchers
-            .entry((self.ns.clone(), path.as_str().to_owned()))
-            .or_default()
-            .push(Watcher {
-                client: self.client_id,
-                tx,
-            });
-        Ok((current, stream_of(rx)))
+        let w = Watcher {
+            client: self.client_id,
+            tx,
+        };
+        register(&mut inner.child_watchers, &self.ns, path, w);
+        inner.registered();
+        Ok((current, Box::pin(rx.map(Ok))))
     }
 }
 
@@ -728,5 +765,63 @@ impl Drop for MemSession {
     fn drop(&mut self) {
         // The last handle gone is like a client closing: ephemerals go now.
         self.store.lock().end_session(self.id, SessionState::Closed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Path {
+        Path::new(s).expect("path")
+    }
+
+    #[tokio::test]
+    async fn a_slow_watch_gets_one_resync_with_the_latest_state() {
+        let b = MemBackend::new();
+        RawBackend::create(&b, &p("/k"), b"0", CreateMode::Exact)
+            .await
+            .unwrap();
+        let (_, mut slow) = RawBackend::watch(&b, &p("/k")).await.unwrap();
+        let n = WATCH_BUFFER + 10;
+        for i in 1..=n {
+            let v = i.to_string();
+            RawBackend::set(&b, &p("/k"), v.as_bytes(), None)
+                .await
+                .unwrap();
+        }
+        // The full queue collapsed into a Resync; the events after it follow in order.
+        let mut last = None;
+        let mut resyncs = 0;
+        for _ in 0..n {
+            match futures::FutureExt::now_or_never(slow.next()) {
+                Some(Some(Ok(KeyEvent::Resync(Some(node))))) => {
+                    resyncs += 1;
+                    last = Some(node.value)
+                }
+                Some(Some(Ok(KeyEvent::Changed(node)))) => last = Some(node.value),
+                Some(other) => panic!("unexpected {other:?}"),
+                None => break,
+            }
+        }
+        assert_eq!(resyncs, 1);
+        assert_eq!(last, Some(n.to_string().into_bytes()));
+    }
+
+    #[tokio::test]
+    async fn dropped_watches_are_swept() {
+        let b = MemBackend::new();
+        for i in 0..(3 * SWEEP_MIN) {
+            let path = p(&format!("/k{i}"));
+            drop(RawBackend::watch(&b, &path).await.unwrap());
+            drop(RawBackend::watch_children(&b, &path).await.unwrap());
+        }
+        let (_, _kept) = RawBackend::watch(&b, &p("/kept")).await.unwrap();
+        let inner = b.store.lock();
+        let left = inner.key_watchers.len() + inner.child_watchers.len();
+        assert!(left <= SWEEP_MIN + 1, "{left} watcher keys left");
+        assert!(inner
+            .key_watchers
+            .contains_key(&(String::new(), "/kept".to_owned())));
     }
 }
