@@ -1,6 +1,8 @@
-//! Watches: a background task per watch drives one etcd watch stream (one or more ranges),
-//! resumes it from the last seen revision after a break, and re-reads + yields `Resync` when
-//! the revision it needs was compacted. Events are delivered one by one (no coalescing).
+//! Watches: the logic of key and children watches ([`Logic`]), run by the backend's shared
+//! streams ([`Hub`]). The dialects' and the naming registry's few watches keep a task and a
+//! stream each ([`drive`]): resumed from the last seen revision after a break, re-read +
+//! `Resync` when the revision they need was compacted. Events are delivered one by one (no
+//! coalescing).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -14,6 +16,7 @@ use tokio::sync::mpsc;
 
 use crate::context::{children_ranges, names, stat_of, Context, Range, MAX_DECODE};
 use crate::error::{bounded, Ctx};
+use crate::hub::Hub;
 
 /// etcd's event type numbers.
 pub(crate) const PUT: i32 = 0;
@@ -39,7 +42,7 @@ pub(crate) enum Step<E> {
     Resync,
 }
 
-fn event_rev(ev: &PbEvent) -> i64 {
+pub(crate) fn event_rev(ev: &PbEvent) -> i64 {
     ev.kv.as_ref().map(|kv| kv.mod_revision).unwrap_or(0)
 }
 
@@ -144,10 +147,31 @@ impl Logic for ChildrenLogic {
     }
 }
 
-/// Reads `path` and watches it from the revision after the read.
+/// The sending side of one watch's queue.
+pub(crate) struct Tx<E>(mpsc::UnboundedSender<Result<E>>);
+
+impl<E> Tx<E> {
+    /// Queues `ev`; `false` if the consumer dropped the watch.
+    pub(crate) fn send(&self, ev: Result<E>) -> bool {
+        self.0.send(ev).is_ok()
+    }
+
+    /// Whether the consumer dropped the watch.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.0.is_closed()
+    }
+}
+
+/// A new watch queue: its sending side and the consumer's stream.
+fn queue<E: Send + 'static>() -> (Tx<E>, futures::stream::BoxStream<'static, Result<E>>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (Tx(tx), coord_core::adapter::stream_of(rx))
+}
+
+/// Reads `path` and watches it from the revision after the read (on the shared streams).
 pub(crate) async fn watch_key(
-    scope: &WatchScope,
-    cx: Arc<Context>,
+    hub: &Hub,
+    cx: &Context,
     path: &Path,
 ) -> Result<(Option<Node>, KeyWatch)> {
     let ranges = vec![Range {
@@ -169,14 +193,16 @@ pub(crate) async fn watch_key(
             stat: coord_core::Stat::new(coord_core::Version(0), None),
         })
     });
-    let rx = scope.spawn(|tx| drive(cx, ranges, rev + 1, logic, tx));
+    let (tx, rx) = queue();
+    hub.add(ranges, rev + 1, logic, tx);
     Ok((current, rx))
 }
 
-/// Lists `path`'s children and watches the list from the revision after the read.
+/// Lists `path`'s children and watches the list from the revision after the read (on the
+/// shared streams).
 pub(crate) async fn watch_children(
-    scope: &WatchScope,
-    cx: Arc<Context>,
+    hub: &Hub,
+    cx: &Context,
     path: &Path,
 ) -> Result<(Vec<String>, ChildrenWatch)> {
     let ranges = children_ranges(cx.layout(), path);
@@ -190,7 +216,8 @@ pub(crate) async fn watch_children(
         ChildrenEvent::Resync(l) => l,
         _ => Vec::new(),
     };
-    let rx = scope.spawn(|tx| drive(cx, ranges, rev + 1, logic, tx));
+    let (tx, rx) = queue();
+    hub.add(ranges, rev + 1, logic, tx);
     Ok((current, rx))
 }
 
