@@ -91,6 +91,7 @@ impl EtcdBackend {
         };
         let cx = Arc::new(Context {
             tree: Tree::new(store, &cfg.namespace, caps),
+            keep_alives: Default::default(),
         });
         // etcd-client connects lazily: make a bad address or bad credentials fail here.
         let root = cx.layout().node(&Path::root());
