@@ -11,12 +11,15 @@
 //!   (etcd, Consul): keep-alive, deadline, close, drop, crash.
 //! - [`stream_of`]: a channel receiver as a boxed stream; [`KeySnapshot`] /
 //!   [`ChildrenSnapshot`]: the events between two reads of a polled or re-armed watch.
+//! - [`event_queue`]: a watch's small, bounded queue for backends that serve many watches from
+//!   shared machinery; a consumer that falls behind gets one `Resync`, never a silent gap.
 //! - [`WatchScope`]: watch tasks that end with their backend or their stream.
 //! - [`flat`]: coord's tree on a flat, transactional key-value store (etcd, Consul).
 //! - [`hold`]: the monitor of a role held on one key outside the layout (the dialects).
 
 mod backoff;
 mod diff;
+mod events;
 pub mod flat;
 pub mod hold;
 mod lease;
@@ -32,6 +35,7 @@ use tokio::sync::mpsc;
 
 pub use backoff::Backoff;
 pub use diff::{ChildrenSnapshot, KeySnapshot};
+pub use events::{event_queue, Collapse, EventSender, WATCH_BUFFER};
 pub use lease::{Lease, LeaseHandle, LeaseSession, Renewal, Timing};
 pub use raw::{check_ttl, check_value, RawBackend, RawSession};
 pub use scope::WatchScope;
