@@ -3,7 +3,9 @@
 //!
 //! - A stream carries up to [`PER_STREAM`] watches; a reader task per stream hands each
 //!   response to the watch its id names ([`Entry`]), which applies it with its [`Logic`] and
-//!   queues what to deliver in its own bounded queue: a slow consumer delays nobody.
+//!   queues what to deliver in its own bounded queue (`event_queue`; a consumer that falls
+//!   behind gets one `Resync` of the newest state, never a silent loss): a slow consumer
+//!   delays nobody.
 //! - A compaction of the revision a watch needs (or an order its logic cannot trust) resyncs
 //!   that watch only: its watchers are cancelled, it re-reads, yields `Resync` and is added
 //!   again from the read's revision + 1.
@@ -17,7 +19,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use coord_core::adapter::Backoff;
+use coord_core::adapter::{Backoff, Collapse};
 use coord_core::{Error, Result};
 use etcd_client::proto::{PbEvent, PbKeyValue};
 use etcd_client::{WatchOptions, WatchRequestSender, WatchResponseStream};
@@ -65,7 +67,10 @@ struct Slot<L: Logic> {
     tx: Tx<L::Ev>,
 }
 
-impl<L: Logic> Sink for Slot<L> {
+impl<L: Logic> Sink for Slot<L>
+where
+    L::Ev: Collapse,
+{
     fn on_event(&mut self, idx: usize, ev: &PbEvent) -> Flow {
         let rev = event_rev(ev);
         if let Some(n) = self.next.get_mut(idx) {
@@ -251,7 +256,10 @@ impl Hub {
     }
 
     /// Starts a watch over `ranges` resuming from `start` with `logic`, delivering into `tx`.
-    pub(crate) fn add<L: Logic>(&self, ranges: Vec<Range>, start: i64, logic: L, tx: Tx<L::Ev>) {
+    pub(crate) fn add<L: Logic>(&self, ranges: Vec<Range>, start: i64, logic: L, tx: Tx<L::Ev>)
+    where
+        L::Ev: Collapse,
+    {
         let next = vec![start; ranges.len()];
         let slot = Slot {
             logic,

@@ -8,10 +8,11 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use coord_core::adapter::flat::Layout;
-use coord_core::adapter::{Backoff, WatchScope};
+use coord_core::adapter::{event_queue, Backoff, Collapse, EventSender, WatchScope, WATCH_BUFFER};
 use coord_core::{ChildrenEvent, ChildrenWatch, Error, KeyEvent, KeyWatch, Node, Path, Result};
 use etcd_client::proto::{PbEvent, PbKeyValue};
 use etcd_client::{WatchOptions, WatchStream};
+use futures::stream::{BoxStream, StreamExt};
 use tokio::sync::mpsc;
 
 use crate::context::{children_ranges, names, stat_of, Context, Range, MAX_DECODE};
@@ -147,13 +148,26 @@ impl Logic for ChildrenLogic {
     }
 }
 
-/// The sending side of one watch's queue.
-pub(crate) struct Tx<E>(mpsc::UnboundedSender<Result<E>>);
+/// One item of a watch's queue: an event or the error that ends the watch.
+pub(crate) struct Item<E>(Result<E>);
 
-impl<E> Tx<E> {
+impl<E: Collapse> Collapse for Item<E> {
+    fn collapse(newest: &Self) -> Self {
+        Item(match &newest.0 {
+            Ok(e) => Ok(E::collapse(e)),
+            Err(e) => Err(e.clone()),
+        })
+    }
+}
+
+/// The sending side of one watch's bounded queue ([`event_queue`]): a consumer that falls
+/// [`WATCH_BUFFER`] events behind gets one `Resync` of the newest state instead.
+pub(crate) struct Tx<E>(EventSender<Item<E>>);
+
+impl<E: Collapse> Tx<E> {
     /// Queues `ev`; `false` if the consumer dropped the watch.
     pub(crate) fn send(&self, ev: Result<E>) -> bool {
-        self.0.send(ev).is_ok()
+        self.0.send(Item(ev))
     }
 
     /// Whether the consumer dropped the watch.
@@ -163,9 +177,9 @@ impl<E> Tx<E> {
 }
 
 /// A new watch queue: its sending side and the consumer's stream.
-fn queue<E: Send + 'static>() -> (Tx<E>, futures::stream::BoxStream<'static, Result<E>>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    (Tx(tx), coord_core::adapter::stream_of(rx))
+fn queue<E: Collapse + Send + 'static>() -> (Tx<E>, BoxStream<'static, Result<E>>) {
+    let (tx, rx) = event_queue(WATCH_BUFFER);
+    (Tx(tx), rx.map(|Item(r)| r).boxed())
 }
 
 /// Reads `path` and watches it from the revision after the read (on the shared streams).
