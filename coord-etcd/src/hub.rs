@@ -274,16 +274,16 @@ impl Hub {
                 ids: Vec::new(),
             }),
         });
-        self.spawn_attach(entry, false);
+        self.spawn_attach(entry, false, false);
     }
 
-    /// Attaches `entry` in a task of its own (re-reading first if `resync`), retrying until it
-    /// is on a stream, the consumer is gone or the hub is dropped.
-    fn spawn_attach(&self, entry: Arc<Entry>, resync: bool) {
+    /// Attaches `entry` in a task of its own (after a pause if `pause`; re-reading first if
+    /// `resync`), retrying until it is on a stream, the consumer is gone or the hub is dropped.
+    fn spawn_attach(&self, entry: Arc<Entry>, resync: bool, pause: bool) {
         let (me, mut gone) = (self.me.clone(), self.alive.subscribe());
         tokio::spawn(async move {
             tokio::select! {
-                _ = attach_loop(me, entry, resync) => {}
+                _ = attach_loop(me, entry, resync, pause) => {}
                 _ = async { while gone.changed().await.is_ok() {} } => {}
             }
         });
@@ -321,8 +321,13 @@ impl Hub {
     /// Adds `entry` to the open stream `conn`; `false` if it is broken or full.
     async fn attach_to(&self, conn: &Arc<Conn>, entry: &Arc<Entry>) -> bool {
         let ids = self.ids(entry);
+        // Never a table's lock and then a watch's: a sweep takes them the other way round.
         let opts = {
             let mut inner = entry.lock();
+            inner.ids = ids.clone();
+            entry.requests(&ids, &inner)
+        };
+        {
             let mut t = conn.table();
             if t.dead || t.watches >= PER_STREAM {
                 return false;
@@ -331,9 +336,7 @@ impl Hub {
                 t.by_id.insert(*id, (entry.clone(), i));
             }
             t.watches += 1;
-            inner.ids = ids.clone();
-            entry.requests(&ids, &inner)
-        };
+        }
         conn.create(opts).await;
         true
     }
@@ -389,8 +392,11 @@ impl Hub {
 }
 
 /// Re-reads (if `resync`) and attaches `entry` until done, with backoff between failures.
-async fn attach_loop(hub: Weak<Hub>, entry: Arc<Entry>, mut resync: bool) {
+async fn attach_loop(hub: Weak<Hub>, entry: Arc<Entry>, mut resync: bool, pause: bool) {
     let mut backoff = Backoff::reconnect();
+    if pause {
+        backoff.wait().await;
+    }
     loop {
         let Some(h) = hub.upgrade() else { return };
         if entry.lock().sink.is_closed() {
@@ -453,10 +459,11 @@ async fn read(hub: Weak<Hub>, conn: Arc<Conn>, mut responses: WatchResponseStrea
             conn.detach(&entry);
             if resp.compact_revision > 0 {
                 // The revision it needs is compacted: changes may be lost, say so.
-                h.spawn_attach(entry, true);
+                h.spawn_attach(entry, true, false);
             } else {
+                // After a pause: a server that refuses the watch must not be hammered.
                 tracing::debug!(reason = %resp.cancel_reason, "etcd watch canceled, re-adding");
-                h.spawn_attach(entry, false);
+                h.spawn_attach(entry, false, true);
             }
             continue;
         }
@@ -477,7 +484,7 @@ async fn read(hub: Weak<Hub>, conn: Arc<Conn>, mut responses: WatchResponseStrea
             }
             Flow::Resync => {
                 conn.detach(&entry);
-                h.spawn_attach(entry, true);
+                h.spawn_attach(entry, true, false);
             }
         }
     }
@@ -486,13 +493,12 @@ async fn read(hub: Weak<Hub>, conn: Arc<Conn>, mut responses: WatchResponseStrea
         let mut t = conn.table();
         t.dead = true;
         t.watches = 0;
-        let mut v: Vec<Arc<Entry>> = Vec::new();
-        for (_, (e, _)) in t.by_id.drain() {
-            if !v.iter().any(|x| Arc::ptr_eq(x, &e)) {
-                v.push(e);
-            }
-        }
-        v
+        // Each watch once: by its first range's id.
+        t.by_id
+            .drain()
+            .filter(|(_, (_, idx))| *idx == 0)
+            .map(|(_, (e, _))| e)
+            .collect()
     };
     let Some(h) = hub.upgrade() else { return };
     {
@@ -503,23 +509,25 @@ async fn read(hub: Weak<Hub>, conn: Arc<Conn>, mut responses: WatchResponseStrea
     }
     for e in moved {
         e.lock().ids.clear();
-        h.spawn_attach(e, false);
+        h.spawn_attach(e, false, false);
     }
 }
 
 /// Cancels the watches of `conn` whose consumer is gone; `true` if none is left (the stream
 /// is then taken out of use).
 fn prune(hub: &Weak<Hub>, conn: &Arc<Conn>) -> bool {
-    let closed: Vec<Arc<Entry>> = {
-        let t = conn.table();
-        let mut v: Vec<Arc<Entry>> = Vec::new();
-        for (e, _) in t.by_id.values() {
-            if e.lock().sink.is_closed() && !v.iter().any(|x| Arc::ptr_eq(x, e)) {
-                v.push(e.clone());
-            }
-        }
-        v
-    };
+    // Each watch once: by its first range's id.
+    let on: Vec<Arc<Entry>> = conn
+        .table()
+        .by_id
+        .values()
+        .filter(|(_, idx)| *idx == 0)
+        .map(|(e, _)| e.clone())
+        .collect();
+    let closed: Vec<Arc<Entry>> = on
+        .into_iter()
+        .filter(|e| e.lock().sink.is_closed())
+        .collect();
     for e in &closed {
         conn.detach(e);
     }
