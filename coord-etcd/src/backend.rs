@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use coord_core::adapter::check_ttl;
 use coord_core::adapter::flat::{FlatBackend, Layout, Tree};
-use coord_core::adapter::{check_ttl, WatchScope};
 use coord_core::registry::NativeRegistry;
 use coord_core::{Capabilities, ChildrenWatch, Error, KeyWatch, Node, Path, Result, Session};
 use etcd_client::{Client, ConnectOptions, GetOptions};
@@ -16,6 +16,7 @@ use coord_core::dialect::{Dialect, DialectDriver};
 use crate::context::{Context, EtcdStore};
 use crate::dialect::EtcdConcurrency;
 use crate::error::{bounded_at, Ctx};
+use crate::hub::Hub;
 use crate::naming::GrpcNaming;
 use crate::session::EtcdSession;
 use crate::watch::{watch_children, watch_key};
@@ -26,8 +27,8 @@ pub struct EtcdBackend {
     cx: Arc<Context>,
     /// The etcd `concurrency` dialect's driver (shared by every handle of this client).
     concurrency: Arc<EtcdConcurrency>,
-    /// The watch tasks end with the backend.
-    watches: WatchScope,
+    /// The shared watch streams of key and children watches; they end with the backend.
+    hub: Arc<Hub>,
     /// The native registry layout (grpc-go's naming), made once so its watches live on.
     naming: Arc<GrpcNaming>,
 }
@@ -90,6 +91,7 @@ impl EtcdBackend {
         };
         let cx = Arc::new(Context {
             tree: Tree::new(store, &cfg.namespace, caps),
+            keep_alives: Default::default(),
         });
         // etcd-client connects lazily: make a bad address or bad credentials fail here.
         let root = cx.layout().node(&Path::root());
@@ -98,8 +100,8 @@ impl EtcdBackend {
         Ok(EtcdBackend {
             naming: Arc::new(GrpcNaming::new(cx.clone())),
             concurrency: Arc::new(EtcdConcurrency::new(cx.clone())),
+            hub: Hub::new(cx.clone()),
             cx,
-            watches: WatchScope::new(),
         })
     }
 
@@ -159,12 +161,12 @@ impl FlatBackend for EtcdBackend {
     }
 
     async fn watch(&self, path: &Path) -> Result<(Option<Node>, KeyWatch)> {
-        let w = watch_key(&self.watches, self.cx.clone(), path).await;
+        let w = watch_key(&self.hub, &self.cx, path).await;
         w.map_err(|e| self.named(e))
     }
 
     async fn watch_children(&self, path: &Path) -> Result<(Vec<String>, ChildrenWatch)> {
-        let w = watch_children(&self.watches, self.cx.clone(), path).await;
+        let w = watch_children(&self.hub, &self.cx, path).await;
         w.map_err(|e| self.named(e))
     }
 

@@ -165,6 +165,8 @@ pub struct EtcdStore {
 /// tasks holding it do not keep the backend alive.
 pub(crate) struct Context {
     pub(crate) tree: Tree<EtcdStore>,
+    /// The keep-alive stream every session of the backend shares.
+    pub(crate) keep_alives: crate::session::KeepAlives,
 }
 
 impl Context {

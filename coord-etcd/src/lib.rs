@@ -26,6 +26,7 @@ mod config;
 mod context;
 pub mod dialect;
 mod error;
+mod hub;
 pub mod naming;
 mod session;
 #[cfg(feature = "testing")]

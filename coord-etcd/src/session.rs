@@ -1,14 +1,16 @@
 //! [`EtcdSession`]: a lease, kept alive by coord-core's [`LeaseSession`]; here are etcd's
 //! steps ([`EtcdLease`]): grant, one keep-alive, revoke, create with the lease.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use coord_core::adapter::{Lease, LeaseSession, Renewal, Timing};
 use coord_core::{CreateMode, Created, Path, Result};
 use etcd_client::{LeaseKeepAliveStream, LeaseKeeper};
-use tokio::sync::Mutex;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::context::{lease_sid, Context};
@@ -39,13 +41,7 @@ impl EtcdSession {
         .await?;
         let ttl = Duration::from_secs(u64::try_from(resp.ttl()).unwrap_or(0).max(1));
         let (id, caps) = (resp.id(), cx.tree.caps.clone());
-        let keeper = Mutex::new(None);
-        let lease = EtcdLease {
-            id,
-            ttl,
-            cx,
-            keeper,
-        };
+        let lease = EtcdLease { id, ttl, cx };
         let s = LeaseSession::start(lease, lease_sid(id), ttl, caps, granted_at);
         Ok(EtcdSession(s))
     }
@@ -64,13 +60,12 @@ impl EtcdSession {
     }
 }
 
-/// etcd's side of an [`EtcdSession`]: the lease and the open keep-alive stream.
+/// etcd's side of an [`EtcdSession`]: the lease, renewed over the backend's shared
+/// keep-alive stream ([`KeepAlives`]).
 pub struct EtcdLease {
     id: i64,
     ttl: Duration,
     cx: Arc<Context>,
-    /// The keep-alive stream, reopened after it broke or a renewal failed.
-    keeper: Mutex<Option<(LeaseKeeper, LeaseKeepAliveStream)>>,
 }
 
 #[async_trait]
@@ -89,39 +84,7 @@ impl Lease for EtcdLease {
     }
 
     async fn renew(&self, _recovering: bool) -> Result<Renewal> {
-        // Taken out while renewing: a failed or abandoned renewal leaves none (reopened).
-        let mut slot = self.keeper.lock().await;
-        if let Some((mut k, mut s)) = slot.take() {
-            let r = match k.keep_alive().await {
-                Ok(()) => s.message().await,
-                Err(e) => Err(e),
-            };
-            // A broken stream (its member may be gone) is reopened at once, through any
-            // member that answers, within the same renewal.
-            if let Ok(Some(resp)) = r {
-                if resp.ttl() <= 0 {
-                    return Ok(Renewal::Gone);
-                }
-                *slot = Some((k, s));
-                return Ok(Renewal::Renewed);
-            }
-        }
-        // Opening the stream sends a first keep-alive and reads its answer. A member that
-        // cannot be reached is skipped (the renewal as a whole is bounded).
-        loop {
-            let mut lc = self.cx.store().client.lease_client();
-            match lc.keep_alive(self.id).await {
-                Ok(pair) => {
-                    *slot = Some(pair);
-                    return Ok(Renewal::Renewed);
-                }
-                Err(etcd_client::Error::LeaseKeepAliveError(m)) if m.contains("not found") => {
-                    return Ok(Renewal::Gone)
-                }
-                Err(e) if not_sent(&e) => tokio::time::sleep(Duration::from_millis(10)).await,
-                Err(e) => return Err(map(e, Ctx::default())),
-            }
-        }
+        self.cx.keep_alives.renew(&self.cx, self.id).await
     }
 
     async fn revoke(&self) -> Result<()> {
@@ -138,4 +101,137 @@ impl Lease for EtcdLease {
         let owner = (&self.id, &lease_sid(self.id));
         self.cx.tree.create(path, value, mode, Some(owner)).await
     }
+}
+
+/// The answers awaited on a keep-alive stream: per lease, the renewals in the order sent
+/// (each gets the TTL etcd answered).
+type Waiters = Mutex<HashMap<i64, Vec<oneshot::Sender<i64>>>>;
+
+/// One keep-alive stream and its reader's state.
+struct KaConn {
+    /// The request side; its lease id is the first lease's, any lease is renewed through it.
+    keeper: LeaseKeeper,
+    waiters: Arc<Waiters>,
+    /// Broken, or a renewal on it got no answer in time: the next renewal opens another.
+    dead: Arc<AtomicBool>,
+}
+
+/// The keep-alive stream shared by every lease of a backend (etcd renews any number of
+/// leases over one stream), instead of a stream per session: opened by the first renewal
+/// that needs it, reopened at once (within the renewal) when it broke, and replaced when a
+/// renewal on it timed out (its member may hang). It ends when the backend and its last
+/// session are gone.
+#[derive(Default)]
+pub(crate) struct KeepAlives {
+    conn: tokio::sync::Mutex<Option<KaConn>>,
+}
+
+/// Marks a stream dead unless disarmed: a renewal dropped before its answer (timed out).
+struct Suspect(Option<Arc<AtomicBool>>);
+
+impl Drop for Suspect {
+    fn drop(&mut self) {
+        if let Some(d) = self.0.take() {
+            d.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+fn waiters(w: &Waiters) -> std::sync::MutexGuard<'_, HashMap<i64, Vec<oneshot::Sender<i64>>>> {
+    w.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl KeepAlives {
+    /// One keep-alive of lease `id`.
+    async fn renew(&self, cx: &Context, id: i64) -> Result<Renewal> {
+        loop {
+            let (mut keeper, rx, dead) = {
+                let mut slot = self.conn.lock().await;
+                let live = slot.as_ref().filter(|c| !c.dead.load(Ordering::SeqCst));
+                let Some(c) = live else {
+                    // Opening sends a first keep-alive of `id` and reads its answer.
+                    return match open(cx, id).await? {
+                        Opened::Gone => Ok(Renewal::Gone),
+                        Opened::Conn(c) => {
+                            *slot = Some(c);
+                            Ok(Renewal::Renewed)
+                        }
+                    };
+                };
+                let (tx, rx) = oneshot::channel();
+                let mut w = waiters(&c.waiters);
+                let q = w.entry(id).or_default();
+                q.retain(|s| !s.is_closed());
+                q.push(tx);
+                let keeper = LeaseKeeper {
+                    id,
+                    sender: c.keeper.sender.clone(),
+                };
+                (keeper, rx, c.dead.clone())
+            };
+            let mut suspect = Suspect(Some(dead.clone()));
+            let answer = match keeper.keep_alive().await {
+                Ok(()) => rx.await.ok(),
+                Err(_) => None,
+            };
+            suspect.0 = None;
+            match answer {
+                Some(ttl) if ttl <= 0 => return Ok(Renewal::Gone),
+                Some(_) => return Ok(Renewal::Renewed),
+                // The stream broke (its member may be gone): reopen at once, through any
+                // member that answers, within the same renewal.
+                None => dead.store(true, Ordering::SeqCst),
+            }
+        }
+    }
+}
+
+enum Opened {
+    Conn(KaConn),
+    Gone,
+}
+
+/// Opens a keep-alive stream with a first keep-alive of lease `id`, and starts its reader. A
+/// member that cannot be reached is skipped (the renewal as a whole is bounded).
+async fn open(cx: &Context, id: i64) -> Result<Opened> {
+    loop {
+        let mut lc = cx.store().client.lease_client();
+        match lc.keep_alive(id).await {
+            Ok((keeper, stream)) => {
+                let (waiters, dead) = (
+                    Arc::new(Waiters::default()),
+                    Arc::new(AtomicBool::new(false)),
+                );
+                tokio::spawn(read(stream, waiters.clone(), dead.clone()));
+                return Ok(Opened::Conn(KaConn {
+                    keeper,
+                    waiters,
+                    dead,
+                }));
+            }
+            Err(etcd_client::Error::LeaseKeepAliveError(m)) if m.contains("not found") => {
+                return Ok(Opened::Gone)
+            }
+            Err(e) if not_sent(&e) => tokio::time::sleep(Duration::from_millis(10)).await,
+            Err(e) => return Err(map(e, Ctx::default())),
+        }
+    }
+}
+
+/// Hands each answer to the oldest renewal of its lease waiting for one, until the stream
+/// ends (every clone of its request side dropped, or broken); then fails the waiting ones.
+async fn read(mut stream: LeaseKeepAliveStream, w: Arc<Waiters>, dead: Arc<AtomicBool>) {
+    while let Ok(Some(resp)) = stream.message().await {
+        let mut all = waiters(&w);
+        if let Some(q) = all.get_mut(&resp.0.id) {
+            if !q.is_empty() {
+                let _ = q.remove(0).send(resp.0.ttl);
+            }
+            if q.is_empty() {
+                all.remove(&resp.0.id);
+            }
+        }
+    }
+    dead.store(true, Ordering::SeqCst);
+    waiters(&w).clear();
 }

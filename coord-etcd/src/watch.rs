@@ -1,19 +1,23 @@
-//! Watches: a background task per watch drives one etcd watch stream (one or more ranges),
-//! resumes it from the last seen revision after a break, and re-reads + yields `Resync` when
-//! the revision it needs was compacted. Events are delivered one by one (no coalescing).
+//! Watches: the logic of key and children watches ([`Logic`]), run by the backend's shared
+//! streams ([`Hub`]). The dialects' and the naming registry's few watches keep a task and a
+//! stream each ([`drive`]): resumed from the last seen revision after a break, re-read +
+//! `Resync` when the revision they need was compacted. Events are delivered one by one (no
+//! coalescing).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use coord_core::adapter::flat::Layout;
-use coord_core::adapter::{Backoff, WatchScope};
+use coord_core::adapter::{event_queue, Backoff, Collapse, EventSender, WatchScope, WATCH_BUFFER};
 use coord_core::{ChildrenEvent, ChildrenWatch, Error, KeyEvent, KeyWatch, Node, Path, Result};
 use etcd_client::proto::{PbEvent, PbKeyValue};
 use etcd_client::{WatchOptions, WatchStream};
+use futures::stream::{BoxStream, StreamExt};
 use tokio::sync::mpsc;
 
 use crate::context::{children_ranges, names, stat_of, Context, Range, MAX_DECODE};
 use crate::error::{bounded, Ctx};
+use crate::hub::Hub;
 
 /// etcd's event type numbers.
 pub(crate) const PUT: i32 = 0;
@@ -39,7 +43,7 @@ pub(crate) enum Step<E> {
     Resync,
 }
 
-fn event_rev(ev: &PbEvent) -> i64 {
+pub(crate) fn event_rev(ev: &PbEvent) -> i64 {
     ev.kv.as_ref().map(|kv| kv.mod_revision).unwrap_or(0)
 }
 
@@ -144,10 +148,44 @@ impl Logic for ChildrenLogic {
     }
 }
 
-/// Reads `path` and watches it from the revision after the read.
+/// One item of a watch's queue: an event or the error that ends the watch.
+pub(crate) struct Item<E>(Result<E>);
+
+impl<E: Collapse> Collapse for Item<E> {
+    fn collapse(newest: &Self) -> Self {
+        Item(match &newest.0 {
+            Ok(e) => Ok(E::collapse(e)),
+            Err(e) => Err(e.clone()),
+        })
+    }
+}
+
+/// The sending side of one watch's bounded queue ([`event_queue`]): a consumer that falls
+/// [`WATCH_BUFFER`] events behind gets one `Resync` of the newest state instead.
+pub(crate) struct Tx<E>(EventSender<Item<E>>);
+
+impl<E: Collapse> Tx<E> {
+    /// Queues `ev`; `false` if the consumer dropped the watch.
+    pub(crate) fn send(&self, ev: Result<E>) -> bool {
+        self.0.send(Item(ev))
+    }
+
+    /// Whether the consumer dropped the watch.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.0.is_closed()
+    }
+}
+
+/// A new watch queue: its sending side and the consumer's stream.
+fn queue<E: Collapse + Send + 'static>() -> (Tx<E>, BoxStream<'static, Result<E>>) {
+    let (tx, rx) = event_queue(WATCH_BUFFER);
+    (Tx(tx), rx.map(|Item(r)| r).boxed())
+}
+
+/// Reads `path` and watches it from the revision after the read (on the shared streams).
 pub(crate) async fn watch_key(
-    scope: &WatchScope,
-    cx: Arc<Context>,
+    hub: &Hub,
+    cx: &Context,
     path: &Path,
 ) -> Result<(Option<Node>, KeyWatch)> {
     let ranges = vec![Range {
@@ -169,14 +207,16 @@ pub(crate) async fn watch_key(
             stat: coord_core::Stat::new(coord_core::Version(0), None),
         })
     });
-    let rx = scope.spawn(|tx| drive(cx, ranges, rev + 1, logic, tx));
+    let (tx, rx) = queue();
+    hub.add(ranges, rev + 1, logic, tx);
     Ok((current, rx))
 }
 
-/// Lists `path`'s children and watches the list from the revision after the read.
+/// Lists `path`'s children and watches the list from the revision after the read (on the
+/// shared streams).
 pub(crate) async fn watch_children(
-    scope: &WatchScope,
-    cx: Arc<Context>,
+    hub: &Hub,
+    cx: &Context,
     path: &Path,
 ) -> Result<(Vec<String>, ChildrenWatch)> {
     let ranges = children_ranges(cx.layout(), path);
@@ -190,7 +230,8 @@ pub(crate) async fn watch_children(
         ChildrenEvent::Resync(l) => l,
         _ => Vec::new(),
     };
-    let rx = scope.spawn(|tx| drive(cx, ranges, rev + 1, logic, tx));
+    let (tx, rx) = queue();
+    hub.add(ranges, rev + 1, logic, tx);
     Ok((current, rx))
 }
 

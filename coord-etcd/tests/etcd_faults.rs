@@ -669,3 +669,90 @@ async fn malformed_sequence_counter_is_malformed_data() {
     assert!(matches!(r, Err(Error::MalformedData { .. })), "{r:?}");
     s.close().await.unwrap();
 }
+
+/// One of etcd's gauges from its `/metrics` page (plain HTTP on the client port).
+async fn gauge(endpoint: &str, name: &str) -> f64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(endpoint)
+        .await
+        .expect("metrics");
+    let req = format!("GET /metrics HTTP/1.0\r\nHost: {endpoint}\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut body = String::new();
+    within("metrics", s.read_to_string(&mut body))
+        .await
+        .unwrap();
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no gauge {name} in etcd's metrics"))
+}
+
+/// Issue 17: every key and children watch of a backend rides a few shared etcd watch streams
+/// (etcd's own gauges count them), and a consumer that does not read delays nobody: another
+/// watch sees every change in order meanwhile, and the slow one later gets a bounded queue
+/// whose collapse (a `Resync`) ends on the latest value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_share_streams_and_a_slow_consumer_delays_nobody() {
+    const WATCHES: usize = 1500;
+    const WRITES: usize = 300;
+    let Some(server) = server() else { return };
+    let ns = fresh_namespace("shared");
+    let b = connect(&server.endpoint(), &ns, "").await;
+    let streams0 = gauge(&server.endpoint(), "etcd_debugging_mvcc_watch_stream_total").await;
+    let watchers0 = gauge(&server.endpoint(), "etcd_debugging_mvcc_watcher_total").await;
+    let mut many = Vec::new();
+    for i in 0..WATCHES {
+        many.push(b.watch(&p(&format!("/w{i}"))).await.unwrap().1);
+    }
+    let (_, _kids) = b.watch_children(&Path::root()).await.unwrap();
+    b.create(&p("/slow"), b"0", CreateMode::Exact)
+        .await
+        .unwrap();
+    b.create(&p("/fast"), b"0", CreateMode::Exact)
+        .await
+        .unwrap();
+    let (_, mut slow) = b.watch(&p("/slow")).await.unwrap();
+    let (_, mut fast) = b.watch(&p("/fast")).await.unwrap();
+    // Every watcher is registered with etcd (bounded wait; registration is asynchronous).
+    let want = watchers0 + (WATCHES + 2 + 2) as f64;
+    within("watchers registered", async {
+        while gauge(&server.endpoint(), "etcd_debugging_mvcc_watcher_total").await < want {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    let streams = gauge(&server.endpoint(), "etcd_debugging_mvcc_watch_stream_total").await;
+    assert!(
+        streams - streams0 <= 2.0,
+        "{} watches took {} watch streams",
+        WATCHES + 3,
+        streams - streams0
+    );
+
+    for i in 1..=WRITES {
+        let v = i.to_string();
+        b.set(&p("/slow"), v.as_bytes(), None).await.unwrap();
+        b.set(&p("/fast"), v.as_bytes(), None).await.unwrap();
+        // The fast consumer keeps up while the slow one reads nothing.
+        match next("fast change", &mut fast).await.unwrap() {
+            KeyEvent::Changed(n) => assert_eq!(n.value, v.as_bytes(), "in order, none missed"),
+            other => panic!("expected Changed({v}), got {other:?}"),
+        }
+    }
+    let mut seen = Vec::new();
+    let last = WRITES.to_string();
+    while !matches!(seen.last(), Some(KeyEvent::Changed(n) | KeyEvent::Resync(Some(n))) if n.value == last.as_bytes())
+    {
+        seen.push(next("slow consumer's queue", &mut slow).await.unwrap());
+    }
+    assert!(
+        seen.len() <= coord_core::adapter::WATCH_BUFFER,
+        "bounded: {} events queued",
+        seen.len()
+    );
+    assert!(
+        seen.iter().any(|e| matches!(e, KeyEvent::Resync(_))),
+        "falling behind is said (Resync), never silent: {seen:?}"
+    );
+    drop(many);
+}
