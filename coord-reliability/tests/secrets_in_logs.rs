@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use common::{namespace, own_server};
 use coord::registry::Instance;
 use coord::{Client, CreateMode, Error, Path};
-use coord_testkit::require_backends;
+use coord_testkit::{require_backends, Kind};
 use futures::StreamExt;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
@@ -407,18 +407,15 @@ async fn etcd_password_never_logged() {
 
 // ---- Consul with ACLs (default deny), on an agent this test starts -------------------------
 
+/// The agent, a `coord_testkit::CustomServer` (a container with `COORD_TESTKIT=containers`).
 struct Agent {
-    child: std::process::Child,
+    server: Option<coord_testkit::CustomServer>,
     dir: std::path::PathBuf,
 }
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("kill")
-            .args(["-CONT", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        drop(self.server.take());
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -460,24 +457,27 @@ fn start_acl_agent(bin: &std::path::Path) -> (Agent, u16) {
                  "tokens": { "master": CONSUL_TOKEN, "agent": CONSUL_TOKEN } },
     });
     std::fs::write(dir.join("agent.json"), cfg.to_string()).expect("config");
-    let log = std::fs::File::create(dir.join("agent.log")).expect("log");
-    let child = std::process::Command::new(bin)
-        .args([
-            "agent",
-            "-dev",
-            "-client",
-            "127.0.0.1",
-            "-bind",
-            "127.0.0.1",
-        ])
-        .arg("-config-file")
-        .arg(dir.join("agent.json"))
-        .stdin(std::process::Stdio::null())
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .spawn()
-        .expect("start consul");
-    (Agent { child, dir }, ports[0])
+    let args = [
+        "agent",
+        "-dev",
+        "-client",
+        "127.0.0.1",
+        "-bind",
+        "127.0.0.1",
+    ];
+    let mut args: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
+    args.push("-config-file".into());
+    args.push(dir.join("agent.json").into());
+    let server =
+        coord_testkit::CustomServer::start(Kind::Consul, bin, &args, &dir, &dir.join("agent.log"))
+            .expect("start consul");
+    (
+        Agent {
+            server: Some(server),
+            dir,
+        },
+        ports[0],
+    )
 }
 
 /// A Consul ACL token (user part and `?token=`): normal use, wrong tokens, an unreachable
@@ -490,7 +490,7 @@ async fn consul_token_never_logged() {
         eprintln!("SKIPPED: Consul not installed (consul_token_never_logged)");
         return;
     };
-    let (agent, port) = tokio::task::block_in_place(|| start_acl_agent(&bin));
+    let (mut agent, port) = tokio::task::block_in_place(|| start_acl_agent(&bin));
     let ns = namespace("secrets-consul");
     let url = format!("consul://{CONSUL_TOKEN}@127.0.0.1:{port}{ns}?timeout=2s&session_ttl=1s");
     // Ready when a write with the token goes through (ACL bootstrap takes a moment).
@@ -544,16 +544,10 @@ async fn consul_token_never_logged() {
     // after the resume it reconnects or expires (both logged); watches retry (logged).
     let s = within("session", c.session()).await.expect("session");
     let (_, mut w) = c.watch(&p("/cfg")).await.expect("watch");
-    let pid = agent.child.id().to_string();
-    let sig = |s: &str| {
-        std::process::Command::new("kill")
-            .args([s, &pid])
-            .status()
-            .expect("kill")
-    };
-    sig("-STOP");
+    let server = agent.server.as_mut().expect("the agent runs");
+    tokio::task::block_in_place(|| server.pause());
     tokio::time::sleep(Duration::from_secs(3)).await;
-    sig("-CONT");
+    tokio::task::block_in_place(|| server.resume());
     let t0 = Instant::now();
     within("a write after the resume", async {
         loop {
