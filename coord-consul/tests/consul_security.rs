@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use coord_consul::ConsulBackend;
 use coord_core::{Backend, CreateMode, Error, Path, SessionOptions};
-use coord_testkit::{require_backends, CustomServer, Kind};
+use coord_testkit::{require_backends, CustomServer};
 
 struct Agent {
     server: Option<CustomServer>,
@@ -27,19 +27,8 @@ impl Drop for Agent {
 
 /// Starts `consul agent -dev` on 127.0.0.1 with the config file `dir/agent.json`.
 fn start_agent(bin: &FsPath, dir: PathBuf) -> Agent {
-    let args = [
-        "agent",
-        "-dev",
-        "-client",
-        "127.0.0.1",
-        "-bind",
-        "127.0.0.1",
-    ];
-    let mut args: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
-    args.push("-config-file".into());
-    args.push(dir.join("agent.json").into());
-    let server = CustomServer::start(Kind::Consul, bin, &args, &dir, &dir.join("agent.log"))
-        .expect("start consul");
+    let server =
+        CustomServer::consul_dev(bin, &dir, &dir.join("agent.json")).expect("start consul");
     Agent {
         server: Some(server),
         dir,

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use common::{namespace, own_server};
 use coord::registry::Instance;
 use coord::{Client, CreateMode, Error, Path};
-use coord_testkit::{require_backends, Kind};
+use coord_testkit::require_backends;
 use futures::StreamExt;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
@@ -457,20 +457,8 @@ fn start_acl_agent(bin: &std::path::Path) -> (Agent, u16) {
                  "tokens": { "master": CONSUL_TOKEN, "agent": CONSUL_TOKEN } },
     });
     std::fs::write(dir.join("agent.json"), cfg.to_string()).expect("config");
-    let args = [
-        "agent",
-        "-dev",
-        "-client",
-        "127.0.0.1",
-        "-bind",
-        "127.0.0.1",
-    ];
-    let mut args: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
-    args.push("-config-file".into());
-    args.push(dir.join("agent.json").into());
-    let server =
-        coord_testkit::CustomServer::start(Kind::Consul, bin, &args, &dir, &dir.join("agent.log"))
-            .expect("start consul");
+    let server = coord_testkit::CustomServer::consul_dev(bin, &dir, &dir.join("agent.json"))
+        .expect("start consul");
     (
         Agent {
             server: Some(server),

@@ -551,6 +551,14 @@ impl Running {
         }
     }
 
+    /// Freezes the server (`SIGSTOP`, `docker pause`) and waits (bounded by 5 s) until every
+    /// thread is stopped, so a request sent afterwards is not answered.
+    pub(crate) fn pause(&mut self) {
+        if self.signal(libc::SIGSTOP) {
+            self.wait_stopped(Duration::from_secs(5));
+        }
+    }
+
     /// Waits up to `timeout` for the server to exit.
     pub(crate) fn wait_exit(&mut self, timeout: Duration) -> Option<String> {
         match self {

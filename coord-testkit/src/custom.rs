@@ -63,6 +63,18 @@ impl CustomServer {
         })
     }
 
+    /// A Consul dev agent (`consul agent -dev`, a single server) on 127.0.0.1 with the test's
+    /// configuration file `config` (ports, TLS, ACLs), its output in `dir/agent.log`.
+    pub fn consul_dev(binary: &Path, dir: &Path, config: &Path) -> Result<CustomServer, Error> {
+        let mut args: Vec<OsString> = ["agent", "-dev", "-client", "127.0.0.1"]
+            .into_iter()
+            .chain(["-bind", "127.0.0.1", "-config-file"])
+            .map(OsString::from)
+            .collect();
+        args.push(config.into());
+        CustomServer::start(Kind::Consul, binary, &args, dir, &dir.join("agent.log"))
+    }
+
     /// What this server is.
     pub fn kind(&self) -> Kind {
         self.kind
@@ -82,9 +94,7 @@ impl CustomServer {
     /// [`resume`](CustomServer::resume): its sockets stay open, nothing answers.
     pub fn pause(&mut self) {
         if let Some(p) = self.proc.as_mut() {
-            if p.signal(libc::SIGSTOP) {
-                p.wait_stopped(Duration::from_secs(5));
-            }
+            p.pause();
         }
     }
 

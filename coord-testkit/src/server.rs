@@ -310,9 +310,7 @@ impl Server {
     /// sent afterwards is not answered.
     pub fn pause(&mut self) {
         if let Some(p) = self.proc.as_mut() {
-            if p.signal(libc::SIGSTOP) {
-                p.wait_stopped(Duration::from_secs(5));
-            }
+            p.pause();
         }
     }
 
