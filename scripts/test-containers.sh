@@ -134,6 +134,7 @@ run() {
     if [ "$rc" -ne 0 ]; then
         tail -n 60 "$out" >&2
         log "FAILED: $backend $version ($how)"
+        no_containers_left
         exit 1
     fi
 }
