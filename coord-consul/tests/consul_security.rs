@@ -1,27 +1,37 @@
 //! Security against dev agents this file starts itself (the test kit has no TLS/ACL agents):
 //! TLS to the HTTPS port with a private CA (made by `consul tls`) and `verify_incoming_https`,
 //! and ACLs with `default_policy = deny` (the token must work, and never show). Bounded
-//! waits; each agent is killed when its test ends (also on panic).
+//! waits; each agent is a `coord_testkit::CustomServer` (a container with
+//! `COORD_TESTKIT=containers`), stopped when its test ends (also on panic).
 
 use std::net::TcpListener;
 use std::path::{Path as FsPath, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use coord_consul::ConsulBackend;
 use coord_core::{Backend, CreateMode, Error, Path, SessionOptions};
-use coord_testkit::require_backends;
+use coord_testkit::{require_backends, CustomServer};
 
 struct Agent {
-    child: Child,
+    server: Option<CustomServer>,
     dir: PathBuf,
 }
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        drop(self.server.take());
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Starts `consul agent -dev` on 127.0.0.1 with the config file `dir/agent.json`.
+fn start_agent(bin: &FsPath, dir: PathBuf) -> Agent {
+    let server =
+        CustomServer::consul_dev(bin, &dir, &dir.join("agent.json")).expect("start consul");
+    Agent {
+        server: Some(server),
+        dir,
     }
 }
 
@@ -77,24 +87,7 @@ fn start_tls_agent(bin: &FsPath) -> (Agent, u16) {
         "verify_incoming_https": true,
     });
     std::fs::write(dir.join("agent.json"), cfg.to_string()).unwrap();
-    let log = std::fs::File::create(dir.join("agent.log")).unwrap();
-    let child = Command::new(bin)
-        .args([
-            "agent",
-            "-dev",
-            "-client",
-            "127.0.0.1",
-            "-bind",
-            "127.0.0.1",
-        ])
-        .arg("-config-file")
-        .arg(dir.join("agent.json"))
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("start consul");
-    (Agent { child, dir }, ports[0])
+    (start_agent(bin, dir), ports[0])
 }
 
 fn p(s: &str) -> Path {
@@ -195,24 +188,7 @@ fn start_acl_agent(bin: &FsPath) -> (Agent, u16) {
                  "tokens": { "master": MASTER, "agent": MASTER } },
     });
     std::fs::write(dir.join("agent.json"), cfg.to_string()).unwrap();
-    let log = std::fs::File::create(dir.join("agent.log")).unwrap();
-    let child = Command::new(bin)
-        .args([
-            "agent",
-            "-dev",
-            "-client",
-            "127.0.0.1",
-            "-bind",
-            "127.0.0.1",
-        ])
-        .arg("-config-file")
-        .arg(dir.join("agent.json"))
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("start consul");
-    (Agent { child, dir }, ports[0])
+    (start_agent(bin, dir), ports[0])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -500,10 +500,11 @@ async fn url_errors() {
     }
 }
 
-/// An etcd server started by this test with TLS and client-certificate auth; killed on drop.
+/// An etcd server started by this test with TLS and client-certificate auth, a
+/// `coord_testkit::CustomServer` (a container with `COORD_TESTKIT=containers`); stopped on drop.
 #[cfg(feature = "tls")]
 struct TlsEtcd {
-    child: std::process::Child,
+    server: Option<coord_testkit::CustomServer>,
     dir: std::path::PathBuf,
     port: u16,
 }
@@ -511,8 +512,7 @@ struct TlsEtcd {
 #[cfg(feature = "tls")]
 impl Drop for TlsEtcd {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        drop(self.server.take());
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -529,21 +529,13 @@ fn free_port() -> u16 {
 /// Makes a CA, a server and a client certificate with `openssl` and starts etcd with TLS.
 #[cfg(feature = "tls")]
 fn tls_etcd() -> Result<TlsEtcd, String> {
-    use std::process::{Command, Stdio};
+    use std::process::Command;
     let etcd = std::env::var_os("COORD_ETCD_BIN")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| coord_testkit::tools_dir().join("bin/etcd"));
     if !etcd.exists() {
         return Err(format!("no etcd binary at {}", etcd.display()));
     }
-    let have = |cmd: &str, arg: &str| {
-        Command::new(cmd)
-            .arg(arg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
     let dir = std::env::temp_dir().join(format!("coord-etcd-tls-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
@@ -572,33 +564,36 @@ fn tls_etcd() -> Result<TlsEtcd, String> {
         done",
     )?;
     let (port, peer) = (free_port(), free_port());
-    let log = std::fs::File::create(dir.join("etcd.log")).map_err(|e| e.to_string())?;
-    // Killed with this process even if it dies without unwinding (as the test kit does).
-    let mut cmd = if have("setpriv", "--version") {
-        let mut c = Command::new("setpriv");
-        c.args(["--pdeathsig", "KILL", "--"]).arg(etcd);
-        c
-    } else {
-        Command::new(etcd)
-    };
-    let child = cmd
-        .current_dir(&dir)
-        .args(["--name", "tls", "--data-dir", "data"])
-        .arg(format!("--listen-client-urls=https://127.0.0.1:{port}"))
-        .arg(format!("--advertise-client-urls=https://127.0.0.1:{port}"))
-        .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
-        .arg(format!(
-            "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
-        ))
-        .arg(format!("--initial-cluster=tls=http://127.0.0.1:{peer}"))
-        .args(["--cert-file=server.pem", "--key-file=server-key.pem"])
-        .args(["--client-cert-auth", "--trusted-ca-file=ca.pem"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    Ok(TlsEtcd { child, dir, port })
+    // Relative paths: the server runs in `dir` (also in a container, where it is mounted).
+    let args: Vec<std::ffi::OsString> = [
+        "--name=tls".to_string(),
+        "--data-dir=data".to_string(),
+        format!("--listen-client-urls=https://127.0.0.1:{port}"),
+        format!("--advertise-client-urls=https://127.0.0.1:{port}"),
+        format!("--listen-peer-urls=http://127.0.0.1:{peer}"),
+        format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"),
+        format!("--initial-cluster=tls=http://127.0.0.1:{peer}"),
+        "--cert-file=server.pem".to_string(),
+        "--key-file=server-key.pem".to_string(),
+        "--client-cert-auth".to_string(),
+        "--trusted-ca-file=ca.pem".to_string(),
+    ]
+    .into_iter()
+    .map(Into::into)
+    .collect();
+    let server = coord_testkit::CustomServer::start(
+        coord_testkit::Kind::Etcd,
+        &etcd,
+        &args,
+        &dir,
+        &dir.join("etcd.log"),
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(TlsEtcd {
+        server: Some(server),
+        dir,
+        port,
+    })
 }
 
 /// TLS with a private CA and a client certificate (`ca=`, `cert=`, `key=`).

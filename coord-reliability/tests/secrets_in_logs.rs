@@ -407,18 +407,15 @@ async fn etcd_password_never_logged() {
 
 // ---- Consul with ACLs (default deny), on an agent this test starts -------------------------
 
+/// The agent, a `coord_testkit::CustomServer` (a container with `COORD_TESTKIT=containers`).
 struct Agent {
-    child: std::process::Child,
+    server: Option<coord_testkit::CustomServer>,
     dir: std::path::PathBuf,
 }
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("kill")
-            .args(["-CONT", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        drop(self.server.take());
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -460,24 +457,15 @@ fn start_acl_agent(bin: &std::path::Path) -> (Agent, u16) {
                  "tokens": { "master": CONSUL_TOKEN, "agent": CONSUL_TOKEN } },
     });
     std::fs::write(dir.join("agent.json"), cfg.to_string()).expect("config");
-    let log = std::fs::File::create(dir.join("agent.log")).expect("log");
-    let child = std::process::Command::new(bin)
-        .args([
-            "agent",
-            "-dev",
-            "-client",
-            "127.0.0.1",
-            "-bind",
-            "127.0.0.1",
-        ])
-        .arg("-config-file")
-        .arg(dir.join("agent.json"))
-        .stdin(std::process::Stdio::null())
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .spawn()
+    let server = coord_testkit::CustomServer::consul_dev(bin, &dir, &dir.join("agent.json"))
         .expect("start consul");
-    (Agent { child, dir }, ports[0])
+    (
+        Agent {
+            server: Some(server),
+            dir,
+        },
+        ports[0],
+    )
 }
 
 /// A Consul ACL token (user part and `?token=`): normal use, wrong tokens, an unreachable
@@ -490,7 +478,7 @@ async fn consul_token_never_logged() {
         eprintln!("SKIPPED: Consul not installed (consul_token_never_logged)");
         return;
     };
-    let (agent, port) = tokio::task::block_in_place(|| start_acl_agent(&bin));
+    let (mut agent, port) = tokio::task::block_in_place(|| start_acl_agent(&bin));
     let ns = namespace("secrets-consul");
     let url = format!("consul://{CONSUL_TOKEN}@127.0.0.1:{port}{ns}?timeout=2s&session_ttl=1s");
     // Ready when a write with the token goes through (ACL bootstrap takes a moment).
@@ -544,16 +532,10 @@ async fn consul_token_never_logged() {
     // after the resume it reconnects or expires (both logged); watches retry (logged).
     let s = within("session", c.session()).await.expect("session");
     let (_, mut w) = c.watch(&p("/cfg")).await.expect("watch");
-    let pid = agent.child.id().to_string();
-    let sig = |s: &str| {
-        std::process::Command::new("kill")
-            .args([s, &pid])
-            .status()
-            .expect("kill")
-    };
-    sig("-STOP");
+    let server = agent.server.as_mut().expect("the agent runs");
+    tokio::task::block_in_place(|| server.pause());
     tokio::time::sleep(Duration::from_secs(3)).await;
-    sig("-CONT");
+    tokio::task::block_in_place(|| server.resume());
     let t0 = Instant::now();
     within("a write after the resume", async {
         loop {

@@ -32,6 +32,7 @@
 
 use std::ffi::OsString;
 use std::fs::OpenOptions;
+use std::io::Write as _;
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::sync::{Mutex, OnceLock};
@@ -52,6 +53,31 @@ const DIR_LABEL: &str = "coord-testkit.dir";
 /// processes, the default).
 pub(crate) fn enabled() -> bool {
     util::env_nonempty("COORD_TESTKIT").is_some_and(|v| v.trim() == "containers")
+}
+
+/// Whether a server runs in a container: [`enabled`], except for a member placed in a network
+/// namespace of [`crate::netns::Net`], which runs as a process whatever the provider, said
+/// once per test process in a loud line. Docker cannot start a container in a namespace made
+/// by `ip netns` (`--network` has no such mode), and the partition tests cut the links of
+/// exactly those namespaces.
+pub(crate) fn contained(in_netns: bool) -> bool {
+    if !enabled() {
+        return false;
+    }
+    if in_netns {
+        static SAID: OnceLock<()> = OnceLock::new();
+        SAID.get_or_init(|| {
+            // Not through the test harness's capture: this must be seen.
+            let _ = writeln!(
+                std::io::stderr().lock(),
+                "PROCESSES, NOT CONTAINERS: COORD_TESTKIT=containers, but the cluster members \
+                 in network namespaces (coord_testkit::netns) run as processes: docker cannot \
+                 put a container into a namespace made by `ip netns`, whose links these tests cut"
+            );
+        });
+        return false;
+    }
+    true
 }
 
 /// Checks `COORD_TESTKIT` names a provider the kit knows.
@@ -470,15 +496,17 @@ pub(crate) enum Running {
 }
 
 impl Running {
-    /// Starts the server of `kind` with the provider `COORD_TESTKIT` selects.
+    /// Starts the server of `kind` with the provider `COORD_TESTKIT` selects (a process in a
+    /// network namespace: see [`contained`]).
     pub(crate) fn spawn(
         kind: Kind,
         dir: &Path,
         log: &Path,
         launch: &Launch,
+        in_netns: bool,
     ) -> Result<Running, Error> {
         check_provider()?;
-        if enabled() {
+        if contained(in_netns) {
             Contained::spawn(kind, dir, log, launch).map(Running::Container)
         } else {
             Supervised::spawn(dir, log, launch).map(Running::Process)
@@ -520,6 +548,14 @@ impl Running {
         match self {
             Running::Process(p) => p.wait_stopped(timeout),
             Running::Container(_) => true,
+        }
+    }
+
+    /// Freezes the server (`SIGSTOP`, `docker pause`) and waits (bounded by 5 s) until every
+    /// thread is stopped, so a request sent afterwards is not answered.
+    pub(crate) fn pause(&mut self) {
+        if self.signal(libc::SIGSTOP) {
+            self.wait_stopped(Duration::from_secs(5));
         }
     }
 

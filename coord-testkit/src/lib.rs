@@ -11,6 +11,8 @@
 //!   members ([`Cluster::zookeeper`], [`Cluster::etcd`], [`Cluster::consul`]).
 //! - [`shared_endpoints`]: the endpoints a test suite should use — from an environment
 //!   variable when set, else one server per kind shared by the whole test process.
+//! - [`CustomServer`]: an etcd or Consul server with the test's own arguments (TLS, ACLs), run
+//!   by the same provider.
 //! - [`netns`]: real network partitions — clusters ([`Cluster::zookeeper_in`],
 //!   [`Cluster::etcd_in`], [`Cluster::consul_in`], Consul client agents with
 //!   [`Cluster::consul_agents_in`]) and clients each in its own network namespace on a private
@@ -79,6 +81,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 mod container;
+mod custom;
 mod error;
 pub mod harness;
 pub mod hostile;
@@ -96,6 +99,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
+pub use custom::CustomServer;
 pub use error::Error;
 pub use proxy::Proxy;
 pub use server::{Cluster, Server};

@@ -95,7 +95,7 @@ impl Server {
     /// `maxSessionTimeout=60000`); `maxClientCnxns=0` (no per-IP limit); the AdminServer is
     /// off; all four-letter words are whitelisted; JVM heap at most 256 MiB.
     pub fn zookeeper() -> Result<Server, Error> {
-        let tools = zookeeper_tools()?;
+        let tools = zookeeper_tools(false)?;
         start_with_retries(|| {
             let port = free_ports(1)?[0];
             let dir = make_temp_dir("zookeeper")?;
@@ -108,7 +108,7 @@ impl Server {
     ///
     /// `--heartbeat-interval 50 --election-timeout 500`, so leases of 1 s are allowed.
     pub fn etcd() -> Result<Server, Error> {
-        let etcd = etcd_binary()?;
+        let etcd = etcd_binary(false)?;
         start_with_retries(|| {
             let ports = free_ports(2)?;
             let dir = make_temp_dir("etcd")?;
@@ -134,7 +134,7 @@ impl Server {
     /// ports are free ports. A dev agent keeps its state in memory: after
     /// [`restart`](Server::restart) it starts empty.
     pub fn consul() -> Result<Server, Error> {
-        let consul = consul_binary()?;
+        let consul = consul_binary(false)?;
         start_with_retries(|| prepare_consul(&consul))
     }
 
@@ -310,9 +310,7 @@ impl Server {
     /// sent afterwards is not answered.
     pub fn pause(&mut self) {
         if let Some(p) = self.proc.as_mut() {
-            if p.signal(libc::SIGSTOP) {
-                p.wait_stopped(Duration::from_secs(5));
-            }
+            p.pause();
         }
     }
 
@@ -342,6 +340,7 @@ impl Server {
             &self.dir,
             &self.log,
             &self.launch,
+            self.netns.is_some(),
         )?);
         Ok(())
     }
@@ -374,7 +373,7 @@ impl Cluster {
         if n == 0 {
             return Err(Error::new("a ZooKeeper ensemble needs at least one server"));
         }
-        let tools = zookeeper_tools()?;
+        let tools = zookeeper_tools(false)?;
         start_cluster_with_retries(|| {
             let ports = free_ports(3 * n)?;
             let dirs = make_temp_dirs("zookeeper", n)?;
@@ -412,7 +411,7 @@ impl Cluster {
         if n == 0 {
             return Err(Error::new("an etcd cluster needs at least one member"));
         }
-        let etcd = etcd_binary()?;
+        let etcd = etcd_binary(false)?;
         start_cluster_with_retries(|| {
             let ports = free_ports(2 * n)?;
             let dirs = make_temp_dirs("etcd", n)?;
@@ -456,7 +455,7 @@ impl Cluster {
         if n == 0 {
             return Err(Error::new("a Consul datacenter needs at least one server"));
         }
-        let consul = consul_binary()?;
+        let consul = consul_binary(false)?;
         start_cluster_with_retries(|| {
             // Per member: HTTP, Serf LAN, Serf WAN, server RPC.
             let ports = free_ports(4 * n)?;
@@ -490,7 +489,7 @@ impl Cluster {
     /// A ZooKeeper ensemble with one member per host of a [`crate::netns::Net`], each in its
     /// host's namespace on its address (client port 2181, quorum 2888, election 3888).
     pub fn zookeeper_in(hosts: &[Host]) -> Result<Cluster, Error> {
-        let tools = zookeeper_tools()?;
+        let tools = zookeeper_tools(true)?;
         start_cluster_with_retries(|| {
             let dirs = make_temp_dirs("zookeeper", hosts.len())?;
             let servers: Vec<String> = (0..hosts.len())
@@ -511,7 +510,7 @@ impl Cluster {
     /// A static etcd cluster with one member per host of a [`crate::netns::Net`] (client port
     /// 2379, peer port 2380), each in its host's namespace.
     pub fn etcd_in(hosts: &[Host]) -> Result<Cluster, Error> {
-        let etcd = etcd_binary()?;
+        let etcd = etcd_binary(true)?;
         start_cluster_with_retries(|| {
             let dirs = make_temp_dirs("etcd", hosts.len())?;
             let base = unique_name();
@@ -603,7 +602,7 @@ fn place(mut server: Server, host: &Host) -> Server {
 /// Consul agents on `hosts` joining the serf LAN of `servers` (itself excepted): servers of a
 /// datacenter of `expect` servers, or client agents with `expect` 0.
 fn consul_agents(hosts: &[Host], servers: &[Host], expect: usize) -> Result<Cluster, Error> {
-    let consul = consul_binary()?;
+    let consul = consul_binary(true)?;
     let role = if expect == 0 { "a" } else { "m" };
     start_cluster_with_retries(|| {
         let dirs = make_temp_dirs("consul", hosts.len())?;
@@ -735,8 +734,9 @@ struct ZkTools {
     classpath: String,
 }
 
-fn zookeeper_tools() -> Result<ZkTools, Error> {
-    if container::enabled() {
+/// The tools of a server in a container or (also for members in a network namespace) a process.
+fn zookeeper_tools(in_netns: bool) -> Result<ZkTools, Error> {
+    if container::contained(in_netns) {
         // The image has its own JRE and classpath.
         return Ok(ZkTools {
             java: PathBuf::from("java"),
@@ -879,8 +879,8 @@ fn write_zookeeper_conf(dir: &Path, cfg: &str, myid: Option<usize>) -> Result<()
 // etcd
 // ---------------------------------------------------------------------------------------------
 
-fn etcd_binary() -> Result<PathBuf, Error> {
-    if container::enabled() {
+fn etcd_binary(in_netns: bool) -> Result<PathBuf, Error> {
+    if container::contained(in_netns) {
         return Ok(PathBuf::from("etcd")); // the image's
     }
     util::find_binary("etcd", "COORD_ETCD_BIN", "etcd/usr/bin/etcd")
@@ -950,8 +950,8 @@ fn prepare_etcd(
 // Consul
 // ---------------------------------------------------------------------------------------------
 
-fn consul_binary() -> Result<PathBuf, Error> {
-    if container::enabled() {
+fn consul_binary(in_netns: bool) -> Result<PathBuf, Error> {
+    if container::contained(in_netns) {
         return Ok(PathBuf::from("consul")); // the image's
     }
     util::find_binary("consul", "COORD_CONSUL_BIN", "consul/usr/bin/consul")

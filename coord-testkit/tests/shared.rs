@@ -7,7 +7,7 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
@@ -112,8 +112,14 @@ impl Drop for Root {
     }
 }
 
+/// Whether this run's servers are containers (`COORD_TESTKIT=containers`).
+fn containers() -> bool {
+    std::env::var("COORD_TESTKIT").is_ok_and(|v| v.trim() == "containers")
+}
+
 /// A command running this test binary's `child_entry` with `scenario`, a clean `COORD_*`
-/// environment (only the binary overrides are kept) and `TMPDIR=root`.
+/// environment (only the binary overrides and the provider with its images are kept, so a
+/// container run checks that no container survives either) and `TMPDIR=root`.
 fn child(scenario: &str, root: &Root) -> Command {
     let exe = std::env::current_exe().expect("current_exe");
     let mut cmd = Command::new(exe);
@@ -128,6 +134,10 @@ fn child(scenario: &str, root: &Root) -> Command {
                     | "COORD_CONSUL_BIN"
                     | "COORD_JAVA"
                     | "COORD_ZK_CLASSPATH"
+                    | "COORD_TESTKIT"
+                    | "COORD_ZK_IMAGE"
+                    | "COORD_ETCD_IMAGE"
+                    | "COORD_CONSUL_IMAGE"
             )
         {
             cmd.env_remove(&key);
@@ -339,11 +349,23 @@ fn unreachable_env_endpoints_skip_loudly_or_fail_when_required() {
 #[test]
 fn missing_binaries_skip_loudly_or_fail_when_required() {
     let root = Root::new("missing");
-    let missing = Path::new("/nonexistent/coord-testkit/etcd");
+    // With containers the server's "binary" is its image: one on a registry at a closed
+    // loopback port, so docker fails at once and never contacts anything beyond 127.0.0.1.
+    let (var, missing) = if containers() {
+        (
+            "COORD_ETCD_IMAGE",
+            format!("127.0.0.1:{}/coord-testkit/etcd:missing", closed_port()),
+        )
+    } else {
+        (
+            "COORD_ETCD_BIN",
+            "/nonexistent/coord-testkit/etcd".to_string(),
+        )
+    };
     for scenario in ["shared-etcd", "start-etcd"] {
         // Not required: skipped, loudly.
         let mut cmd = child(scenario, &root);
-        cmd.env("COORD_ETCD_BIN", missing);
+        cmd.env(var, &missing);
         let (out, stdout, stderr) = run(cmd);
         assert!(out.status.success(), "{scenario}: {stdout}\n{stderr}");
         assert_eq!(result_line(&stdout), "None", "{scenario}");
@@ -353,15 +375,14 @@ fn missing_binaries_skip_loudly_or_fail_when_required() {
         );
         // Required: a failure, never a skip.
         let mut cmd = child(scenario, &root);
-        cmd.env("COORD_ETCD_BIN", missing)
-            .env("COORD_REQUIRE_BACKENDS", "1");
+        cmd.env(var, &missing).env("COORD_REQUIRE_BACKENDS", "1");
         let (out, stdout, stderr) = run(cmd);
         assert!(
             !out.status.success(),
             "{scenario} must fail:\n{stdout}\n{stderr}"
         );
         let all = format!("{stdout}\n{stderr}");
-        assert!(all.contains("/nonexistent/coord-testkit/etcd"), "{all}");
+        assert!(all.contains(&missing), "{all}");
         assert!(!all.contains("SKIPPED"), "{all}");
     }
 }
