@@ -215,6 +215,10 @@ impl Answer {
     }
 }
 
+/// Connections set aside for the moment between a request's end and its connection's return
+/// to the pool.
+const TRANSIT: usize = 4;
+
 /// Idle connections kept per client (more are closed when their request ends).
 const MAX_IDLE: usize = 2;
 
@@ -237,9 +241,13 @@ impl Limits {
     pub(crate) fn new(max_connections: usize) -> Limits {
         let max = max_connections.max(crate::config::MIN_MAX_CONNECTIONS);
         let reserved = (max / 4).max(2);
-        let poll_slots = max - reserved;
+        // A finished request's connection goes back to the pool a moment after its permit:
+        // requests in flight stay a few below the bound so such a moment does not open one
+        // connection too many.
+        let in_flight = max - (max / 8).min(TRANSIT);
+        let poll_slots = in_flight - reserved;
         Limits {
-            all: Semaphore::new(max),
+            all: Semaphore::new(in_flight),
             polls: Semaphore::new(poll_slots),
             poll_slots,
         }

@@ -38,8 +38,9 @@ pub const MIN_MAX_CONNECTIONS: usize = 4;
 /// also accepted as the URL's user part), `max_value_size` (bytes, default 360 KiB; raise it
 /// only together with the agent's `txn_max_req_len`), `max_connections` (the most HTTP connections
 /// the backend holds to the agent, default [`DEFAULT_MAX_CONNECTIONS`], at least
-/// [`MIN_MAX_CONNECTIONS`]; a quarter of them, at least two, is kept for ordinary requests, the
-/// rest carries the shared blocking queries of watches and session observers), `registry` (`native`, the default: the
+/// [`MIN_MAX_CONNECTIONS`]; an eighth of them, at most four, is set aside for connections on
+/// their way back to the pool, a quarter, at least two, is kept for ordinary requests, the rest
+/// carries the shared blocking queries of watches and session observers), `registry` (`native`, the default: the
 /// agent's service catalog; `generic`: coord's key layout), and with the cargo feature `tls` the TLS
 /// options shared with etcd ([`ConnectUrl::take_tls_files`]): `tls=true` (HTTPS), `ca` (PEM
 /// file of extra trusted CAs), `cert` + `key` (PEM client certificate and key, for agents with

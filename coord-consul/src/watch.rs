@@ -45,6 +45,10 @@ use crate::context::node_of;
 /// catalog watches and dialect waiters.
 const OTHER_POLLS: usize = 4;
 
+/// The least time between two requests of a group that does not block (a re-read for
+/// watchers that joined while its request ran).
+const REREAD_PAUSE: Duration = Duration::from_millis(50);
+
 /// Back-off after consecutive errors of one query: 100 ms doubling up to 5 s, jittered.
 fn error_backoff() -> Backoff {
     Backoff::new(Duration::from_millis(100), Duration::from_secs(5)).jittered()
@@ -108,11 +112,20 @@ fn key_events(old: Seen, new: Option<&KvEntry>, path: &Path) -> Result<Vec<KeyEv
 struct ChildWatch {
     tx: EventSender<Item<ChildrenEvent>>,
     /// What was last delivered, and the state the answers so far add up to.
-    state: Mutex<(ChildrenSnapshot, ChildrenSnapshot)>,
+    state: Mutex<ChildState>,
+}
+
+/// What a children watch last delivered (`shown`), the state its answers add up to (`now`),
+/// and whether the last event was a `Resync` (both of its queries see an index reset: one
+/// `Resync` is enough).
+struct ChildState {
+    shown: ChildrenSnapshot,
+    now: ChildrenSnapshot,
+    resynced: bool,
 }
 
 impl ChildWatch {
-    fn lock(&self) -> MutexGuard<'_, (ChildrenSnapshot, ChildrenSnapshot)> {
+    fn lock(&self) -> MutexGuard<'_, ChildState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -120,14 +133,20 @@ impl ChildWatch {
     /// index reset); false when the consumer is gone.
     fn update(&self, reset: bool, change: impl FnOnce(&mut ChildrenSnapshot)) -> bool {
         let mut st = self.lock();
-        let (shown, now) = &mut *st;
-        change(now);
+        change(&mut st.now);
         let events = if reset {
-            vec![ChildrenSnapshot::resync(now)]
+            if st.resynced && st.shown.visible() == st.now.visible() {
+                vec![]
+            } else {
+                vec![ChildrenSnapshot::resync(&st.now)]
+            }
         } else {
-            ChildrenSnapshot::events(shown, now)
+            ChildrenSnapshot::events(&st.shown, &st.now)
         };
-        *shown = now.clone();
+        if !events.is_empty() {
+            st.resynced = reset;
+        }
+        st.shown = st.now.clone();
         drop(st);
         events.into_iter().all(|ev| self.tx.send(Item(Ok(ev))))
     }
@@ -139,6 +158,8 @@ enum KeyInterest {
     Key {
         tx: EventSender<Item<KeyEvent>>,
         last: Seen,
+        /// The last event was a `Resync` (a second reset of the same state sends nothing).
+        resynced: bool,
         /// The first request of the group whose answer may reach it.
         from: u64,
     },
@@ -162,6 +183,8 @@ struct Group {
     lists: HashMap<String, Vec<ListInterest>>,
     /// Requests sent so far.
     sent: u64,
+    /// Another group saw the agent's index go backwards: the next answer is a reset too.
+    reset_next: bool,
     task: Option<AbortHandle>,
 }
 
@@ -198,9 +221,31 @@ impl Group {
         }
     }
 
-    /// Fans an answer of request `seq` out; whether a watcher had to be skipped (it joined
-    /// after the request was sent).
-    fn deliver(&mut self, layout_base: usize, seq: u64, entries: &[KvEntry], reset: bool) -> bool {
+    /// Fans an answer of request `seq` at index `index` out; whether a watcher had to be
+    /// skipped (it joined after the request was sent), and whether the index went backwards
+    /// (`reset`, or seen by a watcher: the answer is older than what it knows, which a group's
+    /// first answer cannot tell otherwise).
+    fn deliver(
+        &mut self,
+        layout_base: usize,
+        seq: u64,
+        (entries, index): (&[KvEntry], u64),
+        reset: bool,
+    ) -> (bool, bool) {
+        let forced = std::mem::take(&mut self.reset_next);
+        let behind = |known: Option<u64>| known.is_some_and(|k| index < k);
+        let mut detected = reset;
+        if !forced && !detected {
+            detected = self.keys.values().flatten().any(|i| match i {
+                KeyInterest::Key { last, from, .. } => *from <= seq && behind(last.map(|l| l.1)),
+                KeyInterest::Parent { watch, from } => {
+                    *from <= seq && behind(watch.lock().now.parent)
+                }
+            });
+        }
+        let reset = forced || detected;
+        // A forced reset is not passed on again (no ping-pong between groups).
+        let detected = detected && !forced;
         let by_key: HashMap<&str, &KvEntry> = entries.iter().map(|e| (e.key.as_str(), e)).collect();
         let mut skipped = false;
         self.keys.retain(|key, interests| {
@@ -210,9 +255,17 @@ impl Group {
                     skipped = true;
                     true
                 }
-                KeyInterest::Key { tx, last, .. } => {
+                KeyInterest::Key {
+                    tx, last, resynced, ..
+                } => {
                     if tx.is_closed() {
                         return false;
+                    }
+                    if reset && *resynced && seen(e) == *last {
+                        return true;
+                    }
+                    if reset || seen(e) != *last {
+                        *resynced = reset;
                     }
                     deliver_key(tx, last, key, layout_base, e, reset)
                 }
@@ -224,7 +277,7 @@ impl Group {
             !interests.is_empty()
         });
         if self.lists.is_empty() {
-            return skipped;
+            return (skipped, detected);
         }
         let mut kids: HashMap<&str, Vec<String>> = HashMap::new();
         for e in entries {
@@ -247,7 +300,7 @@ impl Group {
             });
             !interests.is_empty()
         });
-        skipped
+        (skipped, detected)
     }
 
     /// Ends every watcher with `e`.
@@ -384,10 +437,12 @@ impl Watches {
         let base = siblings_prefix(&key).to_owned();
         self.0.join(&base, |g| {
             let from = g.sent + 1;
-            g.keys
-                .entry(key)
-                .or_default()
-                .push(KeyInterest::Key { tx, last, from });
+            g.keys.entry(key).or_default().push(KeyInterest::Key {
+                tx,
+                last,
+                resynced: false,
+                from,
+            });
         });
         Ok((node, rx))
     }
@@ -411,7 +466,11 @@ impl Watches {
         let (tx, rx) = queue::<ChildrenEvent>();
         let watch = Arc::new(ChildWatch {
             tx,
-            state: Mutex::new((shown.clone(), shown)),
+            state: Mutex::new(ChildState {
+                shown: shown.clone(),
+                now: shown,
+                resynced: false,
+            }),
         });
         if let Some(k) = parent_key {
             let watch = watch.clone();
@@ -537,13 +596,35 @@ impl Hub {
         Some(g.sent)
     }
 
-    /// Takes an answer; whether the next request must not block (a watcher was skipped).
-    fn answered(&self, prefix: &str, id: u64, seq: u64, entries: &[KvEntry], reset: bool) -> bool {
+    /// Takes an answer; whether the next request must not block (a watcher was skipped),
+    /// and whether it was a reset.
+    fn answered(
+        &self,
+        prefix: &str,
+        (id, seq): (u64, u64),
+        answer: (&[KvEntry], u64),
+        reset: bool,
+    ) -> (bool, bool) {
         let mut plan = self.lock();
         match plan.groups.get_mut(prefix).filter(|g| g.id == id) {
-            Some(g) => g.deliver(self.base, seq, entries, reset),
-            None => false,
+            Some(g) => g.deliver(self.base, seq, answer, reset),
+            None => (false, false),
         }
+    }
+
+    /// The agent's index went backwards (seen by `prefix`'s query): every other group
+    /// starts over from index 0 and takes its next answer as a reset too.
+    fn reset_others(self: &Arc<Hub>, prefix: &str) {
+        let mut plan = self.lock();
+        for (p, g) in plan.groups.iter_mut() {
+            if p != prefix {
+                g.reset_next = true;
+                if let Some(t) = g.task.take() {
+                    t.abort();
+                }
+            }
+        }
+        self.start(&mut plan);
     }
 
     /// Ends the group with a permanent error.
@@ -566,7 +647,14 @@ async fn run(hub: Weak<Hub>, prefix: String, id: u64) {
     let mut index = 0u64;
     // The first answer comes at once: it is the baseline every watcher compares with.
     let mut immediate = true;
+    let now = tokio::time::Instant::now();
+    let mut last_sent = now.checked_sub(REREAD_PAUSE).unwrap_or(now);
     loop {
+        if immediate {
+            // Watchers joining in a burst are served together, not one re-read each.
+            tokio::time::sleep_until(last_sent + REREAD_PAUSE).await;
+        }
+        last_sent = tokio::time::Instant::now();
         let Some(seq) = hub.upgrade().and_then(|h| h.begin(&prefix, id)) else {
             return;
         };
@@ -579,7 +667,12 @@ async fn run(hub: Weak<Hub>, prefix: String, id: u64) {
                 let reset = i < index;
                 // Consul's advice: an index that went backwards starts over from 0.
                 index = if reset { 0 } else { i };
-                immediate = h.answered(&prefix, id, seq, &entries, reset);
+                let (again, reset) = h.answered(&prefix, (id, seq), (&entries, i), reset);
+                immediate = again;
+                if reset {
+                    index = 0;
+                    h.reset_others(&prefix);
+                }
             }
             Err(e) if e.is_retryable() => {
                 drop(h);
