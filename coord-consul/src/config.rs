@@ -177,9 +177,6 @@ mod tests {
         assert_eq!(c.timeout, Duration::from_secs(1));
         assert_eq!(c.wait, Duration::from_secs(3));
         assert_eq!(c.max_connections, DEFAULT_MAX_CONNECTIONS);
-        let c = Config::from_url("consul://h?max_connections=8").unwrap();
-        assert_eq!(c.max_connections, 8);
-        assert!(Config::from_url("consul://h?max_connections=3").is_err());
         assert_eq!(c.token.as_ref().map(Secret::expose), Some("s3cr3t"));
         assert!(!format!("{c:?}").contains("s3cr3t"));
         let c = Config::from_url("consul://h?token=abc").unwrap();
@@ -190,6 +187,9 @@ mod tests {
         assert_eq!(c.namespace, "");
         let c = Config::from_url("consul://[::1]?tls=no").unwrap();
         assert_eq!(c.base_url().unwrap().as_str(), "http://[::1]:8500/");
+        let c = Config::from_url("consul://h?max_connections=8").unwrap();
+        assert_eq!(c.max_connections, 8);
+        assert!(Config::from_url("consul://h?max_connections=3").is_err());
     }
 
     #[cfg(feature = "tls")]
