@@ -226,7 +226,7 @@ const MAX_IDLE: usize = 2;
 ///
 /// reqwest opens a connection whenever no idle one is free, so the number of requests in
 /// flight bounds the number of connections: every request holds an `all` permit while it runs,
-/// a blocking query a `polls` permit as well. `polls` has a quarter of the connections (at
+/// a blocking query a `polls` permit as well. `polls` has half of the connections (at
 /// least two) fewer than `all`, so long polls never take the connections ordinary requests
 /// need: those wait at most for another ordinary request, never for a poll's `?wait=`.
 #[derive(Debug)]
@@ -240,7 +240,7 @@ pub(crate) struct Limits {
 impl Limits {
     pub(crate) fn new(max_connections: usize) -> Limits {
         let max = max_connections.max(crate::config::MIN_MAX_CONNECTIONS);
-        let reserved = (max / 4).max(2);
+        let reserved = (max / 2).max(2);
         // A finished request's connection goes back to the pool a moment after its permit:
         // requests in flight stay a few below the bound so such a moment does not open one
         // connection too many.

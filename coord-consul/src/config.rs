@@ -39,7 +39,8 @@ pub const MIN_MAX_CONNECTIONS: usize = 4;
 /// only together with the agent's `txn_max_req_len`), `max_connections` (the most HTTP connections
 /// the backend holds to the agent, default [`DEFAULT_MAX_CONNECTIONS`], at least
 /// [`MIN_MAX_CONNECTIONS`]; an eighth of them, at most four, is set aside for connections on
-/// their way back to the pool, a quarter, at least two, is kept for ordinary requests, the rest
+/// their way back to the pool, half, at least two, is kept for ordinary requests (the check
+/// passes of many sessions), the rest
 /// carries the shared blocking queries of watches and session observers), `registry` (`native`, the default: the
 /// agent's service catalog; `generic`: coord's key layout), and with the cargo feature `tls` the TLS
 /// options shared with etcd ([`ConnectUrl::take_tls_files`]): `tls=true` (HTTPS), `ca` (PEM
