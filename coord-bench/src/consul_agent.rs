@@ -1,7 +1,6 @@
-//! A Consul dev agent started by the bench itself, like coord-testkit's, but with
-//! `limits.http_max_conns_per_client` raised: coord-consul holds one HTTP connection per
-//! blocking query (each session's observer, each watch), and the herd of 1,000 candidates
-//! needs about 2,000 of them from one address, ten times Consul's default limit of 200.
+//! A Consul dev agent started by the bench itself, like coord-testkit's, with Consul's default
+//! limits (`limits.http_max_conns_per_client` = 200): coord-consul shares its blocking queries
+//! and bounds its connections (`max_connections`, default 32).
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -50,8 +49,7 @@ pub async fn start() -> Res<Agent> {
     let config = dir.join("consul.json");
     std::fs::write(
         &config,
-        "{\"disable_update_check\": true, \"log_level\": \"warn\", \"ports\": {\"https\": -1},\n \
-         \"limits\": {\"http_max_conns_per_client\": 10000}}\n",
+        "{\"disable_update_check\": true, \"log_level\": \"warn\", \"ports\": {\"https\": -1}}\n",
     )?;
     let node = format!("coord-bench-{}", std::process::id());
     let p = |i: usize| ports[i].to_string();

@@ -7,6 +7,7 @@
 //! never appears in an error.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -14,6 +15,7 @@ use coord_core::url::endpoint;
 use coord_core::{Error, Result};
 use reqwest::{Method, StatusCode, Url};
 use serde::{Deserialize, Serialize};
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::config::Config;
 use crate::error::{backend_err, parse, refusal, status_error, transport_error, Refusal};
@@ -213,6 +215,59 @@ impl Answer {
     }
 }
 
+/// Connections set aside for the moment between a request's end and its connection's return
+/// to the pool.
+const TRANSIT: usize = 4;
+
+/// Idle connections kept per client (more are closed when their request ends).
+const MAX_IDLE: usize = 2;
+
+/// The bound on the HTTP connections of one backend (`max_connections`).
+///
+/// reqwest opens a connection whenever no idle one is free, so the number of requests in
+/// flight bounds the number of connections: every request holds an `all` permit while it runs,
+/// a blocking query a `polls` permit as well. `polls` has half of the connections (at
+/// least two) fewer than `all`, so long polls never take the connections ordinary requests
+/// need: those wait at most for another ordinary request, never for a poll's `?wait=`.
+#[derive(Debug)]
+pub(crate) struct Limits {
+    all: Semaphore,
+    polls: Semaphore,
+    /// `polls`' size: what the shared queries plan with.
+    pub(crate) poll_slots: usize,
+}
+
+impl Limits {
+    pub(crate) fn new(max_connections: usize) -> Limits {
+        let max = max_connections.max(crate::config::MIN_MAX_CONNECTIONS);
+        let reserved = (max / 2).max(2);
+        // A finished request's connection goes back to the pool a moment after its permit:
+        // requests in flight stay a few below the bound so such a moment does not open one
+        // connection too many.
+        let in_flight = max - (max / 8).min(TRANSIT);
+        let poll_slots = in_flight - reserved;
+        Limits {
+            all: Semaphore::new(in_flight),
+            polls: Semaphore::new(poll_slots),
+            poll_slots,
+        }
+    }
+
+    /// The permits of one request (a blocking query: `long`). The semaphores are never
+    /// closed, so acquiring only waits.
+    async fn acquire(
+        &self,
+        long: bool,
+    ) -> Result<(Option<SemaphorePermit<'_>>, SemaphorePermit<'_>)> {
+        let closed = |_| backend_err("the connection limiter is closed", false);
+        let poll = match long {
+            true => Some(self.polls.acquire().await.map_err(closed)?),
+            false => None,
+        };
+        Ok((poll, self.all.acquire().await.map_err(closed)?))
+    }
+}
+
 /// The typed Consul client shared by a backend, its sessions and its watches.
 #[derive(Clone)]
 pub(crate) struct Api {
@@ -220,7 +275,11 @@ pub(crate) struct Api {
     base: Url,
     pub(crate) timeout: Duration,
     pub(crate) wait: Duration,
-    listed: std::sync::Arc<AtomicU64>,
+    listed: Arc<AtomicU64>,
+    pub(crate) limits: Arc<Limits>,
+    /// Names the agent and the identity (token) the requests carry: clients with equal
+    /// `peer`s may share what they observe server-side (sessions).
+    pub(crate) peer: Arc<str>,
 }
 
 impl std::fmt::Debug for Api {
@@ -248,14 +307,26 @@ impl Api {
             .default_headers(headers)
             .connect_timeout(cfg.timeout.min(Duration::from_secs(3)))
             .pool_idle_timeout(Duration::from_secs(30))
+            // Idle connections count against the agent's per-address limit too, and a process
+            // may hold many clients: keep few.
+            .pool_max_idle_per_host(MAX_IDLE)
             .build()
             .map_err(|e| backend_err("cannot build the HTTP client", false).with_source(e))?;
+        let base = cfg.base_url()?;
+        let peer = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            cfg.token.as_ref().map(|t| t.expose()).hash(&mut h);
+            format!("{base}#{:016x}", h.finish()).into()
+        };
         Ok(Api {
             http,
-            base: cfg.base_url()?,
+            peer,
+            base,
             timeout: cfg.timeout,
             wait: cfg.wait,
             listed: Default::default(),
+            limits: Arc::new(Limits::new(cfg.max_connections)),
         })
     }
 
@@ -301,7 +372,8 @@ impl Api {
                 .append_pair("wait", &format!("{}ms", wait.as_millis()));
             bound += wait + wait / 16;
         }
-        self.send(Method::GET, u, None, bound, what).await
+        self.send_limited(Method::GET, u, None, bound, what, block.is_some())
+            .await
     }
 
     async fn send(
@@ -312,6 +384,22 @@ impl Api {
         timeout: Duration,
         what: &str,
     ) -> Result<Answer> {
+        self.send_limited(method, url, body, timeout, what, false)
+            .await
+    }
+
+    /// One request within [`Limits`] (`long`: a blocking query). The time spent waiting for a
+    /// permit does not count against `timeout`.
+    async fn send_limited(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<Vec<u8>>,
+        timeout: Duration,
+        what: &str,
+        long: bool,
+    ) -> Result<Answer> {
+        let _permits = self.limits.acquire(long).await?;
         let mut req = self.http.request(method, url).timeout(timeout);
         if let Some(b) = body {
             req = req.body(b);
@@ -421,6 +509,40 @@ impl Api {
             StatusCode::NOT_FOUND => Ok((Vec::new(), a.index)),
             s => Err(status_error(s, &a.body, "KV list")),
         }
+    }
+
+    /// Every entry whose key starts with `prefix` (any string), optionally blocking: the
+    /// shared queries of watches. Returns the entries and the `X-Consul-Index`.
+    pub(crate) async fn kv_list(
+        &self,
+        prefix: &str,
+        block: Option<(u64, Duration)>,
+    ) -> Result<(Vec<KvEntry>, u64)> {
+        // A prefix need not end on a `/` (a coarsened query's prefix ends anywhere).
+        let mut u = self.url(&["v1", "kv"], Some(prefix))?;
+        u.query_pairs_mut().append_key_only("recurse");
+        let a = self.get(u, block, "KV list").await?;
+        match a.status {
+            StatusCode::OK => Ok((parse(&a.body, "KV list")?, a.index)),
+            StatusCode::NOT_FOUND => Ok((Vec::new(), a.index)),
+            s => Err(status_error(s, &a.body, "KV list")),
+        }
+    }
+
+    /// The IDs of the sessions of agent node `node`, optionally blocking; with the index.
+    pub(crate) async fn node_sessions(
+        &self,
+        node: &str,
+        block: Option<(u64, Duration)>,
+    ) -> Result<(Vec<String>, u64)> {
+        let u = self.url(&["v1", "session", "node", node], None)?;
+        let what = "session list";
+        let a = self.get(u, block, what).await?.ok(None, what)?;
+        let v: Option<Vec<SessionInfo>> = parse(&a.body, what)?;
+        Ok((
+            v.unwrap_or_default().into_iter().map(|s| s.id).collect(),
+            a.index,
+        ))
     }
 
     /// Runs a transaction (at most 64 operations).
@@ -551,17 +673,37 @@ impl Api {
         id: &str,
         block: Option<(u64, Duration)>,
     ) -> Result<(bool, u64)> {
+        let (info, index) = self.session_info(id, block).await?;
+        Ok((info.is_some(), index))
+    }
+
+    /// The session's info (`None` if Consul does not know it), optionally as a blocking
+    /// query; with the index.
+    pub(crate) async fn session_info(
+        &self,
+        id: &str,
+        block: Option<(u64, Duration)>,
+    ) -> Result<(Option<SessionInfo>, u64)> {
         let u = self.url(&["v1", "session", "info", id], None)?;
         let a = self.get(u, block, "session info").await?;
         match a.status {
             StatusCode::OK => {
-                let v: Option<Vec<serde_json::Value>> = parse(&a.body, "session info")?;
-                Ok((v.is_some_and(|v| !v.is_empty()), a.index))
+                let v: Option<Vec<SessionInfo>> = parse(&a.body, "session info")?;
+                Ok((v.and_then(|v| v.into_iter().next()), a.index))
             }
-            StatusCode::NOT_FOUND => Ok((false, a.index)),
+            StatusCode::NOT_FOUND => Ok((None, a.index)),
             s => Err(status_error(s, &a.body, "session info")),
         }
     }
+}
+
+/// What coord reads of a session: its ID and the agent node it is bound to.
+#[derive(Debug, Deserialize)]
+pub(crate) struct SessionInfo {
+    #[serde(rename = "ID")]
+    pub(crate) id: String,
+    #[serde(rename = "Node", default)]
+    pub(crate) node: String,
 }
 
 fn read_pem(path: &std::path::Path, what: &str) -> Result<Vec<u8>> {

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use coord_core::adapter::check_ttl;
 use coord_core::adapter::flat::{FlatBackend, Layout, Tree};
-use coord_core::adapter::{check_ttl, WatchScope};
 use coord_core::registry::NativeRegistry;
 use coord_core::{
     Capabilities, ChildrenWatch, KeyWatch, Node, Path, Result, Session, SessionOptions,
@@ -20,15 +20,15 @@ use crate::config::{Config, MAX_SESSION_TTL, MIN_SESSION_TTL};
 use crate::context::{ConsulStore, Context};
 use crate::dialect::SingleKey;
 use crate::session::ConsulSession;
-use crate::watch::{watch_children, watch_key};
+use crate::watch::Watches;
 
 /// A client of one Consul agent in one namespace (see the crate docs for the key layout and
 /// the session mapping). Cheap to share behind an `Arc`; its watches end when it is dropped.
 pub struct ConsulBackend {
     ctx: Arc<Context>,
     config: Config,
-    /// The watch tasks end with the backend.
-    watches: WatchScope,
+    /// The shared blocking queries of the watches; they end with the backend.
+    watches: Watches,
     /// The registry in the agent's service catalog.
     catalog: Arc<Catalog>,
 }
@@ -64,11 +64,13 @@ impl ConsulBackend {
             .with_watch_coalesces(true)
             .with_registry_layout(config.registry);
         let catalog = Arc::new(Catalog::new(api.clone(), &config.namespace));
+        let ctx = Arc::new(Context::new(api, caps, &config.namespace));
+        let watches = Watches::new(ctx.api().clone(), ctx.layout().namespace_prefix());
         Ok(ConsulBackend {
-            ctx: Arc::new(Context::new(api, caps, &config.namespace)),
+            ctx,
             catalog,
             config,
-            watches: WatchScope::new(),
+            watches,
         })
     }
 
@@ -89,6 +91,18 @@ impl ConsulBackend {
         self.ctx.api().listed_keys()
     }
 
+    /// How many blocking queries the watches of this client share right now (at most the
+    /// `max_connections` budget; see the crate docs).
+    pub fn watch_queries(&self) -> usize {
+        self.watches.queries()
+    }
+
+    /// How many blocking queries observe this client's sessions right now (one per agent
+    /// node that holds them, not one per session).
+    pub fn session_queries(&self) -> usize {
+        self.ctx.observer.queries()
+    }
+
     /// The Consul key that stores `path` (for operators and tests; see the crate docs).
     pub fn key_of(&self, path: &Path) -> String {
         self.ctx.layout().node(path)
@@ -106,14 +120,13 @@ impl FlatBackend for ConsulBackend {
             return Ok((Some(node), Box::pin(futures::stream::pending())));
         }
         let key = self.ctx.layout().node(path);
-        watch_key(&self.watches, self.ctx.api().clone(), path.clone(), key).await
+        self.watches.watch_key(path, key).await
     }
 
     async fn watch_children(&self, path: &Path) -> Result<(Vec<String>, ChildrenWatch)> {
         let parent_key = (!path.is_root()).then(|| self.ctx.layout().node(path));
         let prefix = self.ctx.layout().children_prefix(path);
-        let api = self.ctx.api().clone();
-        watch_children(&self.watches, api, parent_key, prefix).await
+        self.watches.watch_children(parent_key, prefix).await
     }
 
     fn tree(&self) -> &Tree<ConsulStore> {

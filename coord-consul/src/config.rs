@@ -23,13 +23,25 @@ pub const DEFAULT_WAIT: Duration = Duration::from_secs(10);
 /// limited to 512 KiB (`txn_max_req_len`) with the value base64-encoded (4/3) plus the
 /// operations' keys (up to ~2 KiB each).
 pub const DEFAULT_MAX_VALUE_SIZE: usize = 360 * 1024;
+/// The most HTTP connections one backend holds to its agent when the URL gives no
+/// `max_connections`: well under the agent's default `limits.http_max_conns_per_client` (200),
+/// so that several coord processes on one host fit too.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 32;
+/// The fewest connections accepted: room for the blocking queries (at least one) and the
+/// connections kept for ordinary requests (at least two).
+pub const MIN_MAX_CONNECTIONS: usize = 4;
 
 /// A parsed `consul://[token@]host:port[/namespace][?options]` URL.
 ///
 /// Options: `session_ttl` (default 10 s, 1 s – 1 h), `timeout` (per request, default 5 s),
 /// `wait` (blocking-query wait of watches, default 10 s, at most 10 min), `token` (ACL token,
 /// also accepted as the URL's user part), `max_value_size` (bytes, default 360 KiB; raise it
-/// only together with the agent's `txn_max_req_len`), `registry` (`native`, the default: the
+/// only together with the agent's `txn_max_req_len`), `max_connections` (the most HTTP connections
+/// the backend holds to the agent, default [`DEFAULT_MAX_CONNECTIONS`], at least
+/// [`MIN_MAX_CONNECTIONS`]; an eighth of them, at most four, is set aside for connections on
+/// their way back to the pool, half, at least two, is kept for ordinary requests (the check
+/// passes of many sessions), the rest
+/// carries the shared blocking queries of watches and session observers), `registry` (`native`, the default: the
 /// agent's service catalog; `generic`: coord's key layout), and with the cargo feature `tls` the TLS
 /// options shared with etcd ([`ConnectUrl::take_tls_files`]): `tls=true` (HTTPS), `ca` (PEM
 /// file of extra trusted CAs), `cert` + `key` (PEM client certificate and key, for agents with
@@ -52,6 +64,8 @@ pub struct Config {
     pub wait: Duration,
     /// The largest value accepted.
     pub max_value_size: usize,
+    /// The most HTTP connections held to the agent (`max_connections=`).
+    pub max_connections: usize,
     /// HTTPS instead of HTTP.
     pub tls: bool,
     /// Extra trusted CA certificates (PEM file).
@@ -106,6 +120,12 @@ impl Config {
             )?
             .unwrap_or(DEFAULT_WAIT);
         let max_value_size = u.take_size("max_value_size", DEFAULT_MAX_VALUE_SIZE, usize::MAX)?;
+        let max_connections = u.take_size("max_connections", DEFAULT_MAX_CONNECTIONS, 100_000)?;
+        if max_connections < MIN_MAX_CONNECTIONS {
+            return Err(url_err(format!(
+                "max_connections must be at least {MIN_MAX_CONNECTIONS}, not {max_connections}"
+            )));
+        }
         let files = u.take_tls_files()?;
         let registry = u.take_registry_layout()?;
         if files.is_some() && !cfg!(feature = "tls") {
@@ -126,6 +146,7 @@ impl Config {
             session_ttl,
             wait,
             max_value_size,
+            max_connections,
             tls,
             ca,
             client_cert,
@@ -156,6 +177,7 @@ mod tests {
         assert_eq!(c.session_ttl, Duration::from_secs(2));
         assert_eq!(c.timeout, Duration::from_secs(1));
         assert_eq!(c.wait, Duration::from_secs(3));
+        assert_eq!(c.max_connections, DEFAULT_MAX_CONNECTIONS);
         assert_eq!(c.token.as_ref().map(Secret::expose), Some("s3cr3t"));
         assert!(!format!("{c:?}").contains("s3cr3t"));
         let c = Config::from_url("consul://h?token=abc").unwrap();
@@ -166,6 +188,9 @@ mod tests {
         assert_eq!(c.namespace, "");
         let c = Config::from_url("consul://[::1]?tls=no").unwrap();
         assert_eq!(c.base_url().unwrap().as_str(), "http://[::1]:8500/");
+        let c = Config::from_url("consul://h?max_connections=8").unwrap();
+        assert_eq!(c.max_connections, 8);
+        assert!(Config::from_url("consul://h?max_connections=3").is_err());
     }
 
     #[cfg(feature = "tls")]

@@ -32,22 +32,26 @@ use coord_core::{Capabilities, Node, Path, Result, SessionId, Version};
 
 use crate::api::{Api, KvEntry, TxnOp, TxnOutcome};
 use crate::error::{backend_err, too_large};
+use crate::session::SessionObserver;
 
 /// What the backend, its sessions and its watches share.
 #[derive(Debug)]
 pub(crate) struct Context {
     pub(crate) tree: Tree<ConsulStore>,
+    /// Follows the sessions of this backend server-side (shared blocking queries).
+    pub(crate) observer: SessionObserver,
 }
 
 impl Context {
     pub(crate) fn new(api: Api, caps: Capabilities, ns: &str) -> Context {
         let store = ConsulStore {
-            api,
+            api: api.clone(),
             layout: Layout::new(ns),
             seen: Seen::default(),
             max_value: caps.max_value_size,
         };
         Context {
+            observer: SessionObserver::new(api.clone()),
             tree: Tree::new(store, ns, caps),
         }
     }

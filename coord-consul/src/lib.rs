@@ -16,7 +16,10 @@
 //!   by Consul ≈ TTL after the passes stop ([`ConsulSession`]).
 //! - Atomic rules (create under an existing, non-ephemeral parent; sequential numbers; delete
 //!   refusing children; compare-and-set) are single `/v1/txn` transactions.
-//! - Watches are blocking queries compared with the last delivered state (they coalesce).
+//! - Watches are blocking queries compared with the last delivered state (they coalesce),
+//!   shared: one recursive query per watched parent prefix, coarsened to fit the connection
+//!   budget (`max_connections`, default 32, half kept for ordinary requests); the
+//!   sessions are observed with one query per agent node ([`ConsulSession`]).
 //! - The registry's default layout is Consul's service catalog ([`catalog`]); `?registry=generic`
 //!   keeps instances in coord's key layout instead.
 #![warn(missing_docs, unreachable_pub)]
@@ -38,8 +41,8 @@ use std::sync::Arc;
 
 pub use backend::ConsulBackend;
 pub use config::{
-    Config, DEFAULT_MAX_VALUE_SIZE, DEFAULT_SESSION_TTL, DEFAULT_TIMEOUT, DEFAULT_WAIT,
-    MAX_SESSION_TTL, MIN_SESSION_TTL,
+    Config, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_VALUE_SIZE, DEFAULT_SESSION_TTL, DEFAULT_TIMEOUT,
+    DEFAULT_WAIT, MAX_SESSION_TTL, MIN_MAX_CONNECTIONS, MIN_SESSION_TTL,
 };
 pub use context::ConsulStore;
 pub use session::{ConsulLease, ConsulSession};

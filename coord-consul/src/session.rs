@@ -13,17 +13,21 @@
 //! The lifecycle is [`LeaseSession`]'s; Consul-specific: a pass counts only if the servers
 //! answer, within the same bound, that the session still exists — the pass alone is the local
 //! agent's word, and a client agent cut off from the servers passes while the servers have
-//! invalidated the session (its node's `serfHealth` failed) and granted its locks to others; `Expired` also when a blocking query on
-//! `/v1/session/info` sees the session invalidated or destroyed, an acquire is refused by a
+//! invalidated the session (its node's `serfHealth` failed) and granted its locks to others.
+//! `Expired` also when the backend's [`SessionObserver`] (one blocking query on
+//! `/v1/session/node/<node>` per agent node, shared by all the backend's sessions on it) sees
+//! the session invalidated or destroyed, an acquire is refused by a
 //! session Consul no longer knows, or the agent no longer knows the check. The end destroys
 //! the session and deregisters the check.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use coord_core::adapter::{random_u64, Backoff, Lease, LeaseSession, Renewal, Timing};
 use coord_core::{CreateMode, Created, Error, Path, Result, SessionId};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::api::{Api, Pass, SessionCreate};
@@ -44,13 +48,14 @@ impl ConsulSession {
         api.register_check(&check, ttl).await?;
         let created = async {
             let id = SessionId(create_session(api, &check).await?);
-            Ok::<_, Error>((api.session_exists(&id.0, None).await?.1, id))
+            let (info, index) = api.session_info(&id.0, None).await?;
+            Ok::<_, Error>((index, info.map(|i| i.node).unwrap_or_default(), id))
         }
         .await;
         if created.is_err() {
             let _ = api.deregister_check(&check).await;
         }
-        let (index, id) = created?;
+        let (index, node, id) = created?;
         let caps = ctx.tree.caps.clone();
         let lease = ConsulLease {
             ctx,
@@ -58,6 +63,7 @@ impl ConsulSession {
             check,
             ttl,
             index,
+            node,
         };
         Ok(ConsulSession(LeaseSession::start(
             lease, id, ttl, caps, granted_at,
@@ -103,14 +109,15 @@ async fn create_session(api: &Api, check: &str) -> Result<String> {
     }
 }
 
-/// Consul's side of a [`ConsulSession`]: the session, its agent check, and the index of the
-/// session's first read (where the observer's blocking queries start).
+/// Consul's side of a [`ConsulSession`]: the session, its agent check, the index of the
+/// session's first read and the agent node it is bound to (where it is observed).
 pub struct ConsulLease {
     ctx: Arc<Context>,
     id: SessionId,
     check: String,
     ttl: Duration,
     index: u64,
+    node: String,
 }
 
 impl ConsulLease {
@@ -167,9 +174,13 @@ impl Lease for ConsulLease {
         r
     }
 
-    /// Follows the session server-side with blocking queries: resolves the moment Consul
-    /// invalidates or destroys it.
+    /// Follows the session server-side through the backend's [`SessionObserver`]: resolves
+    /// the moment Consul invalidates or destroys it.
     async fn ended(&self) {
+        if !self.node.is_empty() {
+            return self.ctx.observer.ended(&self.node, &self.id.0).await;
+        }
+        // Consul named no node: follow this session alone.
         let api = self.ctx.api();
         let mut errors = Backoff::new(Duration::from_millis(100), self.ttl / 3).jittered();
         let mut index = self.index;
@@ -201,6 +212,165 @@ impl Lease for ConsulLease {
                 ))
             }
             r => r,
+        }
+    }
+}
+
+/// The sessions of one agent node that are followed, and its query's progress.
+#[derive(Default)]
+struct NodeSessions {
+    /// Session ID → who waits for its end, and the first request whose answer may tell it
+    /// (one sent after the session was known to exist).
+    waiting: HashMap<String, (oneshot::Sender<()>, u64)>,
+    /// Requests sent so far.
+    sent: u64,
+    /// Whether the node's query loop runs.
+    running: bool,
+}
+
+/// Follows the sessions of one backend server-side with one blocking query per agent node
+/// (`/v1/session/node/<node>`, any session change in the datacenter answers it), diffed
+/// against the sessions waited for, instead of one query per session. A query loop runs only
+/// while some session of its node is followed. An answer only judges the sessions that were
+/// followed before its request was sent; a loop that had to skip one asks again at once.
+///
+/// One observer serves every client of the process that talks to the same agent with the
+/// same token ([`Api::peer`]) on the same tokio runtime (its query runs there): a process
+/// with many clients (one per candidate) still holds one observer query per node.
+#[derive(Clone)]
+pub(crate) struct SessionObserver(Arc<Observer>);
+
+struct Observer {
+    api: Api,
+    nodes: Mutex<HashMap<String, NodeSessions>>,
+}
+
+/// What an observer can be shared by: the peer and the runtime.
+type ShareKey = (Arc<str>, Option<tokio::runtime::Id>);
+
+/// The observers of this process.
+static OBSERVERS: Mutex<Vec<(ShareKey, std::sync::Weak<Observer>)>> = Mutex::new(Vec::new());
+
+impl std::fmt::Debug for SessionObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionObserver")
+            .field("queries", &self.queries())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionObserver {
+    /// The process's observer for `api`'s peer (made if there is none).
+    pub(crate) fn new(api: Api) -> SessionObserver {
+        let key = (
+            api.peer.clone(),
+            tokio::runtime::Handle::try_current().ok().map(|h| h.id()),
+        );
+        let mut all = OBSERVERS.lock().unwrap_or_else(|e| e.into_inner());
+        all.retain(|(_, o)| o.strong_count() > 0);
+        if let Some(o) = all
+            .iter()
+            .find(|(k, _)| *k == key)
+            .and_then(|(_, o)| o.upgrade())
+        {
+            return SessionObserver(o);
+        }
+        let o = Arc::new(Observer {
+            api: api.clone(),
+            nodes: Default::default(),
+        });
+        all.push((key, Arc::downgrade(&o)));
+        SessionObserver(o)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, NodeSessions>> {
+        self.0.nodes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How many node queries run.
+    pub(crate) fn queries(&self) -> usize {
+        self.lock().values().filter(|n| n.running).count()
+    }
+
+    /// Resolves when Consul no longer knows session `id` of agent node `node`.
+    async fn ended(&self, node: &str, id: &str) {
+        let (tx, rx) = oneshot::channel();
+        let start = {
+            let mut nodes = self.lock();
+            let n = nodes.entry(node.to_owned()).or_default();
+            n.waiting.insert(id.to_owned(), (tx, n.sent + 1));
+            !std::mem::replace(&mut n.running, true)
+        };
+        if start {
+            tokio::spawn(self.clone().follow(node.to_owned()));
+        }
+        if rx.await.is_err() {
+            // The observer stopped following it (cannot happen while the session lives):
+            // that says nothing about the session.
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// The next request's number, or `None` (and the loop stops) when nothing is followed.
+    fn begin(&self, node: &str) -> Option<u64> {
+        let mut nodes = self.lock();
+        let n = nodes.get_mut(node)?;
+        n.waiting.retain(|_, (tx, _)| !tx.is_closed());
+        if n.waiting.is_empty() {
+            nodes.remove(node);
+            return None;
+        }
+        n.sent += 1;
+        Some(n.sent)
+    }
+
+    /// Ends the waits of the sessions missing from `live`; whether one had to be skipped.
+    fn answered(&self, node: &str, seq: u64, live: &[String]) -> bool {
+        let live: std::collections::HashSet<&str> = live.iter().map(String::as_str).collect();
+        let mut nodes = self.lock();
+        let Some(n) = nodes.get_mut(node) else {
+            return false;
+        };
+        let mut skipped = false;
+        let gone: Vec<String> = n
+            .waiting
+            .iter()
+            .filter(|(id, (_, from))| {
+                skipped |= *from > seq;
+                *from <= seq && !live.contains(id.as_str())
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in gone {
+            if let Some((tx, _)) = n.waiting.remove(&id) {
+                let _ = tx.send(());
+            }
+        }
+        skipped
+    }
+
+    /// The query loop of `node`, while any of its sessions is followed.
+    async fn follow(self, node: String) {
+        let mut errors =
+            Backoff::new(Duration::from_millis(100), Duration::from_secs(5)).jittered();
+        let mut index = 0u64;
+        let mut immediate = true;
+        while let Some(seq) = self.begin(&node) {
+            let api = &self.0.api;
+            let block = (!immediate).then_some((index, api.wait));
+            match api.node_sessions(&node, block).await {
+                Ok((live, i)) => {
+                    errors.reset();
+                    // An index that went backwards starts over from 0.
+                    index = if i < index { 0 } else { i };
+                    immediate = self.answered(&node, seq, &live);
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, %node, "session observer query failed; retrying");
+                    errors.wait().await;
+                    immediate = false;
+                }
+            }
         }
     }
 }

@@ -967,9 +967,9 @@ fn prepare_consul(consul: &Path) -> Result<Server, Error> {
     let config = dir.join("consul.json");
     if let Err(e) = fs::write(
         &config,
-        // Every blocking query (a session's observer, each watch) holds one HTTP connection:
-        // Consul's default of 200 per client address is too few for tests with many sessions.
-        "{\n  \"disable_update_check\": true,\n  \"log_level\": \"info\",\n  \"ports\": { \"https\": -1 },\n  \"limits\": { \"http_max_conns_per_client\": 10000 }\n}\n",
+        // Consul's default limits (`http_max_conns_per_client` = 200): coord-consul bounds its
+        // connections itself (`max_connections`).
+        "{\n  \"disable_update_check\": true,\n  \"log_level\": \"info\",\n  \"ports\": { \"https\": -1 }\n}\n",
     ) {
         let _ = fs::remove_dir_all(&dir);
         return Err(Error::new(format!("write {}: {e}", config.display())));
@@ -1053,7 +1053,7 @@ fn prepare_consul_member(
                 &config,
                 // As the dev agent's (see `prepare_consul`), plus the shortest Raft timings.
                 format!(
-                    "{{\n  \"disable_update_check\": true,\n  \"log_level\": \"info\",\n  \"ports\": {{ \"https\": -1 }},\n  \"limits\": {{ \"http_max_conns_per_client\": 10000 }},\n  \"performance\": {{ \"raft_multiplier\": 1 }}{}\n}}\n",
+                    "{{\n  \"disable_update_check\": true,\n  \"log_level\": \"info\",\n  \"ports\": {{ \"https\": -1 }},\n  \"performance\": {{ \"raft_multiplier\": 1 }}{}\n}}\n",
                     if m.keep_dead_servers {
                         ",\n  \"autopilot\": { \"cleanup_dead_servers\": false }"
                     } else {
