@@ -36,10 +36,9 @@ use async_trait::async_trait;
 use coord_core::adapter::hold::{
     holder_stream, raw_name, unless_session_ends, HeldKey, HolderStream, KeyHold, ReleaseOnDrop,
 };
-use coord_core::adapter::{check_value, Backoff, WatchScope};
-use coord_core::dialect::{Dialect, DialectDriver, DialectHold};
+use coord_core::adapter::{Backoff, WatchScope};
+use coord_core::dialect::{Candidacy, Dialect, DialectDriver, DialectHold};
 use coord_core::election::LeaderInfo;
-use coord_core::recipes::SuspendPolicy;
 use coord_core::{
     Capabilities, Error, Guard, GuardFailure, KeyEvent, KeyWatch, Node, Path, Result, Session,
     Version, WriteOp, WriteResult,
@@ -162,21 +161,10 @@ impl DialectDriver for SingleKey {
         self.dialect
     }
 
-    async fn acquire(
-        &self,
-        session: Arc<dyn Session>,
-        name: &Path,
-        value: &[u8],
-        try_only: bool,
-        policy: SuspendPolicy,
-        wakeups: &AtomicU64,
-    ) -> Result<Option<Box<dyn DialectHold>>> {
-        check_value(&self.ctx.tree.caps, value)?;
+    async fn acquire(&self, c: Candidacy<'_>) -> Result<Option<Box<dyn DialectHold>>> {
+        c.check(&self.ctx.tree.caps)?;
+        let (session, name, value, try_only) = (c.session, c.name, c.value, c.try_only);
         let key = self.key(name)?;
-        let state = session.state();
-        if state.is_final() {
-            return Err(Error::session_gone(session.id(), state));
-        }
         let sid = session.id().0.clone();
         let own = Arc::new(ConsulKey {
             ctx: self.ctx.clone(),
@@ -200,7 +188,7 @@ impl DialectDriver for SingleKey {
                     // released key is tried without another round trip.
                     let block = self.read(&key, Some((from, self.api().wait)));
                     let (e, i) = unless_session_ends(&*session, &mut states, block).await??;
-                    wakeups.fetch_add(1, Ordering::Relaxed);
+                    c.wakeups.fetch_add(1, Ordering::Relaxed);
                     index = None;
                     // Consul's index may go backwards (a restarted agent): read afresh.
                     if i < from {
@@ -264,7 +252,7 @@ impl DialectDriver for SingleKey {
             ));
         }
         own.token.store(token, Ordering::SeqCst);
-        Ok(Some(Box::new(KeyHold::start(own, session, policy))))
+        Ok(Some(Box::new(KeyHold::start(own, session, c.policy))))
     }
 
     async fn participants(&self, name: &Path) -> Result<Vec<LeaderInfo>> {

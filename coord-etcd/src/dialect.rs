@@ -29,10 +29,9 @@ use async_trait::async_trait;
 use coord_core::adapter::hold::{
     holder_stream, raw_name, unless_session_ends, HeldKey, HolderStream, KeyHold, ReleaseOnDrop,
 };
-use coord_core::adapter::{check_value, WatchScope};
-use coord_core::dialect::{Dialect, DialectDriver, DialectHold};
+use coord_core::adapter::WatchScope;
+use coord_core::dialect::{Candidacy, Dialect, DialectDriver, DialectHold};
 use coord_core::election::LeaderInfo;
-use coord_core::recipes::SuspendPolicy;
 use coord_core::{
     Capabilities, Error, Guard, GuardFailure, KeyEvent, KeyWatch, Node, Path, Result, Session,
     SessionId, WriteOp, WriteResult,
@@ -261,22 +260,11 @@ impl DialectDriver for EtcdConcurrency {
         Dialect::EtcdConcurrency
     }
 
-    async fn acquire(
-        &self,
-        session: Arc<dyn Session>,
-        name: &Path,
-        value: &[u8],
-        try_only: bool,
-        policy: SuspendPolicy,
-        wakeups: &AtomicU64,
-    ) -> Result<Option<Box<dyn DialectHold>>> {
-        check_value(&self.cx.tree.caps, value)?;
+    async fn acquire(&self, c: Candidacy<'_>) -> Result<Option<Box<dyn DialectHold>>> {
+        c.check(&self.cx.tree.caps)?;
+        let (session, name, value) = (c.session, c.name, c.value);
         let prefix = self.prefix(name)?;
         let lease = lease_of(&*session)?;
-        let state = session.state();
-        if state.is_final() {
-            return Err(Error::session_gone(session.id(), state));
-        }
         let key = format!("{prefix}{lease:x}");
         let node = name.join(&format!("{lease:x}"))?;
         let held = |created| {
@@ -302,7 +290,7 @@ impl DialectDriver for EtcdConcurrency {
         };
         let own = held(created);
         pending.arm(own.clone());
-        if try_only {
+        if c.try_only {
             let (first, _) = self.read_prefix(&prefix, false, 1, None).await?;
             if first.first().map(|kv| rev_u64(kv.create_revision)) != Some(created) {
                 pending.disarm();
@@ -313,7 +301,7 @@ impl DialectDriver for EtcdConcurrency {
                 return Ok(None);
             }
         } else {
-            self.wait_deletes(&*session, &prefix, created, wakeups)
+            self.wait_deletes(&*session, &prefix, created, c.wakeups)
                 .await?;
         }
         // As `Mutex.Lock` does: our key must still be there (the lease may have ended while
@@ -330,7 +318,7 @@ impl DialectDriver for EtcdConcurrency {
                 }
             });
         }
-        Ok(Some(Box::new(KeyHold::start(own, session, policy))))
+        Ok(Some(Box::new(KeyHold::start(own, session, c.policy))))
     }
 
     async fn participants(&self, name: &Path) -> Result<Vec<LeaderInfo>> {
@@ -381,20 +369,21 @@ struct EtcdKey {
 
 #[async_trait]
 impl HeldKey for EtcdKey {
+    fn token(&self) -> u64 {
+        self.created
+    }
+
+    /// Holds while our key exists, whatever is written to it.
+    fn guard(&self) -> Guard {
+        Guard::created(self.node.clone(), self.created)
+    }
+
     fn node(&self) -> &Path {
         &self.node
     }
 
     fn caps(&self) -> &Capabilities {
         &self.cx.tree.caps
-    }
-
-    fn token(&self) -> u64 {
-        self.created
-    }
-
-    fn guard(&self) -> Guard {
-        Guard::created(self.node.clone(), self.created)
     }
 
     async fn watch(&self, scope: &WatchScope) -> Result<(Option<Node>, KeyWatch)> {

@@ -39,8 +39,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use coord_core::adapter::hold::raw_name;
 use coord_core::adapter::WatchScope;
-use coord_core::registry::{Holder, IfPresent, Instance, NativeRegistry};
+use coord_core::registry::{
+    decode_entries, scalar_members, Entry, Holder, IfPresent, Instance, NativeLayout,
+    NativeRegistry, Replacing, REPLACE_ATTEMPTS,
+};
 use coord_core::{Error, Path, Result, Session};
 use etcd_client::proto::{PbEvent, PbKeyValue};
 use etcd_client::{Compare, CompareOp, Txn, TxnOp};
@@ -52,9 +56,6 @@ use crate::context::{lease_sid, Context, Range};
 use crate::error::Ctx;
 use crate::session::EtcdSession;
 use crate::watch::{drive, Logic, Step, DELETE, PUT};
-
-/// How many times a registration reads again after its transaction lost a race.
-const ATTEMPTS: u32 = 4;
 
 /// The native registry of etcd: grpc-go's naming layout (see the module docs). Not the
 /// default registry on etcd ([`NativeRegistry::is_default`] is false): select it with
@@ -142,7 +143,7 @@ pub fn decode(service: &str, key: &str, value: &[u8]) -> Result<Instance> {
             Some(serde_json::Value::String(id)) => {
                 instance.id = id.clone();
                 if let Some(serde_json::Value::Object(md)) = m.get("metadata") {
-                    instance.metadata = scalars(md);
+                    instance.metadata = scalar_members(md);
                 }
                 if let Some(serde_json::Value::Array(tags)) = m.get("tags") {
                     instance.tags = tags
@@ -151,23 +152,10 @@ pub fn decode(service: &str, key: &str, value: &[u8]) -> Result<Instance> {
                         .collect();
                 }
             }
-            _ => instance.metadata = scalars(&m),
+            _ => instance.metadata = scalar_members(&m),
         }
     }
     Ok(instance)
-}
-
-/// The string, number and boolean members of a JSON object, as strings.
-fn scalars(m: &serde_json::Map<String, serde_json::Value>) -> BTreeMap<String, String> {
-    m.iter()
-        .filter_map(|(k, v)| match v {
-            serde_json::Value::String(s) => Some((k.clone(), s.clone())),
-            serde_json::Value::Number(_) | serde_json::Value::Bool(_) => {
-                Some((k.clone(), v.to_string()))
-            }
-            _ => None,
-        })
-        .collect()
 }
 
 /// The lease of a session of this backend.
@@ -200,25 +188,17 @@ impl GrpcNaming {
 
     /// The target of `service` in the registry rooted at `root` (see the module docs).
     pub fn target(&self, root: &Path, service: &str) -> Result<String> {
-        let path = root.join(service)?;
-        let ns = self.cx.tree.namespace.trim_matches('/');
-        let p = path.as_str().trim_start_matches('/');
-        Ok(if ns.is_empty() {
-            p.to_owned()
-        } else {
-            format!("{ns}/{p}")
-        })
+        Ok(raw_name(&self.cx.tree.namespace, &root.join(service)?))
     }
 
     /// The prefix under which the services of `root` have their targets.
     fn root_prefix(&self, root: &Path) -> String {
-        let ns = self.cx.tree.namespace.trim_matches('/');
-        let r = root.as_str().trim_matches('/');
-        [ns, r]
-            .iter()
-            .filter(|s| !s.is_empty())
-            .map(|s| format!("{s}/"))
-            .collect()
+        let name = raw_name(&self.cx.tree.namespace, root);
+        if name.is_empty() {
+            name
+        } else {
+            format!("{name}/")
+        }
     }
 
     /// Every entry under `<target>/` with the read's revision.
@@ -241,19 +221,8 @@ fn instances<'a>(
     kvs: impl Iterator<Item = (&'a str, &'a [u8])>,
     skip: bool,
 ) -> Result<Vec<Instance>> {
-    let mut out = Vec::new();
-    for (key, value) in kvs {
-        if entry_name(prefix, key).is_none() {
-            continue;
-        }
-        match decode(service, key, value) {
-            Ok(i) => out.push(i),
-            Err(e) if skip => tracing::warn!(error = %e, "skipping a malformed naming entry"),
-            Err(e) => return Err(e),
-        }
-    }
-    out.sort_by(|a, b| a.id.cmp(&b.id));
-    Ok(out)
+    let entries = kvs.filter(|(key, _)| entry_name(prefix, key).is_some());
+    decode_entries(entries, skip, |(key, value)| decode(service, key, value))
 }
 
 fn key_str(kv: &PbKeyValue) -> &str {
@@ -262,12 +231,8 @@ fn key_str(kv: &PbKeyValue) -> &str {
 
 #[async_trait]
 impl NativeRegistry for GrpcNaming {
-    fn name(&self) -> &'static str {
-        "etcd-naming"
-    }
-
-    fn is_default(&self) -> bool {
-        false
+    fn layout(&self) -> NativeLayout {
+        NativeLayout::opt_in("etcd-naming")
     }
 
     fn check(&self, instance: &Instance) -> Result<()> {
@@ -282,20 +247,15 @@ impl NativeRegistry for GrpcNaming {
         Ok(())
     }
 
-    async fn register(
-        &self,
-        root: &Path,
-        session: &Arc<dyn Session>,
-        instance: &Instance,
-        if_present: IfPresent,
-    ) -> Result<()> {
+    async fn register(&self, entry: Entry<'_>, if_present: IfPresent) -> Result<()> {
+        let (root, session, instance) = (entry.root, entry.session, entry.instance);
         self.check(instance)?;
         let lease = lease_of(session)?;
         let value = encode(instance)?;
         let prefix = format!("{}/", self.target(root, &instance.service)?);
         let key = format!("{prefix}{}", endpoint_addr(instance));
-        let mut replaced: Vec<i64> = Vec::new();
-        for _ in 0..ATTEMPTS {
+        let mut replacing = Replacing::default();
+        for _ in 0..REPLACE_ATTEMPTS {
             let (kvs, _) = self.read(&prefix).await?;
             // The entries that hold this address or this id.
             let present: Vec<&PbKeyValue> = kvs
@@ -308,8 +268,7 @@ impl NativeRegistry for GrpcNaming {
                 })
                 .collect();
             for kv in &present {
-                let won_race = !replaced.is_empty() && !replaced.contains(&kv.lease);
-                if if_present == IfPresent::Fail || kv.lease == lease || won_race {
+                if replacing.keeps(if_present, kv.lease == lease, &kv.lease) {
                     let holder = if kv.lease == 0 {
                         "a key without a lease".to_owned()
                     } else {
@@ -353,22 +312,16 @@ impl NativeRegistry for GrpcNaming {
                 }
                 return Ok(());
             }
-            replaced.extend(present.iter().map(|kv| kv.lease));
+            for kv in &present {
+                replacing.replaced(kv.lease);
+            }
         }
-        Err(Error::Contended {
-            op: "register",
-            path: key,
-            attempts: ATTEMPTS,
-        })
+        Err(replacing.contended(key))
     }
 
-    async fn deregister(
-        &self,
-        root: &Path,
-        session: &Arc<dyn Session>,
-        instance: &Instance,
-    ) -> Result<()> {
-        let lease = lease_of(session)?;
+    async fn deregister(&self, entry: Entry<'_>) -> Result<()> {
+        let (root, instance) = (entry.root, entry.instance);
+        let lease = lease_of(entry.session)?;
         let key = format!(
             "{}/{}",
             self.target(root, &instance.service)?,

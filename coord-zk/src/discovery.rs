@@ -35,17 +35,18 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use coord_core::adapter::WatchScope;
-use coord_core::registry::{Holder, IfPresent, Instance, NativeRegistry};
-use coord_core::{ChildrenEvent, CreateMode, Error, Path, Result, Session, SessionId};
+use coord_core::group::held_by;
+use coord_core::registry::{
+    decode_entries, scalar_members, Entry, Holder, IfPresent, Instance, NativeLayout,
+    NativeRegistry, Replacing, REPLACE_ATTEMPTS,
+};
+use coord_core::{ChildrenEvent, CreateMode, Error, Path, Result};
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
 use crate::context::Context;
 use crate::watch::watch_children;
-
-/// How many times a registration deletes a stale entry and tries again.
-const ATTEMPTS: u32 = 4;
 
 /// Curator's `ServiceInstance` (field names and order as Curator writes them).
 #[derive(Serialize, Deserialize)]
@@ -120,17 +121,10 @@ pub fn decode(service: &str, node: &Path, value: &[u8]) -> Result<Instance> {
     instance.tags = si.tags;
     instance.metadata = match (si.metadata, si.payload) {
         (Some(m), _) => m,
-        (None, serde_json::Value::Object(p)) => p
-            .iter()
-            .filter(|(k, _)| k.as_str() != "@class")
-            .filter_map(|(k, v)| match v {
-                serde_json::Value::String(s) => Some((k.clone(), s.clone())),
-                serde_json::Value::Number(_) | serde_json::Value::Bool(_) => {
-                    Some((k.clone(), v.to_string()))
-                }
-                _ => None,
-            })
-            .collect(),
+        (None, serde_json::Value::Object(mut p)) => {
+            p.remove("@class");
+            scalar_members(&p)
+        }
         (None, _) => BTreeMap::new(),
     };
     Ok(instance)
@@ -147,19 +141,11 @@ pub struct CuratorDiscovery {
 
 impl std::fmt::Debug for CuratorDiscovery {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CuratorDiscovery")
-            .field("namespace", &self.ctx.cfg.namespace)
-            .finish_non_exhaustive()
-    }
-}
-
-fn held_by(node: &Path, session: Option<&SessionId>) -> Error {
-    let holder = match session {
-        Some(id) => format!("session {id}"),
-        None => "a persistent node".to_owned(),
-    };
-    Error::AlreadyExists {
-        path: format!("{node} (held by {holder})"),
+        write!(
+            f,
+            "CuratorDiscovery {{ chroot: {:?} }}",
+            self.ctx.cfg.namespace
+        )
     }
 }
 
@@ -206,29 +192,16 @@ impl CuratorDiscovery {
             .buffered(32)
             .try_collect()
             .await?;
-        let mut out = Vec::new();
-        for (node, value) in found.into_iter().flatten() {
-            match decode(service, &node, &value) {
-                Ok(i) => out.push(i),
-                Err(e) if skip => {
-                    tracing::warn!(error = %e, "skipping a malformed x-discovery entry")
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        out.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(out)
+        decode_entries(found.into_iter().flatten(), skip, |(node, value)| {
+            decode(service, &node, &value)
+        })
     }
 }
 
 #[async_trait]
 impl NativeRegistry for CuratorDiscovery {
-    fn name(&self) -> &'static str {
-        "curator-x-discovery"
-    }
-
-    fn is_default(&self) -> bool {
-        false
+    fn layout(&self) -> NativeLayout {
+        NativeLayout::opt_in("curator-x-discovery")
     }
 
     fn check(&self, instance: &Instance) -> Result<()> {
@@ -241,21 +214,16 @@ impl NativeRegistry for CuratorDiscovery {
         Ok(())
     }
 
-    async fn register(
-        &self,
-        root: &Path,
-        session: &Arc<dyn Session>,
-        instance: &Instance,
-        if_present: IfPresent,
-    ) -> Result<()> {
+    async fn register(&self, entry: Entry<'_>, if_present: IfPresent) -> Result<()> {
+        let (root, session, instance) = (entry.root, entry.session, entry.instance);
         self.check(instance)?;
         let dir = root.join(&instance.service)?;
         let node = dir.join(&instance.id)?;
         let data = encode(instance)?;
         coord_core::adapter::check_value(&self.ctx.caps, &data)?;
         self.make_parents(&dir).await?;
-        let mut replaced: Vec<Option<SessionId>> = Vec::new();
-        for _ in 0..ATTEMPTS {
+        let mut replacing = Replacing::default();
+        for _ in 0..REPLACE_ATTEMPTS {
             match session.create(&node, &data, CreateMode::Exact).await {
                 Ok(_) => return Ok(()),
                 Err(Error::AlreadyExists { .. }) => {}
@@ -266,8 +234,7 @@ impl NativeRegistry for CuratorDiscovery {
             };
             let holder = stat.ephemeral_owner.clone();
             let ours = holder.as_ref() == Some(session.id());
-            let won_race = !replaced.is_empty() && !replaced.contains(&holder);
-            if if_present == IfPresent::Fail || ours || won_race {
+            if replacing.keeps(if_present, ours, &holder) {
                 return Err(held_by(&node, holder.as_ref()));
             }
             tracing::info!(%node, holder = ?holder, "replacing an x-discovery entry held by another session");
@@ -275,22 +242,14 @@ impl NativeRegistry for CuratorDiscovery {
                 Ok(()) | Err(Error::NotFound { .. }) | Err(Error::VersionMismatch { .. }) => {}
                 Err(e) => return Err(e),
             }
-            replaced.push(holder);
+            replacing.replaced(holder);
         }
-        Err(Error::Contended {
-            op: "register",
-            path: node.to_string(),
-            attempts: ATTEMPTS,
-        })
+        Err(replacing.contended(node.to_string()))
     }
 
-    async fn deregister(
-        &self,
-        root: &Path,
-        session: &Arc<dyn Session>,
-        instance: &Instance,
-    ) -> Result<()> {
-        let node = root.join(&instance.service)?.join(&instance.id)?;
+    async fn deregister(&self, entry: Entry<'_>) -> Result<()> {
+        let (session, instance) = (entry.session, entry.instance);
+        let node = entry.root.join(&instance.service)?.join(&instance.id)?;
         let Some(stat) = self.ctx.exists(&node).await? else {
             return Ok(());
         };

@@ -217,9 +217,9 @@ impl MembershipState {
     }
 }
 
-/// The error for `node` held by `session`: [`Error::AlreadyExists`], whose `path` names the
-/// holder after the key (`<key> (held by session <id>)`).
-pub(crate) fn held_by(node: &Path, session: Option<&SessionId>) -> Error {
+/// The error for `node` held by `session` (`None`: a persistent node): [`Error::AlreadyExists`],
+/// whose `path` names the holder after the key (`<key> (held by session <id>)`).
+pub fn held_by(node: &Path, session: Option<&SessionId>) -> Error {
     let holder = match session {
         Some(id) => format!("session {id}"),
         None => "a persistent node".to_owned(),

@@ -28,7 +28,7 @@ use crate::kernel::{Session, SessionId};
 use crate::path::Path;
 use crate::recipes::group::{held_by, MembershipState};
 
-use super::native::{Holder, NativeRegistry};
+use super::native::{Entry, Holder, NativeRegistry};
 use super::{IfPresent, Instance};
 
 /// The first pause between two attempts to register again; it doubles after each failure.
@@ -80,7 +80,9 @@ impl Shared {
     /// Removes our entry (not another session's), bounded by [`SHUTDOWN_STEP_TIMEOUT`].
     async fn deregister(&self) -> Result<()> {
         let session = self.session();
-        let removal = self.native.deregister(&self.root, &session, &self.instance);
+        let removal = self
+            .native
+            .deregister(Entry::new(&self.root, &session, &self.instance));
         match tokio::time::timeout(SHUTDOWN_STEP_TIMEOUT, removal).await {
             Ok(r) => r,
             Err(_) => Err(Error::timeout(format!(
@@ -159,13 +161,16 @@ pub(super) async fn register(
         }
         _ => {}
     }
-    if let Err(e) = native.register(root, &session, instance, if_present).await {
+    if let Err(e) = native
+        .register(Entry::new(root, &session, instance), if_present)
+        .await
+    {
         if !(e.is_session_gone() && session.state().is_final()) {
             return Err(e);
         }
         session = client.session_in(Some(epoch)).await?.0;
         native
-            .register(root, &session, instance, if_present)
+            .register(Entry::new(root, &session, instance), if_present)
             .await?;
     }
     Ok((session, epoch))
@@ -288,7 +293,10 @@ async fn register_once(
     }
     shared
         .native
-        .register(&shared.root, &s, &shared.instance, IfPresent::Replace)
+        .register(
+            Entry::new(&shared.root, &s, &shared.instance),
+            IfPresent::Replace,
+        )
         .await
         .map_err(Failure::of)?;
     Ok(s)
@@ -304,7 +312,7 @@ pub(super) struct NativeMembership {
 impl std::fmt::Debug for NativeMembership {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NativeMembership")
-            .field("layout", &self.shared.native.name())
+            .field("layout", &self.shared.native.layout().name)
             .field("node", &self.shared.node)
             .field("state", &*self.state.borrow())
             .finish()
