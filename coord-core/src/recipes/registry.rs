@@ -56,6 +56,7 @@ use crate::kernel::SessionId;
 use crate::path::Path;
 use crate::recipes::group::{held_by, Follow, Group, Member, Membership, MembershipState};
 
+pub mod codec;
 mod follow;
 mod native;
 use follow::NativeMembership;
