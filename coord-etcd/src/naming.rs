@@ -59,7 +59,7 @@ use crate::watch::{drive, Logic, Step, DELETE, PUT};
 pub use coord_core::registry::codec::grpc::{decode, encode, endpoint_addr};
 
 /// The native registry of etcd: grpc-go's naming layout (see the module docs). Not the
-/// default registry on etcd ([`NativeRegistry::is_default`] is false): select it with
+/// default registry on etcd ([`NativeLayout::is_default`] is false): select it with
 /// `registry=native` or `Registry::with_layout`.
 pub struct GrpcNaming {
     cx: Arc<Context>,

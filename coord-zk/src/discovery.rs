@@ -48,7 +48,7 @@ use crate::watch::watch_children;
 pub use coord_core::registry::codec::curator::{decode, encode};
 
 /// The native registry of ZooKeeper: Curator's x-discovery layout (see the module docs). Not
-/// the default registry on ZooKeeper ([`NativeRegistry::is_default`] is false): select it
+/// the default registry on ZooKeeper ([`NativeLayout::is_default`] is false): select it
 /// with `registry=native` or `Registry::with_layout`.
 pub struct CuratorDiscovery {
     ctx: Arc<Context>,

@@ -16,7 +16,7 @@
 //! (health API, DNS, `consul catalog services`). The layout is chosen with
 //! [`Registry::with_layout`] / [`Client::registry_with`], or the URL option
 //! `registry=default|generic|native`. The default ([`RegistryLayout::Default`]) is the
-//! native layout where the backend says so ([`NativeRegistry::is_default`]: Consul) and the
+//! native layout where the backend says so ([`NativeLayout::is_default`]: Consul) and the
 //! generic one elsewhere (ZooKeeper, etcd, mem). `native` on a backend without one is
 //! [`Error::Unsupported`] before any I/O. The API and the guarantees below are the same in
 //! every layout; a native registration also registers again when its entry vanished while

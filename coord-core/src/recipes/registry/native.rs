@@ -21,7 +21,7 @@ use super::{IfPresent, Instance};
 #[non_exhaustive]
 pub enum RegistryLayout {
     /// The backend's default: [`RegistryLayout::Native`] where the backend says so
-    /// ([`NativeRegistry::is_default`]), [`RegistryLayout::Generic`] elsewhere.
+    /// ([`NativeLayout::is_default`]), [`RegistryLayout::Generic`] elsewhere.
     #[default]
     Default,
     /// coord's own layout (`<root>/<service>/<id>` group members holding JSON): the same on
