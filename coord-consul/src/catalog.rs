@@ -51,13 +51,12 @@
 //!   64 pairs with coord's three (so 61 of the caller's).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use coord_core::adapter::Backoff;
-use coord_core::registry::{Holder, IfPresent, Instance, NativeRegistry};
-use coord_core::{Error, Path, Result, Session, SessionId};
+use coord_core::registry::{Entry, Holder, IfPresent, Instance, NativeLayout, NativeRegistry};
+use coord_core::{Error, Path, Result, SessionId};
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use reqwest::StatusCode;
@@ -346,12 +345,8 @@ fn check_meta(instance: &Instance) -> Result<()> {
 
 #[async_trait]
 impl NativeRegistry for Catalog {
-    fn name(&self) -> &'static str {
-        "consul-catalog"
-    }
-
-    fn is_default(&self) -> bool {
-        true
+    fn layout(&self) -> NativeLayout {
+        NativeLayout::default_of_backend("consul-catalog")
     }
 
     fn check(&self, instance: &Instance) -> Result<()> {
@@ -360,13 +355,8 @@ impl NativeRegistry for Catalog {
         check_meta(instance)
     }
 
-    async fn register(
-        &self,
-        root: &Path,
-        session: &Arc<dyn Session>,
-        instance: &Instance,
-        _if_present: IfPresent,
-    ) -> Result<()> {
+    async fn register(&self, entry: Entry<'_>, _if_present: IfPresent) -> Result<()> {
+        let (root, session, instance) = (entry.root, entry.session, entry.instance);
         self.check(instance)?;
         let consul = session
             .as_any()
@@ -409,14 +399,10 @@ impl NativeRegistry for Catalog {
         self.settle(&instance.service, &id, true).await
     }
 
-    async fn deregister(
-        &self,
-        root: &Path,
-        session: &Arc<dyn Session>,
-        instance: &Instance,
-    ) -> Result<()> {
+    async fn deregister(&self, entry: Entry<'_>) -> Result<()> {
+        let (root, instance) = (entry.root, entry.instance);
         match self.holder(root, instance).await? {
-            Holder::Session(s) if &s == session.id() => {
+            Holder::Session(s) if &s == entry.session.id() => {
                 let id = self.service_id(root, instance);
                 self.deregister_id(&id).await?;
                 self.settle(&instance.service, &id, false).await

@@ -33,18 +33,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use coord_core::adapter::hold::{hold_state, monitor_key, spawn_detached};
-use coord_core::adapter::{check_value, Backoff, WatchScope};
-use coord_core::dialect::{Dialect, DialectDriver, DialectHold};
-use coord_core::election::LeaderInfo;
-use coord_core::recipes::{HoldState, SuspendPolicy};
-use coord_core::{
-    Error, Guard, GuardFailure, KeyWatch, Path, Result, Session, SessionState, Version, WriteOp,
-    WriteResult,
+use coord_core::adapter::hold::{
+    holder_stream, raw_name, unless_session_ends, HeldKey, HolderStream, KeyHold, ReleaseOnDrop,
 };
-use futures::stream::BoxStream;
+use coord_core::adapter::{Backoff, WatchScope};
+use coord_core::dialect::{Candidacy, Dialect, DialectDriver, DialectHold};
+use coord_core::election::LeaderInfo;
+use coord_core::{
+    Capabilities, Error, Guard, GuardFailure, KeyEvent, KeyWatch, Node, Path, Result, Session,
+    Version, WriteOp, WriteResult,
+};
 use futures::StreamExt;
-use tokio::sync::watch;
 
 use crate::api::{Api, KvEntry, TxnOp, TxnOutcome};
 use crate::context::Context;
@@ -68,7 +67,10 @@ impl SingleKey {
     }
 
     fn flags(&self) -> u64 {
-        flags_of(self.dialect)
+        match self.dialect {
+            Dialect::ConsulLock => LOCK_FLAG_VALUE,
+            _ => 0,
+        }
     }
 
     fn key(&self, name: &Path) -> Result<String> {
@@ -109,13 +111,6 @@ impl SingleKey {
     }
 }
 
-fn flags_of(dialect: Dialect) -> u64 {
-    match dialect {
-        Dialect::ConsulLock => LOCK_FLAG_VALUE,
-        _ => 0,
-    }
-}
-
 /// The Consul key of the election or lock `name` in `dialect` (see the module docs).
 pub(crate) fn raw_key(namespace: &str, name: &Path, dialect: Dialect) -> Result<String> {
     if name.is_root() {
@@ -123,13 +118,7 @@ pub(crate) fn raw_key(namespace: &str, name: &Path, dialect: Dialect) -> Result<
             "a {dialect} election or lock needs a name, not the namespace root"
         )));
     }
-    let ns = namespace.trim_matches('/');
-    let n = name.as_str().trim_start_matches('/');
-    let base = if ns.is_empty() {
-        n.to_owned()
-    } else {
-        format!("{ns}/{n}")
-    };
+    let base = raw_name(namespace, name);
     Ok(match dialect {
         Dialect::ConsulLock => format!("{base}/.lock"),
         _ => base,
@@ -147,51 +136,15 @@ fn info_of(node: &Path, e: &KvEntry) -> Result<Option<LeaderInfo>> {
     }))
 }
 
-/// Blocks on `key` from `index`, or until the session ends (an error): the key as the
-/// blocking query returned it (used at once, so that a released key is tried without another
-/// round trip), and its index.
-async fn block_on(
-    driver: &SingleKey,
-    session: &dyn Session,
-    states: &mut coord_core::SessionStates,
-    key: &str,
-    index: u64,
-) -> Result<(Option<KvEntry>, u64)> {
-    loop {
-        tokio::select! {
-            r = driver.read(key, Some((index, driver.api().wait))) => return r,
-            st = states.next() => match st {
-                Some(s) if s.is_final() => return Err(Error::session_gone(session.id(), s)),
-                Some(_) => {}
-                None => return Err(Error::session_gone(session.id(), session.state())),
-            },
-        }
-    }
-}
-
-/// Releases our hold in the background if an acquire is abandoned after its request left.
-struct Pending {
-    api: Api,
-    key: String,
-    session: String,
-    flags: u64,
-    armed: bool,
-}
-
-impl Drop for Pending {
-    fn drop(&mut self) {
-        if self.armed {
-            let (api, key, sid, flags) = (
-                self.api.clone(),
-                self.key.clone(),
-                self.session.clone(),
-                self.flags,
-            );
-            spawn_detached(async move {
-                let _ = release(&api, &key, &sid, flags).await;
-            });
-        }
-    }
+/// The holder shown by the key in state `n` (`None`: absent or released).
+fn leader(n: Option<&Node>) -> Option<LeaderInfo> {
+    let n = n?;
+    n.stat.ephemeral_owner.as_ref()?;
+    Some(LeaderInfo {
+        value: n.value.clone(),
+        token: n.stat.version.0,
+        node: n.path.clone(),
+    })
 }
 
 async fn release(api: &Api, key: &str, session: &str, flags: u64) -> Result<bool> {
@@ -208,39 +161,34 @@ impl DialectDriver for SingleKey {
         self.dialect
     }
 
-    async fn acquire(
-        &self,
-        session: Arc<dyn Session>,
-        name: &Path,
-        value: &[u8],
-        try_only: bool,
-        policy: SuspendPolicy,
-        wakeups: &AtomicU64,
-    ) -> Result<Option<Box<dyn DialectHold>>> {
-        check_value(&self.ctx.tree.caps, value)?;
+    async fn acquire(&self, c: Candidacy<'_>) -> Result<Option<Box<dyn DialectHold>>> {
+        c.check(&self.ctx.tree.caps)?;
+        let (session, name, value, try_only) = (c.session, c.name, c.value, c.try_only);
         let key = self.key(name)?;
-        let node = self.node(name)?;
-        let state = session.state();
-        if state.is_final() {
-            return Err(Error::session_gone(session.id(), state));
-        }
         let sid = session.id().0.clone();
+        let own = Arc::new(ConsulKey {
+            ctx: self.ctx.clone(),
+            key: key.clone(),
+            node: self.node(name)?,
+            sid: sid.clone(),
+            flags: self.flags(),
+            token: AtomicU64::new(0),
+            writing: Mutex::new(()),
+        });
         let mut states = session.states();
         let mut delay = Backoff::new(Duration::from_millis(50), LOCK_DELAY_RETRY_MAX).jittered();
-        let mut pending = Pending {
-            api: self.api().clone(),
-            key: key.clone(),
-            session: sid.clone(),
-            flags: self.flags(),
-            armed: false,
-        };
+        // Releases our hold if the acquire is abandoned after its request left.
+        let mut pending = ReleaseOnDrop::new(session.clone());
         let mut index = None;
         let token = loop {
             let (entry, i) = match index {
                 None => self.read(&key, None).await?,
                 Some(from) => {
-                    let (e, i) = block_on(self, &*session, &mut states, &key, from).await?;
-                    wakeups.fetch_add(1, Ordering::Relaxed);
+                    // The key as the blocking query returned it is used at once, so that a
+                    // released key is tried without another round trip.
+                    let block = self.read(&key, Some((from, self.api().wait)));
+                    let (e, i) = unless_session_ends(&*session, &mut states, block).await??;
+                    c.wakeups.fetch_add(1, Ordering::Relaxed);
                     index = None;
                     // Consul's index may go backwards (a restarted agent): read afresh.
                     if i < from {
@@ -261,7 +209,7 @@ impl DialectDriver for SingleKey {
                 }
                 None => {}
             }
-            pending.armed = true;
+            pending.arm(own.clone());
             let q = [
                 ("acquire", sid.clone()),
                 ("flags", self.flags().to_string()),
@@ -272,7 +220,7 @@ impl DialectDriver for SingleKey {
                     Some(e) if e.owner() == Some(sid.as_str()) => break e.modify_index,
                     // Lost between the acquire and the read: the session ended.
                     _ => {
-                        pending.armed = false;
+                        pending.disarm();
                         let st = session.state();
                         return Err(if st.is_final() {
                             Error::session_gone(session.id(), st)
@@ -282,28 +230,20 @@ impl DialectDriver for SingleKey {
                     }
                 }
             }
-            pending.armed = false;
+            pending.disarm();
             // Refused: somebody was faster (wait for them), or a lock-delay (retry soon).
             let (now, i) = self.read(&key, None).await?;
+            if try_only {
+                return Ok(None);
+            }
             if now.as_ref().and_then(|e| e.owner()).is_some() {
-                if try_only {
-                    return Ok(None);
-                }
                 index = Some(i);
             } else {
-                if try_only {
-                    return Ok(None);
-                }
-                let pause = delay.next_delay();
-                tokio::select! {
-                    _ = tokio::time::sleep(pause) => {}
-                    st = states.next() => if let Some(s) = st.filter(|s| s.is_final()) {
-                        return Err(Error::session_gone(session.id(), s));
-                    },
-                }
+                let pause = tokio::time::sleep(delay.next_delay());
+                unless_session_ends(&*session, &mut states, pause).await?;
             }
         };
-        pending.armed = false;
+        pending.disarm();
         if token == 0 {
             return Err(Error::backend(
                 "consul",
@@ -311,15 +251,8 @@ impl DialectDriver for SingleKey {
                 false,
             ));
         }
-        Ok(Some(Box::new(ConsulHold::start(
-            self.ctx.clone(),
-            session,
-            key,
-            node,
-            token,
-            self.flags(),
-            policy,
-        ))))
+        own.token.store(token, Ordering::SeqCst);
+        Ok(Some(Box::new(KeyHold::start(own, session, c.policy))))
     }
 
     async fn participants(&self, name: &Path) -> Result<Vec<LeaderInfo>> {
@@ -348,185 +281,69 @@ impl DialectDriver for SingleKey {
         Ok(())
     }
 
-    async fn observe(&self, name: &Path) -> Result<BoxStream<'static, Result<Option<LeaderInfo>>>> {
+    async fn observe(&self, name: &Path) -> Result<HolderStream> {
         let (key, node) = (self.key(name)?, self.node(name)?);
         let scope = WatchScope::new();
-        let (first, events) = watch_key(&scope, self.api().clone(), node.clone(), key).await?;
-        let leader = |n: Option<&coord_core::Node>| -> Option<LeaderInfo> {
-            let n = n?;
-            n.stat.ephemeral_owner.as_ref()?;
-            Some(LeaderInfo {
-                value: n.value.clone(),
-                token: n.stat.version.0,
-                node: n.path.clone(),
-            })
-        };
-        let current = leader(first.as_ref());
-        let state = (events, scope, Some(current.clone()));
-        let rest = futures::stream::unfold(state, move |mut st| async move {
-            loop {
-                let ev = st.0.next().await?;
-                let now = match ev {
-                    Err(e) => return Some((Err(e), st)),
-                    Ok(coord_core::KeyEvent::Deleted) | Ok(coord_core::KeyEvent::Resync(None)) => {
-                        None
-                    }
-                    Ok(
-                        coord_core::KeyEvent::Created(n)
-                        | coord_core::KeyEvent::Changed(n)
-                        | coord_core::KeyEvent::Resync(Some(n)),
-                    ) => leader(Some(&n)),
-                };
-                if st.2.as_ref() != Some(&now) {
-                    st.2 = Some(now.clone());
-                    return Some((Ok(now), st));
+        let (first, events) = watch_key(&scope, self.api().clone(), node, key).await?;
+        let updates = events.map(move |ev| {
+            // The scope travels with the stream: its watch ends when the stream is dropped.
+            let _ = &scope;
+            Ok(match ev? {
+                KeyEvent::Deleted | KeyEvent::Resync(None) => None,
+                KeyEvent::Created(n) | KeyEvent::Changed(n) | KeyEvent::Resync(Some(n)) => {
+                    leader(Some(&n))
                 }
-            }
+            })
         });
-        Ok(futures::stream::once(async move { Ok(current) })
-            .chain(rest)
-            .boxed())
+        Ok(holder_stream(leader(first.as_ref()), updates))
     }
 }
 
-/// A role held on a Consul key through `?acquire`: our session holds the key, whose
-/// `ModifyIndex` is our token.
-struct ConsulHold {
+/// A key held through `?acquire`: our session holds it, its `ModifyIndex` is our token.
+struct ConsulKey {
     ctx: Arc<Context>,
-    session: Arc<dyn Session>,
     key: String,
     node: Path,
-    /// The key's `ModifyIndex` as we last wrote it (acquire, then each proclaim).
-    token: Arc<AtomicU64>,
+    /// Our session's id.
+    sid: String,
     flags: u64,
-    policy: SuspendPolicy,
-    state: watch::Receiver<HoldState>,
-    monitor: tokio::task::JoinHandle<()>,
-    released: bool,
+    /// The key's `ModifyIndex` as we last wrote it (acquire, then each proclaim).
+    token: AtomicU64,
     /// Serializes proclaims (each moves the token).
     writing: Mutex<()>,
 }
 
-impl ConsulHold {
-    fn start(
-        ctx: Arc<Context>,
-        session: Arc<dyn Session>,
-        key: String,
-        node: Path,
-        token: u64,
-        flags: u64,
-        policy: SuspendPolicy,
-    ) -> ConsulHold {
-        let (tx, rx) = watch::channel(HoldState::Holding);
-        let api = ctx.api().clone();
-        let (msession, mkey, mnode) = (session.clone(), key.clone(), node.clone());
-        let sid = session.id().0.clone();
-        let monitor = tokio::spawn(async move {
-            let scope = WatchScope::new();
-            let watch = || {
-                let (api, key, node, session, sid) = (
-                    api.clone(),
-                    mkey.clone(),
-                    mnode.clone(),
-                    msession.clone(),
-                    sid.clone(),
-                );
-                let scope = &scope;
-                async move { watch_own(scope, api, key, node, &*session, &sid).await }
-            };
-            let ours = |n: &coord_core::Node| {
-                n.stat.ephemeral_owner.as_ref().map(|s| s.0.as_str()) == Some(sid.as_str())
-            };
-            let hand_over = || {
-                let (api, key, sid) = (api.clone(), mkey.clone(), sid.clone());
-                async move {
-                    let _ = release(&api, &key, &sid, flags).await;
-                }
-            };
-            monitor_key(msession.clone(), policy, watch, ours, hand_over, tx).await;
-        });
-        ConsulHold {
-            ctx,
-            session,
-            key,
-            node,
-            token: Arc::new(AtomicU64::new(token)),
-            flags,
-            policy,
-            state: rx,
-            monitor,
-            released: false,
-            writing: Mutex::new(()),
-        }
-    }
-
-    fn current(&self) -> u64 {
-        self.token.load(Ordering::SeqCst)
-    }
-
-    /// Our key as we last wrote it (named by its path in errors).
-    fn guard(&self) -> Guard {
-        Guard::exists(self.node.clone()).with_version(Version(self.current()))
-    }
-}
-
-/// Watches our key, retrying transient errors while the session lives; `None` when it is
-/// gone or held by another session.
-async fn watch_own(
-    scope: &WatchScope,
-    api: Api,
-    key: String,
-    node: Path,
-    session: &dyn Session,
-    sid: &str,
-) -> Option<KeyWatch> {
-    let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_secs(1));
-    loop {
-        match watch_key(scope, api.clone(), node.clone(), key.clone()).await {
-            Ok((Some(n), ev))
-                if n.stat.ephemeral_owner.as_ref().map(|s| s.0.as_str()) == Some(sid) =>
-            {
-                return Some(ev)
-            }
-            Ok(_) => return None,
-            Err(e) if e.is_retryable() && !session.state().is_final() => backoff.wait().await,
-            Err(_) => return None,
-        }
-    }
-}
-
 #[async_trait]
-impl DialectHold for ConsulHold {
-    fn token(&self) -> u64 {
-        self.current()
-    }
-
+impl HeldKey for ConsulKey {
     fn node(&self) -> &Path {
         &self.node
     }
 
-    fn session(&self) -> Arc<dyn Session> {
-        self.session.clone()
+    fn caps(&self) -> &Capabilities {
+        &self.ctx.tree.caps
     }
 
-    fn state(&self) -> HoldState {
-        let own = *self.state.borrow();
-        hold_state(own, self.released, self.session.state(), self.policy)
+    fn token(&self) -> u64 {
+        self.token.load(Ordering::SeqCst)
     }
 
-    fn states(&self) -> watch::Receiver<HoldState> {
-        self.state.clone()
+    /// Our key as we last wrote it.
+    fn guard(&self) -> Guard {
+        Guard::exists(self.node.clone()).with_version(Version(self.token()))
+    }
+
+    async fn watch(&self, scope: &WatchScope) -> Result<(Option<Node>, KeyWatch)> {
+        let (api, node, key) = (self.ctx.api().clone(), self.node.clone(), self.key.clone());
+        watch_key(scope, api, node, key).await
+    }
+
+    fn ours(&self, node: &Node) -> bool {
+        node.stat.ephemeral_owner.as_ref().map(|s| s.0.as_str()) == Some(self.sid.as_str())
     }
 
     /// A `cas` at our index that keeps the flags (and, being no lock operation, the holder).
     async fn proclaim(&self, value: &[u8]) -> Result<()> {
-        check_value(&self.ctx.tree.caps, value)?;
-        // Not held across an await: a std mutex only orders the token updates.
-        let index = self.current();
-        if self.state() == HoldState::Lost {
-            return Err(self.guard().error(GuardFailure::Released));
-        }
-        let op = TxnOp::cas(&self.key, value, index).with_flags(self.flags);
+        let op = TxnOp::cas(&self.key, value, self.token()).with_flags(self.flags);
         match self.ctx.api().txn(&[op]).await? {
             TxnOutcome::Applied(entries) => {
                 let new = entries.first().map(|e| e.modify_index).unwrap_or(0);
@@ -537,6 +354,7 @@ impl DialectHold for ConsulHold {
                         false,
                     ));
                 }
+                // Not held across an await: a std mutex only orders the token updates.
                 let _order = self.writing.lock().unwrap_or_else(|p| p.into_inner());
                 self.token.fetch_max(new, Ordering::SeqCst);
                 Ok(())
@@ -545,44 +363,14 @@ impl DialectHold for ConsulHold {
         }
     }
 
-    async fn write_if_held(&self, op: &WriteOp) -> Result<WriteResult> {
-        let guard = self.guard();
-        if self.state() == HoldState::Lost {
-            return Err(guard.error(GuardFailure::Released));
-        }
-        self.ctx.tree.write_if_key(&guard, &self.key, op).await
+    async fn write_if(&self, guard: &Guard, op: &WriteOp) -> Result<WriteResult> {
+        self.ctx.tree.write_if_key(guard, &self.key, op).await
     }
 
-    async fn release(&mut self) -> Result<()> {
-        if self.released {
-            return Ok(());
-        }
-        self.released = true;
-        self.monitor.abort();
-        if self.session.state() == SessionState::Closed {
-            return Ok(());
-        }
-        let sid = self.session.id().0.clone();
-        release(self.ctx.api(), &self.key, &sid, self.flags)
+    async fn release(&self) -> Result<()> {
+        release(self.ctx.api(), &self.key, &self.sid, self.flags)
             .await
             .map(|_| ())
-    }
-}
-
-impl Drop for ConsulHold {
-    fn drop(&mut self) {
-        if !self.released {
-            self.monitor.abort();
-            let (api, key, sid, flags) = (
-                self.ctx.api().clone(),
-                self.key.clone(),
-                self.session.id().0.clone(),
-                self.flags,
-            );
-            spawn_detached(async move {
-                let _ = release(&api, &key, &sid, flags).await;
-            });
-        }
     }
 }
 

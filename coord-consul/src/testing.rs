@@ -53,35 +53,6 @@ impl HarnessBackend for Consul {
     }
 }
 
-/// The harness of Consul's generic registry layout (`?registry=generic`): the same agent
-/// and namespaces, for the registry tests run a second time
-/// ([`coord_core::conformance_registry_tests!`]).
-#[derive(Debug, Default)]
-pub struct ConsulGeneric(Consul);
-
-#[async_trait]
-impl HarnessBackend for ConsulGeneric {
-    const SPEC: Spec = Spec::new(Kind::Consul, "consul").options("registry=generic");
-    type Client = ConsulBackend;
-    type Session = ConsulSession;
-
-    fn host(endpoints: &str) -> String {
-        Consul::host(endpoints)
-    }
-
-    async fn connect(&self, url: &str) -> ConsulBackend {
-        self.0.connect(url).await
-    }
-
-    async fn expire(&self, h: &UrlHarness<ConsulGeneric>, session: &ConsulSession) {
-        destroy(&self.0 .0, h.host(), session).await;
-    }
-
-    async fn crash(&self, session: &ConsulSession) -> bool {
-        self.0.crash(session).await
-    }
-}
-
 /// Destroys `session` with `PUT /v1/session/destroy/<id>` on the agent at `host`.
 async fn destroy(http: &reqwest::Client, host: &str, session: &ConsulSession) {
     let url = format!("http://{host}/v1/session/destroy/{}", session.id().0);
@@ -90,9 +61,11 @@ async fn destroy(http: &reqwest::Client, host: &str, session: &ConsulSession) {
     assert!(status.is_success(), "session destroy: {status}");
 }
 
-/// The generic layout's harness for test `test` (see [`harness`]).
+/// The harness of Consul's generic registry layout (`?registry=generic`) for test `test`:
+/// the same agent and namespaces, for the registry tests run a second time
+/// ([`coord_core::conformance_registry_tests!`]).
 pub async fn generic_harness(test: &str) -> Option<Arc<dyn Harness>> {
-    coord_testkit::harness::harness::<ConsulGeneric>(test).await
+    coord_testkit::harness::harness_with::<Consul>(test, "registry=generic").await
 }
 
 /// The harness for test `test`, or `None` (after a loud skip line) when no Consul agent is

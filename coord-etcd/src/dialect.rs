@@ -24,25 +24,23 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
-use coord_core::adapter::hold::{hold_state, monitor_key, spawn_detached};
-use coord_core::adapter::{check_value, Backoff, WatchScope};
-use coord_core::dialect::{Dialect, DialectDriver, DialectHold};
+use coord_core::adapter::hold::{
+    holder_stream, raw_name, unless_session_ends, HeldKey, HolderStream, KeyHold, ReleaseOnDrop,
+};
+use coord_core::adapter::WatchScope;
+use coord_core::dialect::{Candidacy, Dialect, DialectDriver, DialectHold};
 use coord_core::election::LeaderInfo;
-use coord_core::recipes::{HoldState, SuspendPolicy};
 use coord_core::{
-    Error, Guard, GuardFailure, KeyEvent, KeyWatch, Path, Result, Session, SessionId, WriteOp,
-    WriteResult,
+    Capabilities, Error, Guard, GuardFailure, KeyEvent, KeyWatch, Node, Path, Result, Session,
+    SessionId, WriteOp, WriteResult,
 };
 use etcd_client::proto::{PbKeyValue, PbTxnOpResponse};
 use etcd_client::{
     Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnResponse,
 };
-use futures::stream::BoxStream;
 use futures::StreamExt;
-use tokio::sync::watch;
 
 use crate::context::Context;
 use crate::error::Ctx;
@@ -66,13 +64,7 @@ pub(crate) fn raw_prefix(namespace: &str, name: &Path) -> Result<String> {
             "an etcd concurrency election or lock needs a name, not the namespace root".into(),
         ));
     }
-    let ns = namespace.trim_matches('/');
-    let n = name.as_str().trim_start_matches('/');
-    Ok(if ns.is_empty() {
-        format!("{n}/")
-    } else {
-        format!("{ns}/{n}/")
-    })
+    Ok(format!("{}/", raw_name(namespace, name)))
 }
 
 /// The lease of an etcd session: its id is the lease id in hex.
@@ -145,6 +137,12 @@ impl EtcdConcurrency {
         Ok((range_kvs(&resp, 0).to_vec(), header_rev(&resp)))
     }
 
+    /// The holder of `name` (under `prefix`) now.
+    async fn leader(&self, name: &Path, prefix: &str) -> Result<Option<LeaderInfo>> {
+        let (kvs, _) = self.read_prefix(prefix, false, 1, None).await?;
+        Ok(kvs.first().and_then(|kv| info_of(name, prefix, kv)))
+    }
+
     /// Creates our key (or finds it, with the same lease) and returns its CreateRevision and
     /// whether our value had to be written over an older one.
     async fn campaign(&self, key: &str, value: &[u8], lease: i64, sid: &SessionId) -> Result<u64> {
@@ -204,20 +202,12 @@ impl EtcdConcurrency {
                 continue;
             }
             loop {
-                tokio::select! {
-                    ev = events.next() => {
-                        wakeups.fetch_add(1, Ordering::Relaxed);
-                        match ev {
-                            Some(Ok(KeyEvent::Deleted | KeyEvent::Resync(None))) | None => break,
-                            Some(Ok(_)) => {}
-                            Some(Err(e)) => return Err(e),
-                        }
-                    }
-                    st = states.next() => match st {
-                        Some(s) if s.is_final() => return Err(Error::session_gone(session.id(), s)),
-                        Some(_) => {}
-                        None => return Err(Error::session_gone(session.id(), session.state())),
-                    },
+                let ev = unless_session_ends(session, &mut states, events.next()).await?;
+                wakeups.fetch_add(1, Ordering::Relaxed);
+                match ev {
+                    Some(Ok(KeyEvent::Deleted | KeyEvent::Resync(None))) | None => break,
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return Err(e),
                 }
             }
         }
@@ -264,98 +254,61 @@ async fn resign(cx: &Context, key: &str, created: u64) -> Result<()> {
     Ok(())
 }
 
-/// Removes our key in the background, retrying while the session lives (a key left behind by
-/// a live session blocks every later candidate).
-fn resign_in_background(cx: Arc<Context>, session: Arc<dyn Session>, key: String, created: u64) {
-    spawn_detached(async move {
-        let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_secs(1));
-        loop {
-            match resign(&cx, &key, created).await {
-                Err(e) if e.is_retryable() && !session.state().is_final() => backoff.wait().await,
-                _ => return,
-            }
-        }
-    });
-}
-
-/// Resigns on every exit path of an acquire until disarmed (cancel safety).
-struct Pending {
-    cx: Arc<Context>,
-    session: Arc<dyn Session>,
-    key: String,
-    created: Option<u64>,
-}
-
-impl Drop for Pending {
-    fn drop(&mut self) {
-        if let Some(c) = self.created {
-            resign_in_background(self.cx.clone(), self.session.clone(), self.key.clone(), c);
-        }
-    }
-}
-
 #[async_trait]
 impl DialectDriver for EtcdConcurrency {
     fn dialect(&self) -> Dialect {
         Dialect::EtcdConcurrency
     }
 
-    async fn acquire(
-        &self,
-        session: Arc<dyn Session>,
-        name: &Path,
-        value: &[u8],
-        try_only: bool,
-        policy: SuspendPolicy,
-        wakeups: &AtomicU64,
-    ) -> Result<Option<Box<dyn DialectHold>>> {
-        check_value(&self.cx.tree.caps, value)?;
+    async fn acquire(&self, c: Candidacy<'_>) -> Result<Option<Box<dyn DialectHold>>> {
+        c.check(&self.cx.tree.caps)?;
+        let (session, name, value) = (c.session, c.name, c.value);
         let prefix = self.prefix(name)?;
         let lease = lease_of(&*session)?;
-        let state = session.state();
-        if state.is_final() {
-            return Err(Error::session_gone(session.id(), state));
-        }
         let key = format!("{prefix}{lease:x}");
         let node = name.join(&format!("{lease:x}"))?;
-        let mut pending = Pending {
-            cx: self.cx.clone(),
-            session: session.clone(),
-            key: key.clone(),
-            created: None,
+        let held = |created| {
+            let (cx, key, node) = (self.cx.clone(), key.clone(), node.clone());
+            Arc::new(EtcdKey {
+                cx,
+                key,
+                node,
+                created,
+            })
         };
+        let mut pending = ReleaseOnDrop::new(session.clone());
         // Armed before the call: a campaign whose answer is lost may still have created it.
-        pending.created = Some(0);
-        let created = self.campaign(&key, value, lease, session.id()).await;
-        let created = match created {
+        pending.arm(held(0));
+        let created = match self.campaign(&key, value, lease, session.id()).await {
             Ok(c) => c,
             Err(e) => {
                 // Nothing of ours is known to exist; a key made by a lost answer goes with the
                 // lease at the latest.
-                pending.created = None;
+                pending.disarm();
                 return Err(e);
             }
         };
-        pending.created = Some(created);
-        if try_only {
+        let own = held(created);
+        pending.arm(own.clone());
+        if c.try_only {
             let (first, _) = self.read_prefix(&prefix, false, 1, None).await?;
             if first.first().map(|kv| rev_u64(kv.create_revision)) != Some(created) {
-                pending.created = None;
-                if let Err(e) = resign(&self.cx, &key, created).await {
-                    pending.created = Some(created);
+                pending.disarm();
+                if let Err(e) = own.release().await {
+                    pending.arm(own);
                     tracing::debug!(error = %e, "try-acquire cleanup deferred");
                 }
                 return Ok(None);
             }
         } else {
-            self.wait_deletes(&*session, &prefix, created, wakeups)
+            self.wait_deletes(&*session, &prefix, created, c.wakeups)
                 .await?;
         }
         // As `Mutex.Lock` does: our key must still be there (the lease may have ended while
         // we waited).
-        let own = self.cx.store().get_one(&key, None).await?;
-        if own.map(|kv| rev_u64(kv.create_revision)) != Some(created) {
-            pending.created = None;
+        let now = self.cx.store().get_one(&key, None).await?;
+        pending.disarm();
+        if now.map(|kv| rev_u64(kv.create_revision)) != Some(created) {
             let st = session.state();
             return Err(if st.is_final() {
                 Error::session_gone(session.id(), st)
@@ -365,15 +318,7 @@ impl DialectDriver for EtcdConcurrency {
                 }
             });
         }
-        pending.created = None;
-        Ok(Some(Box::new(EtcdHold::start(
-            self.cx.clone(),
-            session,
-            key,
-            node,
-            created,
-            policy,
-        ))))
+        Ok(Some(Box::new(KeyHold::start(own, session, c.policy))))
     }
 
     async fn participants(&self, name: &Path) -> Result<Vec<LeaderInfo>> {
@@ -393,215 +338,72 @@ impl DialectDriver for EtcdConcurrency {
         resign(&self.cx, &key, token).await
     }
 
-    async fn observe(&self, name: &Path) -> Result<BoxStream<'static, Result<Option<LeaderInfo>>>> {
+    async fn observe(&self, name: &Path) -> Result<HolderStream> {
         let prefix = self.prefix(name)?;
         let (first, rev) = self.read_prefix(&prefix, false, 1, None).await?;
         let leader = first.first().and_then(|kv| info_of(name, &prefix, kv));
         let scope = WatchScope::new();
         let pokes = watch_raw_prefix(&scope, self.cx.clone(), prefix.clone(), rev + 1);
-        let me = EtcdConcurrency::new(self.cx.clone());
+        let me = Arc::new(EtcdConcurrency::new(self.cx.clone()));
         let name = name.clone();
-        // The scope travels with the stream: its watch ends when the stream is dropped.
-        let state = (me, name, prefix, pokes, scope, Some(leader.clone()), false);
-        let rest = futures::stream::unfold(state, |mut st| async move {
-            let (me, name, prefix, pokes, _scope, last, failed) = &mut st;
-            if *failed {
-                return None;
-            }
-            loop {
-                match pokes.next().await {
-                    None => return None,
-                    Some(Err(e)) => {
-                        *failed = true;
-                        return Some((Err(e), st));
-                    }
-                    Some(Ok(())) => {}
-                }
-                let now = match me.read_prefix(prefix, false, 1, None).await {
-                    Ok((kvs, _)) => kvs.first().and_then(|kv| info_of(name, prefix, kv)),
-                    Err(e) => {
-                        *failed = true;
-                        return Some((Err(e), st));
-                    }
-                };
-                if last.as_ref() != Some(&now) {
-                    *last = Some(now.clone());
-                    return Some((Ok(now), st));
-                }
+        let updates = pokes.then(move |poke| {
+            // The scope travels with the stream: its watch ends when the stream is dropped.
+            let _ = &scope;
+            let (me, name, prefix) = (me.clone(), name.clone(), prefix.clone());
+            async move {
+                poke?;
+                me.leader(&name, &prefix).await
             }
         });
-        Ok(futures::stream::once(async move { Ok(leader) })
-            .chain(rest)
-            .boxed())
+        Ok(holder_stream(leader, updates))
     }
 }
 
-/// A role held through etcd's concurrency protocol: our key, created at `token`.
-struct EtcdHold {
+/// Our candidate key, created at `created` (its CreateRevision: our fencing token).
+struct EtcdKey {
     cx: Arc<Context>,
-    session: Arc<dyn Session>,
     key: String,
     node: Path,
-    token: u64,
-    policy: SuspendPolicy,
-    state: watch::Receiver<HoldState>,
-    monitor: tokio::task::JoinHandle<()>,
-    released: bool,
-}
-
-impl EtcdHold {
-    fn start(
-        cx: Arc<Context>,
-        session: Arc<dyn Session>,
-        key: String,
-        node: Path,
-        token: u64,
-        policy: SuspendPolicy,
-    ) -> EtcdHold {
-        let (tx, rx) = watch::channel(HoldState::Holding);
-        let (mcx, msession, mkey, mnode) = (cx.clone(), session.clone(), key.clone(), node.clone());
-        let monitor = tokio::spawn(async move {
-            // The watch task lives as long as the monitor.
-            let scope = WatchScope::new();
-            let watch_key = || {
-                let (cx, key, node, session) =
-                    (mcx.clone(), mkey.clone(), mnode.clone(), msession.clone());
-                let scope = &scope;
-                async move { watch_own(scope, cx, key, &node, &*session, token).await }
-            };
-            let ours = |n: &coord_core::Node| n.stat.created == token;
-            let hand_over =
-                || resign_until_gone(mcx.clone(), msession.clone(), mkey.clone(), token);
-            monitor_key(msession.clone(), policy, watch_key, ours, hand_over, tx).await;
-        });
-        EtcdHold {
-            cx,
-            session,
-            key,
-            node,
-            token,
-            policy,
-            state: rx,
-            monitor,
-            released: false,
-        }
-    }
-}
-
-/// Watches our key, retrying transient errors while the session lives; `None` when it is
-/// gone (or is another key than ours).
-async fn watch_own(
-    scope: &WatchScope,
-    cx: Arc<Context>,
-    key: String,
-    node: &Path,
-    session: &dyn Session,
-    token: u64,
-) -> Option<KeyWatch> {
-    let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_secs(1));
-    loop {
-        match watch_raw_key(scope, cx.clone(), key.clone(), node).await {
-            Ok((Some(n), ev)) if n.stat.created == token => return Some(ev),
-            Ok(_) => return None,
-            Err(e) if e.is_retryable() && !session.state().is_final() => backoff.wait().await,
-            Err(_) => return None,
-        }
-    }
-}
-
-async fn resign_until_gone(cx: Arc<Context>, session: Arc<dyn Session>, key: String, token: u64) {
-    let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_secs(1));
-    loop {
-        match resign(&cx, &key, token).await {
-            Err(e) if e.is_retryable() && !session.state().is_final() => backoff.wait().await,
-            _ => return,
-        }
-    }
+    created: u64,
 }
 
 #[async_trait]
-impl DialectHold for EtcdHold {
+impl HeldKey for EtcdKey {
     fn token(&self) -> u64 {
-        self.token
+        self.created
+    }
+
+    /// Holds while our key exists, whatever is written to it.
+    fn guard(&self) -> Guard {
+        Guard::created(self.node.clone(), self.created)
     }
 
     fn node(&self) -> &Path {
         &self.node
     }
 
-    fn session(&self) -> Arc<dyn Session> {
-        self.session.clone()
+    fn caps(&self) -> &Capabilities {
+        &self.cx.tree.caps
     }
 
-    fn state(&self) -> HoldState {
-        let own = *self.state.borrow();
-        hold_state(own, self.released, self.session.state(), self.policy)
+    async fn watch(&self, scope: &WatchScope) -> Result<(Option<Node>, KeyWatch)> {
+        watch_raw_key(scope, self.cx.clone(), self.key.clone(), &self.node).await
     }
 
-    fn states(&self) -> watch::Receiver<HoldState> {
-        self.state.clone()
+    fn ours(&self, node: &Node) -> bool {
+        node.stat.created == self.created
     }
 
     async fn proclaim(&self, value: &[u8]) -> Result<()> {
-        check_value(&self.cx.tree.caps, value)?;
-        if self.state() == HoldState::Lost {
-            return Err(self.guard().error(GuardFailure::Released));
-        }
-        proclaim(&self.cx, &self.key, self.token, value)
-            .await
-            .map_err(|e| match e {
-                Error::GuardFailed { reason, .. } => self.guard().error(reason),
-                e => e,
-            })
+        proclaim(&self.cx, &self.key, self.created, value).await
     }
 
-    async fn write_if_held(&self, op: &WriteOp) -> Result<WriteResult> {
-        let guard = self.guard();
-        if self.state() == HoldState::Lost {
-            return Err(guard.error(GuardFailure::Released));
-        }
-        self.cx.tree.write_if_key(&guard, &self.key, op).await
+    async fn write_if(&self, guard: &Guard, op: &WriteOp) -> Result<WriteResult> {
+        self.cx.tree.write_if_key(guard, &self.key, op).await
     }
 
-    async fn release(&mut self) -> Result<()> {
-        if self.released {
-            return Ok(());
-        }
-        self.released = true;
-        self.monitor.abort();
-        match resign(&self.cx, &self.key, self.token).await {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                resign_in_background(
-                    self.cx.clone(),
-                    self.session.clone(),
-                    self.key.clone(),
-                    self.token,
-                );
-                Err(e)
-            }
-        }
-    }
-}
-
-impl EtcdHold {
-    /// The guard of our key as created (named by its path in errors).
-    fn guard(&self) -> Guard {
-        Guard::created(self.node.clone(), self.token)
-    }
-}
-
-impl Drop for EtcdHold {
-    fn drop(&mut self) {
-        if !self.released {
-            self.monitor.abort();
-            resign_in_background(
-                self.cx.clone(),
-                self.session.clone(),
-                self.key.clone(),
-                self.token,
-            );
-        }
+    async fn release(&self) -> Result<()> {
+        resign(&self.cx, &self.key, self.created).await
     }
 }
 

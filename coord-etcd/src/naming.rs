@@ -39,25 +39,27 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use coord_core::adapter::hold::raw_name;
 use coord_core::adapter::WatchScope;
-use coord_core::registry::{Holder, IfPresent, Instance, NativeRegistry};
+use coord_core::registry::{
+    decode_entries, Entry, Holder, IfPresent, Instance, NativeLayout, NativeRegistry, Replacing,
+    REPLACE_ATTEMPTS,
+};
 use coord_core::{Error, Path, Result, Session};
 use etcd_client::proto::{PbEvent, PbKeyValue};
 use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use futures::stream::BoxStream;
 use futures::StreamExt;
-use serde::{Deserialize, Serialize};
 
 use crate::context::{lease_sid, Context, Range};
 use crate::error::Ctx;
 use crate::session::EtcdSession;
 use crate::watch::{drive, Logic, Step, DELETE, PUT};
 
-/// How many times a registration reads again after its transaction lost a race.
-const ATTEMPTS: u32 = 4;
+pub use coord_core::registry::codec::grpc::{decode, encode, endpoint_addr};
 
 /// The native registry of etcd: grpc-go's naming layout (see the module docs). Not the
-/// default registry on etcd ([`NativeRegistry::is_default`] is false): select it with
+/// default registry on etcd ([`NativeLayout::is_default`] is false): select it with
 /// `registry=native` or `Registry::with_layout`.
 pub struct GrpcNaming {
     cx: Arc<Context>,
@@ -71,103 +73,6 @@ impl std::fmt::Debug for GrpcNaming {
             .field("namespace", &self.cx.tree.namespace)
             .finish_non_exhaustive()
     }
-}
-
-/// The endpoints package's value (`internal.Update`; Go's field names).
-#[derive(Serialize, Deserialize)]
-struct Update {
-    #[serde(rename = "Op", default)]
-    op: u8,
-    #[serde(rename = "Addr")]
-    addr: String,
-    #[serde(rename = "Metadata", default)]
-    metadata: serde_json::Value,
-}
-
-/// What coord writes into `Metadata`.
-#[derive(Serialize)]
-struct CoordMeta<'a> {
-    id: &'a str,
-    metadata: &'a BTreeMap<String, String>,
-    #[serde(skip_serializing_if = "<[String]>::is_empty")]
-    tags: &'a [String],
-}
-
-/// The `host:port` of an instance (an IPv6 host in brackets), as grpc dials it.
-pub fn endpoint_addr(instance: &Instance) -> String {
-    if instance.address.contains(':') && !instance.address.starts_with('[') {
-        format!("[{}]:{}", instance.address, instance.port)
-    } else {
-        format!("{}:{}", instance.address, instance.port)
-    }
-}
-
-/// The endpoints JSON of `instance` (see the module docs).
-pub fn encode(instance: &Instance) -> Result<Vec<u8>> {
-    let meta = CoordMeta {
-        id: &instance.id,
-        metadata: &instance.metadata,
-        tags: &instance.tags,
-    };
-    let update = Update {
-        op: 0,
-        addr: endpoint_addr(instance),
-        metadata: serde_json::to_value(meta).map_err(|e| Error::InvalidArgument(e.to_string()))?,
-    };
-    serde_json::to_vec(&update).map_err(|e| Error::InvalidArgument(e.to_string()))
-}
-
-/// Decodes the entry at `key` (under `<target>/`) of `service` (see the module docs).
-pub fn decode(service: &str, key: &str, value: &[u8]) -> Result<Instance> {
-    let bad = |reason: String| Error::MalformedData {
-        path: key.to_owned(),
-        reason,
-    };
-    let u: Update = serde_json::from_slice(value).map_err(|e| bad(e.to_string()))?;
-    if u.op != 0 {
-        return Err(bad(format!("Op {} is not an add (0)", u.op)));
-    }
-    let (host, port) = u
-        .addr
-        .rsplit_once(':')
-        .ok_or_else(|| bad(format!("Addr {:?} is not host:port", u.addr)))?;
-    let port: u16 = port
-        .parse()
-        .map_err(|_| bad(format!("Addr {:?} has no valid port", u.addr)))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let last = key.rsplit('/').next().unwrap_or(key);
-    let mut instance = Instance::new(service, last, host, port);
-    if let serde_json::Value::Object(m) = u.metadata {
-        match m.get("id") {
-            Some(serde_json::Value::String(id)) => {
-                instance.id = id.clone();
-                if let Some(serde_json::Value::Object(md)) = m.get("metadata") {
-                    instance.metadata = scalars(md);
-                }
-                if let Some(serde_json::Value::Array(tags)) = m.get("tags") {
-                    instance.tags = tags
-                        .iter()
-                        .filter_map(|t| t.as_str().map(str::to_owned))
-                        .collect();
-                }
-            }
-            _ => instance.metadata = scalars(&m),
-        }
-    }
-    Ok(instance)
-}
-
-/// The string, number and boolean members of a JSON object, as strings.
-fn scalars(m: &serde_json::Map<String, serde_json::Value>) -> BTreeMap<String, String> {
-    m.iter()
-        .filter_map(|(k, v)| match v {
-            serde_json::Value::String(s) => Some((k.clone(), s.clone())),
-            serde_json::Value::Number(_) | serde_json::Value::Bool(_) => {
-                Some((k.clone(), v.to_string()))
-            }
-            _ => None,
-        })
-        .collect()
 }
 
 /// The lease of a session of this backend.
@@ -200,25 +105,17 @@ impl GrpcNaming {
 
     /// The target of `service` in the registry rooted at `root` (see the module docs).
     pub fn target(&self, root: &Path, service: &str) -> Result<String> {
-        let path = root.join(service)?;
-        let ns = self.cx.tree.namespace.trim_matches('/');
-        let p = path.as_str().trim_start_matches('/');
-        Ok(if ns.is_empty() {
-            p.to_owned()
-        } else {
-            format!("{ns}/{p}")
-        })
+        Ok(raw_name(&self.cx.tree.namespace, &root.join(service)?))
     }
 
     /// The prefix under which the services of `root` have their targets.
     fn root_prefix(&self, root: &Path) -> String {
-        let ns = self.cx.tree.namespace.trim_matches('/');
-        let r = root.as_str().trim_matches('/');
-        [ns, r]
-            .iter()
-            .filter(|s| !s.is_empty())
-            .map(|s| format!("{s}/"))
-            .collect()
+        let name = raw_name(&self.cx.tree.namespace, root);
+        if name.is_empty() {
+            name
+        } else {
+            format!("{name}/")
+        }
     }
 
     /// Every entry under `<target>/` with the read's revision.
@@ -241,19 +138,8 @@ fn instances<'a>(
     kvs: impl Iterator<Item = (&'a str, &'a [u8])>,
     skip: bool,
 ) -> Result<Vec<Instance>> {
-    let mut out = Vec::new();
-    for (key, value) in kvs {
-        if entry_name(prefix, key).is_none() {
-            continue;
-        }
-        match decode(service, key, value) {
-            Ok(i) => out.push(i),
-            Err(e) if skip => tracing::warn!(error = %e, "skipping a malformed naming entry"),
-            Err(e) => return Err(e),
-        }
-    }
-    out.sort_by(|a, b| a.id.cmp(&b.id));
-    Ok(out)
+    let entries = kvs.filter(|(key, _)| entry_name(prefix, key).is_some());
+    decode_entries(entries, skip, |(key, value)| decode(service, key, value))
 }
 
 fn key_str(kv: &PbKeyValue) -> &str {
@@ -262,12 +148,8 @@ fn key_str(kv: &PbKeyValue) -> &str {
 
 #[async_trait]
 impl NativeRegistry for GrpcNaming {
-    fn name(&self) -> &'static str {
-        "etcd-naming"
-    }
-
-    fn is_default(&self) -> bool {
-        false
+    fn layout(&self) -> NativeLayout {
+        NativeLayout::opt_in("etcd-naming")
     }
 
     fn check(&self, instance: &Instance) -> Result<()> {
@@ -282,20 +164,15 @@ impl NativeRegistry for GrpcNaming {
         Ok(())
     }
 
-    async fn register(
-        &self,
-        root: &Path,
-        session: &Arc<dyn Session>,
-        instance: &Instance,
-        if_present: IfPresent,
-    ) -> Result<()> {
+    async fn register(&self, entry: Entry<'_>, if_present: IfPresent) -> Result<()> {
+        let (root, session, instance) = (entry.root, entry.session, entry.instance);
         self.check(instance)?;
         let lease = lease_of(session)?;
         let value = encode(instance)?;
         let prefix = format!("{}/", self.target(root, &instance.service)?);
         let key = format!("{prefix}{}", endpoint_addr(instance));
-        let mut replaced: Vec<i64> = Vec::new();
-        for _ in 0..ATTEMPTS {
+        let mut replacing = Replacing::default();
+        for _ in 0..REPLACE_ATTEMPTS {
             let (kvs, _) = self.read(&prefix).await?;
             // The entries that hold this address or this id.
             let present: Vec<&PbKeyValue> = kvs
@@ -308,8 +185,7 @@ impl NativeRegistry for GrpcNaming {
                 })
                 .collect();
             for kv in &present {
-                let won_race = !replaced.is_empty() && !replaced.contains(&kv.lease);
-                if if_present == IfPresent::Fail || kv.lease == lease || won_race {
+                if replacing.keeps(if_present, kv.lease == lease, &kv.lease) {
                     let holder = if kv.lease == 0 {
                         "a key without a lease".to_owned()
                     } else {
@@ -353,22 +229,16 @@ impl NativeRegistry for GrpcNaming {
                 }
                 return Ok(());
             }
-            replaced.extend(present.iter().map(|kv| kv.lease));
+            for kv in &present {
+                replacing.replaced(kv.lease);
+            }
         }
-        Err(Error::Contended {
-            op: "register",
-            path: key,
-            attempts: ATTEMPTS,
-        })
+        Err(replacing.contended(key))
     }
 
-    async fn deregister(
-        &self,
-        root: &Path,
-        session: &Arc<dyn Session>,
-        instance: &Instance,
-    ) -> Result<()> {
-        let lease = lease_of(session)?;
+    async fn deregister(&self, entry: Entry<'_>) -> Result<()> {
+        let (root, instance) = (entry.root, entry.instance);
+        let lease = lease_of(entry.session)?;
         let key = format!(
             "{}/{}",
             self.target(root, &instance.service)?,
@@ -514,47 +384,5 @@ impl Logic for PrefixLogic {
             })
             .unwrap_or_default();
         self.list()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn writes_the_endpoints_json() {
-        let i = Instance::new("api", "api-1", "10.0.0.7", 8080).with_meta("zone", "a");
-        assert_eq!(
-            String::from_utf8(encode(&i).unwrap()).unwrap(),
-            r#"{"Op":0,"Addr":"10.0.0.7:8080","Metadata":{"id":"api-1","metadata":{"zone":"a"}}}"#
-        );
-        let v6 = Instance::new("api", "api-2", "::1", 80).with_tag("v2");
-        assert_eq!(endpoint_addr(&v6), "[::1]:80");
-        let key = format!("t/{}", endpoint_addr(&v6));
-        assert_eq!(decode("api", &key, &encode(&v6).unwrap()).unwrap(), v6);
-    }
-
-    #[test]
-    fn reads_what_go_services_write() {
-        let go = br#"{"Op":0,"Addr":"10.0.0.9:50051","Metadata":null}"#;
-        let i = decode("grpc", "t/10.0.0.9:50051", go).unwrap();
-        assert_eq!(
-            i,
-            Instance::new("grpc", "10.0.0.9:50051", "10.0.0.9", 50051)
-        );
-        let meta = br#"{"Op":0,"Addr":"h:1","Metadata":{"weight":3,"ok":true,"x":{"y":1}}}"#;
-        let i = decode("grpc", "t/h:1", meta).unwrap();
-        assert_eq!(i.metadata.get("weight").map(String::as_str), Some("3"));
-        assert_eq!(i.metadata.get("ok").map(String::as_str), Some("true"));
-        assert!(!i.metadata.contains_key("x"));
-        for bad in [
-            &br#"{"Op":1,"Addr":"h:1"}"#[..],
-            br#"{"Op":0,"Addr":"no-port"}"#,
-            br#"{"Op":0,"Addr":"h:99999"}"#,
-            b"not json",
-        ] {
-            let e = decode("grpc", "t/x", bad).unwrap_err();
-            assert!(matches!(e, Error::MalformedData { .. }), "{e:?}");
-        }
     }
 }

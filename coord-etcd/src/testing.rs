@@ -41,31 +41,6 @@ impl HarnessBackend for Etcd {
     }
 }
 
-/// The harness of etcd's native registry layout (`?registry=native`, grpc-go's naming): the
-/// same server and namespaces, for the registry tests run a second time
-/// ([`coord_core::conformance_registry_tests!`]).
-#[derive(Debug, Default)]
-pub struct EtcdNative(Etcd);
-
-#[async_trait]
-impl HarnessBackend for EtcdNative {
-    const SPEC: Spec = Etcd::SPEC.options("registry=native");
-    type Client = EtcdBackend;
-    type Session = EtcdSession;
-
-    async fn connect(&self, url: &str) -> EtcdBackend {
-        self.0.connect(url).await
-    }
-
-    async fn expire(&self, h: &UrlHarness<EtcdNative>, session: &EtcdSession) {
-        revoke(&h.connect().await, session).await;
-    }
-
-    async fn crash(&self, session: &EtcdSession) -> bool {
-        self.0.crash(session).await
-    }
-}
-
 /// Revokes the session's lease through `admin` and waits until the session saw it.
 async fn revoke(admin: &EtcdBackend, session: &EtcdSession) {
     let mut leases = admin.etcd_client().lease_client();
@@ -76,9 +51,11 @@ async fn revoke(admin: &EtcdBackend, session: &EtcdSession) {
     assert_eq!(last, SessionState::Expired);
 }
 
-/// The native layout's harness for test `test` (see [`harness`]).
+/// The harness of etcd's native registry layout (`?registry=native`, grpc-go's naming) for
+/// test `test`: the same server and namespaces, for the registry tests run a second time
+/// ([`coord_core::conformance_registry_tests!`]).
 pub async fn native_harness(test: &str) -> Option<Arc<dyn Harness>> {
-    coord_testkit::harness::harness::<EtcdNative>(test).await
+    coord_testkit::harness::harness_with::<Etcd>(test, "registry=native").await
 }
 
 /// The conformance factory: `None` (with a loud skip line) when no etcd is available and

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use coord_core::registry::{Holder, IfPresent, Instance, NativeRegistry};
+use coord_core::registry::{Entry, Holder, IfPresent, Instance, NativeRegistry};
 use coord_core::{Backend, Error, Path, Session, SessionOptions};
 use coord_etcd::testing::fresh_namespace;
 use coord_etcd::{EtcdBackend, EtcdSession};
@@ -29,9 +29,9 @@ async fn setup(test: &str) -> Option<(String, EtcdBackend, Arc<dyn NativeRegistr
         .await
         .expect("connect");
     let native = Backend::native_registry(&backend).expect("etcd has a native registry");
-    assert_eq!(native.name(), "etcd-naming");
+    assert_eq!(native.layout().name, "etcd-naming");
     assert!(
-        !native.is_default(),
+        !native.layout().is_default,
         "the naming layout is not etcd's default"
     );
     Some((endpoints, backend, native, ns))
@@ -103,7 +103,7 @@ async fn etcdctl_shows_exactly_the_endpoints_json_under_the_lease() {
         .with_meta("zone", "a")
         .with_tag("v2");
     native
-        .register(&root, &s, &api1, IfPresent::Replace)
+        .register(Entry::new(&root, &s, &api1), IfPresent::Replace)
         .await
         .unwrap();
     let target = backend.naming().target(&root, "api").unwrap();
@@ -145,7 +145,10 @@ async fn etcdctl_shows_exactly_the_endpoints_json_under_the_lease() {
     );
 
     // Deregistering removes the key; closing the session afterwards leaves nothing.
-    native.deregister(&root, &s, &api1).await.unwrap();
+    native
+        .deregister(Entry::new(&root, &s, &api1))
+        .await
+        .unwrap();
     assert_eq!(
         etcdctl(&endpoints, &["get", "--prefix", &format!("{target}/")]),
         ""
@@ -223,7 +226,7 @@ async fn the_instance_goes_when_etcdctl_revokes_its_lease() {
     let s = session(&backend).await;
     let i = Instance::new("api", "api-1", "127.0.0.1", 9000);
     native
-        .register(&root, &s, &i, IfPresent::Replace)
+        .register(Entry::new(&root, &s, &i), IfPresent::Replace)
         .await
         .unwrap();
     let mut watch = native.watch(&root, "api").await.unwrap();
@@ -240,7 +243,7 @@ async fn the_instance_goes_when_etcdctl_revokes_its_lease() {
     // A closed session takes its instance with it too.
     let s2 = session(&backend).await;
     native
-        .register(&root, &s2, &i, IfPresent::Replace)
+        .register(Entry::new(&root, &s2, &i), IfPresent::Replace)
         .await
         .unwrap();
     until("the instance again", &mut watch, |l| l.len() == 1).await;
@@ -283,11 +286,11 @@ async fn one_id_two_sessions_replace_or_fail() {
     // The same id at a new address (a restarted instance on another port).
     let moved = Instance::new("api", "api-1", "127.0.0.1", 9001);
     native
-        .register(&root, &a, &first, IfPresent::Replace)
+        .register(Entry::new(&root, &a, &first), IfPresent::Replace)
         .await
         .unwrap();
     let err = native
-        .register(&root, &a, &moved, IfPresent::Replace)
+        .register(Entry::new(&root, &a, &moved), IfPresent::Replace)
         .await
         .unwrap_err();
     assert!(
@@ -295,12 +298,12 @@ async fn one_id_two_sessions_replace_or_fail() {
         "own id: {err:?}"
     );
     let err = native
-        .register(&root, &b, &moved, IfPresent::Fail)
+        .register(Entry::new(&root, &b, &moved), IfPresent::Fail)
         .await
         .unwrap_err();
     assert!(matches!(err, Error::AlreadyExists { .. }), "Fail: {err:?}");
     native
-        .register(&root, &b, &moved, IfPresent::Replace)
+        .register(Entry::new(&root, &b, &moved), IfPresent::Replace)
         .await
         .unwrap();
     assert_eq!(
@@ -308,7 +311,10 @@ async fn one_id_two_sessions_replace_or_fail() {
         vec![moved.clone()]
     );
     // The replaced registrant's deregister leaves the new entry alone.
-    native.deregister(&root, &a, &first).await.unwrap();
+    native
+        .deregister(Entry::new(&root, &a, &first))
+        .await
+        .unwrap();
     assert_eq!(
         native.holder(&root, &first).await.unwrap(),
         Holder::Session(b.id().clone()),
@@ -317,12 +323,12 @@ async fn one_id_two_sessions_replace_or_fail() {
     // Bad input: a typed error, nothing written.
     let bad = Instance::new("api", "x/y", "127.0.0.1", 1);
     assert!(native
-        .register(&root, &a, &bad, IfPresent::Replace)
+        .register(Entry::new(&root, &a, &bad), IfPresent::Replace)
         .await
         .is_err());
     let bad = Instance::new("api", "api-2", "a/b", 1);
     let err = native
-        .register(&root, &a, &bad, IfPresent::Replace)
+        .register(Entry::new(&root, &a, &bad), IfPresent::Replace)
         .await
         .unwrap_err();
     assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");

@@ -174,6 +174,8 @@ pub struct UrlHarness<B> {
     host: String,
     namespace: String,
     other: String,
+    /// URL options of this harness besides the backend's (see [`harness_with`]).
+    options: &'static str,
     backend: B,
 }
 
@@ -186,8 +188,15 @@ impl<B: HarnessBackend> UrlHarness<B> {
             host: B::host(endpoints),
             namespace: fresh_namespace(test),
             other: fresh_namespace(&format!("{test}-other")),
+            options: "",
             backend: B::default(),
         }
+    }
+
+    /// The same harness with the URL options `options` (`a=1&b=2`) added to every client's.
+    pub fn with_options(mut self, options: &'static str) -> UrlHarness<B> {
+        self.options = options;
+        self
     }
 
     /// The URL's host part (`host:port,…`).
@@ -205,10 +214,10 @@ impl<B: HarnessBackend> UrlHarness<B> {
         &self.backend
     }
 
-    /// The URL of a client in `namespace`, with the backend's [`Spec::options`] and
-    /// `options` (`""` for none) as query.
+    /// The URL of a client in `namespace`, with the backend's [`Spec::options`], the
+    /// harness's own ([`UrlHarness::with_options`]) and `options` (`""` for none) as query.
     pub fn url(&self, namespace: &str, options: &str) -> String {
-        let query: Vec<&str> = [B::SPEC.options, options]
+        let query: Vec<&str> = [B::SPEC.options, self.options, options]
             .into_iter()
             .filter(|o| !o.is_empty())
             .collect();
@@ -261,6 +270,18 @@ impl<B: HarnessBackend> Harness for UrlHarness<B> {
 /// ([`endpoints`]), or `None` after the loud skip line when they are unavailable and
 /// `COORD_REQUIRE_BACKENDS` is not set (with it, this panics).
 pub async fn harness<B: HarnessBackend>(test: &str) -> Option<Arc<dyn Harness>> {
+    harness_with::<B>(test, "").await
+}
+
+/// [`harness`] with the URL options `options` added to every client's: the same servers and
+/// backend specifics in another configuration (for a second run of some tests, such as the
+/// registry tests in another layout with `registry=native`).
+pub async fn harness_with<B: HarnessBackend>(
+    test: &str,
+    options: &'static str,
+) -> Option<Arc<dyn Harness>> {
     let endpoints = endpoints(B::SPEC.kind).await?;
-    Some(Arc::new(UrlHarness::<B>::new(&endpoints, test)))
+    Some(Arc::new(
+        UrlHarness::<B>::new(&endpoints, test).with_options(options),
+    ))
 }

@@ -29,115 +29,26 @@
 //! or has no address or port is [`Error::MalformedData`] for `discover` and skipped (with a
 //! warning) by `watch`.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use coord_core::adapter::WatchScope;
-use coord_core::registry::{Holder, IfPresent, Instance, NativeRegistry};
-use coord_core::{ChildrenEvent, CreateMode, Error, Path, Result, Session, SessionId};
+use coord_core::group::held_by;
+use coord_core::registry::{
+    decode_entries, Entry, Holder, IfPresent, Instance, NativeLayout, NativeRegistry, Replacing,
+    REPLACE_ATTEMPTS,
+};
+use coord_core::{ChildrenEvent, CreateMode, Error, Path, Result};
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
-use serde::{Deserialize, Serialize};
 
 use crate::context::Context;
 use crate::watch::watch_children;
 
-/// How many times a registration deletes a stale entry and tries again.
-const ATTEMPTS: u32 = 4;
-
-/// Curator's `ServiceInstance` (field names and order as Curator writes them).
-#[derive(Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ServiceInstance {
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    id: Option<String>,
-    #[serde(default)]
-    address: Option<String>,
-    #[serde(default)]
-    port: Option<i64>,
-    #[serde(default)]
-    ssl_port: Option<i64>,
-    #[serde(default)]
-    payload: serde_json::Value,
-    #[serde(rename = "registrationTimeUTC", default)]
-    registration_time_utc: i64,
-    #[serde(default)]
-    service_type: Option<String>,
-    #[serde(default)]
-    uri_spec: serde_json::Value,
-    /// coord's metadata (not Curator's; Curator ignores it).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    metadata: Option<BTreeMap<String, String>>,
-    /// coord's tags (not Curator's; Curator ignores them).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    tags: Vec<String>,
-}
-
-/// Curator's JSON of `instance` (see the module docs).
-pub fn encode(instance: &Instance) -> Result<Vec<u8>> {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0);
-    let si = ServiceInstance {
-        name: Some(instance.service.clone()),
-        id: Some(instance.id.clone()),
-        address: Some(instance.address.clone()),
-        port: Some(i64::from(instance.port)),
-        ssl_port: None,
-        payload: serde_json::Value::Null,
-        registration_time_utc: now,
-        service_type: Some("DYNAMIC".to_owned()),
-        uri_spec: serde_json::Value::Null,
-        metadata: Some(instance.metadata.clone()),
-        tags: instance.tags.clone(),
-    };
-    serde_json::to_vec(&si).map_err(|e| Error::InvalidArgument(e.to_string()))
-}
-
-/// Decodes the node `node` (named by the instance id) of `service` (see the module docs).
-pub fn decode(service: &str, node: &Path, value: &[u8]) -> Result<Instance> {
-    let bad = |reason: String| Error::MalformedData {
-        path: node.to_string(),
-        reason,
-    };
-    let si: ServiceInstance = serde_json::from_slice(value).map_err(|e| bad(e.to_string()))?;
-    let address = si
-        .address
-        .filter(|a| !a.is_empty())
-        .ok_or_else(|| bad("no address".to_owned()))?;
-    let port = si
-        .port
-        .or(si.ssl_port)
-        .ok_or_else(|| bad("neither port nor sslPort".to_owned()))?;
-    let port = u16::try_from(port).map_err(|_| bad(format!("port {port} out of range")))?;
-    let id = si.id.unwrap_or_else(|| node.name().to_owned());
-    let mut instance = Instance::new(service, &id, &address, port);
-    instance.tags = si.tags;
-    instance.metadata = match (si.metadata, si.payload) {
-        (Some(m), _) => m,
-        (None, serde_json::Value::Object(p)) => p
-            .iter()
-            .filter(|(k, _)| k.as_str() != "@class")
-            .filter_map(|(k, v)| match v {
-                serde_json::Value::String(s) => Some((k.clone(), s.clone())),
-                serde_json::Value::Number(_) | serde_json::Value::Bool(_) => {
-                    Some((k.clone(), v.to_string()))
-                }
-                _ => None,
-            })
-            .collect(),
-        (None, _) => BTreeMap::new(),
-    };
-    Ok(instance)
-}
+pub use coord_core::registry::codec::curator::{decode, encode};
 
 /// The native registry of ZooKeeper: Curator's x-discovery layout (see the module docs). Not
-/// the default registry on ZooKeeper ([`NativeRegistry::is_default`] is false): select it
+/// the default registry on ZooKeeper ([`NativeLayout::is_default`] is false): select it
 /// with `registry=native` or `Registry::with_layout`.
 pub struct CuratorDiscovery {
     ctx: Arc<Context>,
@@ -147,19 +58,11 @@ pub struct CuratorDiscovery {
 
 impl std::fmt::Debug for CuratorDiscovery {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CuratorDiscovery")
-            .field("namespace", &self.ctx.cfg.namespace)
-            .finish_non_exhaustive()
-    }
-}
-
-fn held_by(node: &Path, session: Option<&SessionId>) -> Error {
-    let holder = match session {
-        Some(id) => format!("session {id}"),
-        None => "a persistent node".to_owned(),
-    };
-    Error::AlreadyExists {
-        path: format!("{node} (held by {holder})"),
+        write!(
+            f,
+            "CuratorDiscovery {{ chroot: {:?} }}",
+            self.ctx.cfg.namespace
+        )
     }
 }
 
@@ -206,29 +109,16 @@ impl CuratorDiscovery {
             .buffered(32)
             .try_collect()
             .await?;
-        let mut out = Vec::new();
-        for (node, value) in found.into_iter().flatten() {
-            match decode(service, &node, &value) {
-                Ok(i) => out.push(i),
-                Err(e) if skip => {
-                    tracing::warn!(error = %e, "skipping a malformed x-discovery entry")
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        out.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(out)
+        decode_entries(found.into_iter().flatten(), skip, |(node, value)| {
+            decode(service, &node, &value)
+        })
     }
 }
 
 #[async_trait]
 impl NativeRegistry for CuratorDiscovery {
-    fn name(&self) -> &'static str {
-        "curator-x-discovery"
-    }
-
-    fn is_default(&self) -> bool {
-        false
+    fn layout(&self) -> NativeLayout {
+        NativeLayout::opt_in("curator-x-discovery")
     }
 
     fn check(&self, instance: &Instance) -> Result<()> {
@@ -241,21 +131,16 @@ impl NativeRegistry for CuratorDiscovery {
         Ok(())
     }
 
-    async fn register(
-        &self,
-        root: &Path,
-        session: &Arc<dyn Session>,
-        instance: &Instance,
-        if_present: IfPresent,
-    ) -> Result<()> {
+    async fn register(&self, entry: Entry<'_>, if_present: IfPresent) -> Result<()> {
+        let (root, session, instance) = (entry.root, entry.session, entry.instance);
         self.check(instance)?;
         let dir = root.join(&instance.service)?;
         let node = dir.join(&instance.id)?;
         let data = encode(instance)?;
         coord_core::adapter::check_value(&self.ctx.caps, &data)?;
         self.make_parents(&dir).await?;
-        let mut replaced: Vec<Option<SessionId>> = Vec::new();
-        for _ in 0..ATTEMPTS {
+        let mut replacing = Replacing::default();
+        for _ in 0..REPLACE_ATTEMPTS {
             match session.create(&node, &data, CreateMode::Exact).await {
                 Ok(_) => return Ok(()),
                 Err(Error::AlreadyExists { .. }) => {}
@@ -266,8 +151,7 @@ impl NativeRegistry for CuratorDiscovery {
             };
             let holder = stat.ephemeral_owner.clone();
             let ours = holder.as_ref() == Some(session.id());
-            let won_race = !replaced.is_empty() && !replaced.contains(&holder);
-            if if_present == IfPresent::Fail || ours || won_race {
+            if replacing.keeps(if_present, ours, &holder) {
                 return Err(held_by(&node, holder.as_ref()));
             }
             tracing::info!(%node, holder = ?holder, "replacing an x-discovery entry held by another session");
@@ -275,22 +159,14 @@ impl NativeRegistry for CuratorDiscovery {
                 Ok(()) | Err(Error::NotFound { .. }) | Err(Error::VersionMismatch { .. }) => {}
                 Err(e) => return Err(e),
             }
-            replaced.push(holder);
+            replacing.replaced(holder);
         }
-        Err(Error::Contended {
-            op: "register",
-            path: node.to_string(),
-            attempts: ATTEMPTS,
-        })
+        Err(replacing.contended(node.to_string()))
     }
 
-    async fn deregister(
-        &self,
-        root: &Path,
-        session: &Arc<dyn Session>,
-        instance: &Instance,
-    ) -> Result<()> {
-        let node = root.join(&instance.service)?.join(&instance.id)?;
+    async fn deregister(&self, entry: Entry<'_>) -> Result<()> {
+        let (session, instance) = (entry.session, entry.instance);
+        let node = entry.root.join(&instance.service)?.join(&instance.id)?;
         let Some(stat) = self.ctx.exists(&node).await? else {
             return Ok(());
         };
@@ -360,65 +236,5 @@ impl NativeRegistry for CuratorDiscovery {
         Ok(futures::stream::once(async move { first })
             .chain(rest)
             .boxed())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn node() -> Path {
-        Path::new("/services/api/a1").unwrap()
-    }
-
-    #[test]
-    fn reads_what_curator_5_4_writes() {
-        // As Curator 5.4's ServiceDiscovery stored it on this machine (payload: a HashMap).
-        let json = br#"{"name":"api","id":"a1","address":"10.0.0.1","port":8080,"sslPort":null,"payload":{"@class":"java.util.HashMap","owner":"curator"},"registrationTimeUTC":1796247739833,"serviceType":"DYNAMIC","uriSpec":null}"#;
-        let i = decode("api", &node(), json).unwrap();
-        assert_eq!(
-            i,
-            Instance::new("api", "a1", "10.0.0.1", 8080).with_meta("owner", "curator")
-        );
-    }
-
-    #[test]
-    fn writes_curator_s_fields_and_reads_them_back() {
-        let i = Instance::new("api", "a1", "10.0.0.1", 8080)
-            .with_meta("zone", "a")
-            .with_tag("v2");
-        let v: serde_json::Value = serde_json::from_slice(&encode(&i).unwrap()).unwrap();
-        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
-        for k in [
-            "name",
-            "id",
-            "address",
-            "port",
-            "sslPort",
-            "payload",
-            "registrationTimeUTC",
-            "serviceType",
-            "uriSpec",
-        ] {
-            assert!(keys.contains(&k), "{k} missing from {v}");
-        }
-        assert_eq!(v["serviceType"], "DYNAMIC");
-        assert!(v["payload"].is_null());
-        assert_eq!(decode("api", &node(), &encode(&i).unwrap()).unwrap(), i);
-    }
-
-    #[test]
-    fn ssl_only_and_malformed_entries() {
-        let ssl = br#"{"name":"api","id":"a1","address":"h","port":null,"sslPort":8443}"#;
-        assert_eq!(decode("api", &node(), ssl).unwrap().port, 8443);
-        for bad in [
-            &br#"{"name":"api","id":"a1","address":"h"}"#[..],
-            br#"{"name":"api","id":"a1","port":1}"#,
-            br#"{"name":"api","id":"a1","address":"h","port":70000}"#,
-            b"not json",
-        ] {
-            let e = decode("api", &node(), bad).unwrap_err();
-            assert!(matches!(e, Error::MalformedData { .. }), "{e:?}");
-        }
     }
 }

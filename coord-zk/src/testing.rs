@@ -39,33 +39,10 @@ impl HarnessBackend for Zk {
 }
 
 /// The harness of ZooKeeper's native registry layout (`?registry=native`, Curator's
-/// x-discovery): the same server and namespaces, for the registry tests run a second time
-/// ([`coord_core::conformance_registry_tests!`]).
-#[derive(Debug, Default)]
-pub struct ZkNative(Zk);
-
-#[async_trait]
-impl HarnessBackend for ZkNative {
-    const SPEC: Spec = Zk::SPEC.options("timeout=5s&registry=native");
-    type Client = ZkBackend;
-    type Session = ZkSession;
-
-    async fn connect(&self, url: &str) -> ZkBackend {
-        self.0.connect(url).await
-    }
-
-    async fn expire(&self, _: &UrlHarness<ZkNative>, session: &ZkSession) {
-        session.expire_on_server().await;
-    }
-
-    async fn crash(&self, session: &ZkSession) -> bool {
-        session.crash()
-    }
-}
-
-/// The native layout's harness for test `test` (see [`harness`]).
+/// x-discovery) for test `test`: the same server and namespaces, for the registry tests run a
+/// second time ([`coord_core::conformance_registry_tests!`]).
 pub async fn native_harness(test: &str) -> Option<Arc<dyn Harness>> {
-    coord_testkit::harness::harness::<ZkNative>(test).await
+    coord_testkit::harness::harness_with::<Zk>(test, "registry=native").await
 }
 
 /// The shared ZooKeeper endpoints (`host:port,…`), or `None` after a loud skip line.

@@ -11,7 +11,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use coord_core::registry::{IfPresent, Instance, NativeRegistry};
+use coord_core::registry::{Entry, IfPresent, Instance, NativeRegistry};
 use coord_core::{Backend, Path, Session, SessionOptions};
 use coord_testkit::require_backends;
 use coord_zk::ZkBackend;
@@ -202,8 +202,8 @@ async fn setup(test: &str) -> Option<Setup> {
         .await
         .expect("connect");
     let native = Backend::native_registry(&backend).expect("ZooKeeper has a native registry");
-    assert_eq!(native.name(), "curator-x-discovery");
-    assert!(!native.is_default());
+    assert_eq!(native.layout().name, "curator-x-discovery");
+    assert!(!native.layout().is_default);
     let peer = Peer::start(
         &cp,
         classes.path(),
@@ -243,7 +243,7 @@ async fn curator_and_coord_list_each_others_instances() {
         .with_meta("zone", "a")
         .with_tag("v2");
     native
-        .register(&root, &s, &mine, IfPresent::Replace)
+        .register(Entry::new(&root, &s, &mine), IfPresent::Replace)
         .await
         .unwrap();
     let mut watch = native.watch(&root, "api").await.unwrap();
@@ -283,7 +283,10 @@ async fn curator_and_coord_list_each_others_instances() {
         l == [mine.clone()]
     })
     .await;
-    native.deregister(&root, &s, &mine).await.unwrap();
+    native
+        .deregister(Entry::new(&root, &s, &mine))
+        .await
+        .unwrap();
     until("no instance", &mut watch, |l| l.is_empty()).await;
     peer.ask_until("query api", "instances").await;
     assert_eq!(peer.ask("quit").await, "bye");

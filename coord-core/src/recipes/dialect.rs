@@ -204,21 +204,11 @@ pub trait DialectDriver: Send + Sync + 'static {
     /// The dialect served.
     fn dialect(&self) -> Dialect;
 
-    /// Joins `name` with `value` on `session` and waits until this candidate holds it; with
-    /// `try_only`, `Ok(None)` at once when somebody else holds it (and nothing is left
-    /// behind). Cancel-safe: dropping the future leaves no key behind. Fails with
-    /// [`Error::SessionExpired`] if the session ends while waiting. `wakeups` counts each time
-    /// a waiting candidate is woken by a watch (what [`crate::election::Election::wakeups`]
-    /// reports: one per change of holder when the dialect is herd-free).
-    async fn acquire(
-        &self,
-        session: Arc<dyn Session>,
-        name: &Path,
-        value: &[u8],
-        try_only: bool,
-        policy: SuspendPolicy,
-        wakeups: &AtomicU64,
-    ) -> Result<Option<Box<dyn DialectHold>>>;
+    /// Joins the election or lock with the candidacy `c` and waits until this candidate holds
+    /// it; with [`Candidacy::try_only`], `Ok(None)` at once when somebody else holds it (and
+    /// nothing is left behind). Cancel-safe: dropping the future leaves no key behind. Fails
+    /// with [`Error::SessionExpired`] if the session ends while waiting.
+    async fn acquire(&self, c: Candidacy<'_>) -> Result<Option<Box<dyn DialectHold>>>;
 
     /// Every candidate, in the order the peer gives the role (the first holds it), with its
     /// value and token.
@@ -231,6 +221,37 @@ pub trait DialectDriver: Send + Sync + 'static {
     /// one: what a supervisor does after the leader's work, which owned the hold, dropped it
     /// (the drop releases only in the background). Default: nothing.
     async fn resign(&self, _session: &dyn Session, _node: &Path, _token: u64) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// A candidate asking a [`DialectDriver`] for the role.
+pub struct Candidacy<'a> {
+    /// The candidate's session.
+    pub session: Arc<dyn Session>,
+    /// The election's or lock's path.
+    pub name: &'a Path,
+    /// The candidate's value (empty for a lock).
+    pub value: &'a [u8],
+    /// Whether to give up at once when somebody else holds the role.
+    pub try_only: bool,
+    /// What a suspension of the session means for the holder.
+    pub policy: SuspendPolicy,
+    /// Counts each time the waiting candidate is woken by a watch (what
+    /// [`crate::election::Election::wakeups`] reports: one per change of holder when the
+    /// dialect is herd-free).
+    pub wakeups: &'a AtomicU64,
+}
+
+impl Candidacy<'_> {
+    /// What every driver checks before any I/O: the value against `caps`, and that the
+    /// session has not ended.
+    pub fn check(&self, caps: &crate::Capabilities) -> Result<()> {
+        crate::adapter::check_value(caps, self.value)?;
+        let state = self.session.state();
+        if state.is_final() {
+            return Err(Error::session_gone(self.session.id(), state));
+        }
         Ok(())
     }
 }

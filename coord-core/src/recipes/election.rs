@@ -23,7 +23,7 @@ use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
 
 use crate::client::Client;
-use crate::dialect::{Dialect, DialectDriver};
+use crate::dialect::{Candidacy, Dialect, DialectDriver};
 use crate::error::{Error, Result};
 use crate::kernel::{create_parents, ChildrenEvent, KeyEvent, KeyWatch};
 use crate::path::Path;
@@ -144,14 +144,14 @@ impl Election {
             Protocol::Driver(driver) => {
                 let session = self.client.session().await?;
                 driver
-                    .acquire(
+                    .acquire(Candidacy {
                         session,
-                        &self.path,
+                        name: &self.path,
                         value,
-                        false,
-                        self.policy,
-                        &self.instruments.wakeups,
-                    )
+                        try_only: false,
+                        policy: self.policy,
+                        wakeups: &self.instruments.wakeups,
+                    })
                     .await?
                     .map(Hold::Driver)
             }

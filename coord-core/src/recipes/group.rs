@@ -22,6 +22,7 @@ use futures::future::BoxFuture;
 use futures::{Stream, StreamExt, TryStreamExt};
 use tokio::sync::watch;
 
+use crate::adapter::hold::spawn_detached;
 use crate::adapter::Backoff;
 use crate::client::{Client, Owned};
 use crate::error::{Error, Result};
@@ -217,9 +218,9 @@ impl MembershipState {
     }
 }
 
-/// The error for `node` held by `session`: [`Error::AlreadyExists`], whose `path` names the
-/// holder after the key (`<key> (held by session <id>)`).
-pub(crate) fn held_by(node: &Path, session: Option<&SessionId>) -> Error {
+/// The error for `node` held by `session` (`None`: a persistent node): [`Error::AlreadyExists`],
+/// whose `path` names the holder after the key (`<key> (held by session <id>)`).
+pub fn held_by(node: &Path, session: Option<&SessionId>) -> Error {
     let holder = match session {
         Some(id) => format!("session {id}"),
         None => "a persistent node".to_owned(),
@@ -229,18 +230,18 @@ pub(crate) fn held_by(node: &Path, session: Option<&SessionId>) -> Error {
     }
 }
 
-/// Why following ends.
-enum Stop {
+/// Why following ends (a group membership or a registration, generic or native).
+pub(crate) enum Stop {
     /// The client was closed.
     Closed,
-    /// Another session holds the id (registrations).
-    Taken(SessionId),
+    /// Another session (`Some`) or tool (`None`) holds the id (registrations).
+    Displaced(Option<SessionId>),
     /// A failure that retrying cannot fix.
     Failed(Error),
 }
 
 /// Why a re-join attempt failed.
-enum Failure {
+pub(crate) enum Failure {
     /// Trying again later may succeed.
     Retry(Error),
     /// Following ends.
@@ -250,7 +251,7 @@ enum Failure {
 impl Failure {
     /// Classifies an error of a re-join step. A session that is gone is retried: the next
     /// attempt takes a new one (unless the client was closed: [`Error::Closed`]).
-    fn of(e: Error) -> Failure {
+    pub(crate) fn of(e: Error) -> Failure {
         match e {
             Error::Closed => Failure::Stop(Stop::Closed),
             e if e.is_retryable() || e.is_session_gone() => Failure::Retry(e),
@@ -267,21 +268,31 @@ enum Ended {
     Displaced(Option<SessionId>),
 }
 
-/// What a membership's follower and its handle share (the client keeps a weak reference).
-struct Shared {
-    client: Client,
-    node: Path,
+/// The state of a membership (a group member, or a registration in any layout) and its
+/// follower task: what the follower and the handle share.
+pub(crate) struct Following {
+    /// The member's node (a native registration's entry name).
+    pub(crate) node: Path,
     rejoins: AtomicU64,
-    /// The session that owns the node now: we only ever delete our own node, never one
-    /// another member made under the same id after our session ended.
-    owner: Mutex<SessionId>,
     state: watch::Sender<MembershipState>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
-impl Shared {
+impl Following {
+    /// Joined at `node`; the receiver observes the state.
+    pub(crate) fn new(node: Path) -> (Following, watch::Receiver<MembershipState>) {
+        let (tx, rx) = watch::channel(MembershipState::Joined);
+        let following = Following {
+            node,
+            rejoins: AtomicU64::new(0),
+            state: tx,
+            task: Mutex::new(None),
+        };
+        (following, rx)
+    }
+
     /// Moves to `s` unless the state is already final.
-    fn set(&self, s: MembershipState) {
+    pub(crate) fn set(&self, s: MembershipState) {
         self.state.send_if_modified(|cur| {
             if cur.is_final() {
                 return false;
@@ -291,26 +302,140 @@ impl Shared {
         });
     }
 
-    fn owner(&self) -> SessionId {
-        self.owner.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    /// Keeps the follower task, to stop it with [`Following::stop`].
+    pub(crate) fn follow_with(&self, task: tokio::task::JoinHandle<()>) {
+        *self.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
     }
 
     /// Stops the follower. A follower running on another thread at this moment stops at its
     /// next await; a re-join it starts meanwhile fails on the closed client's generation.
-    fn stop(&self) {
+    pub(crate) fn stop(&self) {
         if let Some(t) = self.task.lock().unwrap_or_else(|p| p.into_inner()).take() {
             t.abort();
         }
+    }
+
+    /// Ends the membership by its owner: stops the follower, Closed.
+    pub(crate) fn close(&self) {
+        self.stop();
+        self.set(MembershipState::Closed);
+    }
+
+    /// Counts a re-join and goes back to Joined.
+    pub(crate) fn rejoined(&self) {
+        self.rejoins.fetch_add(1, Ordering::Relaxed);
+        self.set(MembershipState::Joined);
+    }
+
+    /// How many times the membership joined again.
+    pub(crate) fn rejoins(&self) -> u64 {
+        self.rejoins.load(Ordering::Relaxed)
+    }
+
+    /// Ends following for `stop` (visibly: logged, and the final state), after `what` (the
+    /// step that stopped, such as "re-join").
+    pub(crate) fn end(&self, stop: Stop, what: &str) {
+        let node = &self.node;
+        self.set(match stop {
+            Stop::Closed => MembershipState::Closed,
+            Stop::Displaced(by) => {
+                tracing::warn!(%node, ?by, "{what}: the id is held by another session or tool; not taking it back");
+                MembershipState::Removed { by }
+            }
+            Stop::Failed(e) => {
+                tracing::error!(%node, error = %e, "{what} failed for good");
+                MembershipState::Failed(e)
+            }
+        });
+    }
+
+    /// Runs `attempt` until it succeeds or stops, pausing with a bounded exponential back-off
+    /// after each failure that may pass (logged as a warning naming `what`).
+    pub(crate) async fn retry<T, F, Fut>(&self, what: &str, mut attempt: F) -> Result<T, Stop>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, Failure>>,
+    {
+        let mut backoff = Backoff::new(REJOIN_FIRST_PAUSE, REJOIN_MAX_PAUSE);
+        loop {
+            match attempt().await {
+                Ok(s) => return Ok(s),
+                Err(Failure::Stop(stop)) => return Err(stop),
+                Err(Failure::Retry(e)) => {
+                    let pause = backoff.next_delay();
+                    tracing::warn!(node = %self.node, error = %e, retry_in = ?pause, "{what} failed, retrying");
+                    tokio::time::sleep(pause).await;
+                }
+            }
+        }
+    }
+}
+
+/// The states of `rx` after each change, starting with the current one; ends after a final
+/// state.
+pub(crate) fn states_of(
+    rx: &watch::Receiver<MembershipState>,
+) -> impl Stream<Item = MembershipState> + Send {
+    futures::stream::unfold(
+        (rx.clone(), false, true),
+        |(mut rx, done, first)| async move {
+            if done || (!first && rx.changed().await.is_err()) {
+                return None;
+            }
+            let s = rx.borrow_and_update().clone();
+            let done = s.is_final();
+            Some((s, (rx, done, false)))
+        },
+    )
+}
+
+/// The final state of `rx` once reached; `unfollowed()` if the follower ended without one
+/// (it panicked).
+pub(crate) async fn ended_of(
+    rx: &watch::Receiver<MembershipState>,
+    unfollowed: impl FnOnce() -> Error,
+) -> MembershipState {
+    let mut rx = rx.clone();
+    let end = match rx.wait_for(MembershipState::is_final).await {
+        Ok(s) => Some(s.clone()),
+        Err(_) => None,
+    };
+    end.unwrap_or_else(|| MembershipState::Failed(unfollowed()))
+}
+
+/// The error of the final state `end` of the membership at `node` (see [`Membership::failed`]).
+pub(crate) fn error_of(end: MembershipState, node: &Path) -> Error {
+    match end {
+        MembershipState::Failed(e) => e,
+        MembershipState::Removed { by: Some(by) } => held_by(node, Some(&by)),
+        MembershipState::Removed { by: None } => Error::NotFound {
+            path: node.to_string(),
+        },
+        _ => Error::Closed,
+    }
+}
+
+/// What a membership's follower and its handle share (the client keeps a weak reference).
+struct Shared {
+    client: Client,
+    following: Following,
+    /// The session that owns the node now: we only ever delete our own node, never one
+    /// another member made under the same id after our session ended.
+    owner: Mutex<SessionId>,
+}
+
+impl Shared {
+    fn owner(&self) -> SessionId {
+        self.owner.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
 impl Owned for Shared {
     fn end(&self, remove: bool) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
-            self.stop();
-            self.set(MembershipState::Closed);
+            self.following.close();
             if remove {
-                delete_own(&self.client, &self.node, &self.owner()).await
+                delete_own(&self.client, &self.following.node, &self.owner()).await
             } else {
                 Ok(())
             }
@@ -335,40 +460,28 @@ async fn follow(
             }
             Follow::Node => watch_node(&shared, &*session).await,
         };
+        let following = &shared.following;
         if let Ended::Displaced(by) = ended {
-            tracing::warn!(node = %shared.node, ?by, "registration removed or replaced by another session; not taking it back");
-            shared.set(MembershipState::Removed { by });
-            return;
+            return following.end(Stop::Displaced(by), "registration removed or replaced");
         }
-        shared.set(MembershipState::Rejoining);
+        following.set(MembershipState::Rejoining);
         let previous = session.id().clone();
-        match rejoin(&shared, &data, &previous, epoch, mode).await {
+        let again = following.retry("re-join", || {
+            rejoin_once(&shared, &data, &previous, epoch, mode)
+        });
+        match again.await {
             Ok(s) => {
                 *shared.owner.lock().unwrap_or_else(|p| p.into_inner()) = s.id().clone();
                 session = s;
-                shared.rejoins.fetch_add(1, Ordering::Relaxed);
-                shared.set(MembershipState::Joined);
+                following.rejoined();
             }
-            Err(Stop::Closed) => {
-                shared.set(MembershipState::Closed);
-                return;
-            }
-            Err(Stop::Taken(by)) => {
-                tracing::warn!(node = %shared.node, %by, "id taken by another session while re-joining; not taking it back");
-                shared.set(MembershipState::Removed { by: Some(by) });
-                return;
-            }
-            Err(Stop::Failed(e)) => {
-                tracing::error!(node = %shared.node, error = %e, "re-join failed for good: not in the group");
-                shared.set(MembershipState::Failed(e));
-                return;
-            }
+            Err(stop) => return following.end(stop, "re-join"),
         }
     }
 }
 
 /// Waits until `session` reaches a final state (or its state stream ends).
-async fn wait_for_end(session: &dyn Session) {
+pub(crate) async fn wait_for_end(session: &dyn Session) {
     let mut states = session.states();
     while let Some(s) = states.next().await {
         if s.is_final() {
@@ -390,7 +503,7 @@ async fn watch_node(shared: &Shared, session: &dyn Session) -> Ended {
     loop {
         let watched = tokio::select! {
             _ = wait_for_end(session) => return Ended::Session,
-            w = shared.client.watch(&shared.node) => w,
+            w = shared.client.watch(&shared.following.node) => w,
         };
         let ended = match watched {
             Ok((current, events)) => {
@@ -402,7 +515,7 @@ async fn watch_node(shared: &Shared, session: &dyn Session) -> Ended {
                 }
             }
             Err(e) => {
-                tracing::debug!(node = %shared.node, error = %e, "watching a registration again");
+                tracing::debug!(node = %shared.following.node, error = %e, "watching a registration again");
                 tokio::select! {
                     _ = wait_for_end(session) => return Ended::Session,
                     _ = backoff.wait() => None,
@@ -448,7 +561,7 @@ async fn settle(shared: &Shared, session: &dyn Session) -> Option<Ended> {
     let look = async {
         let mut backoff = Backoff::reconnect();
         loop {
-            match shared.client.exists(&shared.node).await {
+            match shared.client.exists(&shared.following.node).await {
                 Ok(Some(st)) if is_ours(Some(&st), session) => return None,
                 Ok(Some(st)) => return Some(Ended::Displaced(st.ephemeral_owner)),
                 Ok(None) | Err(_) => backoff.wait().await,
@@ -465,29 +578,6 @@ async fn settle(shared: &Shared, session: &dyn Session) -> Option<Ended> {
     decided.unwrap_or(Some(Ended::Displaced(None)))
 }
 
-/// Joins again on a fresh session, retrying what may succeed later with a bounded exponential
-/// back-off (each retry logged as a warning).
-async fn rejoin(
-    shared: &Shared,
-    data: &[u8],
-    previous: &SessionId,
-    epoch: u64,
-    mode: Follow,
-) -> std::result::Result<Arc<dyn Session>, Stop> {
-    let mut backoff = Backoff::new(REJOIN_FIRST_PAUSE, REJOIN_MAX_PAUSE);
-    loop {
-        match rejoin_once(shared, data, previous, epoch, mode).await {
-            Ok(s) => return Ok(s),
-            Err(Failure::Stop(stop)) => return Err(stop),
-            Err(Failure::Retry(e)) => {
-                let pause = backoff.next_delay();
-                tracing::warn!(node = %shared.node, error = %e, retry_in = ?pause, "re-join failed, retrying");
-                tokio::time::sleep(pause).await;
-            }
-        }
-    }
-}
-
 /// One re-join attempt: a session (the current one, or a new one if it ended, unless the
 /// client was closed), the parents, the node.
 async fn rejoin_once(
@@ -498,7 +588,7 @@ async fn rejoin_once(
     mode: Follow,
 ) -> std::result::Result<Arc<dyn Session>, Failure> {
     let client = &shared.client;
-    let node = &shared.node;
+    let node = &shared.following.node;
     let (s, _) = client.session_in(Some(epoch)).await.map_err(Failure::of)?;
     if let Some(parent) = node.parent() {
         create_parents(&**client.backend(), &parent)
@@ -520,7 +610,9 @@ async fn rejoin_once(
                 None => Err(Failure::Retry(e)),
                 Some(Some(id)) if &id == s.id() => Ok(s),
                 Some(Some(id)) if &id == previous => Err(Failure::Retry(e)),
-                Some(Some(id)) if mode == Follow::Node => Err(Failure::Stop(Stop::Taken(id))),
+                Some(Some(id)) if mode == Follow::Node => {
+                    Err(Failure::Stop(Stop::Displaced(Some(id))))
+                }
                 Some(owner) => Err(Failure::Stop(Stop::Failed(held_by(node, owner.as_ref())))),
             }
         }
@@ -553,7 +645,7 @@ async fn delete_own(client: &Client, node: &Path, owner: &SessionId) -> Result<(
 impl std::fmt::Debug for Membership {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Membership")
-            .field("node", &self.shared.node)
+            .field("node", &self.shared.following.node)
             .field("state", &*self.state.borrow())
             .finish()
     }
@@ -570,17 +662,14 @@ impl Membership {
         epoch: u64,
         mode: Follow,
     ) -> Membership {
-        let (tx, state) = watch::channel(MembershipState::Joined);
+        let (following, state) = Following::new(node);
         let shared = Arc::new(Shared {
             client: client.clone(),
-            node,
-            rejoins: AtomicU64::new(0),
+            following,
             owner: Mutex::new(session.id().clone()),
-            state: tx,
-            task: Mutex::new(None),
         });
         let task = tokio::spawn(follow(shared.clone(), session, epoch, data, mode));
-        *shared.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
+        shared.following.follow_with(task);
         let weak: std::sync::Weak<dyn Owned> = Arc::downgrade(&shared) as _;
         client.track_member(weak);
         Membership {
@@ -592,7 +681,7 @@ impl Membership {
 
     /// The member's node.
     pub fn node(&self) -> &Path {
-        &self.shared.node
+        &self.shared.following.node
     }
 
     /// The session that owns the member's node now.
@@ -602,7 +691,7 @@ impl Membership {
 
     /// How many times the membership joined again on a new session.
     pub fn rejoins(&self) -> u64 {
-        self.shared.rejoins.load(Ordering::Relaxed)
+        self.shared.following.rejoins()
     }
 
     /// The state now (see [`MembershipState`]).
@@ -613,40 +702,24 @@ impl Membership {
     /// The state after each change, starting with the current one; ends after a final state.
     /// Quick successive changes may be merged, but the last item is always the current state.
     pub fn states(&self) -> impl Stream<Item = MembershipState> + Send {
-        futures::stream::unfold(
-            (self.state.clone(), false, true),
-            |(mut rx, done, first)| async move {
-                if done || (!first && rx.changed().await.is_err()) {
-                    return None;
-                }
-                let s = rx.borrow_and_update().clone();
-                let done = s.is_final();
-                Some((s, (rx, done, false)))
-            },
-        )
+        states_of(&self.state)
     }
 
     /// Resolves with the final state once the membership has ended (see
     /// [`MembershipState::is_final`]). Pending for as long as it follows its sessions.
     pub async fn ended(&self) -> MembershipState {
-        let mut rx = self.state.clone();
-        let end = match rx.wait_for(MembershipState::is_final).await {
-            Ok(s) => Some(s.clone()),
-            Err(_) => None,
-        };
         // The follower ended without a verdict (it panicked): not followed any more.
-        end.unwrap_or_else(|| MembershipState::Failed(self.unfollowed()))
-    }
-
-    fn unfollowed(&self) -> Error {
-        Error::backend(
-            self.shared.client.capabilities().backend,
-            format!(
-                "the membership of {} stopped following its session",
-                self.shared.node
-            ),
-            false,
-        )
+        ended_of(&self.state, || {
+            Error::backend(
+                self.shared.client.capabilities().backend,
+                format!(
+                    "the membership of {} stopped following its session",
+                    self.shared.following.node
+                ),
+                false,
+            )
+        })
+        .await
     }
 
     /// Resolves with an error once the member is no longer in the group and will not join
@@ -656,14 +729,7 @@ impl Membership {
     /// the id now, or [`Error::NotFound`] if nobody does. Pending for as long as the membership
     /// follows its sessions.
     pub async fn failed(&self) -> Error {
-        match self.ended().await {
-            MembershipState::Failed(e) => e,
-            MembershipState::Removed { by: Some(by) } => held_by(&self.shared.node, Some(&by)),
-            MembershipState::Removed { by: None } => Error::NotFound {
-                path: self.shared.node.to_string(),
-            },
-            _ => Error::Closed,
-        }
+        error_of(self.ended().await, &self.shared.following.node)
     }
 
     /// Leaves the group now.
@@ -675,27 +741,25 @@ impl Membership {
     /// the process stopped keeping it alive.
     pub async fn leave(mut self) -> Result<()> {
         self.left = true;
-        self.shared.stop();
-        self.shared.set(MembershipState::Closed);
-        delete_own(&self.shared.client, &self.shared.node, &self.shared.owner()).await
+        self.shared.following.close();
+        let node = &self.shared.following.node;
+        delete_own(&self.shared.client, node, &self.shared.owner()).await
     }
 }
 
 impl Drop for Membership {
     fn drop(&mut self) {
-        self.shared.stop();
+        self.shared.following.close();
         if self.left {
             return;
         }
-        self.shared.set(MembershipState::Closed);
-        if let Ok(h) = tokio::runtime::Handle::try_current() {
-            let shared = self.shared.clone();
-            h.spawn(async move {
-                let owner = shared.owner();
-                if let Err(e) = delete_own(&shared.client, &shared.node, &owner).await {
-                    tracing::warn!(node = %shared.node, error = %e, "could not leave the group");
-                }
-            });
-        }
+        let shared = self.shared.clone();
+        spawn_detached(async move {
+            let owner = shared.owner();
+            let node = &shared.following.node;
+            if let Err(e) = delete_own(&shared.client, node, &owner).await {
+                tracing::warn!(%node, error = %e, "could not leave the group");
+            }
+        });
     }
 }

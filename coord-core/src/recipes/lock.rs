@@ -15,7 +15,7 @@ use std::time::Duration;
 use futures::Stream;
 
 use crate::client::Client;
-use crate::dialect::Dialect;
+use crate::dialect::{Candidacy, Dialect};
 use crate::election::LeaderInfo;
 use crate::error::{Error, Result};
 use crate::path::Path;
@@ -100,14 +100,14 @@ impl Lock {
                 let session = self.client.session().await?;
                 Ok(
                     match driver
-                        .acquire(
+                        .acquire(Candidacy {
                             session,
-                            &self.path,
-                            b"",
+                            name: &self.path,
+                            value: b"",
                             try_only,
-                            self.policy,
-                            &self.instruments.wakeups,
-                        )
+                            policy: self.policy,
+                            wakeups: &self.instruments.wakeups,
+                        })
                         .await?
                     {
                         Some(h) => Acquire::Held(Hold::Driver(h)),

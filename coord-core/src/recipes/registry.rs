@@ -16,7 +16,7 @@
 //! (health API, DNS, `consul catalog services`). The layout is chosen with
 //! [`Registry::with_layout`] / [`Client::registry_with`], or the URL option
 //! `registry=default|generic|native`. The default ([`RegistryLayout::Default`]) is the
-//! native layout where the backend says so ([`NativeRegistry::is_default`]: Consul) and the
+//! native layout where the backend says so ([`NativeLayout::is_default`]: Consul) and the
 //! generic one elsewhere (ZooKeeper, etcd, mem). `native` on a backend without one is
 //! [`Error::Unsupported`] before any I/O. The API and the guarantees below are the same in
 //! every layout; a native registration also registers again when its entry vanished while
@@ -56,10 +56,14 @@ use crate::kernel::SessionId;
 use crate::path::Path;
 use crate::recipes::group::{held_by, Follow, Group, Member, Membership, MembershipState};
 
+pub mod codec;
 mod follow;
 mod native;
 use follow::NativeMembership;
-pub use native::{Holder, NativeRegistry, RegistryLayout};
+pub use native::{
+    decode_entries, scalar_members, Entry, Holder, NativeLayout, NativeRegistry, RegistryLayout,
+    Replacing, REPLACE_ATTEMPTS,
+};
 
 /// What [`Registry::register_with`] does when another session holds the instance's id.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -72,9 +76,6 @@ pub enum IfPresent {
     /// Fail with [`Error::AlreadyExists`] naming the session that holds the id.
     Fail,
 }
-
-/// How many times a registration deletes a stale entry and tries again.
-const REPLACE_ATTEMPTS: u32 = 4;
 
 /// One instance of a service.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -167,7 +168,7 @@ impl Registry {
     pub fn layout_name(&self) -> Result<&'static str> {
         Ok(match self.resolve()? {
             Resolved::Generic => "generic",
-            Resolved::Native(n) => n.name(),
+            Resolved::Native(n) => n.layout().name,
         })
     }
 
@@ -181,7 +182,7 @@ impl Registry {
                 "{} has no native registry layout (use the generic one)",
                 self.client.capabilities().backend
             ))),
-            (RegistryLayout::Default, Some(n)) if n.is_default() => Ok(Resolved::Native(n)),
+            (RegistryLayout::Default, Some(n)) if n.layout().is_default => Ok(Resolved::Native(n)),
             (RegistryLayout::Default, _) => Ok(Resolved::Generic),
         }
     }
@@ -236,8 +237,7 @@ impl Registry {
         let data =
             serde_json::to_vec(instance).map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let group = self.group(&instance.service)?;
-        // The sessions whose entries we deleted: any other holder came after we started.
-        let mut replaced: Vec<Option<SessionId>> = Vec::new();
+        let mut replacing = Replacing::default();
         for _ in 0..REPLACE_ATTEMPTS {
             match group
                 .join_following(&instance.id, &data, Follow::Node)
@@ -260,10 +260,7 @@ impl Registry {
                 Some(s) => holder.as_ref() == Some(s.id()),
                 None => false,
             };
-            // A holder that appeared after we deleted an entry is a registrant that won the
-            // race: it is not replaced in turn (that would be a fight).
-            let won_race = !replaced.is_empty() && !replaced.contains(&holder);
-            if if_present == IfPresent::Fail || ours || won_race {
+            if replacing.keeps(if_present, ours, &holder) {
                 return Err(held_by(&node, holder.as_ref()));
             }
             tracing::info!(%node, holder = ?holder, "replacing a registration held by another session");
@@ -271,13 +268,9 @@ impl Registry {
                 Ok(()) | Err(Error::NotFound { .. }) | Err(Error::VersionMismatch { .. }) => {}
                 Err(e) => return Err(e),
             }
-            replaced.push(holder);
+            replacing.replaced(holder);
         }
-        Err(Error::Contended {
-            op: "register",
-            path: group.path().join(&instance.id)?.to_string(),
-            attempts: REPLACE_ATTEMPTS,
-        })
+        Err(replacing.contended(group.path().join(&instance.id)?.to_string()))
     }
 
     /// The instances of `service` now. A stored entry that is not the documented JSON gives

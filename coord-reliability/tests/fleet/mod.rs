@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use coord::recipes::dialect::{Dialect, DialectDriver};
+use coord::recipes::dialect::{Candidacy, Dialect, DialectDriver};
 use coord::recipes::{HoldState, SuspendPolicy};
 use coord::{Path, Session, SessionOptions};
 use coord_reliability::fence::FencedResource;
@@ -127,15 +127,16 @@ impl CoordMember {
             let role = history.role.to_owned();
             history.record(&hid, Event::Campaigning { role });
             let value = hid.as_bytes().to_vec();
+            let wakeups = Default::default();
             let acquired = driver
-                .acquire(
-                    hs,
-                    &name,
-                    &value,
-                    false,
-                    SuspendPolicy::LoseOnSuspend,
-                    &Default::default(),
-                )
+                .acquire(Candidacy {
+                    session: hs,
+                    name: &name,
+                    value: &value,
+                    try_only: false,
+                    policy: SuspendPolicy::LoseOnSuspend,
+                    wakeups: &wakeups,
+                })
                 .await;
             let mut hold = match acquired {
                 Ok(Some(h)) => h,

@@ -13,28 +13,25 @@
 //!   ([`MembershipState::Closed`]): a native entry need not go with the session at once (a
 //!   Consul service only turns critical), so coord removes it itself.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use tokio::sync::watch;
 
-use crate::adapter::Backoff;
+use crate::adapter::hold::spawn_detached;
 use crate::client::{Client, Owned, SHUTDOWN_STEP_TIMEOUT};
 use crate::error::{Error, Result};
 use crate::kernel::{Session, SessionId};
 use crate::path::Path;
-use crate::recipes::group::{held_by, MembershipState};
+use crate::recipes::group::{
+    ended_of, error_of, held_by, states_of, wait_for_end, Failure, Following, MembershipState, Stop,
+};
 
-use super::native::{Holder, NativeRegistry};
+use super::native::{Entry, Holder, NativeRegistry};
 use super::{IfPresent, Instance};
 
-/// The first pause between two attempts to register again; it doubles after each failure.
-const FIRST_PAUSE: Duration = Duration::from_millis(50);
-/// The longest pause between two attempts to register again.
-const MAX_PAUSE: Duration = Duration::from_secs(2);
 /// The bounds of the pause between two reads of the entry (one session TTL within them).
 const CHECK_EVERY: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(10));
 
@@ -44,26 +41,12 @@ struct Shared {
     native: Arc<dyn NativeRegistry>,
     root: Path,
     instance: Instance,
-    node: Path,
-    rejoins: AtomicU64,
+    following: Following,
     /// The session the entry is registered on now.
     session: Mutex<Arc<dyn Session>>,
-    state: watch::Sender<MembershipState>,
-    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Shared {
-    /// Moves to `s` unless the state is already final.
-    fn set(&self, s: MembershipState) {
-        self.state.send_if_modified(|cur| {
-            if cur.is_final() {
-                return false;
-            }
-            *cur = s;
-            true
-        });
-    }
-
     fn session(&self) -> Arc<dyn Session> {
         self.session
             .lock()
@@ -71,21 +54,17 @@ impl Shared {
             .clone()
     }
 
-    fn stop(&self) {
-        if let Some(t) = self.task.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            t.abort();
-        }
-    }
-
     /// Removes our entry (not another session's), bounded by [`SHUTDOWN_STEP_TIMEOUT`].
     async fn deregister(&self) -> Result<()> {
         let session = self.session();
-        let removal = self.native.deregister(&self.root, &session, &self.instance);
+        let removal = self
+            .native
+            .deregister(Entry::new(&self.root, &session, &self.instance));
         match tokio::time::timeout(SHUTDOWN_STEP_TIMEOUT, removal).await {
             Ok(r) => r,
             Err(_) => Err(Error::timeout(format!(
                 "deregistering {} did not finish within {SHUTDOWN_STEP_TIMEOUT:?}",
-                self.node
+                self.following.node
             ))),
         }
     }
@@ -95,36 +74,9 @@ impl Owned for Shared {
     /// Deregisters whether or not `remove` asks for it (see the module docs).
     fn end(&self, _remove: bool) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
-            self.stop();
-            self.set(MembershipState::Closed);
+            self.following.close();
             self.deregister().await
         })
-    }
-}
-
-/// Why following ends.
-enum Stop {
-    /// The client was closed.
-    Closed,
-    /// Another session (`Some`) or tool (`None`) holds the id.
-    Displaced(Option<SessionId>),
-    /// A failure that retrying cannot fix.
-    Failed(Error),
-}
-
-/// Why an attempt to register again failed.
-enum Failure {
-    Retry(Error),
-    Stop(Stop),
-}
-
-impl Failure {
-    fn of(e: Error) -> Failure {
-        match e {
-            Error::Closed => Failure::Stop(Stop::Closed),
-            e if e.is_retryable() || e.is_session_gone() => Failure::Retry(e),
-            e => Failure::Stop(Stop::Failed(e)),
-        }
     }
 }
 
@@ -159,13 +111,16 @@ pub(super) async fn register(
         }
         _ => {}
     }
-    if let Err(e) = native.register(root, &session, instance, if_present).await {
+    if let Err(e) = native
+        .register(Entry::new(root, &session, instance), if_present)
+        .await
+    {
         if !(e.is_session_gone() && session.state().is_final()) {
             return Err(e);
         }
         session = client.session_in(Some(epoch)).await?.0;
         native
-            .register(root, &session, instance, if_present)
+            .register(Entry::new(root, &session, instance), if_present)
             .await?;
     }
     Ok((session, epoch))
@@ -173,45 +128,23 @@ pub(super) async fn register(
 
 /// Keeps the entry registered until the registration ends (see the module docs).
 async fn follow(shared: Arc<Shared>, mut session: Arc<dyn Session>, epoch: u64) {
+    let following = &shared.following;
     loop {
         if let Ended::Displaced(by) = watch_entry(&shared, &session).await {
-            tracing::warn!(node = %shared.node, ?by, "registration replaced by another session or tool; not taking it back");
-            shared.set(MembershipState::Removed { by });
-            return;
+            return following.end(Stop::Displaced(by), "registration replaced");
         }
-        shared.set(MembershipState::Rejoining);
+        following.set(MembershipState::Rejoining);
         let previous = session.id().clone();
-        match register_again(&shared, &previous, epoch).await {
+        let again = following.retry("registering again", || {
+            register_once(&shared, &previous, epoch)
+        });
+        match again.await {
             Ok(s) => {
                 *shared.session.lock().unwrap_or_else(|p| p.into_inner()) = s.clone();
                 session = s;
-                shared.rejoins.fetch_add(1, Ordering::Relaxed);
-                shared.set(MembershipState::Joined);
+                following.rejoined();
             }
-            Err(Stop::Closed) => {
-                shared.set(MembershipState::Closed);
-                return;
-            }
-            Err(Stop::Displaced(by)) => {
-                tracing::warn!(node = %shared.node, ?by, "id taken while registering again; not taking it back");
-                shared.set(MembershipState::Removed { by });
-                return;
-            }
-            Err(Stop::Failed(e)) => {
-                tracing::error!(node = %shared.node, error = %e, "registering again failed for good");
-                shared.set(MembershipState::Failed(e));
-                return;
-            }
-        }
-    }
-}
-
-/// Waits until `session` reaches a final state (or its state stream ends).
-async fn wait_for_end(session: &dyn Session) {
-    let mut states = session.states();
-    while let Some(s) = states.next().await {
-        if s.is_final() {
-            break;
+            Err(stop) => return following.end(stop, "registering again"),
         }
     }
 }
@@ -229,39 +162,20 @@ async fn watch_entry(shared: &Shared, session: &Arc<dyn Session>) -> Ended {
         match shared.native.holder(&shared.root, &shared.instance).await {
             Ok(Holder::Session(id)) if &id == session.id() => {}
             Ok(Holder::Nobody) => {
-                tracing::info!(node = %shared.node, "registration vanished; registering again");
+                tracing::info!(node = %shared.following.node, "registration vanished; registering again");
                 return Ended::Again;
             }
             Ok(Holder::Session(id)) => return Ended::Displaced(Some(id)),
             Ok(Holder::Foreign) => return Ended::Displaced(None),
             Err(e) => {
-                tracing::debug!(node = %shared.node, error = %e, "could not read a registration")
+                tracing::debug!(node = %shared.following.node, error = %e, "could not read a registration")
             }
         }
     }
 }
 
-/// Registers again on the client's current session (a new one if `previous` ended), retrying
-/// what may succeed later with a bounded exponential back-off.
-async fn register_again(
-    shared: &Shared,
-    previous: &SessionId,
-    epoch: u64,
-) -> std::result::Result<Arc<dyn Session>, Stop> {
-    let mut backoff = Backoff::new(FIRST_PAUSE, MAX_PAUSE);
-    loop {
-        match register_once(shared, previous, epoch).await {
-            Ok(s) => return Ok(s),
-            Err(Failure::Stop(stop)) => return Err(stop),
-            Err(Failure::Retry(e)) => {
-                let pause = backoff.next_delay();
-                tracing::warn!(node = %shared.node, error = %e, retry_in = ?pause, "registering again failed, retrying");
-                tokio::time::sleep(pause).await;
-            }
-        }
-    }
-}
-
+/// One attempt to register again on the client's current session (a new one if `previous`
+/// ended).
 async fn register_once(
     shared: &Shared,
     previous: &SessionId,
@@ -288,7 +202,10 @@ async fn register_once(
     }
     shared
         .native
-        .register(&shared.root, &s, &shared.instance, IfPresent::Replace)
+        .register(
+            Entry::new(&shared.root, &s, &shared.instance),
+            IfPresent::Replace,
+        )
         .await
         .map_err(Failure::of)?;
     Ok(s)
@@ -304,8 +221,8 @@ pub(super) struct NativeMembership {
 impl std::fmt::Debug for NativeMembership {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NativeMembership")
-            .field("layout", &self.shared.native.name())
-            .field("node", &self.shared.node)
+            .field("layout", &self.shared.native.layout().name)
+            .field("node", &self.shared.following.node)
             .field("state", &*self.state.borrow())
             .finish()
     }
@@ -322,20 +239,17 @@ impl NativeMembership {
         session: Arc<dyn Session>,
         epoch: u64,
     ) -> NativeMembership {
-        let (tx, state) = watch::channel(MembershipState::Joined);
+        let (following, state) = Following::new(node);
         let shared = Arc::new(Shared {
             client: client.clone(),
             native,
             root,
             instance,
-            node,
-            rejoins: AtomicU64::new(0),
+            following,
             session: Mutex::new(session.clone()),
-            state: tx,
-            task: Mutex::new(None),
         });
         let task = tokio::spawn(follow(shared.clone(), session, epoch));
-        *shared.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
+        shared.following.follow_with(task);
         let weak: std::sync::Weak<dyn Owned> = Arc::downgrade(&shared) as _;
         client.track_member(weak);
         NativeMembership {
@@ -346,7 +260,7 @@ impl NativeMembership {
     }
 
     pub(super) fn node(&self) -> &Path {
-        &self.shared.node
+        &self.shared.following.node
     }
 
     pub(super) fn owner(&self) -> SessionId {
@@ -354,7 +268,7 @@ impl NativeMembership {
     }
 
     pub(super) fn rejoins(&self) -> u64 {
-        self.shared.rejoins.load(Ordering::Relaxed)
+        self.shared.following.rejoins()
     }
 
     pub(super) fn state(&self) -> MembershipState {
@@ -362,65 +276,38 @@ impl NativeMembership {
     }
 
     pub(super) fn states(&self) -> impl Stream<Item = MembershipState> + Send {
-        futures::stream::unfold(
-            (self.state.clone(), false, true),
-            |(mut rx, done, first)| async move {
-                if done || (!first && rx.changed().await.is_err()) {
-                    return None;
-                }
-                let s = rx.borrow_and_update().clone();
-                let done = s.is_final();
-                Some((s, (rx, done, false)))
-            },
-        )
+        states_of(&self.state)
     }
 
     pub(super) async fn ended(&self) -> MembershipState {
-        let mut rx = self.state.clone();
-        let end = match rx.wait_for(MembershipState::is_final).await {
-            Ok(s) => Some(s.clone()),
-            Err(_) => None,
-        };
-        end.unwrap_or_else(|| {
-            MembershipState::Failed(Error::backend(
-                self.shared.client.capabilities().backend,
-                format!("the registration {} stopped following", self.shared.node),
-                false,
-            ))
+        let node = &self.shared.following.node;
+        ended_of(&self.state, || {
+            let backend = self.shared.client.capabilities().backend;
+            let why = format!("the registration {node} stopped following");
+            Error::backend(backend, why, false)
         })
+        .await
     }
 
     pub(super) async fn failed(&self) -> Error {
-        match self.ended().await {
-            MembershipState::Failed(e) => e,
-            MembershipState::Removed { by: Some(by) } => held_by(&self.shared.node, Some(&by)),
-            MembershipState::Removed { by: None } => Error::NotFound {
-                path: self.shared.node.to_string(),
-            },
-            _ => Error::Closed,
-        }
+        error_of(self.ended().await, &self.shared.following.node)
     }
 
     pub(super) async fn leave(mut self) -> Result<()> {
         self.left = true;
-        self.shared.stop();
-        self.shared.set(MembershipState::Closed);
+        self.shared.following.close();
         self.shared.deregister().await
     }
 }
 
 impl Drop for NativeMembership {
     fn drop(&mut self) {
-        self.shared.stop();
-        if self.left {
-            return;
-        }
-        self.shared.set(MembershipState::Closed);
-        if let Ok(h) = tokio::runtime::Handle::try_current() {
+        self.shared.following.close();
+        if !self.left {
             let shared = self.shared.clone();
-            h.spawn(async move {
+            spawn_detached(async move {
                 if let Err(e) = shared.deregister().await {
-                    tracing::warn!(node = %shared.node, error = %e, "could not deregister");
+                    tracing::warn!(node = %shared.following.node, error = %e, "could not deregister");
                 }
             });
         }

@@ -21,7 +21,7 @@ use super::{IfPresent, Instance};
 #[non_exhaustive]
 pub enum RegistryLayout {
     /// The backend's default: [`RegistryLayout::Native`] where the backend says so
-    /// ([`NativeRegistry::is_default`]), [`RegistryLayout::Generic`] elsewhere.
+    /// ([`NativeLayout::is_default`]), [`RegistryLayout::Generic`] elsewhere.
     #[default]
     Default,
     /// coord's own layout (`<root>/<service>/<id>` group members holding JSON): the same on
@@ -59,38 +59,78 @@ pub enum Holder {
     Foreign,
 }
 
+/// A native layout's name and whether it is the backend's default
+/// ([`NativeRegistry::layout`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NativeLayout {
+    /// The layout's name (for example `consul-catalog`).
+    pub name: &'static str,
+    /// Whether [`RegistryLayout::Default`] means this layout on its backend.
+    pub is_default: bool,
+}
+
+impl NativeLayout {
+    /// The layout `name`, not the backend's default: selected with `registry=native` or
+    /// `Registry::with_layout`.
+    pub const fn opt_in(name: &'static str) -> NativeLayout {
+        NativeLayout {
+            name,
+            is_default: false,
+        }
+    }
+
+    /// The layout `name`, the backend's default.
+    pub const fn default_of_backend(name: &'static str) -> NativeLayout {
+        NativeLayout {
+            name,
+            is_default: true,
+        }
+    }
+}
+
+/// One instance's entry in a native layout: the registry's root, the session the entry
+/// lives on, and the instance.
+#[derive(Clone, Copy)]
+pub struct Entry<'a> {
+    /// The registry's root path.
+    pub root: &'a Path,
+    /// The registering session.
+    pub session: &'a Arc<dyn Session>,
+    /// The instance.
+    pub instance: &'a Instance,
+}
+
+impl<'a> Entry<'a> {
+    /// The entry of `instance` on `session` in the registry rooted at `root`.
+    pub fn new(root: &'a Path, session: &'a Arc<dyn Session>, instance: &'a Instance) -> Self {
+        Entry {
+            root,
+            session,
+            instance,
+        }
+    }
+}
+
 /// A backend's native registry. `root` is the registry's root path; how it maps to the
 /// native form (a Curator base path, an etcd target prefix; unused by Consul's catalog) is
 /// the implementation's to document.
 #[async_trait]
 pub trait NativeRegistry: Send + Sync + 'static {
-    /// The native form's name (for example `consul-catalog`).
-    fn name(&self) -> &'static str;
-    /// Whether [`RegistryLayout::Default`] means this layout on this backend.
-    fn is_default(&self) -> bool;
+    /// The native form's name, and whether [`RegistryLayout::Default`] means it.
+    fn layout(&self) -> NativeLayout;
     /// Checks `instance` against the native form's rules, before any I/O
     /// ([`Error::InvalidArgument`]).
     fn check(&self, instance: &Instance) -> Result<()>;
-    /// Writes `instance` so that it goes (or stops being healthy) when `session` ends.
+    /// Writes the entry so that it goes (or stops being healthy) when its session ends.
     /// Called after [`NativeRegistry::check`] and after [`super::Registry`] read the
     /// [`NativeRegistry::holder`] for `if_present` (an implementation that can make the
     /// replace-or-fail atomic does; one that cannot overwrites).
-    async fn register(
-        &self,
-        root: &Path,
-        session: &Arc<dyn Session>,
-        instance: &Instance,
-        if_present: IfPresent,
-    ) -> Result<()>;
-    /// Removes what [`NativeRegistry::register`] wrote for `instance` on `session`, unless
-    /// another session (or tool) holds it now. Also called on a clean close of the client,
-    /// since a native entry need not go with the session at once.
-    async fn deregister(
-        &self,
-        root: &Path,
-        session: &Arc<dyn Session>,
-        instance: &Instance,
-    ) -> Result<()>;
+    async fn register(&self, entry: Entry<'_>, if_present: IfPresent) -> Result<()>;
+    /// Removes what [`NativeRegistry::register`] wrote for the entry, unless another session
+    /// (or tool) holds it now. Also called on a clean close of the client, since a native
+    /// entry need not go with the session at once.
+    async fn deregister(&self, entry: Entry<'_>) -> Result<()>;
     /// Who holds the entry of `instance` now. A registration reads this to register again
     /// when its entry vanished (an agent restart), to see that another session took the id,
     /// and to honour [`IfPresent`] and "never replace our own session's entry".
@@ -105,6 +145,84 @@ pub trait NativeRegistry: Send + Sync + 'static {
         root: &Path,
         service: &str,
     ) -> Result<BoxStream<'static, Result<Vec<Instance>>>>;
+}
+
+/// The instances decoded from `entries` by `decode`, sorted by id. An entry that does not
+/// decode is an error, or, with `skip` (a watch, which must not end for one bad entry),
+/// logged and left out.
+pub fn decode_entries<E>(
+    entries: impl IntoIterator<Item = E>,
+    skip: bool,
+    decode: impl Fn(E) -> Result<Instance>,
+) -> Result<Vec<Instance>> {
+    let mut out = Vec::new();
+    for e in entries {
+        match decode(e) {
+            Ok(i) => out.push(i),
+            Err(e) if skip => tracing::warn!(error = %e, "skipping a malformed registry entry"),
+            Err(e) => return Err(e),
+        }
+    }
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(out)
+}
+
+/// The string, number and boolean members of a JSON object, as strings: the metadata of an
+/// entry another tool wrote with a free-form object.
+pub fn scalar_members(
+    m: &serde_json::Map<String, serde_json::Value>,
+) -> std::collections::BTreeMap<String, String> {
+    m.iter()
+        .filter_map(|(k, v)| match v {
+            serde_json::Value::String(s) => Some((k.clone(), s.clone())),
+            serde_json::Value::Number(_) | serde_json::Value::Bool(_) => {
+                Some((k.clone(), v.to_string()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// How many times a registration deletes a stale entry and tries again.
+pub const REPLACE_ATTEMPTS: u32 = 4;
+
+/// The holders whose entries a registration replaced so far (see "One id, two sessions" in
+/// the [registry docs](super)). A holder that appeared after we deleted an entry is a
+/// registrant that won the race: it is not replaced in turn (that would be a fight).
+#[derive(Debug)]
+pub struct Replacing<H> {
+    replaced: Vec<H>,
+}
+
+impl<H: PartialEq> Default for Replacing<H> {
+    fn default() -> Self {
+        Replacing {
+            replaced: Vec::new(),
+        }
+    }
+}
+
+impl<H: PartialEq> Replacing<H> {
+    /// Whether the entry of `holder` stays: with [`IfPresent::Fail`], when it is `ours`, or
+    /// when its holder won the race.
+    pub fn keeps(&self, if_present: IfPresent, ours: bool, holder: &H) -> bool {
+        let won_race = !self.replaced.is_empty() && !self.replaced.contains(holder);
+        if_present == IfPresent::Fail || ours || won_race
+    }
+
+    /// Notes that the entry of `holder` was deleted (or is being replaced).
+    pub fn replaced(&mut self, holder: H) {
+        self.replaced.push(holder);
+    }
+
+    /// The error after [`REPLACE_ATTEMPTS`] attempts at `path`: the entry kept coming back.
+    pub fn contended(&self, path: String) -> Error {
+        Error::Contended {
+            op: "register",
+            path,
+            attempts: REPLACE_ATTEMPTS,
+        }
+    }
 }
 
 #[cfg(test)]
