@@ -1185,6 +1185,12 @@ pub async fn supervisor_one_leader_cancel_hands_over(h: &dyn Harness) {
     let tb = leading_above(h, &sb, Some(ta)).await;
     let leader = e.leader().await.unwrap().unwrap();
     assert_eq!((leader.value.as_slice(), leader.token), (&b"b"[..], tb));
+    // `Leading` is published before the term's work is first polled; a supervisor dropped in
+    // between drops a work that never ran (seen on Consul in CI), so let b's work start.
+    eventually(h, "b's work started", || async {
+        terms.tokens().len() >= 2
+    })
+    .await;
     drop(sb);
     wait_candidates(h, &a, &e, 0).await;
     // Every term ended (a loaded machine may cost b a term and a re-election before the
