@@ -429,6 +429,9 @@ async fn attach_loop(hub: Weak<Hub>, entry: Arc<Entry>, mut resync: bool, pause:
 
 /// Reads one stream until it breaks, routing each response; then moves its watches on.
 async fn read(hub: Weak<Hub>, conn: Arc<Conn>, mut responses: WatchResponseStream) {
+    // Whether the stream ends because the server refused a watch (its watches move on after a
+    // pause, so that a server refusing them is not hammered).
+    let mut refused = false;
     let mut sweep = tokio::time::interval(SWEEP);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     sweep.tick().await;
@@ -453,6 +456,18 @@ async fn read(hub: Weak<Hub>, conn: Arc<Conn>, mut responses: WatchResponseStrea
         };
         let Some(h) = hub.upgrade() else { return };
         let Some((entry, idx)) = conn.table().by_id.get(&resp.watch_id).cloned() else {
+            if resp.canceled {
+                // A create the server refused before giving it an id (etcd answers -1: an auth
+                // token lost in a server restart, seen by secrets_in_logs): which watch it was
+                // is unknown, so the whole stream moves on, after a pause and with a new token.
+                tracing::debug!(reason = %resp.cancel_reason, "etcd refused a watch, reopening");
+                if resp.cancel_reason.contains("auth token") {
+                    let store = h.cx.store();
+                    let _ = tokio::time::timeout(store.timeout, store.client.refresh_token()).await;
+                }
+                refused = true;
+                break;
+            }
             continue;
         };
         if resp.canceled {
@@ -509,7 +524,7 @@ async fn read(hub: Weak<Hub>, conn: Arc<Conn>, mut responses: WatchResponseStrea
     }
     for e in moved {
         e.lock().ids.clear();
-        h.spawn_attach(e, false, false);
+        h.spawn_attach(e, false, refused);
     }
 }
 
