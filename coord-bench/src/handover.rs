@@ -388,14 +388,10 @@ async fn rows<F: Fleet>(f: &F) -> Res<Vec<Row>> {
     let mut rows = Vec::new();
     for (what, list) in [("clean", &out.clean), ("crash", &out.crash)] {
         let base = of(list, (Kind::Peer, Kind::Peer)).ok_or("no peer samples")?;
-        rows.push(Row::new(
+        rows.push(Row::info(
             item,
             format!("{d}: {what} handover peer → peer (n={})", base.n),
             base.show(),
-            "",
-            "",
-            "",
-            Verdict::Info,
         ));
         for dir in [
             (Kind::Peer, Kind::Coord),
@@ -445,14 +441,10 @@ async fn rows<F: Fleet>(f: &F) -> Res<Vec<Row>> {
             Verdict::Info
         },
     ));
-    rows.push(Row::new(
+    rows.push(Row::info(
         item,
         format!("{d}: herd, 20 coord candidates: one handover"),
         st.show(),
-        "",
-        "",
-        "",
-        Verdict::Info,
     ));
     Ok(rows)
 }

@@ -103,14 +103,10 @@ pub async fn moved_fraction(cx: &Cx) -> Res<Vec<Row>> {
             "≈ 1/N",
             Verdict::check(max(frac) <= 1.5 * ideal),
         ));
-        rows.push(Row::new(
+        rows.push(Row::info(
             12,
             format!("partitioner: {what} seen by an observer (n={})", st.n),
             st.show(),
-            "",
-            "",
-            "",
-            Verdict::Info,
         ));
     }
     Ok(rows)

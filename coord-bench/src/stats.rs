@@ -146,6 +146,11 @@ impl Row {
         }
     }
 
+    /// A row that only reports a figure (no reference, ratio or target).
+    pub fn info(item: u8, measure: impl Into<String>, coord: impl Into<String>) -> Row {
+        Row::new(item, measure, coord, "", "", "", Verdict::Info)
+    }
+
     /// A row reporting that a measurement failed.
     pub fn failed(item: u8, measure: &str, e: &BoxError) -> Row {
         let msg = e.to_string().replace('|', "/").replace('\n', " ");
