@@ -143,8 +143,11 @@ pub struct Interval {
     pub id: String,
     /// The fencing token.
     pub token: u64,
-    /// Granted at.
+    /// Granted at (when the holder printed it).
     pub from_us: u64,
+    /// The holder's record before the grant: the grant was decided after it (the earliest
+    /// moment a stop can have come between the decision and the print).
+    pub asked_us: u64,
     /// Released, lost or (if it never said) the end of the history.
     pub to_us: u64,
     /// How it ended: `released`, `lost`, `open`.
@@ -198,16 +201,18 @@ fn faulted(faults: &[FaultWindow], id: &str, from: u64, to: u64) -> bool {
 
 /// Builds the holdings from the records (each process's records in its own order).
 pub fn intervals(records: &[Record], end_us: u64) -> Vec<Interval> {
-    let mut open: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
+    let mut open: BTreeMap<(String, String), (u64, u64, u64)> = BTreeMap::new();
+    let mut last: BTreeMap<&str, u64> = BTreeMap::new();
     let mut out = Vec::new();
     for r in records {
+        let asked = last.insert(&r.id, r.t_us).unwrap_or(r.t_us);
         match &r.event {
             Event::Granted { role, token } => {
-                open.insert((r.id.clone(), role.clone()), (*token, r.t_us));
+                open.insert((r.id.clone(), role.clone()), (*token, r.t_us, asked));
             }
             Event::Releasing { role, token } | Event::Lost { role, token } => {
                 let key = (r.id.clone(), role.clone());
-                if let Some((t, from)) = open.get(&key).copied() {
+                if let Some((t, from, asked)) = open.get(&key).copied() {
                     if t == *token {
                         open.remove(&key);
                         out.push(Interval {
@@ -215,6 +220,7 @@ pub fn intervals(records: &[Record], end_us: u64) -> Vec<Interval> {
                             id: r.id.clone(),
                             token: t,
                             from_us: from,
+                            asked_us: asked,
                             to_us: r.t_us,
                             end: if matches!(r.event, Event::Lost { .. }) {
                                 "lost"
@@ -228,12 +234,13 @@ pub fn intervals(records: &[Record], end_us: u64) -> Vec<Interval> {
             _ => {}
         }
     }
-    for ((id, role), (token, from)) in open {
+    for ((id, role), (token, from, asked)) in open {
         out.push(Interval {
             role,
             id,
             token,
             from_us: from,
+            asked_us: asked,
             to_us: end_us,
             end: "open",
         });
@@ -294,11 +301,7 @@ pub fn check(
                     // The older holder believed it held the role while the newer one did. That
                     // is only allowed if the older one was cut off: its process stopped or
                     // killed, or the server faulted, between its grant and the newer grant.
-                    let own_fault = faults.iter().any(|f| {
-                        f.id.as_deref() == Some(old.id.as_str())
-                            && f.from_us <= new.from_us
-                            && f.to_us >= old.from_us
-                    });
+                    let own_fault = cut_off(faults, old, new.from_us, overlap_to);
                     // A server fault excuses the overlap only up to the end of its grace.
                     let server_grace_end = faults
                         .iter()
@@ -362,17 +365,37 @@ pub const SEMAPHORE: &str = "semaphore";
 /// Roles that [`check`] does not treat as exclusive.
 pub const SHARED_ROLES: &[&str] = &[RWLOCK_READ, SEMAPHORE];
 
-/// Whether `old`'s holding may still overlap a holding granted at `new_from` until
-/// `overlap_to`: `old` was cut off (stopped or killed) between its grant and `new_from`, or
-/// the server faulted then and the overlap ends within the fault's grace (as in [`check`]).
-fn excused(faults: &[FaultWindow], old: &Interval, new_from: u64, overlap_to: u64) -> bool {
+/// How long after its resume a stopped holder may still believe it holds: it learns of the
+/// loss on its first round trip (ms on a quiet machine; bounded for a loaded one).
+pub const RESUME_GRACE_US: u64 = 2_000_000;
+
+/// Whether `old`'s process was cut off (stopped or killed) before a newer holding granted at
+/// `new_from`, so that `old` may overlap it until `overlap_to`: the cut came after `old`'s
+/// grant was printed, or after it asked and before that print — a grant decided just before a
+/// SIGSTOP is printed only after the resume (churn on Consul: a writer's grant printed 4 ms
+/// before its `Lost`, its session having expired while it was stopped), so that overlap is
+/// excused only within [`RESUME_GRACE_US`] of the resume.
+fn cut_off(faults: &[FaultWindow], old: &Interval, new_from: u64, overlap_to: u64) -> bool {
     faults.iter().any(|f| {
-        let window = f.from_us <= new_from && f.to_us >= old.from_us;
-        match &f.id {
-            Some(id) => window && *id == old.id,
-            None => window && overlap_to <= f.to_us,
-        }
+        f.id.as_deref() == Some(old.id.as_str())
+            && f.from_us <= new_from
+            && (f.to_us >= old.from_us
+                || (f.from_us >= old.asked_us
+                    && overlap_to <= f.to_us.saturating_add(RESUME_GRACE_US)))
     })
+}
+
+/// Whether `old`'s holding may still overlap a holding granted at `new_from` until
+/// `overlap_to`: `old` was cut off ([`cut_off`]), or the server faulted between its grant and
+/// `new_from` and the overlap ends within the fault's grace (as in [`check`]).
+fn excused(faults: &[FaultWindow], old: &Interval, new_from: u64, overlap_to: u64) -> bool {
+    cut_off(faults, old, new_from, overlap_to)
+        || faults.iter().any(|f| {
+            f.id.is_none()
+                && f.from_us <= new_from
+                && f.to_us >= old.from_us
+                && overlap_to <= f.to_us
+        })
 }
 
 /// Read-write lock violations: a writer's holding that overlaps any other holding (reader or
@@ -545,6 +568,7 @@ mod tests {
             id: id.into(),
             token,
             from_us,
+            asked_us: from_us,
             to_us,
             end: "released",
         }
@@ -582,6 +606,31 @@ mod tests {
             to_us: 35,
         };
         assert!(check_rwlock(&bad, &[stop]).is_empty());
+    }
+
+    /// A writer stopped after it asked and before it printed its grant (the grant was decided
+    /// before the stop): its overlap with readers granted while it was stopped is excused only
+    /// while it ends within the grace after the resume; one that asked after the resume is not.
+    #[test]
+    fn a_grant_printed_after_a_stop_is_excused_within_the_grace() {
+        let g = RESUME_GRACE_US;
+        let stop = FaultWindow {
+            id: Some("w".into()),
+            kind: "sigstop".into(),
+            from_us: 20,
+            to_us: 100,
+        };
+        let writer = |asked_us, to_us| Interval {
+            asked_us,
+            ..iv(RWLOCK_WRITE, "w", 1, 110, to_us)
+        };
+        let reader = iv(RWLOCK_READ, "r", 2, 50, 10 * g);
+        let ok = [writer(10, 114), reader.clone()];
+        assert!(check_rwlock(&ok, &[stop.clone()]).is_empty());
+        let late = [writer(10, 100 + g + 1), reader.clone()];
+        assert_eq!(check_rwlock(&late, &[stop.clone()]).len(), 1);
+        let asked_after = [writer(105, 114), reader];
+        assert_eq!(check_rwlock(&asked_after, &[stop]).len(), 1);
     }
 
     #[test]

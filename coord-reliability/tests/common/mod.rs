@@ -245,6 +245,10 @@ impl Swarm {
         for r in self.records().iter().rev().take(40).rev() {
             eprintln!("  {r:?}");
         }
+        // The windows that excuse an overlap (or not): what a failed check is judged against.
+        for f in &self.faults {
+            eprintln!("  fault {f:?}");
+        }
         for (id, s) in self.stderr.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             eprintln!("  stderr of {id}: {s}");
         }
