@@ -625,12 +625,13 @@ mod tests {
             ..iv(RWLOCK_WRITE, "w", 1, 110, to_us)
         };
         let reader = iv(RWLOCK_READ, "r", 2, 50, 10 * g);
+        let faults = [stop];
         let ok = [writer(10, 114), reader.clone()];
-        assert!(check_rwlock(&ok, &[stop.clone()]).is_empty());
+        assert!(check_rwlock(&ok, &faults).is_empty());
         let late = [writer(10, 100 + g + 1), reader.clone()];
-        assert_eq!(check_rwlock(&late, &[stop.clone()]).len(), 1);
+        assert_eq!(check_rwlock(&late, &faults).len(), 1);
         let asked_after = [writer(105, 114), reader];
-        assert_eq!(check_rwlock(&asked_after, &[stop]).len(), 1);
+        assert_eq!(check_rwlock(&asked_after, &faults).len(), 1);
     }
 
     #[test]
