@@ -196,16 +196,26 @@ impl EtcdConcurrency {
                 return Ok(());
             };
             let key = String::from_utf8_lossy(&last.key).into_owned();
+            let theirs = rev_u64(last.create_revision);
+            // The watch reads the key again: a key named after a lease comes back with the same
+            // name when its holder resigns and campaigns again, and that later incarnation is
+            // queued behind ours. Waiting on it deadlocks (it waits on us; seen as a timeout of
+            // election_hundred_handovers), so only the incarnation read above is waited on.
             let (current, mut events) =
                 watch_raw_key(&scope, self.cx.clone(), key, &Path::root()).await?;
-            if current.is_none() {
+            if current.map(|n| n.stat.created) != Some(theirs) {
                 continue;
             }
             loop {
                 let ev = unless_session_ends(session, &mut states, events.next()).await?;
                 wakeups.fetch_add(1, Ordering::Relaxed);
                 match ev {
-                    Some(Ok(KeyEvent::Deleted | KeyEvent::Resync(None))) | None => break,
+                    Some(Ok(KeyEvent::Deleted | KeyEvent::Created(_))) | None => break,
+                    Some(Ok(KeyEvent::Resync(n)))
+                        if n.as_ref().map(|n| n.stat.created) != Some(theirs) =>
+                    {
+                        break
+                    }
                     Some(Ok(_)) => {}
                     Some(Err(e)) => return Err(e),
                 }
