@@ -15,12 +15,25 @@ use crate::stats::Res;
 pub struct Agent {
     /// `127.0.0.1:port` of its HTTP API.
     pub endpoint: String,
-    _child: Child,
+    child: Child,
     dir: PathBuf,
 }
 
 impl Drop for Agent {
+    /// An agent that exited before the bench was done with it explains every later failure
+    /// ("unreachable"): say so, with the end of its log, before its directory goes.
     fn drop(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            let log = std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!(
+                "the Consul agent at {} exited before the bench was done ({status}); the end of its log:",
+                self.endpoint
+            );
+            for l in &lines[lines.len().saturating_sub(40)..] {
+                eprintln!("  {l}");
+            }
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -51,6 +64,8 @@ pub async fn start() -> Res<Agent> {
         &config,
         "{\"disable_update_check\": true, \"log_level\": \"warn\", \"ports\": {\"https\": -1}}\n",
     )?;
+    // Its log (warnings and a crash's trace), read back only if it exits early.
+    let log = std::fs::File::create(dir.join("agent.log"))?;
     let node = format!("coord-bench-{}", std::process::id());
     let p = |i: usize| ports[i].to_string();
     let child = Command::new(binary())
@@ -82,13 +97,13 @@ pub async fn start() -> Res<Agent> {
         ])
         .args(["-server-port", &p(3), "-config-file"])
         .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(Stdio::from(log.try_clone()?))
+        .stderr(Stdio::from(log))
         .kill_on_drop(true)
         .spawn()?;
     let agent = Agent {
         endpoint: format!("127.0.0.1:{}", ports[0]),
-        _child: child,
+        child,
         dir,
     };
     let http = reqwest::Client::builder()

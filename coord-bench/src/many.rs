@@ -517,20 +517,35 @@ async fn raw_setup(cx: &Cx, raw: &Raw, keys: usize) -> Res<Duration> {
         drop(watchers);
         return Ok(d);
     }
-    let tasks = stream::iter(0..keys)
+    let mut arming = stream::iter(0..keys)
         .map(|i| async move {
             let (tx, _) = mpsc::unbounded_channel();
             let (vtx, _) = mpsc::unbounded_channel();
             raw.watch(cx.server_key(&key(i)?)?, tx, vtx).await
         })
-        .buffered(AT_ONCE)
-        .try_collect::<Vec<_>>()
-        .await;
+        .buffered(AT_ONCE);
+    // Every watch armed so far is aborted, after a failure too: a dropped JoinHandle would
+    // leave its blocking query running against the agent's connection limit.
+    let mut armed = Vec::with_capacity(keys);
+    let mut failed = None;
+    while let Some(r) = arming.next().await {
+        match r {
+            Ok(h) => armed.push(h),
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
+    }
+    drop(arming);
     let d = t.elapsed();
-    for h in tasks.iter().flatten() {
+    for h in &armed {
         h.abort();
     }
-    tasks.map(|_| d)
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(d),
+    }
 }
 
 /// Runs [`child`] in a child process of this binary for `cx`'s backend (a namespace of its
