@@ -219,6 +219,9 @@ impl Answer {
 /// to the pool.
 const TRANSIT: usize = 4;
 
+/// Idle connections kept per client (more are closed when their request ends).
+const MAX_IDLE: usize = 2;
+
 /// The bound on the HTTP connections of one backend (`max_connections`).
 ///
 /// reqwest opens a connection whenever no idle one is free, so the number of requests in
@@ -232,8 +235,6 @@ pub(crate) struct Limits {
     polls: Semaphore,
     /// `polls`' size: what the shared queries plan with.
     pub(crate) poll_slots: usize,
-    /// `all`'s size: the most requests, hence connections, in use at once.
-    in_flight: usize,
 }
 
 impl Limits {
@@ -249,7 +250,6 @@ impl Limits {
             all: Semaphore::new(in_flight),
             polls: Semaphore::new(poll_slots),
             poll_slots,
-            in_flight,
         }
     }
 
@@ -302,19 +302,14 @@ impl Api {
             v.set_sensitive(true);
             headers.insert("X-Consul-Token", v);
         }
-        let limits = Arc::new(Limits::new(cfg.max_connections));
         let builder = tls_setup(reqwest::Client::builder(), cfg)?;
         let http = builder
             .default_headers(headers)
             .connect_timeout(cfg.timeout.min(Duration::from_secs(3)))
             .pool_idle_timeout(Duration::from_secs(30))
-            // Every connection the limiter lets the backend use stays open while idle (a
-            // connection is opened only when no idle one is free, so this adds none). Keeping
-            // two closed one after nearly every burst: 1,000 sessions' passes churned hundreds
-            // a second (15,000 sockets in TIME_WAIT on the host, 10,000 keeping eight; enough
-            // with a few more clients to run out of local ports to the agent, every request
-            // then "unreachable"); keeping them all: about 750.
-            .pool_max_idle_per_host(limits.in_flight)
+            // Idle connections count against the agent's per-address limit too, and a process
+            // may hold many clients: keep few.
+            .pool_max_idle_per_host(MAX_IDLE)
             .build()
             .map_err(|e| backend_err("cannot build the HTTP client", false).with_source(e))?;
         let base = cfg.base_url()?;
@@ -331,7 +326,7 @@ impl Api {
             timeout: cfg.timeout,
             wait: cfg.wait,
             listed: Default::default(),
-            limits,
+            limits: Arc::new(Limits::new(cfg.max_connections)),
         })
     }
 
