@@ -793,17 +793,23 @@ impl Waiting<'_> {
     }
 }
 
+/// How long past its TTL a session whose node is gone may take to report its end: a
+/// reconnect's round (the TTL alone was too short for a 2 s ZooKeeper session in a container:
+/// `double_barrier_member_session_expiry` got `NotFound`).
+const REPORT_GRACE: Duration = Duration::from_secs(3);
+
 /// Our candidate node is missing: the session ended (the server removed it) or someone
-/// deleted it. The client may learn of its session's end a moment after it sees the node gone
+/// deleted it. The client may learn of its session's end a while after it sees the node gone
 /// (a restarted Consul agent: the watches resync before the session observer reports
-/// Expired), so a session that still looks alive gets up to its TTL to report its end: the
-/// error is then the documented `SessionExpired`, not `NotFound`.
+/// Expired; a ZooKeeper client learns it only on reconnecting), so a session that still looks
+/// alive gets up to its TTL plus [`REPORT_GRACE`] to report its end: the error is then the
+/// documented `SessionExpired`, not `NotFound`.
 pub(crate) async fn own_node_gone(
     session: &dyn Session,
     states: &mut SessionStates,
     path: &Path,
 ) -> Error {
-    let ended = tokio::time::timeout(session.ttl(), async {
+    let ended = tokio::time::timeout(session.ttl() + REPORT_GRACE, async {
         loop {
             match states.next().await {
                 Some(s) if s.is_final() => return s,
