@@ -195,7 +195,7 @@ COMPOSE=(docker-compose)
 docker compose version >/dev/null 2>&1 && COMPOSE=(docker compose)
 PROJECT="coord-test-$$"
 compose_down() { "${COMPOSE[@]}" -p "$PROJECT" down -v --timeout 10 >/dev/null 2>&1 || true; }
-trap 'rc=$?; compose_down; (exit "$rc"); cleanup' EXIT
+trap 'rc=$?; compose_down; set +e; (exit "$rc"); cleanup' EXIT
 log "${COMPOSE[*]} up -d (images $COORD_ZK_IMAGE, $COORD_ETCD_IMAGE, $COORD_CONSUL_IMAGE)"
 "${COMPOSE[@]}" -p "$PROJECT" up -d
 export COORD_ZK_ENDPOINTS=127.0.0.1:2181 COORD_ETCD_ENDPOINTS=127.0.0.1:2379 \
