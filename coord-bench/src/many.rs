@@ -49,8 +49,12 @@ enum Item {
     Kids(usize, Option<coord::Result<ChildrenEvent>>),
 }
 
-/// The ESTABLISHED TCP connections of this process's network namespace to `port`.
-fn connections_to(port: u16) -> usize {
+/// TCP state codes of `/proc/net/tcp`.
+const ESTABLISHED: &str = "01";
+const TIME_WAIT: &str = "06";
+
+/// The TCP sockets of this process's network namespace to `port` in `state`.
+fn sockets_to(port: u16, state: &str) -> usize {
     let want = format!("{port:04X}");
     ["/proc/self/net/tcp", "/proc/self/net/tcp6"]
         .iter()
@@ -61,11 +65,45 @@ fn connections_to(port: u16) -> usize {
                 .filter(|l| {
                     // sl local remote state …: the remote end is the server's port.
                     let f: Vec<&str> = l.split_whitespace().collect();
-                    f.len() > 3 && f[3] == "01" && f[2].rsplit(':').next() == Some(want.as_str())
+                    f.len() > 3 && f[3] == state && f[2].rsplit(':').next() == Some(want.as_str())
                 })
                 .count()
         })
         .sum()
+}
+
+/// Samples the established connections to `port` every 100 ms until dropped; `peak` is the
+/// most seen (a snapshot at a quiet moment misses the bursts the bound is about).
+struct PeakSampler {
+    peak: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PeakSampler {
+    fn start(port: u16) -> PeakSampler {
+        let peak = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let p = peak.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let n = tokio::task::spawn_blocking(move || sockets_to(port, ESTABLISHED))
+                    .await
+                    .unwrap_or(0);
+                p.fetch_max(n, std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        PeakSampler { peak, task }
+    }
+
+    fn peak(&self) -> usize {
+        self.peak.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for PeakSampler {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 async fn settle_rss() -> u64 {
@@ -171,6 +209,7 @@ async fn one_process(cx: &Cx, endpoint: &str) -> Vec<Row> {
         return rows;
     }
     let rss0 = settle_rss().await;
+    let sampler = port.map(PeakSampler::start);
 
     let sessions: Vec<std::sync::Arc<dyn Session>> = match stream::iter(0..n)
         .map(|_| b.open_session(SessionOptions::new()))
@@ -255,13 +294,16 @@ async fn one_process(cx: &Cx, endpoint: &str) -> Vec<Row> {
                 return rows;
             }
         };
-    if let Some(port) = port {
-        let c = connections_to(port);
-        let (target, verdict) = if cx.name == "consul" {
+    let target = |c: usize| {
+        if cx.name == "consul" {
             ("≤ 32", Verdict::check(c <= 32))
         } else {
             ("report", Verdict::Info)
-        };
+        }
+    };
+    if let Some(port) = port {
+        let c = sockets_to(port, ESTABLISHED);
+        let (target, verdict) = target(c);
         rows.push(row(
             "one process: TCP connections to the server with every watch and session open".into(),
             c.to_string(),
@@ -274,6 +316,26 @@ async fn one_process(cx: &Cx, endpoint: &str) -> Vec<Row> {
         Ok(r) => rows.push(r),
         Err(e) => rows.push(Row::failed(7, "one process: final states", &e)),
     }
+    if let (Some(port), Some(s)) = (port, &sampler) {
+        let c = s.peak();
+        let (target, verdict) = target(c);
+        rows.push(row(
+            "one process: TCP connections to the server, the most seen from the first session \
+             to the last change seen (sampled every 100 ms)"
+                .into(),
+            c.to_string(),
+            target,
+            verdict,
+        ));
+        // Connections closed within the last minute: churn (each costs a local port).
+        rows.push(row(
+            "one process: its sockets to the server in TIME_WAIT after the changes".into(),
+            sockets_to(port, TIME_WAIT).to_string(),
+            "report",
+            Verdict::Info,
+        ));
+    }
+    drop(sampler);
 
     rows.extend(latency(cx, keys).await);
 

@@ -27,8 +27,8 @@ pub const DEFAULT_MAX_VALUE_SIZE: usize = 360 * 1024;
 /// `max_connections`: well under the agent's default `limits.http_max_conns_per_client` (200),
 /// so that several coord processes on one host fit too.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 32;
-/// The fewest connections accepted: room for the blocking queries (at least one) and the
-/// connections kept for ordinary requests (at least two).
+/// The fewest connections accepted: three requests in flight (a blocking query and two
+/// ordinary requests) and one idle connection.
 pub const MIN_MAX_CONNECTIONS: usize = 4;
 
 /// A parsed `consul://[token@]host:port[/namespace][?options]` URL.
@@ -38,10 +38,10 @@ pub const MIN_MAX_CONNECTIONS: usize = 4;
 /// also accepted as the URL's user part), `max_value_size` (bytes, default 360 KiB; raise it
 /// only together with the agent's `txn_max_req_len`), `max_connections` (the most HTTP connections
 /// the backend holds to the agent, default [`DEFAULT_MAX_CONNECTIONS`], at least
-/// [`MIN_MAX_CONNECTIONS`]; an eighth of them, at most four, is set aside for connections on
-/// their way back to the pool, half, at least two, is kept for ordinary requests (the check
-/// passes of many sessions), the rest
-/// carries the shared blocking queries of watches and session observers), `registry` (`native`, the default: the
+/// [`MIN_MAX_CONNECTIONS`]; half of them, at least three, for requests in flight, of which a
+/// quarter, at least two, is kept for ordinary requests (the check passes of many sessions) and
+/// the rest carries the shared blocking queries of watches and session observers; the other
+/// half for idle connections and those on their way back to the pool), `registry` (`native`, the default: the
 /// agent's service catalog; `generic`: coord's key layout), and with the cargo feature `tls` the TLS
 /// options shared with etcd ([`ConnectUrl::take_tls_files`]): `tls=true` (HTTPS), `ca` (PEM
 /// file of extra trusted CAs), `cert` + `key` (PEM client certificate and key, for agents with

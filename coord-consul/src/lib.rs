@@ -18,7 +18,8 @@
 //!   refusing children; compare-and-set) are single `/v1/txn` transactions.
 //! - Watches are blocking queries compared with the last delivered state (they coalesce),
 //!   shared: one recursive query per watched parent prefix, coarsened to fit the connection
-//!   budget (`max_connections`, default 32, half kept for ordinary requests); the
+//!   budget (`max_connections`, default 32: 16 requests in flight, 12 of them blocking
+//!   queries at most, and 16 idle connections); the
 //!   sessions are observed with one query per agent node ([`ConsulSession`]).
 //! - The registry's default layout is Consul's service catalog ([`catalog`]); `?registry=generic`
 //!   keeps instances in coord's key layout instead.
