@@ -444,18 +444,20 @@ pub fn check_rwlock(intervals: &[Interval], faults: &[FaultWindow]) -> Vec<Strin
 }
 
 /// Whether `i`'s grant was decided before its process was stopped and printed only after the
-/// resume, and the holding was then lost within [`RESUME_GRACE_US`] of the resume: the lease
-/// had ended with the session while the process was stopped, so the print is stale and the
-/// holding never counted against the others (churn on Consul: a lease printed 0.5 ms into the
-/// resume of a 2.5 s stop next to the two leases granted while it was stopped).
+/// resume, and the holding ended within [`RESUME_GRACE_US`] of the resume: the lease may have
+/// ended with the session while the process was stopped, and the process believed it held only
+/// until its first round trip told it otherwise — or until it released after its few ticks,
+/// which can come first. Like the older holder's excuse in [`cut_off`], it does not count
+/// against the leases granted while it was stopped. Churn found both: on Consul a lease
+/// printed 0.5 ms into the resume of a 2.5 s stop (then `Lost`), on ZooKeeper one printed
+/// 0.2 ms into the resume (its end not in the dump).
 fn stale_grant(faults: &[FaultWindow], i: &Interval) -> bool {
-    i.end == "lost"
-        && faults.iter().any(|f| {
-            f.id.as_deref() == Some(i.id.as_str())
-                && f.from_us >= i.asked_us
-                && f.from_us <= i.from_us
-                && i.to_us <= f.to_us.saturating_add(RESUME_GRACE_US)
-        })
+    faults.iter().any(|f| {
+        f.id.as_deref() == Some(i.id.as_str())
+            && f.from_us >= i.asked_us
+            && f.from_us <= i.from_us
+            && i.to_us <= f.to_us.saturating_add(RESUME_GRACE_US)
+    })
 }
 
 /// Semaphore violations: a moment (a grant) at which more than `limit` live holders believed
@@ -663,37 +665,33 @@ mod tests {
         assert_eq!(check_semaphore(&ok, &[], 1).len(), 2);
     }
 
-    /// A lease decided before a stop and printed after the resume, then lost within the grace,
-    /// does not count against the leases granted while it was stopped; one that was released
-    /// (so it was really held) or that asked after the stop does.
+    /// A lease decided before a stop and printed after the resume, ended (lost or released)
+    /// within the grace, does not count against the leases granted while it was stopped; one
+    /// held beyond the grace, or asked for after the stop, does.
     #[test]
-    fn a_lease_printed_after_a_stop_and_lost_is_stale() {
+    fn a_lease_printed_after_a_stop_is_stale_within_the_grace() {
         let stop = FaultWindow {
             id: Some("s".into()),
             kind: "sigstop".into(),
             from_us: 20,
             to_us: 100,
         };
-        let stale = |asked_us, end| Interval {
+        let stale = |asked_us, to_us, end| Interval {
             asked_us,
             end,
-            ..iv(SEMAPHORE, "s", 1, 99, 120)
+            ..iv(SEMAPHORE, "s", 1, 99, to_us)
         };
         let others = [
-            iv(SEMAPHORE, "a", 2, 40, 500),
-            iv(SEMAPHORE, "b", 3, 50, 500),
+            iv(SEMAPHORE, "a", 2, 40, 10 * RESUME_GRACE_US),
+            iv(SEMAPHORE, "b", 3, 50, 10 * RESUME_GRACE_US),
         ];
         let faults = [stop];
         let with = |i: Interval| [i, others[0].clone(), others[1].clone()];
-        assert!(check_semaphore(&with(stale(10, "lost")), &faults, 2).is_empty());
-        assert_eq!(
-            check_semaphore(&with(stale(10, "released")), &faults, 2).len(),
-            1
-        );
-        assert_eq!(
-            check_semaphore(&with(stale(30, "lost")), &faults, 2).len(),
-            1
-        );
+        let count = |i: Interval| check_semaphore(&with(i), &faults, 2).len();
+        assert_eq!(count(stale(10, 120, "lost")), 0);
+        assert_eq!(count(stale(10, 120, "released")), 0);
+        assert_eq!(count(stale(10, 101 + RESUME_GRACE_US, "released")), 1);
+        assert_eq!(count(stale(30, 120, "lost")), 1);
     }
 
     #[test]
