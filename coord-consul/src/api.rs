@@ -224,10 +224,10 @@ impl Answer {
 /// cancelled) returns to the pool or closes a moment after its permit was released, and a
 /// request that got the permit meanwhile opens another: that is what the half held back
 /// covers (bench item 7 on Consul, 1,000 sessions and 11,000 watches: at most 22 connections
-/// of 32 seen; 29 with an unbounded idle pool). The idle half also ends the churn of a small pool: with two idle connections
-/// that process closed and reopened connections hundreds of times a second (13,000 sockets
-/// in TIME_WAIT, near the local port range); with sixteen, about 800, from cancelled blocking
-/// queries. `polls` has a quarter of the requests in flight (at least two) fewer than `all`,
+/// of 32 seen; 29 with an unbounded idle pool). The idle half also ends the churn of a small
+/// pool: with two idle connections that process closed and reopened connections hundreds of
+/// times a second (13,000 sockets in TIME_WAIT, near the local port range); with sixteen,
+/// about 800, from cancelled blocking queries. `polls` has a quarter of the requests in flight (at least two) fewer than `all`,
 /// so long polls never take the connections ordinary requests need: those wait at most for
 /// another ordinary request, never for a poll's `?wait=`.
 #[derive(Debug)]
@@ -768,12 +768,14 @@ fn tls_setup(b: reqwest::ClientBuilder, cfg: &Config) -> Result<reqwest::ClientB
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     /// Requests in flight plus idle connections make the bound; blocking queries never take
     /// every slot ordinary requests need.
     #[test]
     fn limits_split_the_bound() {
         for max in [4, 5, 8, 32, 200] {
-            let l = super::Limits::new(max);
+            let l = Limits::new(max);
             let in_flight = l.all.available_permits();
             assert_eq!(in_flight + l.idle, max, "max {max}");
             assert!(
@@ -782,14 +784,12 @@ mod tests {
             );
             assert!(l.idle >= 1, "max {max}");
         }
-        let l = super::Limits::new(32);
+        let l = Limits::new(32);
         assert_eq!(
             (l.all.available_permits(), l.poll_slots, l.idle),
             (16, 12, 16)
         );
     }
-
-    use super::*;
 
     #[test]
     fn malformed_values_are_backend_errors() {

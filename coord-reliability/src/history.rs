@@ -379,10 +379,15 @@ fn cut_off(faults: &[FaultWindow], old: &Interval, new_from: u64, overlap_to: u6
     faults.iter().any(|f| {
         f.id.as_deref() == Some(old.id.as_str())
             && f.from_us <= new_from
-            && (f.to_us >= old.from_us
-                || (f.from_us >= old.asked_us
-                    && overlap_to <= f.to_us.saturating_add(RESUME_GRACE_US)))
+            && (f.to_us >= old.from_us || stopped_after_asking(f, old, overlap_to))
     })
+}
+
+/// Whether `f` (a fault of `i`'s process) came after `i` asked, and what `i` believed ended by
+/// `until`, within [`RESUME_GRACE_US`] of the resume: a grant decided before a stop and
+/// printed after it.
+fn stopped_after_asking(f: &FaultWindow, i: &Interval, until: u64) -> bool {
+    f.from_us >= i.asked_us && until <= f.to_us.saturating_add(RESUME_GRACE_US)
 }
 
 /// Whether `old`'s holding may still overlap a holding granted at `new_from` until
@@ -454,9 +459,8 @@ pub fn check_rwlock(intervals: &[Interval], faults: &[FaultWindow]) -> Vec<Strin
 fn stale_grant(faults: &[FaultWindow], i: &Interval) -> bool {
     faults.iter().any(|f| {
         f.id.as_deref() == Some(i.id.as_str())
-            && f.from_us >= i.asked_us
             && f.from_us <= i.from_us
-            && i.to_us <= f.to_us.saturating_add(RESUME_GRACE_US)
+            && stopped_after_asking(f, i, i.to_us)
     })
 }
 
