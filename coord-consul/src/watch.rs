@@ -13,9 +13,10 @@
 //!
 //! Each watcher keeps what it last delivered (a key's create and modify index, a list's
 //! names) and turns the differences to a newer answer into events: nothing is lost between two
-//! answers, quick changes may be coalesced (`watch_coalesces = true`). An answer only reaches
-//! the watchers that joined before its request was sent (so it is never older than their first
-//! read); a group that had to skip a watcher asks again at once instead of blocking. An index
+//! answers, quick changes may be coalesced (`watch_coalesces = true`). An answer reaches the
+//! watchers that joined before its request was sent, and the others when its index shows it
+//! is not older than their first read (see `Since`); a group that had to skip a watcher asks
+//! again at once instead of blocking. An index
 //! that goes backwards (a restarted `-dev` agent, a restored snapshot) makes the answer a
 //! `Resync` for every watcher of the group. Transient errors are retried after a jittered
 //! back-off (the watchers see nothing meanwhile; the next answer carries the latest state); a
@@ -152,6 +153,32 @@ impl ChildWatch {
     }
 }
 
+/// From which answer of its group a watcher takes answers: those of requests sent after it
+/// joined (`seq` and later), and any answer whose index reaches its first read's (`index`).
+///
+/// An answer of a request sent before the join may be older than the watcher's first read,
+/// and would show it a state going backwards. But `X-Consul-Index` never exceeds the Raft
+/// index the answer was read at, and the first read's index is at least that of the last
+/// change to what it read (a key's `ModifyIndex`; a list's or a missing key's highest index
+/// under it, tombstones included): an answer whose index reaches it is not older for this
+/// watcher. So a watcher sits out only answers that carry no change it has not seen, and
+/// never loses a change (a create and a delete between two answers) to its catch-up re-read.
+#[derive(Clone, Copy, Debug)]
+struct Since {
+    seq: u64,
+    index: u64,
+}
+
+impl Since {
+    /// Every answer from now on (a watcher moved to a new group).
+    const ANY: Since = Since { seq: 0, index: 0 };
+
+    /// Whether the answer of request `seq` at `index` must skip this watcher.
+    fn skips(self, seq: u64, index: u64) -> bool {
+        seq < self.seq && index < self.index
+    }
+}
+
 /// What a watcher of one key wants.
 enum KeyInterest {
     /// A key watch and what it last delivered.
@@ -160,17 +187,17 @@ enum KeyInterest {
         last: Seen,
         /// The last event was a `Resync` (a second reset of the same state sends nothing).
         resynced: bool,
-        /// The first request of the group whose answer may reach it.
-        from: u64,
+        /// The answers that may reach it.
+        from: Since,
     },
     /// The parent of a children watch (its create index).
-    Parent { watch: Arc<ChildWatch>, from: u64 },
+    Parent { watch: Arc<ChildWatch>, from: Since },
 }
 
 /// A children list's watcher.
 struct ListInterest {
     watch: Arc<ChildWatch>,
-    from: u64,
+    from: Since,
 }
 
 /// One shared blocking query and its watchers.
@@ -198,13 +225,15 @@ impl Group {
         for v in self.keys.values_mut() {
             for i in v {
                 match i {
-                    KeyInterest::Key { from, .. } | KeyInterest::Parent { from, .. } => *from = 0,
+                    KeyInterest::Key { from, .. } | KeyInterest::Parent { from, .. } => {
+                        *from = Since::ANY
+                    }
                 }
             }
         }
         for v in self.lists.values_mut() {
             for i in v {
-                i.from = 0;
+                i.from = Since::ANY;
             }
         }
     }
@@ -237,9 +266,11 @@ impl Group {
         let mut detected = reset;
         if !forced && !detected {
             detected = self.keys.values().flatten().any(|i| match i {
-                KeyInterest::Key { last, from, .. } => *from <= seq && behind(last.map(|l| l.1)),
+                KeyInterest::Key { last, from, .. } => {
+                    !from.skips(seq, index) && behind(last.map(|l| l.1))
+                }
                 KeyInterest::Parent { watch, from } => {
-                    *from <= seq && behind(watch.lock().now.parent)
+                    !from.skips(seq, index) && behind(watch.lock().now.parent)
                 }
             });
         }
@@ -251,7 +282,9 @@ impl Group {
         self.keys.retain(|key, interests| {
             let e = by_key.get(key.as_str()).copied();
             interests.retain_mut(|i| match i {
-                KeyInterest::Key { from, .. } | KeyInterest::Parent { from, .. } if *from > seq => {
+                KeyInterest::Key { from, .. } | KeyInterest::Parent { from, .. }
+                    if from.skips(seq, index) =>
+                {
                     skipped = true;
                     true
                 }
@@ -292,7 +325,7 @@ impl Group {
             let mut list = kids.remove(prefix.as_str()).unwrap_or_default();
             list.sort();
             interests.retain(|i| {
-                if i.from > seq {
+                if i.from.skips(seq, index) {
                     skipped = true;
                     return true;
                 }
@@ -430,13 +463,16 @@ impl Watches {
         path: &Path,
         key: String,
     ) -> Result<(Option<Node>, KeyWatch)> {
-        let (first, _) = self.0.api.kv_get(&key, None).await?;
+        let (first, index) = self.0.api.kv_get(&key, None).await?;
         let node = first.as_ref().map(|e| node_of(path, e)).transpose()?;
         let (tx, rx) = queue::<KeyEvent>();
         let last = seen(first.as_ref());
         let base = siblings_prefix(&key).to_owned();
         self.0.join(&base, |g| {
-            let from = g.sent + 1;
+            let from = Since {
+                seq: g.sent + 1,
+                index,
+            };
             g.keys.entry(key).or_default().push(KeyInterest::Key {
                 tx,
                 last,
@@ -455,12 +491,15 @@ impl Watches {
         prefix: String,
     ) -> Result<(Vec<String>, ChildrenWatch)> {
         let api = &self.0.api;
-        let parent = match &parent_key {
-            Some(k) => api.kv_get(k, None).await?.0.map(|e| e.create_index),
+        let (parent, parent_index) = match &parent_key {
+            Some(k) => {
+                let (e, index) = api.kv_get(k, None).await?;
+                (e.map(|e| e.create_index), index)
+            }
             // The root always exists.
-            None => Some(0),
+            None => (Some(0), 0),
         };
-        let (list, _) = api.kv_children(&prefix, None).await?;
+        let (list, list_index) = api.kv_children(&prefix, None).await?;
         let shown = ChildrenSnapshot { parent, list };
         let visible = shown.visible();
         let (tx, rx) = queue::<ChildrenEvent>();
@@ -476,7 +515,10 @@ impl Watches {
             let watch = watch.clone();
             let base = siblings_prefix(&k).to_owned();
             self.0.join(&base, |g| {
-                let from = g.sent + 1;
+                let from = Since {
+                    seq: g.sent + 1,
+                    index: parent_index,
+                };
                 g.keys
                     .entry(k)
                     .or_default()
@@ -484,7 +526,10 @@ impl Watches {
             });
         }
         self.0.join(&prefix.clone(), |g| {
-            let from = g.sent + 1;
+            let from = Since {
+                seq: g.sent + 1,
+                index: list_index,
+            };
             g.lists
                 .entry(prefix)
                 .or_default()
@@ -756,6 +801,45 @@ async fn key_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A watcher that joined while its group's request was in flight takes that request's
+    /// answer when the answer's index reaches its first read's, and sits it out otherwise
+    /// (the case that lost a create and delete: the tree cache's root on Consul in CI).
+    #[tokio::test]
+    async fn a_late_watcher_takes_an_answer_not_older_than_its_read() {
+        let base = "ns/__coord/";
+        let key = "ns/__coord/n001/later".to_owned();
+        let entry = KvEntry {
+            key: key.clone(),
+            value: None,
+            session: None,
+            create_index: 12,
+            modify_index: 12,
+            flags: 0,
+        };
+        let mut group = Group::default();
+        let (tx, mut rx) = queue::<KeyEvent>();
+        // Joined (read the key as missing at table index 11) after request 1 was sent.
+        group.keys.entry(key).or_default().push(KeyInterest::Key {
+            tx,
+            last: None,
+            resynced: false,
+            from: Since { seq: 2, index: 11 },
+        });
+        let older = (std::slice::from_ref(&entry), 10);
+        assert_eq!(group.deliver(base.len(), 1, older, false), (true, false));
+        let newer = (std::slice::from_ref(&entry), 12);
+        assert_eq!(group.deliver(base.len(), 1, newer, false), (false, false));
+        match rx.next().await {
+            Some(Ok(KeyEvent::Created(n))) => assert_eq!(n.path.as_str(), "/later"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            group.deliver(base.len(), 2, (&[], 13), false),
+            (false, false)
+        );
+        assert!(matches!(rx.next().await, Some(Ok(KeyEvent::Deleted))));
+    }
 
     #[test]
     fn prefixes() {
