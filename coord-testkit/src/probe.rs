@@ -204,6 +204,31 @@ pub(crate) fn probe(kind: Kind, endpoint: &str, timeout: Duration) -> Result<(),
     }
 }
 
+/// Consul servers only: `node` is a voter in the Raft configuration (as the leader has it).
+///
+/// A server down long enough for autopilot to clean it up as dead (`cleanup_dead_servers`,
+/// on by default) comes back as a non-voter and is promoted only after
+/// `server_stabilization_time` (10 s): until then the datacenter tolerates no further
+/// failure. Seen in `consul_servers_member_kills`: member 1 down for 11 s, "ready" 0.4 s after
+/// its restart, member 2 killed next, and no leader for the 30 s the test waited.
+pub(crate) fn consul_voter(addr: &str, node: &str, timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    let (status, body) = http_get(addr, "/v1/operator/raft/configuration", deadline)?;
+    let compact: String = body.chars().filter(|c| !c.is_whitespace()).collect();
+    let me = format!("\"Node\":\"{node}\"");
+    let voter = compact
+        .split('}')
+        .any(|server| server.contains(&me) && server.contains("\"Voter\":true"));
+    if status == 200 && voter {
+        Ok(())
+    } else {
+        Err(format!(
+            "Consul at {addr}: server {node} is not a Raft voter yet ({status} {})",
+            body.trim()
+        ))
+    }
+}
+
 /// Consul only: the agent's own node is registered in the catalog with a passing
 /// `serfHealth` check (sessions bound to `serfHealth` can be created only then).
 pub(crate) fn consul_node_healthy(addr: &str, node: &str, timeout: Duration) -> Result<(), String> {

@@ -71,6 +71,8 @@ pub struct Server {
     launch: Launch,
     /// Consul's node name (readiness also waits for the node's `serfHealth` check).
     consul_node: Option<String>,
+    /// A Consul server of a datacenter: readiness also waits until it is a Raft voter.
+    consul_voter: bool,
     proc: Option<Running>,
     /// The address it listens on (`127.0.0.1`, or a host address of a [`crate::netns::Net`]).
     host: String,
@@ -256,10 +258,14 @@ impl Server {
 
     fn check_once(&self, bound: Duration) -> Result<(), String> {
         let (kind, endpoint, node) = (self.kind, self.endpoint(), self.consul_node.clone());
+        let voter = self.consul_voter;
         let check = move || {
             probe::probe(kind, &endpoint, bound)?;
             if let Some(node) = &node {
                 probe::consul_node_healthy(&endpoint, node, bound)?;
+                if voter {
+                    probe::consul_voter(&endpoint, node, bound)?;
+                }
             }
             Ok(())
         };
@@ -443,7 +449,9 @@ impl Cluster {
     /// Starts an `n`-server Consul datacenter (not `-dev`: `consul agent -server
     /// -bootstrap-expect=n`, each server with a data dir in its own temp dir, `-retry-join`ing
     /// the others over Serf LAN every second) on 127.0.0.1 and waits until every member sees
-    /// a leader and its node's `serfHealth` check is passing.
+    /// a leader, its node's `serfHealth` check is passing and it is a Raft voter (after a
+    /// [`Server::restart`] too: a server autopilot cleaned up while it was down is ready only
+    /// once promoted again, about 10 s later).
     ///
     /// `performance.raft_multiplier = 1` (the shortest Raft timings: a leader lost to a crash
     /// is replaced within a few seconds); DNS and gRPC are off; the HTTP, Serf LAN/WAN and server
@@ -855,6 +863,7 @@ fn prepare_zookeeper(
             env_remove_prefixes: vec!["JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS", "JDK_JAVA_OPTIONS"],
         },
         consul_node: None,
+        consul_voter: false,
         proc: None,
         host: "127.0.0.1".into(),
         netns: None,
@@ -940,6 +949,7 @@ fn prepare_etcd(
             env_remove_prefixes: vec!["ETCD_", "ETCDCTL_"],
         },
         consul_node: None,
+        consul_voter: false,
         proc: None,
         host: "127.0.0.1".into(),
         netns: None,
@@ -1014,6 +1024,7 @@ fn prepare_consul(consul: &Path) -> Result<Server, Error> {
             env_remove_prefixes: vec!["CONSUL_"],
         },
         consul_node: Some(node),
+        consul_voter: false,
         proc: None,
         host: "127.0.0.1".into(),
         netns: None,
@@ -1120,6 +1131,7 @@ fn prepare_consul_member(
             env_remove_prefixes: vec!["CONSUL_"],
         },
         consul_node: Some(m.node.clone()),
+        consul_voter: m.expect > 0,
         proc: None,
         host: "127.0.0.1".into(),
         netns: None,
