@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use crate::cx::{Cx, Sizes};
 use crate::kernel::Floor;
 use crate::raw::Raw;
-use crate::scale::{kib, proc_status};
+use crate::scale::{heap_in_use, kib, proc_status};
 use crate::stats::{ms, ratio, thousands, Res, Row, Verdict};
 
 /// Keys per watched parent.
@@ -106,10 +106,21 @@ impl Drop for PeakSampler {
     }
 }
 
-async fn settle_rss() -> u64 {
-    // Let background tasks (keep-alives, watch re-arms) settle.
+/// RSS and heap in use (KiB) once background tasks (keep-alives, watch re-arms) settled.
+async fn settle() -> (u64, Option<u64>) {
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    proc_status().0
+    (proc_status().0, heap_in_use())
+}
+
+/// The row of the heap in use per item between two [`settle`]s (nothing off glibc).
+fn heap_row(what: &str, before: Option<u64>, after: Option<u64>, n: usize) -> Option<Row> {
+    let grown = after?.saturating_sub(before?);
+    Some(row(
+        format!("one process: heap in use per {what}"),
+        format!("{:.2} KiB (+{})", grown as f64 / n as f64, kib(grown)),
+        "report (RSS minus what the allocator keeps)",
+        Verdict::Info,
+    ))
 }
 
 fn row(measure: String, coord: String, target: &str, verdict: Verdict) -> Row {
@@ -208,7 +219,7 @@ async fn one_process(cx: &Cx, endpoint: &str) -> Vec<Row> {
         rows.push(Row::failed(7, "one process: setup", &e));
         return rows;
     }
-    let rss0 = settle_rss().await;
+    let (rss0, heap0) = settle().await;
     let sampler = port.map(PeakSampler::start);
 
     let sessions: Vec<std::sync::Arc<dyn Session>> = match stream::iter(0..n)
@@ -227,7 +238,7 @@ async fn one_process(cx: &Cx, endpoint: &str) -> Vec<Row> {
             Vec::new()
         }
     };
-    let rss1 = settle_rss().await;
+    let (rss1, heap1) = settle().await;
     if !sessions.is_empty() {
         let each = rss1.saturating_sub(rss0) as f64 / n as f64;
         let (target, verdict) = if cx.name == "zk" {
@@ -244,6 +255,7 @@ async fn one_process(cx: &Cx, endpoint: &str) -> Vec<Row> {
             target,
             verdict,
         ));
+        rows.extend(heap_row("idle session", heap0, heap1, n));
     }
 
     let t = Instant::now();
@@ -264,7 +276,7 @@ async fn one_process(cx: &Cx, endpoint: &str) -> Vec<Row> {
             return rows;
         }
     };
-    let rss2 = settle_rss().await;
+    let (rss2, heap2) = settle().await;
     let each = rss2.saturating_sub(rss1) as f64 / keys as f64;
     rows.push(row(
         format!(
@@ -275,6 +287,7 @@ async fn one_process(cx: &Cx, endpoint: &str) -> Vec<Row> {
         "≤ 2 KiB",
         Verdict::check(each <= 2.0),
     ));
+    rows.extend(heap_row("key watch", heap1, heap2, keys));
     let kid_watches =
         match stream::iter(0..n)
             .map(|i| async move {
