@@ -181,13 +181,29 @@ impl Run<'_> {
             wrote.then_some((i, tok))
         });
         settled.unwrap_or_else(|| {
-            // What the store holds, next to what the contenders printed.
+            // What the store holds, next to what the contenders printed: the election's and
+            // the sessions' records (and errors) since the previous cut, then the last records.
+            let from = self.swarm.faults.last().map_or(0, |f| f.from_us);
+            for r in self.swarm.records().iter().filter(|r| {
+                r.t_us >= from
+                    && match &r.event {
+                        Event::Campaigning { role }
+                        | Event::Granted { role, .. }
+                        | Event::Releasing { role, .. }
+                        | Event::Lost { role, .. }
+                        | Event::HoldState { role, .. } => role == "election",
+                        Event::Error { .. } | Event::Session { .. } => true,
+                        _ => false,
+                    }
+            }) {
+                eprintln!("  {r:?}");
+            }
             self.swarm.dump();
             eprintln!(
                 "{} ({} members): election candidates now: {:?}; sessions: {:?}",
                 self.kind,
                 self.m,
-                self.candidates(),
+                self.candidate_nodes(),
                 last_sessions(&self.swarm.records())
             );
             panic!("timed out after 120 s waiting for {what}")
@@ -544,6 +560,27 @@ impl Run<'_> {
                 Ok(all
                     .iter()
                     .map(|p| String::from_utf8_lossy(&p.value).into_owned())
+                    .collect())
+            })
+        })
+    }
+
+    /// Every candidate as `(value, node, token)`, in order (diagnostics).
+    fn candidate_nodes(&self) -> Result<Vec<(String, String, u64)>, String> {
+        self.look(0, |client| {
+            Box::pin(async move {
+                let all = client
+                    .election("part")
+                    .map_err(|e| e.to_string())?
+                    .participants()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(all
+                    .iter()
+                    .map(|p| {
+                        let value = String::from_utf8_lossy(&p.value).into_owned();
+                        (value, p.node.to_string(), p.token)
+                    })
                     .collect())
             })
         })

@@ -55,10 +55,10 @@ use crate::adapter::{random_u64, Backoff};
 use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::kernel::{
-    create_parents, Backend, ChildrenWatch, CreateMode, Created, KeyWatch, Session, SessionStates,
+    create_parents, Backend, ChildrenWatch, CreateMode, KeyWatch, Session, SessionStates,
 };
 use crate::path::{parse_sequence, Path};
-use crate::recipes::queue::{own_node_gone, remove_in_background};
+use crate::recipes::queue::{own_node_gone, remove_in_background, Pending};
 
 /// The most members a double barrier accepts: each wake-up lists every member node.
 pub const MAX_MEMBERS: usize = 10_000;
@@ -104,18 +104,13 @@ impl DoubleBarrier {
     /// Cancel-safe: dropping the future removes our node.
     pub async fn enter(&self) -> Result<Entered> {
         let backend = self.client.backend().clone();
-        let mut session = self.client.session().await?;
+        let session = self.client.session().await?;
         create_parents(&*backend, &self.dir).await?;
         self.agree_on_members(&*backend).await?;
         let marker = format!("m-{:016x}-", random_u64());
-        let mut pending = Pending {
-            backend: backend.clone(),
-            session: session.clone(),
-            dir: self.dir.clone(),
-            marker: marker.clone(),
-            armed: true,
-        };
-        let created = self.create_member(&mut session, &mut pending).await?;
+        let mut pending = Pending::new(backend.clone(), session, self.dir.clone(), marker.clone());
+        let created = pending.create(&self.client, b"").await?;
+        let session = pending.session().clone();
         let seq = created
             .sequence
             .or_else(|| parse_sequence(created.path.name()).map(|(_, n)| n))
@@ -127,7 +122,7 @@ impl DoubleBarrier {
         let round = self
             .await_round(&*backend, &*session, &mut states, &created.path, seq)
             .await?;
-        pending.armed = false;
+        pending.keep();
         Ok(Entered {
             backend,
             session,
@@ -199,44 +194,6 @@ impl DoubleBarrier {
             path: self.dir.to_string(),
             attempts: ATTEMPTS,
         })
-    }
-
-    /// Creates our member node `<dir>/<marker><seq>`. A session that had already ended when
-    /// we took it created nothing: once more on a fresh one. After a retryable failure the
-    /// create may have happened: we look for our node by its marker, never create twice.
-    async fn create_member(
-        &self,
-        session: &mut Arc<dyn Session>,
-        pending: &mut Pending,
-    ) -> Result<Created> {
-        let prefix = self.dir.join(&pending.marker)?;
-        let mut fresh_tried = false;
-        loop {
-            match session.create(&prefix, b"", CreateMode::Sequential).await {
-                Ok(c) => return Ok(c),
-                Err(e) if e.is_session_gone() && session.state().is_final() && !fresh_tried => {
-                    fresh_tried = true;
-                    *session = self.client.session().await?;
-                    pending.session = session.clone();
-                }
-                Err(e) if e.is_retryable() => {
-                    let backend = &**self.client.backend();
-                    let found = members(backend, &self.dir)
-                        .await?
-                        .into_iter()
-                        .find(|m| m.name.starts_with(&pending.marker));
-                    let Some(m) = found else { return Err(e) };
-                    let path = self.dir.join(&m.name)?;
-                    let stat = backend.get(&path).await?.stat;
-                    return Ok(Created {
-                        path,
-                        sequence: Some(m.seq),
-                        stat,
-                    });
-                }
-                Err(e) => return Err(e),
-            }
-        }
     }
 
     /// Waits until a round that includes our node (number `seq`) is complete; its bound.
@@ -374,28 +331,6 @@ impl Entered {
 impl Drop for Entered {
     fn drop(&mut self) {
         if !self.left {
-            remove_in_background(
-                self.backend.clone(),
-                self.session.clone(),
-                self.dir.clone(),
-                self.marker.clone(),
-            );
-        }
-    }
-}
-
-/// Removes our member node on every exit path of an enter until disarmed.
-struct Pending {
-    backend: Arc<dyn Backend>,
-    session: Arc<dyn Session>,
-    dir: Path,
-    marker: String,
-    armed: bool,
-}
-
-impl Drop for Pending {
-    fn drop(&mut self) {
-        if self.armed {
             remove_in_background(
                 self.backend.clone(),
                 self.session.clone(),

@@ -284,6 +284,14 @@ async fn entries_ahead(
     }))
 }
 
+/// How long the removal of a node whose create is in doubt (it failed with a retryable error,
+/// or its future was dropped while the request ran, and the node was not found) keeps looking
+/// for it. A store may apply a request after its client stopped waiting: a Consul agent holds
+/// an RPC through a server outage (7 s by default) and its servers apply it when they can;
+/// etcd applies a proposal that is already in its log. Found later, such a node would sit in
+/// the queue under a live session that never waits on it, and block every later candidate.
+const IN_DOUBT_HORIZON: Duration = Duration::from_secs(120);
+
 /// Removes a candidate node in the background (used on drop, where we cannot await).
 pub(crate) fn remove_in_background(
     backend: Arc<dyn Backend>,
@@ -292,18 +300,42 @@ pub(crate) fn remove_in_background(
     marker: String,
 ) {
     if let Ok(handle) = tokio::runtime::Handle::try_current() {
-        handle.spawn(async move { remove_until_gone(&*backend, &*session, &dir, &marker).await });
+        handle.spawn(
+            async move { remove_until_gone(&*backend, &*session, &dir, &marker, false).await },
+        );
     }
 }
 
 /// Removes our node, retrying transient failures for as long as the session lives: a node left
 /// behind by a live session would block every later candidate. Once the session has ended
-/// the node is gone with it, so that bounds the retries.
-async fn remove_until_gone(backend: &dyn Backend, session: &dyn Session, dir: &Path, marker: &str) {
+/// the node is gone with it, so that bounds the retries. `in_doubt`: the node may not exist
+/// yet, but its create may still take effect; a removal that finds nothing looks again until
+/// [`IN_DOUBT_HORIZON`].
+async fn remove_until_gone(
+    backend: &dyn Backend,
+    session: &dyn Session,
+    dir: &Path,
+    marker: &str,
+    in_doubt: bool,
+) {
+    let started = tokio::time::Instant::now();
     let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_secs(1));
+    let mut looking = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         match remove_marked(backend, dir, marker).await {
-            Ok(()) => return,
+            Ok(found) => {
+                let done = found > 0
+                    || !in_doubt
+                    || session.state().is_final()
+                    || started.elapsed() >= IN_DOUBT_HORIZON;
+                if done {
+                    if found > 0 && in_doubt {
+                        tracing::debug!(%dir, "removed a candidate node whose create was in doubt");
+                    }
+                    return;
+                }
+                looking.wait().await;
+            }
             Err(e) if e.is_retryable() && !session.state().is_final() => {
                 tracing::debug!(%dir, error = %e, "retrying the removal of a candidate node");
                 backoff.wait().await;
@@ -318,43 +350,170 @@ async fn remove_until_gone(backend: &dyn Backend, session: &dyn Session, dir: &P
     }
 }
 
-/// Deletes every child of `dir` whose name starts with `marker` (our own candidate node).
-async fn remove_marked(backend: &dyn Backend, dir: &Path, marker: &str) -> Result<()> {
+/// Deletes every child of `dir` whose name starts with `marker` (our own candidate node);
+/// returns how many there were.
+async fn remove_marked(backend: &dyn Backend, dir: &Path, marker: &str) -> Result<usize> {
     let names = match backend.children(dir).await {
         Ok(n) => n,
-        Err(Error::NotFound { .. }) => return Ok(()),
+        Err(Error::NotFound { .. }) => return Ok(0),
         Err(e) => return Err(e),
     };
+    let mut found = 0;
     for name in names {
         if name.starts_with(marker) {
+            found += 1;
             match backend.delete(&dir.join(&name)?, None).await {
                 Ok(()) | Err(Error::NotFound { .. }) => {}
                 Err(err) => return Err(err),
             }
         }
     }
-    Ok(())
+    Ok(found)
 }
 
-/// Cleans up on every exit path of an acquire until disarmed.
-struct Pending {
+/// Our sequential node `<dir>/<marker><seq>`, from before its create until the caller keeps it
+/// ([`Pending::keep`]): every other exit path (an error, a dropped future) removes it in the
+/// background. The create runs as its own task, so that a dropped acquire does not lose the
+/// answer of a create already sent: the removal waits for that answer instead of listing
+/// while the create may still be applied after the listing.
+pub(crate) struct Pending {
     backend: Arc<dyn Backend>,
     session: Arc<dyn Session>,
     dir: Path,
     marker: String,
     armed: bool,
+    /// The create's task while it runs.
+    inflight: Option<tokio::task::JoinHandle<Result<Created>>>,
+    /// The create failed retryably and its node was not found: it may still appear.
+    in_doubt: bool,
+}
+
+impl Pending {
+    /// Armed for a node `<dir>/<marker><seq>` created on `session`.
+    pub(crate) fn new(
+        backend: Arc<dyn Backend>,
+        session: Arc<dyn Session>,
+        dir: Path,
+        marker: String,
+    ) -> Pending {
+        Pending {
+            backend,
+            session,
+            dir,
+            marker,
+            armed: true,
+            inflight: None,
+            in_doubt: false,
+        }
+    }
+
+    /// The session the node is (or is to be) created on.
+    pub(crate) fn session(&self) -> &Arc<dyn Session> {
+        &self.session
+    }
+
+    /// The node is the caller's now (held, or removed by the caller): nothing to clean up.
+    pub(crate) fn keep(&mut self) {
+        self.armed = false;
+    }
+
+    /// Creates the node on the session.
+    ///
+    /// A session that had already ended when we took it (the server knew before the client
+    /// did) created nothing: we start once more on a fresh session of `client` (the pending
+    /// node follows it). A session that ends later, while we wait, fails the caller as
+    /// documented. After a retryable failure the create may have happened: we look for our
+    /// node by its marker, and never retry blindly (that could leave a duplicate); not found,
+    /// it is in doubt, and the removal on drop keeps looking for it for a while.
+    pub(crate) async fn create(&mut self, client: &Client, value: &[u8]) -> Result<Created> {
+        let prefix = self.dir.join(&self.marker)?;
+        let mut fresh_session_tried = false;
+        loop {
+            match self.create_once(&prefix, value).await {
+                Ok(c) => return Ok(c),
+                Err(e)
+                    if e.is_session_gone()
+                        && self.session.state().is_final()
+                        && !fresh_session_tried =>
+                {
+                    fresh_session_tried = true;
+                    self.session = client.session().await?;
+                }
+                Err(e) if e.is_retryable() => {
+                    return match find_created(&*self.backend, &self.dir, &self.marker).await {
+                        Ok(Some(c)) => Ok(c),
+                        Ok(None) => {
+                            self.in_doubt = true;
+                            Err(e)
+                        }
+                        Err(find) => {
+                            self.in_doubt = true;
+                            Err(find)
+                        }
+                    };
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// One sequential create, in its own task when there is a runtime to spawn it on.
+    async fn create_once(&mut self, prefix: &Path, value: &[u8]) -> Result<Created> {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return self
+                .session
+                .create(prefix, value, CreateMode::Sequential)
+                .await;
+        };
+        let (session, prefix, value) = (self.session.clone(), prefix.clone(), value.to_vec());
+        let task = self.inflight.insert(handle.spawn(async move {
+            session
+                .create(&prefix, &value, CreateMode::Sequential)
+                .await
+        }));
+        let answer = task.await;
+        self.inflight = None;
+        answer.unwrap_or_else(|e| Err(create_task_failed(&*self.backend, &e)))
+    }
+}
+
+/// The create's task panicked or was cancelled (its runtime is shutting down): whether the
+/// create happened is unknown (retryable, so that the caller looks for the node).
+fn create_task_failed(backend: &dyn Backend, e: &tokio::task::JoinError) -> Error {
+    Error::backend(
+        backend.capabilities().backend,
+        format!("the create of a candidate node did not finish: {e}"),
+        true,
+    )
 }
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        if self.armed {
-            remove_in_background(
-                self.backend.clone(),
-                self.session.clone(),
-                self.dir.clone(),
-                self.marker.clone(),
-            );
+        if !self.armed {
+            return;
         }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (backend, session, dir, marker) = (
+            self.backend.clone(),
+            self.session.clone(),
+            self.dir.clone(),
+            self.marker.clone(),
+        );
+        let inflight = self.inflight.take();
+        let mut in_doubt = self.in_doubt;
+        handle.spawn(async move {
+            if let Some(task) = inflight {
+                // The caller went away while the create ran: its answer says what to remove.
+                in_doubt |= match task.await {
+                    Ok(Ok(_)) => false,
+                    Ok(Err(e)) => e.is_retryable(),
+                    Err(_) => true,
+                };
+            }
+            remove_until_gone(&*backend, &*session, &dir, &marker, in_doubt).await
+        });
     }
 }
 
@@ -456,30 +615,20 @@ async fn acquire_in(
     kind: Kind<'_>,
 ) -> Result<Acquire> {
     let backend = client.backend().clone();
-    let mut session = client.session().await?;
+    let session = client.session().await?;
     // Refuse an oversized value before any write (not even the parents).
     crate::adapter::check_value(backend.capabilities(), value)?;
     create_parents(&*backend, dir).await?;
-    let marker = layout.marker(kind.tag);
     // Armed until we hold the role or our node is removed: every other exit path (an error, a
     // dropped future) removes the node in the background.
-    let mut pending = Pending {
-        backend: backend.clone(),
-        session: session.clone(),
-        dir: dir.clone(),
-        marker: marker.clone(),
-        armed: true,
-    };
-    let created = create_candidate(
-        client,
-        &*backend,
-        &mut session,
-        &mut pending,
-        dir,
-        &marker,
-        value,
-    )
-    .await?;
+    let mut pending = Pending::new(
+        backend.clone(),
+        session,
+        dir.clone(),
+        layout.marker(kind.tag),
+    );
+    let created = pending.create(client, value).await?;
+    let session = pending.session().clone();
     let me = created.path.name().to_owned();
     let token = token_of(&*backend, &created)?;
     let mut states = session.states();
@@ -508,7 +657,7 @@ async fn acquire_in(
         // our node, which wakes it too.
         backend.set(&created.path, HELD_MARK, None).await?;
     }
-    pending.armed = false;
+    pending.keep();
     Ok(Acquire::Held(Held::start(
         backend.clone(),
         session.clone(),
@@ -517,43 +666,6 @@ async fn acquire_in(
         token,
         policy,
     )))
-}
-
-/// Creates our candidate node `<dir>/<marker><seq>` on `session`.
-///
-/// A session that had already ended when we took it (the server knew before the client did)
-/// created nothing: we start once more on a fresh session (`session` and `pending` follow it).
-/// A session that ends later, while we wait, fails the acquire as documented. After a
-/// retryable failure the create may have happened: we look for our node by its marker before
-/// giving up, and never retry blindly (that could leave a duplicate candidate).
-async fn create_candidate(
-    client: &Client,
-    backend: &dyn Backend,
-    session: &mut Arc<dyn Session>,
-    pending: &mut Pending,
-    dir: &Path,
-    marker: &str,
-    value: &[u8],
-) -> Result<Created> {
-    let prefix = dir.join(marker)?;
-    let mut fresh_session_tried = false;
-    loop {
-        match session.create(&prefix, value, CreateMode::Sequential).await {
-            Ok(c) => return Ok(c),
-            Err(e) if e.is_session_gone() && session.state().is_final() && !fresh_session_tried => {
-                fresh_session_tried = true;
-                *session = client.session().await?;
-                pending.session = session.clone();
-            }
-            Err(e) if e.is_retryable() => {
-                return match find_created(backend, dir, marker).await? {
-                    Some(c) => Ok(c),
-                    None => Err(e),
-                };
-            }
-            Err(e) => return Err(e),
-        }
-    }
 }
 
 /// Our node after a create whose answer was lost, found by its marker; `None` if the create
@@ -598,7 +710,7 @@ fn token_of(backend: &dyn Backend, created: &Created) -> Result<u64> {
 /// (which retries in the background when dropped) if that fails.
 async fn withdraw(backend: &dyn Backend, node: &Path, pending: &mut Pending) {
     match backend.delete(node, None).await {
-        Ok(()) | Err(Error::NotFound { .. }) => pending.armed = false,
+        Ok(()) | Err(Error::NotFound { .. }) => pending.keep(),
         // Dropping `pending` retries in the background.
         Err(e) => tracing::debug!(error = %e, "try-acquire cleanup deferred"),
     }
@@ -987,7 +1099,7 @@ async fn monitor(
 /// We stopped acting as the holder and contact is back: hand over now, not at our expiry.
 async fn handover(backend: &dyn Backend, session: &dyn Session, node: &Path) {
     if let Some(dir) = node.parent() {
-        remove_until_gone(backend, session, &dir, node.name()).await;
+        remove_until_gone(backend, session, &dir, node.name(), false).await;
     }
 }
 
@@ -1157,5 +1269,152 @@ mod tests {
         // A node that does not say how many it takes counts as the whole limit.
         assert_eq!(watched(one.decide(&q(&["x"]))), (vec![0], false));
         assert_eq!(watched(one.decide(&q(&["s9", "s1"]))), (vec![1], true));
+    }
+
+    /// A store that applies a sequential create 200 ms after it was asked, whatever the
+    /// client does meanwhile (as a Consul agent does with an RPC it holds through an outage).
+    /// `answer_late`: the client is answered when the create lands; otherwise it is told a
+    /// retryable timeout after 20 ms.
+    mod late {
+        use std::any::Any;
+        use std::sync::Arc;
+        use std::time::Duration;
+
+        use async_trait::async_trait;
+
+        use crate::error::{Error, Result};
+        use crate::kernel::*;
+        use crate::path::Path;
+
+        pub(super) struct LateBackend {
+            pub(super) inner: Arc<dyn Backend>,
+            pub(super) answer_late: bool,
+        }
+
+        struct LateSession {
+            inner: Arc<dyn Session>,
+            answer_late: bool,
+        }
+
+        #[async_trait]
+        impl Session for LateSession {
+            fn id(&self) -> &SessionId {
+                self.inner.id()
+            }
+            fn ttl(&self) -> Duration {
+                self.inner.ttl()
+            }
+            fn state(&self) -> SessionState {
+                self.inner.state()
+            }
+            fn states(&self) -> SessionStates {
+                self.inner.states()
+            }
+            async fn create(&self, path: &Path, value: &[u8], mode: CreateMode) -> Result<Created> {
+                let (inner, path, value) = (self.inner.clone(), path.clone(), value.to_vec());
+                let landing = tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    inner.create(&path, &value, mode).await
+                });
+                if self.answer_late {
+                    landing
+                        .await
+                        .unwrap_or_else(|e| Err(Error::backend("mem", e.to_string(), false)))
+                } else {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    Err(Error::timeout("the create's answer was lost"))
+                }
+            }
+            async fn close(&self) -> Result<()> {
+                self.inner.close().await
+            }
+            fn as_any(&self) -> &dyn Any {
+                self
+            }
+        }
+
+        #[async_trait]
+        impl Backend for LateBackend {
+            fn capabilities(&self) -> &Capabilities {
+                self.inner.capabilities()
+            }
+            fn namespace(&self) -> &str {
+                self.inner.namespace()
+            }
+            async fn open_session(&self, options: SessionOptions) -> Result<Arc<dyn Session>> {
+                Ok(Arc::new(LateSession {
+                    inner: self.inner.open_session(options).await?,
+                    answer_late: self.answer_late,
+                }))
+            }
+            async fn create(&self, path: &Path, value: &[u8], mode: CreateMode) -> Result<Created> {
+                self.inner.create(path, value, mode).await
+            }
+            async fn get(&self, path: &Path) -> Result<Node> {
+                self.inner.get(path).await
+            }
+            async fn exists(&self, path: &Path) -> Result<Option<Stat>> {
+                self.inner.exists(path).await
+            }
+            async fn set(&self, path: &Path, value: &[u8], v: Option<Version>) -> Result<Stat> {
+                self.inner.set(path, value, v).await
+            }
+            async fn delete(&self, path: &Path, expected: Option<Version>) -> Result<()> {
+                self.inner.delete(path, expected).await
+            }
+            async fn children(&self, path: &Path) -> Result<Vec<String>> {
+                self.inner.children(path).await
+            }
+            async fn watch(&self, path: &Path) -> Result<(Option<Node>, KeyWatch)> {
+                self.inner.watch(path).await
+            }
+            async fn watch_children(&self, path: &Path) -> Result<(Vec<String>, ChildrenWatch)> {
+                self.inner.watch_children(path).await
+            }
+            async fn write_if(&self, guard: &Guard, op: &WriteOp) -> Result<WriteResult> {
+                self.inner.write_if(guard, op).await
+            }
+            fn as_any(&self) -> &dyn Any {
+                self
+            }
+        }
+    }
+
+    /// A candidate whose create lands after its acquire went away (dropped while the create
+    /// ran, or told a timeout) is removed once it lands: otherwise it would sit first in the
+    /// queue under a live session, and nobody would ever hold the lock again. Found by the
+    /// Consul partition test (two candidates of one contender, the older one nobody's).
+    #[tokio::test(start_paused = true)]
+    async fn a_create_that_lands_after_its_acquire_went_is_removed() {
+        for answer_late in [true, false] {
+            let mem: Arc<dyn Backend> = Arc::new(crate::mem::MemBackend::new());
+            let late = Client::new(Arc::new(late::LateBackend {
+                inner: mem.clone(),
+                answer_late,
+            }));
+            let lock = late.lock("l").unwrap();
+            let dropped_or_failed = tokio::time::timeout(Duration::from_millis(50), lock.lock())
+                .await
+                .map(|r| r.err());
+            match dropped_or_failed {
+                // Dropped while the create ran.
+                Err(_) => assert!(answer_late),
+                // Told a timeout.
+                Ok(e) => assert!(!answer_late && e.is_some_and(|e| e.is_retryable())),
+            }
+            // The create lands at 200 ms; the other client must get the lock.
+            let other = Client::new(mem.clone());
+            let dir = Path::new("/locks/l").unwrap();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let got =
+                tokio::time::timeout(Duration::from_secs(30), other.lock("l").unwrap().lock())
+                    .await;
+            let left = mem.children(&dir).await.unwrap();
+            assert!(
+                matches!(got, Ok(Ok(_))),
+                "answer_late {answer_late}: the lock was not free; candidates {left:?}"
+            );
+            assert_eq!(left.len(), 1, "answer_late {answer_late}: {left:?}");
+        }
     }
 }
