@@ -506,11 +506,16 @@ impl Drop for Pending {
         handle.spawn(async move {
             if let Some(task) = inflight {
                 // The caller went away while the create ran: its answer says what to remove.
-                in_doubt |= match task.await {
-                    Ok(Ok(_)) => false,
-                    Ok(Err(e)) => e.is_retryable(),
-                    Err(_) => true,
-                };
+                match task.await {
+                    // By its path first: a listing may come from a replica that has not seen
+                    // the create yet (a ZooKeeper follower).
+                    Ok(Ok(c)) => match backend.delete(&c.path, None).await {
+                        Ok(()) | Err(Error::NotFound { .. }) => return,
+                        Err(e) => tracing::debug!(%dir, error = %e, "retrying a removal"),
+                    },
+                    Ok(Err(e)) => in_doubt |= e.is_retryable(),
+                    Err(_) => in_doubt = true,
+                }
             }
             remove_until_gone(&*backend, &*session, &dir, &marker, in_doubt).await
         });
