@@ -336,6 +336,33 @@ pub async fn election_cancelled_campaign_leaves_nothing(h: &dyn Harness) {
     wait_candidates(h, &a, &e, 0).await;
 }
 
+/// Checks: campaigns dropped at every point of their create (after 0 to 15 ms, while `a`
+/// leads) leave no candidate behind, also when the store applies a create after its campaign
+/// went away: once `a` resigns, a later candidate is elected (a leftover would block it).
+pub async fn election_campaign_dropped_mid_create_leaves_nothing(h: &dyn Harness) {
+    let a = client(h).await;
+    let b = client(h).await;
+    let e = a.election("dropped").unwrap();
+    let la = within(h, "a's campaign", e.campaign(b"a")).await.unwrap();
+    let eb = b.election("dropped").unwrap();
+    for i in 0..30u64 {
+        let r = tokio::time::timeout(Duration::from_micros(500 * i), eb.campaign(b"b")).await;
+        assert!(r.is_err(), "b cannot be elected while a leads");
+    }
+    wait_candidates(h, &a, &e, 1).await;
+    la.resign().await.unwrap();
+    let c = client(h).await;
+    let lc = within(
+        h,
+        "a later leader",
+        c.election("dropped").unwrap().campaign(b"c"),
+    )
+    .await
+    .unwrap();
+    assert!(lc.is_leading());
+    wait_candidates(h, &a, &e, 1).await;
+}
+
 /// Checks: election old leader rejoins as candidate.
 pub async fn election_old_leader_rejoins_as_candidate(h: &dyn Harness) {
     let a = short_client(h).await;
