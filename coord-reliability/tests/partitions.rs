@@ -121,6 +121,9 @@ struct Run<'a> {
     net: &'a mut Net,
     swarm: &'a mut Swarm,
     fence: &'a FencedResource,
+    /// The servers, and Consul's client agents (one per contender): their logs for a failure.
+    servers: &'a Cluster,
+    agents: Option<&'a Cluster>,
     policy: Policy,
     /// When the contenders were last told their policy (settle waits for them to follow).
     policy_since: u64,
@@ -199,6 +202,7 @@ impl Run<'_> {
                 eprintln!("  {r:?}");
             }
             self.swarm.dump();
+            self.dump_logs(&(0..self.m).collect::<Vec<_>>());
             eprintln!(
                 "{} ({} members): election candidates now: {:?}; sessions: {:?}",
                 self.kind,
@@ -317,6 +321,7 @@ impl Run<'_> {
         let want: Vec<String> = majority.iter().map(|s| cid(*s)).collect();
         if let Err(last) = self.wait_registered(majority[0], &want, Duration::from_secs(30)) {
             self.dump_sessions_since(cut_at);
+            self.dump_logs(&majority);
             panic!(
                 "{name} on {} ({m} members): majority-side registrations {want:?} lost during \
                  the cut: {last}",
@@ -405,6 +410,22 @@ impl Run<'_> {
                 )
             {
                 eprintln!("  {r:?}");
+            }
+        }
+    }
+
+    /// The last lines of the logs of members `which` and of their contenders' agents.
+    fn dump_logs(&self, which: &[usize]) {
+        let agents = self.agents.map(|a| ("agent", a));
+        for (what, c) in [("member", self.servers)].into_iter().chain(agents) {
+            for i in which {
+                if let Some(s) = c.members.get(*i) {
+                    eprintln!(
+                        "--- {what} {i} ({}):\n{}",
+                        s.log_path().display(),
+                        s.log_tail(40)
+                    );
+                }
             }
         }
     }
@@ -789,12 +810,12 @@ fn partitions(kind: Kind, m: usize) {
         Kind::Etcd => Cluster::etcd_in(&members),
         Kind::Consul => Cluster::consul_in(&members),
     };
-    let _cluster = match started {
+    let cluster = match started {
         Ok(c) => c,
         Err(e) => return skip_or_fail(&format!("{kind} cluster in namespaces"), e).unwrap_or(()),
     };
     // Consul's clients talk to a client agent in their own namespace.
-    let _agents = match kind {
+    let agents = match kind {
         Kind::Consul => match Cluster::consul_agents_in(&clients, &members) {
             Ok(a) => Some(a),
             Err(e) => return skip_or_fail("Consul client agents in namespaces", e).unwrap_or(()),
@@ -854,6 +875,8 @@ fn partitions(kind: Kind, m: usize) {
         net: &mut net,
         swarm: &mut swarm,
         fence: &fence,
+        servers: &cluster,
+        agents: agents.as_ref(),
         ns: ns.clone(),
         policy: Policy::Lose,
         policy_since: 0,
