@@ -34,6 +34,7 @@ use crate::error::{Error, Result};
 use crate::kernel::{Backend, CreateMode, Created, Session, SessionOptions, SessionState};
 use crate::path::Path;
 use crate::recipes::dialect::Dialect;
+use crate::recipes::queue::Leftovers;
 use crate::recipes::{barrier::Barrier, counter::Counter, double_barrier::DoubleBarrier};
 use crate::recipes::{election::Election, group::Group, lock::Lock, registry::Registry};
 
@@ -62,6 +63,8 @@ struct Inner {
     options: SessionOptions,
     slot: tokio::sync::Mutex<Slot>,
     owned: Mutex<Holdings>,
+    /// Candidate nodes whose create is in doubt (see [`Leftovers`]).
+    leftovers: Arc<Leftovers>,
 }
 
 /// The current session and the close generation: each close starts a new one, and what was
@@ -124,6 +127,7 @@ impl Client {
                     epoch: 0,
                 }),
                 owned: Mutex::new(Holdings::default()),
+                leftovers: Arc::default(),
             }),
             dialect: Dialect::Coord,
         }
@@ -194,6 +198,11 @@ impl Client {
 
     fn owned(&self) -> MutexGuard<'_, Holdings> {
         self.inner.owned.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The markers of this client's candidate nodes whose create is in doubt.
+    pub(crate) fn leftovers(&self) -> Arc<Leftovers> {
+        self.inner.leftovers.clone()
     }
 
     /// Remembers a membership or registration (weakly) so that close and shutdown end it.

@@ -108,7 +108,7 @@ impl DoubleBarrier {
         create_parents(&*backend, &self.dir).await?;
         self.agree_on_members(&*backend).await?;
         let marker = format!("m-{:016x}-", random_u64());
-        let mut pending = Pending::new(backend.clone(), session, self.dir.clone(), marker.clone());
+        let mut pending = Pending::new(&self.client, session, self.dir.clone(), marker.clone());
         let created = pending.create(&self.client, b"").await?;
         let session = pending.session().clone();
         let seq = created

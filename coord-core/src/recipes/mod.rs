@@ -44,7 +44,7 @@ pub mod group;
 mod hold;
 pub mod lock;
 pub mod partitioner;
-mod queue;
+pub(crate) mod queue;
 pub mod registry;
 pub mod rwlock;
 pub mod semaphore;

@@ -317,7 +317,7 @@ async fn remove_until_gone(
     dir: &Path,
     marker: &str,
     in_doubt: bool,
-) {
+) -> bool {
     let started = tokio::time::Instant::now();
     let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_secs(1));
     let mut looking = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
@@ -332,7 +332,7 @@ async fn remove_until_gone(
                     if found > 0 && in_doubt {
                         tracing::debug!(%dir, "removed a candidate node whose create was in doubt");
                     }
-                    return;
+                    return found > 0;
                 }
                 looking.wait().await;
             }
@@ -344,7 +344,7 @@ async fn remove_until_gone(
                 if !session.state().is_final() {
                     tracing::warn!(%dir, error = %e, "could not remove a candidate node");
                 }
-                return;
+                return false;
             }
         }
     }
@@ -371,6 +371,69 @@ async fn remove_marked(backend: &dyn Backend, dir: &Path, marker: &str) -> Resul
     Ok(found)
 }
 
+/// The markers of one client's candidate nodes whose create is in doubt and that the clean-up
+/// has not found (yet): a node that lands after [`IN_DOUBT_HORIZON`] is removed by the next
+/// acquire of the same client in that directory, which finds it ahead of its own node. Only
+/// the last [`Leftovers::KEPT`] are remembered.
+#[derive(Debug, Default)]
+pub(crate) struct Leftovers(std::sync::Mutex<std::collections::VecDeque<(Path, String)>>);
+
+impl Leftovers {
+    /// How many markers are remembered (in doubt creates are rare: a lost answer each).
+    const KEPT: usize = 64;
+
+    fn list(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<(Path, String)>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn note(&self, dir: &Path, marker: &str) {
+        let mut l = self.list();
+        if !l.iter().any(|(_, m)| m == marker) {
+            if l.len() >= Self::KEPT {
+                l.pop_front();
+            }
+            l.push_back((dir.clone(), marker.to_owned()));
+        }
+    }
+
+    fn forget(&self, marker: &str) {
+        self.list().retain(|(_, m)| m != marker);
+    }
+
+    /// The marker of `name` if it is one of ours in doubt under `dir`.
+    fn marker_of(&self, dir: &Path, name: &str) -> Option<String> {
+        self.list()
+            .iter()
+            .find(|(d, m)| d == dir && name.starts_with(m.as_str()))
+            .map(|(_, m)| m.clone())
+    }
+}
+
+/// Removes from `ahead` (and from the store) the nodes of our creates that were in doubt.
+async fn drop_leftovers(
+    backend: &dyn Backend,
+    leftovers: &Leftovers,
+    dir: &Path,
+    ahead: &mut Vec<Entry>,
+) -> Result<()> {
+    let mut kept = Vec::with_capacity(ahead.len());
+    for e in ahead.drain(..) {
+        let Some(marker) = leftovers.marker_of(dir, &e.name) else {
+            kept.push(e);
+            continue;
+        };
+        match backend.delete(&dir.join(&e.name)?, None).await {
+            Ok(()) | Err(Error::NotFound { .. }) => {
+                tracing::debug!(%dir, name = %e.name, "removed a candidate node left by a create in doubt");
+                leftovers.forget(&marker);
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    *ahead = kept;
+    Ok(())
+}
+
 /// Our sequential node `<dir>/<marker><seq>`, from before its create until the caller keeps it
 /// ([`Pending::keep`]): every other exit path (an error, a dropped future) removes it in the
 /// background. The create runs as its own task, so that a dropped acquire does not lose the
@@ -386,24 +449,27 @@ pub(crate) struct Pending {
     inflight: Option<tokio::task::JoinHandle<Result<Created>>>,
     /// The create failed retryably and its node was not found: it may still appear.
     in_doubt: bool,
+    /// Where a create in doubt is remembered (the client's).
+    leftovers: Arc<Leftovers>,
 }
 
 impl Pending {
-    /// Armed for a node `<dir>/<marker><seq>` created on `session`.
+    /// Armed for a node `<dir>/<marker><seq>` created on `session`, a session of `client`.
     pub(crate) fn new(
-        backend: Arc<dyn Backend>,
+        client: &Client,
         session: Arc<dyn Session>,
         dir: Path,
         marker: String,
     ) -> Pending {
         Pending {
-            backend,
+            backend: client.backend().clone(),
             session,
             dir,
             marker,
             armed: true,
             inflight: None,
             in_doubt: false,
+            leftovers: client.leftovers(),
         }
     }
 
@@ -503,6 +569,7 @@ impl Drop for Pending {
         );
         let inflight = self.inflight.take();
         let mut in_doubt = self.in_doubt;
+        let leftovers = self.leftovers.clone();
         handle.spawn(async move {
             if let Some(task) = inflight {
                 // The caller went away while the create ran: its answer says what to remove.
@@ -517,7 +584,12 @@ impl Drop for Pending {
                     Err(_) => in_doubt = true,
                 }
             }
-            remove_until_gone(&*backend, &*session, &dir, &marker, in_doubt).await
+            if in_doubt {
+                leftovers.note(&dir, &marker);
+            }
+            if remove_until_gone(&*backend, &*session, &dir, &marker, in_doubt).await {
+                leftovers.forget(&marker);
+            }
         });
     }
 }
@@ -626,20 +698,16 @@ async fn acquire_in(
     create_parents(&*backend, dir).await?;
     // Armed until we hold the role or our node is removed: every other exit path (an error, a
     // dropped future) removes the node in the background.
-    let mut pending = Pending::new(
-        backend.clone(),
-        session,
-        dir.clone(),
-        layout.marker(kind.tag),
-    );
+    let mut pending = Pending::new(client, session, dir.clone(), layout.marker(kind.tag));
     let created = pending.create(client, value).await?;
     let session = pending.session().clone();
     let me = created.path.name().to_owned();
     let token = token_of(&*backend, &created)?;
     let mut states = session.states();
-    let Some(ahead) = entries_ahead(&*backend, dir, layout, &me).await? else {
+    let Some(mut ahead) = entries_ahead(&*backend, dir, layout, &me).await? else {
         return Err(own_node_gone(&*session, &mut states, &created.path).await);
     };
+    drop_leftovers(&*backend, &client.leftovers(), dir, &mut ahead).await?;
     if try_only && kind.rule.decide(&ahead) != Decision::Hold {
         withdraw(&*backend, &created.path, &mut pending).await;
         return Ok(Acquire::Busy);
@@ -1276,12 +1344,13 @@ mod tests {
         assert_eq!(watched(one.decide(&q(&["s9", "s1"]))), (vec![1], true));
     }
 
-    /// A store that applies a sequential create 200 ms after it was asked, whatever the
-    /// client does meanwhile (as a Consul agent does with an RPC it holds through an outage).
-    /// `answer_late`: the client is answered when the create lands; otherwise it is told a
-    /// retryable timeout after 20 ms.
+    /// A store that applies a session's first create `landing` after it was asked, whatever
+    /// the client does meanwhile (as a Consul agent does with an RPC it holds through an
+    /// outage). `answer_late`: the client is answered when the create lands; otherwise it is
+    /// told a retryable timeout after 20 ms.
     mod late {
         use std::any::Any;
+        use std::sync::atomic::{AtomicBool, Ordering};
         use std::sync::Arc;
         use std::time::Duration;
 
@@ -1294,11 +1363,15 @@ mod tests {
         pub(super) struct LateBackend {
             pub(super) inner: Arc<dyn Backend>,
             pub(super) answer_late: bool,
+            /// When a session's first create lands (its later creates are on time).
+            pub(super) landing: Duration,
         }
 
         struct LateSession {
             inner: Arc<dyn Session>,
             answer_late: bool,
+            landing: Duration,
+            used: AtomicBool,
         }
 
         #[async_trait]
@@ -1316,9 +1389,13 @@ mod tests {
                 self.inner.states()
             }
             async fn create(&self, path: &Path, value: &[u8], mode: CreateMode) -> Result<Created> {
+                if self.used.swap(true, Ordering::Relaxed) {
+                    return self.inner.create(path, value, mode).await;
+                }
                 let (inner, path, value) = (self.inner.clone(), path.clone(), value.to_vec());
+                let delay = self.landing;
                 let landing = tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    tokio::time::sleep(delay).await;
                     inner.create(&path, &value, mode).await
                 });
                 if self.answer_late {
@@ -1350,6 +1427,8 @@ mod tests {
                 Ok(Arc::new(LateSession {
                     inner: self.inner.open_session(options).await?,
                     answer_late: self.answer_late,
+                    landing: self.landing,
+                    used: AtomicBool::new(false),
                 }))
             }
             async fn create(&self, path: &Path, value: &[u8], mode: CreateMode) -> Result<Created> {
@@ -1396,6 +1475,7 @@ mod tests {
             let late = Client::new(Arc::new(late::LateBackend {
                 inner: mem.clone(),
                 answer_late,
+                landing: Duration::from_millis(200),
             }));
             let lock = late.lock("l").unwrap();
             let dropped_or_failed = tokio::time::timeout(Duration::from_millis(50), lock.lock())
@@ -1421,5 +1501,34 @@ mod tests {
             );
             assert_eq!(left.len(), 1, "answer_late {answer_late}: {left:?}");
         }
+    }
+
+    /// A create in doubt that lands after the clean-up stopped looking for it (2 minutes) is
+    /// removed by the next acquire of the same client, which finds it ahead of its own node.
+    #[tokio::test(start_paused = true)]
+    async fn a_create_that_lands_after_the_horizon_is_removed_by_the_next_acquire() {
+        let mem: Arc<dyn Backend> = Arc::new(crate::mem::MemBackend::new());
+        let late = Client::new(Arc::new(late::LateBackend {
+            inner: mem.clone(),
+            answer_late: false,
+            landing: IN_DOUBT_HORIZON * 2,
+        }));
+        let lock = late.lock("l").unwrap();
+        let e = lock.lock().await.err();
+        assert!(e.is_some_and(|e| e.is_retryable()));
+        tokio::time::sleep(IN_DOUBT_HORIZON * 3).await;
+        let dir = Path::new("/locks/l").unwrap();
+        assert_eq!(
+            mem.children(&dir).await.unwrap().len(),
+            1,
+            "the create landed"
+        );
+        let got = tokio::time::timeout(Duration::from_secs(30), lock.lock()).await;
+        let left = mem.children(&dir).await.unwrap();
+        assert!(
+            matches!(got, Ok(Ok(_))),
+            "blocked by its own leftover: {left:?}"
+        );
+        assert_eq!(left.len(), 1, "{left:?}");
     }
 }
