@@ -570,20 +570,8 @@ impl Run<'_> {
 
     /// The values of the election's candidates in queue order, seen through member 0.
     fn candidates(&self) -> Result<Vec<String>, String> {
-        self.look(0, |client| {
-            Box::pin(async move {
-                let all = client
-                    .election("part")
-                    .map_err(|e| e.to_string())?
-                    .participants()
-                    .await
-                    .map_err(|e| e.to_string())?;
-                Ok(all
-                    .iter()
-                    .map(|p| String::from_utf8_lossy(&p.value).into_owned())
-                    .collect())
-            })
-        })
+        let all = self.candidate_nodes()?;
+        Ok(all.into_iter().map(|(value, _, _)| value).collect())
     }
 
     /// Every candidate as `(value, node, token)`, in order (diagnostics).
