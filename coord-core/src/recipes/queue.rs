@@ -400,37 +400,45 @@ impl Leftovers {
         self.list().retain(|(_, m)| m != marker);
     }
 
-    /// The marker of `name` if it is one of ours in doubt under `dir`.
-    fn marker_of(&self, dir: &Path, name: &str) -> Option<String> {
+    /// Our markers in doubt under `dir` (almost always none).
+    fn markers_in(&self, dir: &Path) -> Vec<String> {
         self.list()
             .iter()
-            .find(|(d, m)| d == dir && name.starts_with(m.as_str()))
+            .filter(|(d, _)| d == dir)
             .map(|(_, m)| m.clone())
+            .collect()
     }
 }
 
 /// Removes from `ahead` (and from the store) the nodes of our creates that were in doubt.
+/// One look at the client's markers per acquire; nothing more when there are none.
 async fn drop_leftovers(
     backend: &dyn Backend,
     leftovers: &Leftovers,
     dir: &Path,
     ahead: &mut Vec<Entry>,
 ) -> Result<()> {
-    let mut kept = Vec::with_capacity(ahead.len());
-    for e in ahead.drain(..) {
-        let Some(marker) = leftovers.marker_of(dir, &e.name) else {
-            kept.push(e);
-            continue;
-        };
-        match backend.delete(&dir.join(&e.name)?, None).await {
+    let markers = leftovers.markers_in(dir);
+    if markers.is_empty() {
+        return Ok(());
+    }
+    let ours: Vec<(String, &String)> = ahead
+        .iter()
+        .filter_map(|e| {
+            let m = markers.iter().find(|m| e.name.starts_with(m.as_str()))?;
+            Some((e.name.clone(), m))
+        })
+        .collect();
+    for (name, marker) in &ours {
+        match backend.delete(&dir.join(name)?, None).await {
             Ok(()) | Err(Error::NotFound { .. }) => {
-                tracing::debug!(%dir, name = %e.name, "removed a candidate node left by a create in doubt");
-                leftovers.forget(&marker);
+                tracing::debug!(%dir, %name, "removed a candidate node left by a create in doubt");
+                leftovers.forget(marker);
             }
             Err(err) => return Err(err),
         }
     }
-    *ahead = kept;
+    ahead.retain(|e| !ours.iter().any(|(name, _)| *name == e.name));
     Ok(())
 }
 
