@@ -554,6 +554,15 @@ pub trait Backend: Send + Sync + 'static {
     /// [`crate::Error::GuardFailed`] and nothing written otherwise. The guard may not be the
     /// namespace root ([`crate::Error::InvalidArgument`]).
     async fn write_if(&self, guard: &Guard, op: &WriteOp) -> Result<WriteResult>;
+    /// Makes this client's later reads of `path` reflect every write the store completed
+    /// before the call. Reads are sequentially consistent (never older than an earlier
+    /// answer), not linearizable: a ZooKeeper member that lagged behind its leader — one just
+    /// back from a partition it did not notice — answers from its own state. A recipe calls
+    /// this before a read whose answer it acts on as the present (a grant). ZooKeeper's
+    /// `sync`; nothing (the default) where reads are linearizable already.
+    async fn sync(&self, _path: &Path) -> Result<()> {
+        Ok(())
+    }
     /// The driver of a peer's election/lock protocol that needs more than the kernel
     /// ([`crate::recipes::dialect`]); `None` (the default) when this backend has none for it.
     fn dialect_driver(

@@ -911,7 +911,6 @@ fn partitions(kind: Kind, m: usize) {
 }
 
 #[test]
-#[ignore = "open finding (docs/RELIABILITY.md, (h)): on ZooKeeper a candidate may be granted on a node its expired session still shows after a heal; run with --include-ignored"]
 fn partitions_zookeeper() {
     partitions(Kind::ZooKeeper, 3);
 }
@@ -928,7 +927,6 @@ fn partitions_consul() {
 }
 
 #[test]
-#[ignore = "open finding (docs/RELIABILITY.md, (h)): on ZooKeeper a candidate may be granted on a node its expired session still shows after a heal; run with --include-ignored"]
 fn partitions5_zookeeper() {
     partitions(Kind::ZooKeeper, 5);
 }

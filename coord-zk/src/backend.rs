@@ -104,6 +104,10 @@ impl RawBackend for ZkBackend {
         self.ctx.write_if(guard, op).await
     }
 
+    async fn sync(&self, path: &Path) -> Result<()> {
+        self.ctx.sync_reads(path).await
+    }
+
     async fn watch(&self, path: &Path) -> Result<(Option<Node>, KeyWatch)> {
         watch_key(&self.ctx, path).await
     }

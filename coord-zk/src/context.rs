@@ -226,6 +226,15 @@ impl Context {
         }
     }
 
+    /// Makes the main client's server catch up with the leader before later reads (see
+    /// `Backend::sync`), also with a single host: a member can lag its leader.
+    pub(crate) async fn sync_reads(&self, path: &Path) -> Result<()> {
+        let p = path.as_str();
+        self.with_main("sync", p, Op::Other, |c| async move { c.sync(p).await })
+            .await
+            .map(|((), _)| ())
+    }
+
     /// Creates a persistent node through the main client.
     pub(crate) async fn create(
         &self,

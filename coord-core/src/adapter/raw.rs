@@ -107,6 +107,10 @@ pub trait RawBackend: Send + Sync + 'static {
     /// See [`Backend::write_if`]; the guard is not the root and `op` passed the checks of its
     /// unguarded form.
     async fn write_if(&self, guard: &Guard, op: &WriteOp) -> Result<WriteResult>;
+    /// See [`Backend::sync`].
+    async fn sync(&self, _path: &Path) -> Result<()> {
+        Ok(())
+    }
     /// See [`Backend::dialect_driver`].
     fn dialect_driver(&self, _dialect: Dialect) -> Option<Arc<dyn DialectDriver>> {
         None
@@ -178,6 +182,10 @@ impl<T: RawBackend> Backend for T {
     async fn write_if(&self, guard: &Guard, op: &WriteOp) -> Result<WriteResult> {
         check_write_if(RawBackend::capabilities(self), guard, op)?;
         RawBackend::write_if(self, guard, op).await
+    }
+
+    async fn sync(&self, path: &Path) -> Result<()> {
+        RawBackend::sync(self, path).await
     }
 
     fn dialect_driver(&self, dialect: Dialect) -> Option<Arc<dyn DialectDriver>> {

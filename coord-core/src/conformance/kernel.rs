@@ -275,6 +275,23 @@ pub async fn exists_reports_stat(h: &dyn Harness) {
     );
 }
 
+/// Checks: `sync` is accepted on a missing path and on a present one (a candidate syncs on
+/// its own node, which may be gone), and a read after it sees a write another client made.
+pub async fn sync_then_read_sees_writes(h: &dyn Harness) {
+    let c = h.client().await;
+    let other = h.client().await;
+    c.sync(&p("/synced/missing")).await.unwrap();
+    other
+        .create(&p("/synced"), b"v1", CreateMode::Exact)
+        .await
+        .unwrap();
+    c.sync(&p("/synced")).await.unwrap();
+    assert_eq!(c.get(&p("/synced")).await.unwrap().value, b"v1");
+    other.delete(&p("/synced"), None).await.unwrap();
+    c.sync(&p("/synced")).await.unwrap();
+    assert!(c.exists(&p("/synced")).await.unwrap().is_none());
+}
+
 /// Checks: value too large writes nothing.
 pub async fn value_too_large_writes_nothing(h: &dyn Harness) {
     let c = h.client().await;

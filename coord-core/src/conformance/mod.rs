@@ -252,6 +252,7 @@ macro_rules! conformance_tests {
                 delete_missing,
                 children_sorted,
                 exists_reports_stat,
+                sync_then_read_sees_writes,
                 value_too_large_writes_nothing,
                 empty_value_roundtrip,
                 binary_value_roundtrip,

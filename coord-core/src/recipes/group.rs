@@ -27,7 +27,8 @@ use crate::adapter::Backoff;
 use crate::client::{Client, Owned};
 use crate::error::{Error, Result};
 use crate::kernel::{
-    create_parents, ChildrenEvent, CreateMode, KeyEvent, KeyWatch, Session, SessionId, Stat,
+    create_parents, ChildrenEvent, CreateMode, KeyEvent, KeyWatch, Session, SessionId,
+    SessionState, Stat,
 };
 use crate::path::Path;
 
@@ -465,9 +466,12 @@ async fn follow(
             return following.end(Stop::Displaced(by), "registration removed or replaced");
         }
         following.set(MembershipState::Rejoining);
-        let previous = session.id().clone();
+        // Every session this re-join goes through: a create of one of them may land after
+        // its answer was lost and the session ended, and its node is then ours, not another
+        // process's (it goes with that session).
+        let tried = Mutex::new(vec![session.id().clone()]);
         let again = following.retry("re-join", || {
-            rejoin_once(&shared, &data, &previous, epoch, mode)
+            rejoin_once(&shared, &data, &tried, epoch, mode)
         });
         match again.await {
             Ok(s) => {
@@ -555,7 +559,7 @@ async fn follow_events(
 /// Our node is missing or not ours while our session looks alive. It may have gone with the
 /// session before the client learned of the session's end: the session gets up to its TTL to
 /// report that (then we join again), unless another session holds the id first (then it is
-/// displaced). After the TTL with the node still missing, it was removed by somebody else.
+/// displaced). After the TTL with the node still missing, [`confirm_removed`] decides.
 /// `None`: the node is ours after all (follow it again).
 async fn settle(shared: &Shared, session: &dyn Session) -> Option<Ended> {
     let look = async {
@@ -575,21 +579,70 @@ async fn settle(shared: &Shared, session: &dyn Session) -> Option<Ended> {
         }
     })
     .await;
-    decided.unwrap_or(Some(Ended::Displaced(None)))
+    match decided {
+        Ok(d) => d,
+        Err(_) => confirm_removed(shared, session).await,
+    }
+}
+
+/// Our node is still missing a TTL after we saw it go, and our session has not reported an
+/// end. A client can learn of its session's end much later than its node went: a ZooKeeper
+/// client only on reconnecting, after its server caught up with the leader (partition tests,
+/// RELIABILITY.md (k)). So the node counts as removed by somebody else only once the session
+/// is connected, a synced read still misses the node, and the session then stays alive for
+/// its TTL plus a reconnect's round; otherwise the session ended and we join again.
+async fn confirm_removed(shared: &Shared, session: &dyn Session) -> Option<Ended> {
+    let node = &shared.following.node;
+    let mut backoff = Backoff::reconnect();
+    loop {
+        let mut states = session.states();
+        loop {
+            match states.next().await {
+                Some(SessionState::Connected) => break,
+                Some(s) if s.is_final() => return Some(Ended::Session),
+                Some(_) => {}
+                None => return Some(Ended::Session),
+            }
+        }
+        let read = async {
+            shared.client.backend().sync(node).await?;
+            shared.client.exists(node).await
+        };
+        match read.await {
+            Ok(Some(st)) if is_ours(Some(&st), session) => return None,
+            Ok(Some(st)) => return Some(Ended::Displaced(st.ephemeral_owner)),
+            Ok(None) => break,
+            Err(_) => backoff.wait().await,
+        }
+    }
+    let grace = session.ttl() + crate::recipes::queue::REPORT_GRACE;
+    match tokio::time::timeout(grace, wait_for_end(session)).await {
+        Ok(()) => Some(Ended::Session),
+        Err(_) => Some(Ended::Displaced(None)),
+    }
 }
 
 /// One re-join attempt: a session (the current one, or a new one if it ended, unless the
-/// client was closed), the parents, the node.
+/// client was closed), the parents, the node. `tried`: the sessions of this re-join so far
+/// (the ended one first); this attempt's is added.
 async fn rejoin_once(
     shared: &Shared,
     data: &[u8],
-    previous: &SessionId,
+    tried: &Mutex<Vec<SessionId>>,
     epoch: u64,
     mode: Follow,
 ) -> std::result::Result<Arc<dyn Session>, Failure> {
     let client = &shared.client;
     let node = &shared.following.node;
     let (s, _) = client.session_in(Some(epoch)).await.map_err(Failure::of)?;
+    let earlier = {
+        let mut t = tried.lock().unwrap_or_else(|p| p.into_inner());
+        let earlier = t.clone();
+        if !t.contains(s.id()) {
+            t.push(s.id().clone());
+        }
+        earlier
+    };
     if let Some(parent) = node.parent() {
         create_parents(&**client.backend(), &parent)
             .await
@@ -609,7 +662,7 @@ async fn rejoin_once(
             match owner {
                 None => Err(Failure::Retry(e)),
                 Some(Some(id)) if &id == s.id() => Ok(s),
-                Some(Some(id)) if &id == previous => Err(Failure::Retry(e)),
+                Some(Some(id)) if earlier.contains(&id) => Err(Failure::Retry(e)),
                 Some(Some(id)) if mode == Follow::Node => {
                     Err(Failure::Stop(Stop::Displaced(Some(id))))
                 }
@@ -761,5 +814,55 @@ impl Drop for Membership {
                 tracing::warn!(%node, error = %e, "could not leave the group");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::MembershipState;
+    use crate::kernel::Backend;
+    use crate::mem::{MemBackend, MemSession};
+    use crate::registry::Instance;
+    use crate::Client;
+
+    /// The store removed our node with our session, but the client learns of the session's
+    /// end only later than one TTL (a ZooKeeper client reconnecting to a member that caught up
+    /// late: the 3-member partition test's 10-minute flap, RELIABILITY.md (k)). The
+    /// registration must come back on a new session, not end as removed by somebody.
+    #[tokio::test(start_paused = true)]
+    async fn a_registration_whose_session_reports_its_end_late_comes_back() {
+        let mem: Arc<dyn Backend> = Arc::new(MemBackend::new());
+        let client = Client::new(mem.clone());
+        let r = client
+            .registry()
+            .register(&Instance::new("svc", "i1", "127.0.0.1", 1))
+            .await
+            .unwrap();
+        let first = r.owner();
+        let session = client.current_session().await.unwrap();
+        let ttl = session.ttl();
+        mem.delete(r.node(), None).await.unwrap();
+        // The session learns of its end one and a half TTLs after its node went.
+        tokio::time::sleep(ttl + ttl / 2).await;
+        session
+            .as_any()
+            .downcast_ref::<MemSession>()
+            .unwrap()
+            .expire_now();
+        let mut back = false;
+        for _ in 0..600 {
+            if r.state() == MembershipState::Joined && r.owner() != first {
+                back = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(back, "not back: {:?}", r.state());
+        let st = mem.exists(r.node()).await.unwrap();
+        assert_eq!(st.and_then(|s| s.ephemeral_owner), Some(r.owner()));
+        assert_eq!(r.reregistrations(), 1);
     }
 }

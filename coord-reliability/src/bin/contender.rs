@@ -587,6 +587,17 @@ async fn run(a: Args) -> Result<()> {
                                 service: service.clone(),
                             },
                         );
+                        // Diagnostics: a registration that ends for good while we run (the
+                        // library re-registers after a session's end by itself).
+                        let mut states = r.states().boxed();
+                        let watcher = id.clone();
+                        tokio::spawn(async move {
+                            while let Some(st) = states.next().await {
+                                if st.is_final() && st != coord::group::MembershipState::Closed {
+                                    error(&watcher, "registration", format!("ended: {st:?}"));
+                                }
+                            }
+                        });
                         return r;
                     }
                     Err(e) => {
