@@ -1358,11 +1358,14 @@ mod tests {
     /// A store that applies a session's first create `landing` after it was asked, whatever
     /// the client does meanwhile (as a Consul agent does with an RPC it holds through an
     /// outage). `answer_late`: the client is answered when the create lands; otherwise it is
-    /// told a retryable timeout after 20 ms.
+    /// told a retryable timeout after 20 ms. Its reads of the `frozen` paths lag: they answer
+    /// what they answered when frozen until a `sync` (a ZooKeeper member back from a partition
+    /// it did not notice).
     mod late {
         use std::any::Any;
+        use std::collections::HashMap;
         use std::sync::atomic::{AtomicBool, Ordering};
-        use std::sync::Arc;
+        use std::sync::{Arc, Mutex};
         use std::time::Duration;
 
         use async_trait::async_trait;
@@ -1376,6 +1379,28 @@ mod tests {
             pub(super) answer_late: bool,
             /// When a session's first create lands (its later creates are on time).
             pub(super) landing: Duration,
+            pub(super) frozen: Mutex<HashMap<String, Option<Stat>>>,
+        }
+
+        impl LateBackend {
+            pub(super) fn new(
+                inner: Arc<dyn Backend>,
+                answer_late: bool,
+                landing: Duration,
+            ) -> Self {
+                LateBackend {
+                    inner,
+                    answer_late,
+                    landing,
+                    frozen: Mutex::default(),
+                }
+            }
+
+            /// From now until the next sync, reads of `path` answer what they answer now.
+            pub(super) async fn freeze(&self, path: &Path) {
+                let st = self.inner.exists(path).await.unwrap();
+                self.frozen.lock().unwrap().insert(path.to_string(), st);
+            }
         }
 
         struct LateSession {
@@ -1449,120 +1474,6 @@ mod tests {
                 self.inner.get(path).await
             }
             async fn exists(&self, path: &Path) -> Result<Option<Stat>> {
-                self.inner.exists(path).await
-            }
-            async fn set(&self, path: &Path, value: &[u8], v: Option<Version>) -> Result<Stat> {
-                self.inner.set(path, value, v).await
-            }
-            async fn delete(&self, path: &Path, expected: Option<Version>) -> Result<()> {
-                self.inner.delete(path, expected).await
-            }
-            async fn children(&self, path: &Path) -> Result<Vec<String>> {
-                self.inner.children(path).await
-            }
-            async fn watch(&self, path: &Path) -> Result<(Option<Node>, KeyWatch)> {
-                self.inner.watch(path).await
-            }
-            async fn watch_children(&self, path: &Path) -> Result<(Vec<String>, ChildrenWatch)> {
-                self.inner.watch_children(path).await
-            }
-            async fn write_if(&self, guard: &Guard, op: &WriteOp) -> Result<WriteResult> {
-                self.inner.write_if(guard, op).await
-            }
-            async fn sync(&self, path: &Path) -> Result<()> {
-                self.inner.sync(path).await
-            }
-            fn as_any(&self) -> &dyn Any {
-                self
-            }
-        }
-    }
-
-    /// A candidate whose create lands after its acquire went away (dropped while the create
-    /// ran, or told a timeout) is removed once it lands: otherwise it would sit first in the
-    /// queue under a live session, and nobody would ever hold the lock again. Found by the
-    /// Consul partition test (two candidates of one contender, the older one nobody's).
-    #[tokio::test(start_paused = true)]
-    async fn a_create_that_lands_after_its_acquire_went_is_removed() {
-        for answer_late in [true, false] {
-            let mem: Arc<dyn Backend> = Arc::new(crate::mem::MemBackend::new());
-            let late = Client::new(Arc::new(late::LateBackend {
-                inner: mem.clone(),
-                answer_late,
-                landing: Duration::from_millis(200),
-            }));
-            let lock = late.lock("l").unwrap();
-            let dropped_or_failed = tokio::time::timeout(Duration::from_millis(50), lock.lock())
-                .await
-                .map(|r| r.err());
-            match dropped_or_failed {
-                // Dropped while the create ran.
-                Err(_) => assert!(answer_late),
-                // Told a timeout.
-                Ok(e) => assert!(!answer_late && e.is_some_and(|e| e.is_retryable())),
-            }
-            // The create lands at 200 ms; the other client must get the lock.
-            let other = Client::new(mem.clone());
-            let dir = Path::new("/locks/l").unwrap();
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            let got =
-                tokio::time::timeout(Duration::from_secs(30), other.lock("l").unwrap().lock())
-                    .await;
-            let left = mem.children(&dir).await.unwrap();
-            assert!(
-                matches!(got, Ok(Ok(_))),
-                "answer_late {answer_late}: the lock was not free; candidates {left:?}"
-            );
-            assert_eq!(left.len(), 1, "answer_late {answer_late}: {left:?}");
-        }
-    }
-
-    /// A store whose reads of the frozen paths come from a replica that lags: it still shows
-    /// them as they were when frozen, until a `sync` catches it up (a ZooKeeper member back
-    /// from a partition it did not notice).
-    mod lagging {
-        use std::any::Any;
-        use std::collections::HashMap;
-        use std::sync::{Arc, Mutex};
-        use std::time::Duration;
-
-        use async_trait::async_trait;
-
-        use crate::error::Result;
-        use crate::kernel::*;
-        use crate::path::Path;
-
-        pub(super) struct LaggingBackend {
-            pub(super) inner: Arc<dyn Backend>,
-            pub(super) frozen: Mutex<HashMap<String, Option<Stat>>>,
-        }
-
-        impl LaggingBackend {
-            /// From now until the next sync, reads of `path` answer what they answer now.
-            pub(super) async fn freeze(&self, path: &Path) {
-                let st = self.inner.exists(path).await.unwrap();
-                self.frozen.lock().unwrap().insert(path.to_string(), st);
-            }
-        }
-
-        #[async_trait]
-        impl Backend for LaggingBackend {
-            fn capabilities(&self) -> &Capabilities {
-                self.inner.capabilities()
-            }
-            fn namespace(&self) -> &str {
-                self.inner.namespace()
-            }
-            async fn open_session(&self, options: SessionOptions) -> Result<Arc<dyn Session>> {
-                self.inner.open_session(options).await
-            }
-            async fn create(&self, path: &Path, value: &[u8], mode: CreateMode) -> Result<Created> {
-                self.inner.create(path, value, mode).await
-            }
-            async fn get(&self, path: &Path) -> Result<Node> {
-                self.inner.get(path).await
-            }
-            async fn exists(&self, path: &Path) -> Result<Option<Stat>> {
                 let frozen = self.frozen.lock().unwrap().get(path.as_str()).cloned();
                 match frozen {
                     Some(st) => Ok(st),
@@ -1599,6 +1510,45 @@ mod tests {
         }
     }
 
+    /// A candidate whose create lands after its acquire went away (dropped while the create
+    /// ran, or told a timeout) is removed once it lands: otherwise it would sit first in the
+    /// queue under a live session, and nobody would ever hold the lock again. Found by the
+    /// Consul partition test (two candidates of one contender, the older one nobody's).
+    #[tokio::test(start_paused = true)]
+    async fn a_create_that_lands_after_its_acquire_went_is_removed() {
+        for answer_late in [true, false] {
+            let mem: Arc<dyn Backend> = Arc::new(crate::mem::MemBackend::new());
+            let late = Client::new(Arc::new(late::LateBackend::new(
+                mem.clone(),
+                answer_late,
+                Duration::from_millis(200),
+            )));
+            let lock = late.lock("l").unwrap();
+            let dropped_or_failed = tokio::time::timeout(Duration::from_millis(50), lock.lock())
+                .await
+                .map(|r| r.err());
+            match dropped_or_failed {
+                // Dropped while the create ran.
+                Err(_) => assert!(answer_late),
+                // Told a timeout.
+                Ok(e) => assert!(!answer_late && e.is_some_and(|e| e.is_retryable())),
+            }
+            // The create lands at 200 ms; the other client must get the lock.
+            let other = Client::new(mem.clone());
+            let dir = Path::new("/locks/l").unwrap();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let got =
+                tokio::time::timeout(Duration::from_secs(30), other.lock("l").unwrap().lock())
+                    .await;
+            let left = mem.children(&dir).await.unwrap();
+            assert!(
+                matches!(got, Ok(Ok(_))),
+                "answer_late {answer_late}: the lock was not free; candidates {left:?}"
+            );
+            assert_eq!(left.len(), 1, "answer_late {answer_late}: {left:?}");
+        }
+    }
+
     /// A candidate whose predecessor went decides on a read of its own node: from a server
     /// that lags, that read can still show a node the store already removed (ZooKeeper,
     /// `partitions_zookeeper`: two live holders for 226 ms after a heal, see RELIABILITY.md
@@ -1606,10 +1556,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_grant_is_not_decided_on_a_stale_read_of_our_own_node() {
         let mem: Arc<dyn Backend> = Arc::new(crate::mem::MemBackend::new());
-        let lagging = Arc::new(lagging::LaggingBackend {
-            inner: mem.clone(),
-            frozen: Default::default(),
-        });
+        let lagging = Arc::new(late::LateBackend::new(mem.clone(), true, Duration::ZERO));
         let first = Client::new(mem.clone());
         let held = first.lock("l").unwrap().lock().await.unwrap();
         let waiter = Client::new(lagging.clone());
@@ -1654,11 +1601,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_create_that_lands_after_the_horizon_is_removed_by_the_next_acquire() {
         let mem: Arc<dyn Backend> = Arc::new(crate::mem::MemBackend::new());
-        let late = Client::new(Arc::new(late::LateBackend {
-            inner: mem.clone(),
-            answer_late: false,
-            landing: IN_DOUBT_HORIZON * 2,
-        }));
+        let late = Client::new(Arc::new(late::LateBackend::new(
+            mem.clone(),
+            false,
+            IN_DOUBT_HORIZON * 2,
+        )));
         let lock = late.lock("l").unwrap();
         let e = lock.lock().await.err();
         assert!(e.is_some_and(|e| e.is_retryable()));
