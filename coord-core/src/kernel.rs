@@ -18,7 +18,9 @@
 //! - **The namespace root** `/` always exists, holds no value, and cannot be written or deleted
 //!   ([`Error::InvalidArgument`]).
 //! - **Read-your-writes.** Once a call returns, every later read through the same `Backend`
-//!   sees its effect (also for ephemerals created through a session).
+//!   sees its effect (also for ephemerals created through a session). Reads never go back to
+//!   an older state than one they answered from, but they need not be linearizable: what
+//!   another client changed may show only after [`Backend::sync`] (a lagging ZooKeeper member).
 //! - **Watches** are registered atomically with the read they return: a change that takes
 //!   effect after the read is delivered. Events of one watch arrive in order. A backend may
 //!   coalesce intermediate states ([`Capabilities::watch_coalesces`]) but never skips the latest
