@@ -362,7 +362,7 @@ pub fn check(
                     } else {
                         rep.overlaps.push(format!(
                             "{role}: {} (token {}, {}..{} {}) overlaps {} (token {}, {}..{} {}) \
-                             by {} us",
+                             by {} us; {}",
                             old.id,
                             old.token,
                             old.from_us,
@@ -373,7 +373,8 @@ pub fn check(
                             new.from_us,
                             new.to_us,
                             new.end,
-                            overlap_to - overlap_from
+                            overlap_to - overlap_from,
+                            reports_before(records, old, new.from_us)
                         ));
                     }
                 }
@@ -395,6 +396,33 @@ pub fn check(
         }
     }
     rep
+}
+
+/// What `old`'s process last reported of its session and its hold before `at` (diagnostics of
+/// an overlap: was it suspended, disconnected?).
+fn reports_before(records: &[Record], old: &Interval, at: u64) -> String {
+    let last = |pick: &dyn Fn(&Event) -> Option<String>| {
+        records
+            .iter()
+            .filter(|r| r.id == old.id && r.t_us >= old.from_us && r.t_us <= at)
+            .filter_map(|r| pick(&r.event).map(|what| format!("{what} at {}", r.t_us)))
+            .last()
+            .unwrap_or_else(|| "none".into())
+    };
+    let session = last(&|e| match e {
+        Event::Session { state, .. } => Some(format!("session {state}")),
+        _ => None,
+    });
+    let hold = last(&|e| match e {
+        Event::HoldState { role, token, state } if *role == old.role && *token == old.token => {
+            Some(format!("hold {state}"))
+        }
+        _ => None,
+    });
+    format!(
+        "{}'s last reports after its grant, before the newer one: {session}; {hold}",
+        old.id
+    )
 }
 
 /// The read-write lock's roles: readers share, a writer is alone.

@@ -392,6 +392,11 @@ impl Run<'_> {
         self.wait_registered(0, &all, Duration::from_secs(60))
             .unwrap_or_else(|last| {
                 self.dump_sessions_since(from);
+                // The missing ones' members and agents: what their side of the store saw.
+                let missing: Vec<usize> = (0..self.m)
+                    .filter(|i| !last.contains(&format!("\"{}\"", cid(*i))))
+                    .collect();
+                self.dump_logs(&missing);
                 panic!(
                     "{name} on {} ({} members): registrations not back 60 s after the heal: \
                      {last}",
