@@ -12,7 +12,9 @@
 //!   with the smaller token was *not* in a fault window (paused, killed, server fault) between
 //!   its grant and the newer grant — a live, connected holder must never overlap its
 //!   successor (a holder cut off by a fault may: it is what fencing is for, and a resumed
-//!   process may even release before it notices the loss);
+//!   process may even release before it notices the loss; so may a holder that had reported
+//!   its hold `Suspended` under `TolerateSuspend`: the library told it the role may be lost,
+//!   and those overlaps are counted apart);
 //! - **stale accepted writes**: writes the fenced resource accepted from a token after it had
 //!   accepted a larger one (must be 0: this checks the resource too).
 
@@ -176,6 +178,13 @@ pub struct Report {
     pub server_fault_overlaps: usize,
     /// The longest of the server-fault overlaps, in microseconds.
     pub max_server_fault_overlap_us: u64,
+    /// Overlaps whose older holder had reported its hold `Suspended` (and not `Holding` again)
+    /// before the newer grant: under `TolerateSuspend` the library told it the role may be
+    /// lost, and it learns `Lost` once it hears of its session's end (fencing protects the
+    /// resource meanwhile). Not counted in `fenced_overlaps`.
+    pub suspended_overlaps: usize,
+    /// The longest of those, in microseconds.
+    pub max_suspended_overlap_us: u64,
     /// Writes accepted after a larger token was accepted (must be 0).
     pub stale_writes_accepted: usize,
     /// Writes the resource rejected (stale tokens caught by fencing).
@@ -359,6 +368,10 @@ pub fn check(
                         rep.max_server_fault_overlap_us = rep
                             .max_server_fault_overlap_us
                             .max(overlap_to - overlap_from);
+                    } else if suspended_at(records, old, new.from_us) {
+                        rep.suspended_overlaps += 1;
+                        rep.max_suspended_overlap_us =
+                            rep.max_suspended_overlap_us.max(overlap_to - overlap_from);
                     } else {
                         rep.overlaps.push(format!(
                             "{role}: {} (token {}, {}..{} {}) overlaps {} (token {}, {}..{} {}) \
@@ -396,6 +409,21 @@ pub fn check(
         }
     }
     rep
+}
+
+/// Whether `old`'s holder had reported its hold `Suspended`, and not `Holding` again, at `at`.
+fn suspended_at(records: &[Record], old: &Interval, at: u64) -> bool {
+    records
+        .iter()
+        .filter(|r| r.id == old.id && r.t_us >= old.from_us && r.t_us <= at)
+        .filter_map(|r| match &r.event {
+            Event::HoldState { role, token, state } if *role == old.role && *token == old.token => {
+                Some(state.as_str())
+            }
+            _ => None,
+        })
+        .last()
+        == Some("Suspended")
 }
 
 /// What `old`'s process last reported of its session and its hold before `at` (diagnostics of
@@ -689,6 +717,40 @@ mod tests {
         let rep = check(&r, &[stop], &BTreeMap::new(), 100);
         assert!(rep.ok(), "{rep:?}");
         assert_eq!(rep.fenced_overlaps, 1);
+    }
+
+    /// An older holder that reported its hold `Suspended` before the newer grant overlaps
+    /// it within the policy (counted apart); one that reported `Holding` again does not.
+    #[test]
+    fn a_suspended_holder_overlaps_within_its_policy_and_a_holding_one_does_not() {
+        let hold = |state: &str| Event::HoldState {
+            role: "election".into(),
+            token: 1,
+            state: state.into(),
+        };
+        let suspended = vec![
+            rec(10, "a", granted(1)),
+            rec(20, "a", hold("Suspended")),
+            rec(25, "b", granted(2)),
+            rec(40, "a", lost(1)),
+        ];
+        let rep = check(&suspended, &[], &BTreeMap::new(), 100);
+        assert!(rep.ok(), "{rep:?}");
+        assert_eq!(
+            (rep.suspended_overlaps, rep.max_suspended_overlap_us),
+            (1, 15)
+        );
+        assert_eq!(rep.fenced_overlaps, 0);
+        let holding_again = vec![
+            rec(10, "a", granted(1)),
+            rec(20, "a", hold("Suspended")),
+            rec(22, "a", hold("Holding")),
+            rec(25, "b", granted(2)),
+            rec(40, "a", lost(1)),
+        ];
+        let rep = check(&holding_again, &[], &BTreeMap::new(), 100);
+        assert_eq!(rep.overlaps.len(), 1, "{rep:?}");
+        assert!(rep.overlaps[0].contains("hold Holding at 22"), "{rep:?}");
     }
 
     #[test]

@@ -251,7 +251,7 @@ fn churn(kind: Kind) {
     println!(
         "{kind} churn: seed {seed}, {rounds} rounds, {faults} faults injected {counts:?}; \
          grants {:?}; writes accepted {}, stale writes accepted {}, stale writes rejected {}; \
-         fenced overlaps {} (of which after a server fault {}, longest {} us); live {} registered and found after {settled_in:?}; final leader \
+         fenced overlaps {} (of which after a server fault {}, longest {} us); overlaps of a suspended holder {} (longest {} us); live {} registered and found after {settled_in:?}; final leader \
          {leader:?}; orphans {}; processes started {next_id}; total {:?}",
         report.grants,
         report.writes_accepted,
@@ -260,6 +260,8 @@ fn churn(kind: Kind) {
         report.fenced_overlaps,
         report.server_fault_overlaps,
         report.max_server_fault_overlap_us,
+        report.suspended_overlaps,
+        report.max_suspended_overlap_us,
         live.len(),
         orphans.len(),
         t0.elapsed()

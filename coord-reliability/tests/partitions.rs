@@ -897,9 +897,11 @@ fn partitions(kind: Kind, m: usize) {
     logs.insert("lock".to_owned(), lock_fence.log());
     let report = history::check(&swarm.records(), &swarm.faults, &logs, end);
     println!(
-        "partitions on {kind} ({m} members): grants {:?}, {} fenced overlaps, {} writes accepted, {} stale rejected, {} stale accepted; {:?} in all",
+        "partitions on {kind} ({m} members): grants {:?}, {} fenced overlaps, {} overlaps of a suspended holder (longest {} us), {} writes accepted, {} stale rejected, {} stale accepted; {:?} in all",
         report.grants,
         report.fenced_overlaps,
+        report.suspended_overlaps,
+        report.max_suspended_overlap_us,
         report.writes_accepted,
         report.stale_writes_rejected,
         report.stale_writes_accepted,
