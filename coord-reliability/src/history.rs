@@ -415,14 +415,14 @@ pub fn check(
 fn suspended_at(records: &[Record], old: &Interval, at: u64) -> bool {
     records
         .iter()
+        .rev()
         .filter(|r| r.id == old.id && r.t_us >= old.from_us && r.t_us <= at)
-        .filter_map(|r| match &r.event {
+        .find_map(|r| match &r.event {
             Event::HoldState { role, token, state } if *role == old.role && *token == old.token => {
                 Some(state.as_str())
             }
             _ => None,
         })
-        .last()
         == Some("Suspended")
 }
 
@@ -432,9 +432,9 @@ fn reports_before(records: &[Record], old: &Interval, at: u64) -> String {
     let last = |pick: &dyn Fn(&Event) -> Option<String>| {
         records
             .iter()
+            .rev()
             .filter(|r| r.id == old.id && r.t_us >= old.from_us && r.t_us <= at)
-            .filter_map(|r| pick(&r.event).map(|what| format!("{what} at {}", r.t_us)))
-            .last()
+            .find_map(|r| pick(&r.event).map(|what| format!("{what} at {}", r.t_us)))
             .unwrap_or_else(|| "none".into())
     };
     let session = last(&|e| match e {
