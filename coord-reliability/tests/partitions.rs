@@ -229,6 +229,7 @@ impl Run<'_> {
         }
         let leader_cut = sides.contains(&leader);
         let old = cid(leader);
+        let agent_logs = self.agent_log_sizes();
         let cut_at = now_us();
         self.net.isolate(&hosts).expect("isolate");
         for s in &sides {
@@ -319,12 +320,43 @@ impl Run<'_> {
         // The majority side's registrations stay, seen through a majority member.
         let majority: Vec<usize> = (0..m).filter(|s| !sides.contains(s)).collect();
         let want: Vec<String> = majority.iter().map(|s| cid(*s)).collect();
+        let mut stalled = Vec::new();
         if let Err(last) = self.wait_registered(majority[0], &want, Duration::from_secs(30)) {
-            self.dump_sessions_since(cut_at);
-            self.dump_logs(&majority);
-            panic!(
-                "{name} on {} ({m} members): majority-side registrations {want:?} lost during \
-                 the cut: {last}",
+            // Consul 1.8: a client agent whose RPC to a cut server is in flight holds its
+            // local state until yamux gives that connection up (up to 40 s), and its TTL-check
+            // passes wait behind it, so its clients' sessions end although their side has the
+            // quorum (RELIABILITY.md (i); hashicorp/consul#8504, bounded since 1.11.9). Counted
+            // apart only when the agent's log names a failed RPC to a server of this cut and
+            // the registrations come back; any other loss fails.
+            let missing: Vec<usize> = majority
+                .iter()
+                .copied()
+                .filter(|i| !last.contains(&format!("\"{}\"", cid(*i))))
+                .collect();
+            let cut_servers: Vec<String> = if c.client_only {
+                Vec::new()
+            } else {
+                sides.iter().map(|s| self.net.host(*s).ip.clone()).collect()
+            };
+            let back = self.kind == Kind::Consul
+                && self
+                    .wait_registered(majority[0], &want, Duration::from_secs(45))
+                    .is_ok();
+            stalled = self.agents_stalled_on(&missing, &agent_logs, &cut_servers);
+            if !back || missing.is_empty() || stalled.len() != missing.len() {
+                self.dump_sessions_since(cut_at);
+                self.dump_logs(&majority);
+                panic!(
+                    "{name} on {} ({m} members): majority-side registrations {want:?} lost \
+                     during the cut: {last} (back later: {back}; behind an agent stalled on a \
+                     cut server: {stalled:?})",
+                    self.kind
+                );
+            }
+            eprintln!(
+                "{name} on {} ({m} members): majority-side registrations of {stalled:?} went \
+                 while their Consul agents were stalled on an RPC to a cut server ({cut_servers:?}); \
+                 back since",
                 self.kind
             );
         }
@@ -375,14 +407,60 @@ impl Run<'_> {
         self.row(
             name,
             &format!(
-                "cut {hosts:?} for {} ms; old leader Suspended/Lost after {} / {} ms; successor after {} ms; minority grants {minority_grants}; majority leader {}; all reconnected with one leader {recovered_ms} ms after heal; majority registrations lost 0; all registrations back {back_ms} ms after that",
+                "cut {hosts:?} for {} ms; old leader Suspended/Lost after {} / {} ms; successor after {} ms; minority grants {minority_grants}; majority leader {}; all reconnected with one leader {recovered_ms} ms after heal; majority registrations lost 0{}; all registrations back {back_ms} ms after that",
                 (heal_at - cut_at) / 1000,
                 opt(suspended_ms),
                 opt(lost_ms),
                 opt(successor_ms),
                 majority_leader.as_deref().unwrap_or("-"),
+                if stalled.is_empty() {
+                    String::new()
+                } else {
+                    let ids: Vec<String> = stalled.iter().map(|i| cid(*i)).collect();
+                    format!(" (gone and back behind an agent stalled on a cut server: {ids:?})")
+                },
             ),
         );
+    }
+
+    /// The sizes of the Consul agents' logs now (empty elsewhere): where a cut's lines start.
+    fn agent_log_sizes(&self) -> Vec<u64> {
+        self.agents.map_or_else(Vec::new, |a| {
+            a.members
+                .iter()
+                .map(|s| std::fs::metadata(s.log_path()).map_or(0, |md| md.len()))
+                .collect()
+        })
+    }
+
+    /// Which of the agents `which` logged, after `from` (their log sizes at the cut), an RPC
+    /// that failed on one of the servers `cut_servers`: agents stalled behind that server.
+    fn agents_stalled_on(
+        &self,
+        which: &[usize],
+        from: &[u64],
+        cut_servers: &[String],
+    ) -> Vec<usize> {
+        let Some(agents) = self.agents else {
+            return Vec::new();
+        };
+        which
+            .iter()
+            .copied()
+            .filter(|&i| {
+                let (Some(agent), Some(&start)) = (agents.members.get(i), from.get(i)) else {
+                    return false;
+                };
+                let log = std::fs::read(agent.log_path()).unwrap_or_default();
+                let after = log.get(start as usize..).unwrap_or_default();
+                String::from_utf8_lossy(after).lines().any(|l| {
+                    l.contains("RPC failed to server")
+                        && cut_servers
+                            .iter()
+                            .any(|ip| l.contains(&format!("server={ip}:8300")))
+                })
+            })
+            .collect()
     }
 
     /// Waits (bounded) until every contender's registration is back after a heal; how long.
@@ -910,6 +988,16 @@ fn partitions(kind: Kind, m: usize) {
     for r in &rows {
         eprintln!("{r}");
     }
+    if !report.ok() {
+        // Which sessions the servers ended, and when (ZooKeeper's leader logs each expiry):
+        // to tell an overlap whose older holder's session the quorum expired behind its back.
+        for (i, s) in cluster.members.iter().enumerate() {
+            let log = std::fs::read_to_string(s.log_path()).unwrap_or_default();
+            for l in log.lines().filter(|l| l.contains("Expiring session")) {
+                eprintln!("member {i}: {l}");
+            }
+        }
+    }
     assert!(report.ok(), "checker: {report:#?}");
     assert_eq!(orphans, 0, "orphan candidates after the last heal");
     assert_eq!(report.stale_writes_accepted, 0);
@@ -928,7 +1016,6 @@ fn partitions_etcd() {
 }
 
 #[test]
-#[ignore = "open finding (docs/RELIABILITY.md, (i)): on 3 Consul servers a majority-side client agent answered nothing for 30 s of a cut, so a majority-side registration was lost; run with --include-ignored"]
 fn partitions_consul() {
     partitions(Kind::Consul, 3);
 }
@@ -946,4 +1033,99 @@ fn partitions5_etcd() {
 #[test]
 fn partitions5_consul() {
     partitions(Kind::Consul, 5);
+}
+
+/// Runs `curl args…` in `host`'s namespace; its stdout and how long it took.
+fn curl_in(host: &coord_testkit::netns::Host, args: &[&str]) -> (String, Duration) {
+    let p = host.exec_prefix();
+    let t = Instant::now();
+    let out = std::process::Command::new(&p[0])
+        .args(&p[1..])
+        .arg("curl")
+        .args(["-s", "-m", "90"])
+        .args(args)
+        .output();
+    let text = out.map_or_else(
+        |e| format!("cannot run curl: {e}"),
+        |o| String::from_utf8_lossy(&o.stdout).trim().to_owned(),
+    );
+    (text, t.elapsed())
+}
+
+/// The reproduction of finding (i), a Consul 1.8 behaviour rather than coord's: a client
+/// agent syncs a change to the server it talks to; that server is cut off right then; every
+/// TTL-check pass on that agent then waits for the sync, until yamux gives the connection up
+/// (up to 40 s), so the check, and the sessions that depend on it, fail although the agent
+/// and the two other servers (the quorum) are fine. Ignored in CI (a minute, and it tests
+/// Consul); run it with `--include-ignored consul_agent_stalls`.
+#[test]
+#[ignore = "reproduces a Consul 1.8 agent behaviour (docs/RELIABILITY.md, (i)); run with --include-ignored"]
+fn consul_agent_stalls_behind_a_cut_server() {
+    let mut net = match Net::new(4) {
+        Ok(n) => n,
+        Err(e) => return skip_or_fail("network namespaces not available", e).unwrap_or(()),
+    };
+    let members: Vec<_> = net.hosts()[..3].to_vec();
+    let agent = net.host(3).clone();
+    let servers = Cluster::consul_in(&members).expect("Consul servers in namespaces");
+    let agents = Cluster::consul_agents_in(std::slice::from_ref(&agent), &members)
+        .expect("a Consul client agent");
+    let base = format!("http://{}:8500", agent.ip);
+    let check = r#"{"ID":"stall-ttl","Name":"stall-ttl","TTL":"4s","Status":"passing"}"#;
+    curl_in(
+        &agent,
+        &[
+            "-X",
+            "PUT",
+            "-d",
+            check,
+            &format!("{base}/v1/agent/check/register"),
+        ],
+    );
+    // An RPC, so that the agent holds a connection to the server it picked.
+    curl_in(&agent, &[&format!("{base}/v1/catalog/nodes")]);
+    let p = agent.exec_prefix();
+    let ss = std::process::Command::new(&p[0])
+        .args(&p[1..])
+        .args(["ss", "-tn"])
+        .output()
+        .expect("ss");
+    let conns = String::from_utf8_lossy(&ss.stdout).into_owned();
+    let target = members
+        .iter()
+        .position(|m| conns.contains(&format!("{}:8300", m.ip)))
+        .expect("the agent's connection to a server");
+    let cut = Instant::now();
+    net.isolate(&[target]).expect("cut the agent's server");
+    // A change the agent syncs at once: its RPC goes to the server just cut.
+    let syncer = {
+        let agent = agent.clone();
+        let base = base.clone();
+        std::thread::spawn(move || {
+            let svc = r#"{"ID":"stall-svc","Name":"stall-svc","Port":1}"#;
+            let url = format!("{base}/v1/agent/service/register");
+            curl_in(&agent, &["-X", "PUT", "-d", svc, &url]).1
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let pass = format!("{base}/v1/agent/check/pass/stall-ttl");
+    let mut longest = Duration::ZERO;
+    while cut.elapsed() < Duration::from_secs(50) {
+        let (_, took) = curl_in(&agent, &["-X", "PUT", &pass]);
+        longest = longest.max(took);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let register_took = syncer.join().expect("the syncing thread");
+    net.heal_all().expect("heal");
+    let log = agents.members[0].log_tail(40);
+    eprintln!(
+        "Consul agent stall: the server it synced to cut; the sync's register answered after \
+         {register_took:?}, the longest TTL-check pass took {longest:?}; agent log:\n{log}"
+    );
+    drop(agents);
+    drop(servers);
+    assert!(
+        longest > Duration::from_secs(4),
+        "no check pass waited longer than the check's TTL ({longest:?}): the agent did not stall"
+    );
 }

@@ -608,23 +608,42 @@ async fn run(a: Args) -> Result<()> {
             }
         })
     });
-    // Diagnostics: every change of the client's current session (id or state).
+    // Diagnostics: every state of every session the client opens, as the session reports it
+    // (a new session is found within 50 ms; its states are followed as they change, so a
+    // short Suspended between two Connected is printed too).
     {
         let (client, id) = (client.clone(), a.id.clone());
+        // The session being followed: a replaced session's late states are not printed as
+        // the client's (the records' last session is the current one).
+        let current = Arc::new(std::sync::Mutex::new(String::new()));
         tokio::spawn(async move {
-            let mut last: Option<(String, coord::SessionState)> = None;
             loop {
                 if let Some(s) = client.current_session().await {
-                    let now = (s.id().to_string(), s.state());
-                    if last.as_ref() != Some(&now) {
-                        emit(
-                            &id,
-                            Event::Session {
-                                session: now.0.clone(),
-                                state: format!("{:?}", now.1),
-                            },
-                        );
-                        last = Some(now);
+                    let session = s.id().to_string();
+                    let new = match current.lock() {
+                        Ok(mut c) if *c != session => {
+                            *c = session.clone();
+                            true
+                        }
+                        _ => false,
+                    };
+                    if new {
+                        let (mut states, id, current) = (s.states(), id.clone(), current.clone());
+                        tokio::spawn(async move {
+                            while let Some(st) = states.next().await {
+                                if current.lock().map_or(true, |c| *c != session) {
+                                    break;
+                                }
+                                let state = format!("{st:?}");
+                                emit(
+                                    &id,
+                                    Event::Session {
+                                        session: session.clone(),
+                                        state,
+                                    },
+                                );
+                            }
+                        });
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
