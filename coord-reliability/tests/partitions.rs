@@ -1129,3 +1129,158 @@ fn consul_agent_stalls_behind_a_cut_server() {
         "no check pass waited longer than the check's TTL ({longest:?}): the agent did not stall"
     );
 }
+
+/// The mode of the ZooKeeper member at `ip` (`leader`, `follower`), asked with `srvr` from
+/// host `host`'s namespace.
+fn zk_mode(net: &Net, host: usize, ip: &str) -> String {
+    let script = format!("exec 3<>/dev/tcp/{ip}/2181; echo srvr >&3; cat <&3");
+    let out = net.command(host, "bash").args(["-c", &script]).output();
+    let text = out.map_or_else(
+        |e| e.to_string(),
+        |o| String::from_utf8_lossy(&o.stdout).into_owned(),
+    );
+    text.lines()
+        .find_map(|l| l.strip_prefix("Mode: "))
+        .unwrap_or("unknown")
+        .trim()
+        .to_owned()
+}
+
+/// What a client connected to a follower saw while the leader was cut off: its session's
+/// states (ms since the cut), whether its ephemeral key outlived the cut, and the servers'
+/// session expiries and leader shutdowns.
+struct LeaderCut {
+    states: Vec<(u128, String)>,
+    kept: bool,
+    servers_said: Vec<String>,
+}
+
+/// Cuts the leader of a fresh 3-member ensemble (`syncLimit` `sync_limit`) off for `cut`,
+/// with a client (2 s sessions) connected to a follower from its own host.
+fn cut_zookeeper_leader(sync_limit: u32, cut: Duration) -> Option<LeaderCut> {
+    use coord::CreateMode;
+    use futures::StreamExt;
+    let mut net = match Net::new(4) {
+        Ok(n) => n,
+        Err(e) => {
+            skip_or_fail("network namespaces not available", e);
+            return None;
+        }
+    };
+    let members: Vec<_> = net.hosts()[..3].to_vec();
+    let cluster =
+        Cluster::zookeeper_in_with(&members, sync_limit).expect("ZooKeeper in namespaces");
+    let modes: Vec<String> = members.iter().map(|m| zk_mode(&net, 3, &m.ip)).collect();
+    let leader = modes.iter().position(|m| m == "leader").expect("a leader");
+    let follower = (leader + 1) % 3;
+    let u = format!("zk://{}:2181/lc?session_timeout=2s", members[follower].ip);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Instant>();
+    let (cut_tx, cut_rx) = std::sync::mpsc::channel::<Instant>();
+    let ns = net.host(3).ns.clone();
+    let client_side = std::thread::spawn(move || {
+        run_in(&ns, move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let client = coord::connect(&u).await.expect("connect");
+                let session = client.session().await.expect("session");
+                let path = coord::Path::new("/mine").expect("path");
+                session
+                    .create(&path, b"x", CreateMode::Exact)
+                    .await
+                    .expect("ephemeral");
+                let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+                let mut states = session.states();
+                let log = seen.clone();
+                tokio::spawn(async move {
+                    while let Some(st) = states.next().await {
+                        if let Ok(mut l) = log.lock() {
+                            l.push((Instant::now(), format!("{st:?}")));
+                        }
+                    }
+                });
+                let _ = ready_tx.send(Instant::now());
+                let cut_at = tokio::task::spawn_blocking(move || cut_rx.recv())
+                    .await
+                    .expect("join")
+                    .expect("the cut's start");
+                // Past the cut, a leader election and a reconnection.
+                tokio::time::sleep(Duration::from_secs(6)).await;
+                let kept = client.backend().exists(&path).await;
+                let states = seen
+                    .lock()
+                    .map(|l| {
+                        l.iter()
+                            .map(|(t, s)| {
+                                (t.saturating_duration_since(cut_at).as_millis(), s.clone())
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                (states, matches!(kept, Ok(Some(_))))
+            })
+        })
+    });
+    ready_rx.recv().expect("the client is ready");
+    std::thread::sleep(Duration::from_millis(500));
+    let cut_at = Instant::now();
+    net.isolate(&[leader]).expect("cut the leader");
+    std::thread::sleep(cut);
+    net.heal_all().expect("heal");
+    let _ = cut_tx.send(cut_at);
+    let (states, kept) = client_side
+        .join()
+        .expect("client thread")
+        .expect("in the namespace");
+    let servers_said = cluster
+        .members
+        .iter()
+        .enumerate()
+        .flat_map(|(i, s)| {
+            let log = std::fs::read_to_string(s.log_path()).unwrap_or_default();
+            log.lines()
+                .filter(|l| l.contains("Expiring session") || l.contains("Shutdown called"))
+                .map(|l| format!("member {i}: {}", l.trim()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    Some(LeaderCut {
+        states,
+        kept,
+        servers_said,
+    })
+}
+
+/// The reproduction of finding (f): a ZooKeeper leader cut off for longer than a session's
+/// timeout but shorter than `syncLimit` × `tickTime` keeps its leadership, expires the sessions
+/// of the clients of the other members (their touches stopped reaching it), and commits those
+/// expiries once the cut heals: clients that stayed connected to healthy followers the whole
+/// time learn of it only then. With `(syncLimit + 1)` × `tickTime` under the session timeout
+/// (the partition tests' ensembles) the leader gives up first and the sessions live. Ignored
+/// in CI (a minute and a half); run it with `--include-ignored zookeeper_leader_cut`.
+#[test]
+#[ignore = "reproduces a ZooKeeper configuration hazard (docs/RELIABILITY.md, (f)); run with --include-ignored"]
+fn zookeeper_leader_cut_expires_sessions_of_connected_clients_unless_sync_limit_is_short() {
+    // tickTime 500 ms, sessions of 2 s: syncLimit 5 (2.5 s) against 2 (1 s).
+    for (limit, cut_ms) in [(5, 1900), (5, 2000), (2, 1300), (2, 1900), (2, 2600)] {
+        let Some(r) = cut_zookeeper_leader(limit, Duration::from_millis(cut_ms)) else {
+            return;
+        };
+        eprintln!(
+            "syncLimit {limit}, leader cut for {cut_ms} ms: the follower's client saw {:?}; its \
+             ephemeral {}; the servers said:\n  {}",
+            r.states,
+            if r.kept { "kept" } else { "gone" },
+            r.servers_said.join("\n  ")
+        );
+        if limit == 2 {
+            assert!(
+                r.kept,
+                "syncLimit 2: the session of a client of a healthy follower ended"
+            );
+        }
+    }
+}

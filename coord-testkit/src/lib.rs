@@ -58,6 +58,7 @@
 //! | `COORD_ETCD_BIN`, `COORD_CONSUL_BIN`, `COORD_JAVA`, `COORD_ZK_CLASSPATH` | exact binaries / classpath to use |
 //! | `COORD_TESTKIT_START_TIMEOUT_SECS` | bound for a server to become ready (default 30) |
 //! | `COORD_ZK_TICK_MS` | ZooKeeper's `tickTime` (default 500; 10–2000): its session-expiry granularity |
+//! | `COORD_ZK_SYNC_LIMIT` | ZooKeeper's `syncLimit` in ticks (default 5, 2 in network namespaces; 1–20): how long a leader keeps its quorum without hearing from it |
 //! | `COORD_TESTKIT=containers` | run every server in a container instead of a process (see below); `processes` (the default) or unset: processes |
 //! | `COORD_ZK_IMAGE`, `COORD_ETCD_IMAGE`, `COORD_CONSUL_IMAGE` | the containers' images (defaults: `zookeeper:3.9.3`, `quay.io/coreos/etcd:v3.5.16`, `hashicorp/consul:1.8.7`; `scripts/build-test-images.sh` builds local `coord-test/...` ones) |
 //! | `DOCKER_HOST` | the docker daemon of the containers |

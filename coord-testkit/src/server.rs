@@ -101,7 +101,7 @@ impl Server {
         start_with_retries(|| {
             let port = free_ports(1)?[0];
             let dir = make_temp_dir("zookeeper")?;
-            let cfg = zoo_cfg(&dir, "127.0.0.1", port, &[]);
+            let cfg = zoo_cfg(&dir, "127.0.0.1", port, &[], 5);
             prepare_zookeeper(&tools, dir, unique_name(), port, &cfg, None)
         })
     }
@@ -397,7 +397,7 @@ impl Cluster {
             let mut members = Vec::with_capacity(n);
             for (i, dir) in dirs.into_iter().enumerate() {
                 let port = ports[3 * i];
-                let cfg = zoo_cfg(&dir, "127.0.0.1", port, &servers);
+                let cfg = zoo_cfg(&dir, "127.0.0.1", port, &servers, 5);
                 members.push(prepare_zookeeper(
                     &tools,
                     dir,
@@ -496,7 +496,21 @@ impl Cluster {
 
     /// A ZooKeeper ensemble with one member per host of a [`crate::netns::Net`], each in its
     /// host's namespace on its address (client port 2181, quorum 2888, election 3888).
+    ///
+    /// `syncLimit` is 2 ticks (1 s at the default tick), not the 5 of the other ensembles: a leader cut off for
+    /// longer than a session's timeout but shorter than `syncLimit` × `tickTime` keeps its
+    /// leadership, expires the sessions of the clients of every other member (their touches
+    /// stopped reaching it) and commits those expiries when the cut heals, behind the backs
+    /// of clients that stayed connected to healthy members (docs/RELIABILITY.md, (f)). With
+    /// `(syncLimit + 1) × tickTime` under the 2 s sessions of the partition tests, it gives up
+    /// first. [`Cluster::zookeeper_in_with`] picks another value.
     pub fn zookeeper_in(hosts: &[Host]) -> Result<Cluster, Error> {
+        Cluster::zookeeper_in_with(hosts, 2)
+    }
+
+    /// [`Cluster::zookeeper_in`] with the members' `syncLimit` (in ticks; `COORD_ZK_SYNC_LIMIT`
+    /// still overrides it).
+    pub fn zookeeper_in_with(hosts: &[Host], sync_limit: u32) -> Result<Cluster, Error> {
         let tools = zookeeper_tools(true)?;
         start_cluster_with_retries(|| {
             let dirs = make_temp_dirs("zookeeper", hosts.len())?;
@@ -506,7 +520,7 @@ impl Cluster {
             let base = unique_name();
             let mut members = Vec::with_capacity(hosts.len());
             for (i, dir) in dirs.into_iter().enumerate() {
-                let cfg = zoo_cfg(&dir, &hosts[i].ip, 2181, &servers);
+                let cfg = zoo_cfg(&dir, &hosts[i].ip, 2181, &servers, sync_limit);
                 let name = format!("{base}-m{}", i + 1);
                 let m = prepare_zookeeper(&tools, dir, name, 2181, &cfg, Some(i + 1))?;
                 members.push(place(m, &hosts[i]));
@@ -709,7 +723,13 @@ fn start_cluster_with_retries(
 // ---------------------------------------------------------------------------------------------
 
 /// zoo.cfg for a standalone server (no `servers`) or an ensemble member.
-fn zoo_cfg(dir: &Path, host: &str, client_port: u16, servers: &[String]) -> String {
+fn zoo_cfg(
+    dir: &Path,
+    host: &str,
+    client_port: u16,
+    servers: &[String],
+    sync_limit: u32,
+) -> String {
     let mut cfg = String::new();
     let _ = writeln!(cfg, "# written by coord-testkit");
     // The session-expiry granularity: sessions die between their timeout and one tick later.
@@ -719,7 +739,13 @@ fn zoo_cfg(dir: &Path, host: &str, client_port: u16, servers: &[String]) -> Stri
         .unwrap_or(500);
     let _ = writeln!(cfg, "tickTime={tick}");
     let _ = writeln!(cfg, "initLimit=10");
-    let _ = writeln!(cfg, "syncLimit=5");
+    // How many ticks a follower may go unheard before the leader gives up its quorum (and a
+    // follower its leader); `COORD_ZK_SYNC_LIMIT` overrides (1–20).
+    let sync_limit = util::env_nonempty("COORD_ZK_SYNC_LIMIT")
+        .and_then(|v| v.parse::<u32>().ok())
+        .filter(|l| (1..=20).contains(l))
+        .unwrap_or(sync_limit);
+    let _ = writeln!(cfg, "syncLimit={sync_limit}");
     let _ = writeln!(cfg, "dataDir={}", dir.join("data").display());
     let _ = writeln!(cfg, "clientPort={client_port}");
     let _ = writeln!(cfg, "clientPortAddress={host}");

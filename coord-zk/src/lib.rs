@@ -30,6 +30,16 @@
 //!   session that rides on the main connection first moves the backend to a new main
 //!   session, then closes the old one (its ephemerals go at once); watches re-read and yield
 //!   `Resync` only if the state changed meanwhile.
+//! - **Ensemble settings**: give the ensemble `(syncLimit + 1) × tickTime` under the
+//!   shortest session timeout its clients use (ZooKeeper's default `syncLimit` of 5 with a
+//!   2 s tick suits sessions above 12 s). Otherwise a leader cut off from the other members for
+//!   longer than a session timeout, but shorter than `syncLimit` × `tickTime`, keeps its
+//!   leadership, expires the sessions of the clients of the other members (their touches no
+//!   longer reach it) and commits those expiries when the cut heals: a client that stayed
+//!   connected to a healthy member sees nothing until its session is already gone, and a
+//!   holder then learns of its loss a moment after its successor may be granted
+//!   (docs/RELIABILITY.md, finding (f), with a reproduction). No client-side setting can
+//!   detect it.
 //! - **Watches**: ZooKeeper one-shot watches, one per watched path whatever the number of
 //!   coord watches on it, served by two tasks per backend (keys, children) and re-armed after each event with
 //!   the read they come from; quick changes may be coalesced (`watch_coalesces`). Each watch
