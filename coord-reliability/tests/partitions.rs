@@ -367,9 +367,11 @@ impl Run<'_> {
                 f.to_us = heal_at;
             }
         }
-        let t = Instant::now();
-        self.settle(&format!("everyone back after {name}"));
-        let recovered_ms = t.elapsed().as_millis();
+        let (recovered_ms, back_ms) = self.recover(&format!("everyone back after {name}"), name);
+        if std::env::var_os("COORD_PARTITION_VERBOSE").is_some() {
+            eprintln!("{name}: healed at {heal_at}; sessions, registrations and errors since:");
+            self.dump_sessions_since(heal_at);
+        }
         // The old leader has reported Lost by now (its session ended when the successor came).
         let lost_ms = if leader_cut {
             let lost = self.swarm.try_wait_for(Duration::from_secs(30), |rs| {
@@ -403,11 +405,10 @@ impl Run<'_> {
         } else {
             None
         };
-        let back_ms = self.all_back(name);
         self.row(
             name,
             &format!(
-                "cut {hosts:?} for {} ms; old leader Suspended/Lost after {} / {} ms; successor after {} ms; minority grants {minority_grants}; majority leader {}; all reconnected with one leader {recovered_ms} ms after heal; majority registrations lost 0{}; all registrations back {back_ms} ms after that",
+                "cut {hosts:?} for {} ms; old leader Suspended/Lost after {} / {} ms; successor after {} ms; minority grants {minority_grants}; majority leader {}; all reconnected with one leader {recovered_ms} ms after heal; majority registrations lost 0{}; all registrations back {back_ms} ms after heal",
                 (heal_at - cut_at) / 1000,
                 opt(suspended_ms),
                 opt(lost_ms),
@@ -463,11 +464,24 @@ impl Run<'_> {
             .collect()
     }
 
+    /// Right after a heal: waits for a settled cluster ([`Run::settle`]) and, at the same
+    /// time, for every registration to be back; how long each took from now (the heal).
+    fn recover(&self, what: &str, name: &str) -> (u128, u128) {
+        let t = Instant::now();
+        std::thread::scope(|scope| {
+            let back = scope.spawn(|| self.all_back(name));
+            self.settle(what);
+            let recovered_ms = t.elapsed().as_millis();
+            let back_ms = back.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+            (recovered_ms, back_ms)
+        })
+    }
+
     /// Waits (bounded) until every contender's registration is back after a heal; how long.
     fn all_back(&self, name: &str) -> u128 {
         let all: Vec<String> = (0..self.m).map(cid).collect();
         let from = now_us();
-        self.wait_registered(0, &all, Duration::from_secs(60))
+        self.wait_registered(0, &all, Duration::from_secs(90))
             .unwrap_or_else(|last| {
                 self.dump_sessions_since(from);
                 // The missing ones' members and agents: what their side of the store saw.
@@ -476,7 +490,7 @@ impl Run<'_> {
                     .collect();
                 self.dump_logs(&missing);
                 panic!(
-                    "{name} on {} ({} members): registrations not back 60 s after the heal: \
+                    "{name} on {} ({} members): registrations not back 90 s after the heal: \
                      {last}",
                     self.kind, self.m
                 )
@@ -564,10 +578,7 @@ impl Run<'_> {
             std::thread::sleep(Duration::from_millis(pause));
             rounds += 1;
         }
-        let t = Instant::now();
-        self.settle("everyone back after flapping");
-        let recovered_ms = t.elapsed().as_millis();
-        let back_ms = self.all_back("flapping");
+        let (recovered_ms, back_ms) = self.recover("everyone back after flapping", "flapping");
         let since = now_us().saturating_sub(start.elapsed().as_micros() as u64);
         let rs = self.swarm.records();
         let grants = |role: &str| {
@@ -595,7 +606,7 @@ impl Run<'_> {
         self.row(
             &label,
             &format!(
-                "{rounds} cut/heal rounds ({cuts} sides cut) in {secs} s; {elections} election and {locks} lock grants, {led} leader writes accepted meanwhile; all reconnected with one leader {recovered_ms} ms after the last heal; all registrations back {back_ms} ms after that"
+                "{rounds} cut/heal rounds ({cuts} sides cut) in {secs} s; {elections} election and {locks} lock grants, {led} leader writes accepted meanwhile; all reconnected with one leader {recovered_ms} ms after the last heal; all registrations back {back_ms} ms after it"
             ),
         );
         assert!(

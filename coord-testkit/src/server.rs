@@ -530,7 +530,7 @@ impl Cluster {
     }
 
     /// A static etcd cluster with one member per host of a [`crate::netns::Net`] (client port
-    /// 2379, peer port 2380), each in its host's namespace.
+    /// 2379, peer port 2380), each in its host's namespace, with Raft's pre-vote on.
     pub fn etcd_in(hosts: &[Host]) -> Result<Cluster, Error> {
         let etcd = etcd_binary(true)?;
         start_cluster_with_retries(|| {
@@ -545,7 +545,7 @@ impl Cluster {
                 .join(",");
             let mut members = Vec::with_capacity(hosts.len());
             for (i, dir) in dirs.into_iter().enumerate() {
-                let m = prepare_etcd(
+                let mut m = prepare_etcd(
                     &etcd,
                     dir,
                     names[i].clone(),
@@ -555,6 +555,10 @@ impl Cluster {
                     &base,
                     &hosts[i].ip,
                 );
+                // A member cut off campaigns at ever higher terms; without pre-vote its return
+                // deposes the majority's leader, and no lease can be renewed until the next
+                // election ends (docs/RELIABILITY.md, (l)). etcd 3.6 turns it on by default.
+                m.launch.argv.push("--pre-vote=true".into());
                 members.push(place(m, &hosts[i]));
             }
             Ok(members)
