@@ -11,6 +11,11 @@
 //!   `mod_revision`, which is the [`coord_core::Version`].
 //! - **Watches** start at the read's revision + 1, resume from the last seen revision + 1 after
 //!   a broken stream, and re-read and yield `Resync` when etcd compacted the revision they need.
+//! - **Cluster settings**: run etcd before 3.6 with `--pre-vote=true` (3.6 makes it the
+//!   default). Without it a member cut off from the others campaigns at ever higher terms,
+//!   and when the cut heals it deposes the majority's leader: no lease can be renewed until
+//!   the next election ends, so sessions with short TTLs expire on the side that kept the
+//!   quorum (docs/RELIABILITY.md, finding (l)). No client-side setting avoids it.
 //!
 //! Options: `session_ttl` (default 10s), `timeout` (every call, default 5s),
 //! `connect_timeout` (default 1s), `keepalive` (HTTP/2 ping interval, default 5s),

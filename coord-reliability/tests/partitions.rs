@@ -368,9 +368,38 @@ impl Run<'_> {
             }
         }
         let (recovered_ms, back_ms) = self.recover(&format!("everyone back after {name}"), name);
+        // Sessions of the majority side that ended, from the cut until everyone was back: a
+        // heal must not cost the side that kept the quorum its sessions (see (l)).
+        let majority_ended: Vec<String> = self
+            .swarm
+            .records()
+            .iter()
+            .filter(|r| r.t_us >= cut_at && majority.iter().any(|i| r.id == cid(*i)))
+            .filter_map(|r| match &r.event {
+                Event::Session { session, state } if state == "Expired" => {
+                    Some(format!("{} {session}", r.id))
+                }
+                _ => None,
+            })
+            .collect();
         if std::env::var_os("COORD_PARTITION_VERBOSE").is_some() {
-            eprintln!("{name}: healed at {heal_at}; sessions, registrations and errors since:");
-            self.dump_sessions_since(heal_at);
+            eprintln!(
+                "{name}: cut at {cut_at}, healed at {heal_at}; sessions, registrations and \
+                 errors since the cut:"
+            );
+            self.dump_sessions_since(cut_at);
+            if !majority_ended.is_empty() {
+                let which: Vec<usize> = majority
+                    .iter()
+                    .copied()
+                    .filter(|i| {
+                        majority_ended
+                            .iter()
+                            .any(|e| e.starts_with(&format!("{} ", cid(*i))))
+                    })
+                    .collect();
+                self.dump_logs(&which);
+            }
         }
         // The old leader has reported Lost by now (its session ended when the successor came).
         let lost_ms = if leader_cut {
@@ -408,7 +437,7 @@ impl Run<'_> {
         self.row(
             name,
             &format!(
-                "cut {hosts:?} for {} ms; old leader Suspended/Lost after {} / {} ms; successor after {} ms; minority grants {minority_grants}; majority leader {}; all reconnected with one leader {recovered_ms} ms after heal; majority registrations lost 0{}; all registrations back {back_ms} ms after heal",
+                "cut {hosts:?} for {} ms; old leader Suspended/Lost after {} / {} ms; successor after {} ms; minority grants {minority_grants}; majority leader {}; all reconnected with one leader {recovered_ms} ms after heal; majority registrations lost 0{}; majority sessions ended {majority_ended:?}; all registrations back {back_ms} ms after heal",
                 (heal_at - cut_at) / 1000,
                 opt(suspended_ms),
                 opt(lost_ms),
