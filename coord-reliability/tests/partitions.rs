@@ -75,6 +75,24 @@ fn cid(i: usize) -> String {
     format!("c{i}")
 }
 
+/// Which of the sides `of` have no registration in `last` (a printed list of contender ids).
+fn missing_from(last: &str, of: impl Iterator<Item = usize>) -> Vec<usize> {
+    of.filter(|i| !last.contains(&format!("\"{}\"", cid(*i))))
+        .collect()
+}
+
+/// The lines of the log at `path` from byte `from` on that `keep` selects (a log that cannot
+/// be read has none).
+fn log_lines(path: &std::path::Path, from: u64, keep: impl Fn(&str) -> bool) -> Vec<String> {
+    let log = std::fs::read(path).unwrap_or_default();
+    let after = log.get(from as usize..).unwrap_or_default();
+    String::from_utf8_lossy(after)
+        .lines()
+        .filter(|l| keep(l))
+        .map(str::to_owned)
+        .collect()
+}
+
 /// Whether `state` (a Session event's) is the connected one.
 fn connected(state: &str) -> bool {
     state == "Connected"
@@ -328,11 +346,7 @@ impl Run<'_> {
             // quorum (RELIABILITY.md (i); hashicorp/consul#8504, bounded since 1.11.9). Counted
             // apart only when the agent's log names a failed RPC to a server of this cut and
             // the registrations come back; any other loss fails.
-            let missing: Vec<usize> = majority
-                .iter()
-                .copied()
-                .filter(|i| !last.contains(&format!("\"{}\"", cid(*i))))
-                .collect();
+            let missing = missing_from(&last, majority.iter().copied());
             let cut_servers: Vec<String> = if c.client_only {
                 Vec::new()
             } else {
@@ -481,14 +495,13 @@ impl Run<'_> {
                 let (Some(agent), Some(&start)) = (agents.members.get(i), from.get(i)) else {
                     return false;
                 };
-                let log = std::fs::read(agent.log_path()).unwrap_or_default();
-                let after = log.get(start as usize..).unwrap_or_default();
-                String::from_utf8_lossy(after).lines().any(|l| {
+                !log_lines(agent.log_path(), start, |l| {
                     l.contains("RPC failed to server")
                         && cut_servers
                             .iter()
                             .any(|ip| l.contains(&format!("server={ip}:8300")))
                 })
+                .is_empty()
             })
             .collect()
     }
@@ -514,9 +527,7 @@ impl Run<'_> {
             .unwrap_or_else(|last| {
                 self.dump_sessions_since(from);
                 // The missing ones' members and agents: what their side of the store saw.
-                let missing: Vec<usize> = (0..self.m)
-                    .filter(|i| !last.contains(&format!("\"{}\"", cid(*i))))
-                    .collect();
+                let missing = missing_from(&last, 0..self.m);
                 self.dump_logs(&missing);
                 panic!(
                     "{name} on {} ({} members): registrations not back 90 s after the heal: \
@@ -1032,8 +1043,7 @@ fn partitions(kind: Kind, m: usize) {
         // Which sessions the servers ended, and when (ZooKeeper's leader logs each expiry):
         // to tell an overlap whose older holder's session the quorum expired behind its back.
         for (i, s) in cluster.members.iter().enumerate() {
-            let log = std::fs::read_to_string(s.log_path()).unwrap_or_default();
-            for l in log.lines().filter(|l| l.contains("Expiring session")) {
+            for l in log_lines(s.log_path(), 0, |l| l.contains("Expiring session")) {
                 eprintln!("member {i}: {l}");
             }
         }
@@ -1124,12 +1134,7 @@ fn consul_agent_stalls_behind_a_cut_server() {
     );
     // An RPC, so that the agent holds a connection to the server it picked.
     curl_in(&agent, &[&format!("{base}/v1/catalog/nodes")]);
-    let p = agent.exec_prefix();
-    let ss = std::process::Command::new(&p[0])
-        .args(&p[1..])
-        .args(["ss", "-tn"])
-        .output()
-        .expect("ss");
+    let ss = net.command(3, "ss").arg("-tn").output().expect("ss");
     let conns = String::from_utf8_lossy(&ss.stdout).into_owned();
     let target = members
         .iter()
@@ -1280,11 +1285,11 @@ fn cut_zookeeper_leader(sync_limit: u32, cut: Duration) -> Option<LeaderCut> {
         .iter()
         .enumerate()
         .flat_map(|(i, s)| {
-            let log = std::fs::read_to_string(s.log_path()).unwrap_or_default();
-            log.lines()
-                .filter(|l| l.contains("Expiring session") || l.contains("Shutdown called"))
-                .map(|l| format!("member {i}: {}", l.trim()))
-                .collect::<Vec<_>>()
+            log_lines(s.log_path(), 0, |l| {
+                l.contains("Expiring session") || l.contains("Shutdown called")
+            })
+            .into_iter()
+            .map(move |l| format!("member {i}: {}", l.trim()))
         })
         .collect();
     Some(LeaderCut {

@@ -497,9 +497,9 @@ impl Cluster {
     /// A ZooKeeper ensemble with one member per host of a [`crate::netns::Net`], each in its
     /// host's namespace on its address (client port 2181, quorum 2888, election 3888).
     ///
-    /// `syncLimit` is 2 ticks (1 s at the default tick), not the 5 of the other ensembles: a leader cut off for
-    /// longer than a session's timeout but shorter than `syncLimit` × `tickTime` keeps its
-    /// leadership, expires the sessions of the clients of every other member (their touches
+    /// `syncLimit` is 2 ticks (1 s at the default tick), not the 5 of the other ensembles: a
+    /// leader cut off for longer than a session's timeout but shorter than `syncLimit` ×
+    /// `tickTime` keeps its leadership, expires the sessions of the clients of every other member (their touches
     /// stopped reaching it) and commits those expiries when the cut heals, behind the backs
     /// of clients that stayed connected to healthy members (docs/RELIABILITY.md, (f)). With
     /// `(syncLimit + 1) × tickTime` under the 2 s sessions of the partition tests, it gives up
