@@ -34,7 +34,11 @@ impl EtcdSession {
         let secs = i64::try_from(ttl.as_millis().div_ceil(1000)).unwrap_or(i64::MAX);
         let granted_at = Instant::now();
         let store = cx.store();
-        let resp = bounded(store.timeout, "lease grant", Ctx::default(), || {
+        // A grant is bounded by the lease's own length too: a member that rejoins after a cut
+        // can lose the proposal it forwards, and the answer never comes; sent again, it does
+        // (docs/RELIABILITY.md, (n)). A grant that was applied after all expires on its own.
+        let limit = store.timeout.min(Duration::from_secs(secs.unsigned_abs()));
+        let resp = bounded(limit, "lease grant", Ctx::default(), || {
             let mut lc = store.client.lease_client();
             async move { lc.grant(secs, None).await }
         })

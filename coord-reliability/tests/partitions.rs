@@ -4,7 +4,9 @@
 //! `0..M`), `M` contender processes in their own namespaces (hosts `M..2M`), contender `c<i>`
 //! talking to member `i` only — on Consul to a client agent in its own namespace that joins
 //! the servers (clients talk to a local agent in real deployments), so cutting a contender's
-//! host cuts its agent too. They campaign in one election, loop on one lock and register one
+//! host cuts its agent too. A cut puts the hosts of its sides together on a side of their
+//! own (`Net::isolate`): a contender keeps talking to its member (or its agent to its server)
+//! when that member lost the quorum, as in a real split. They campaign in one election, loop on one lock and register one
 //! instance each, and write, while holding, to fenced resources on the never-cut service net
 //! (see `coord_testkit::netns`). The scenarios run one after the other on the same cluster,
 //! each from a settled state (everyone connected, one leader that writes); the ones that cut
@@ -20,7 +22,8 @@
 //!    lives on (the server sees it go quiet).
 //! 4. `heal-after-ttl`: as 1, healed only after 4 session TTLs: the old leader's session is
 //!    gone, it reports Lost and campaigns again with a new session.
-//! 5. `flapping`: a random side (one member and its client; on 5 members one or two) is cut
+//! 5. `flapping`: a random side (one member and its client; on 5 members one or two, cut
+//!    off together) is cut
 //!    and healed every 0.5–3 s for `COORD_PARTITION_FLAP_SECS` (default 15; the long run
 //!    uses 1800).
 //!
@@ -45,7 +48,7 @@ use coord_reliability::fence::FencedResource;
 use coord_reliability::history::{self, Event, FaultWindow, Record};
 use coord_reliability::now_us;
 use coord_testkit::netns::{run_in, Net};
-use coord_testkit::{require_backends, Cluster, Kind};
+use coord_testkit::{require_backends, Cluster, Kind, Server};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -381,7 +384,15 @@ impl Run<'_> {
                 f.to_us = heal_at;
             }
         }
-        let (recovered_ms, back_ms) = self.recover(&format!("everyone back after {name}"), name);
+        let mut serving: Vec<&Server> = Vec::new();
+        for s in &sides {
+            if !c.client_only {
+                serving.extend(self.servers.members.get(*s));
+            }
+            serving.extend(self.agents.and_then(|a| a.members.get(*s)));
+        }
+        let (recovered_ms, back_ms, serving_ms) =
+            self.recover(&format!("everyone back after {name}"), name, &serving);
         // Sessions of the majority side that ended, from the cut until everyone was back: a
         // heal must not cost the side that kept the quorum its sessions (see (l)).
         let majority_ended: Vec<String> = self
@@ -451,7 +462,7 @@ impl Run<'_> {
         self.row(
             name,
             &format!(
-                "cut {hosts:?} for {} ms; old leader Suspended/Lost after {} / {} ms; successor after {} ms; minority grants {minority_grants}; majority leader {}; all reconnected with one leader {recovered_ms} ms after heal; majority registrations lost 0{}; majority sessions ended {majority_ended:?}; all registrations back {back_ms} ms after heal",
+                "cut {hosts:?} for {} ms; old leader Suspended/Lost after {} / {} ms; successor after {} ms; minority grants {minority_grants}; majority leader {}; all reconnected with one leader {recovered_ms} ms after heal; majority registrations lost 0{}; majority sessions ended {majority_ended:?}; all registrations back {back_ms} ms after heal; cut servers serving again {} ms after heal",
                 (heal_at - cut_at) / 1000,
                 opt(suspended_ms),
                 opt(lost_ms),
@@ -463,6 +474,7 @@ impl Run<'_> {
                     let ids: Vec<String> = stalled.iter().map(|i| cid(*i)).collect();
                     format!(" (gone and back behind an agent stalled on a cut server: {ids:?})")
                 },
+                opt(serving_ms),
             ),
         );
     }
@@ -508,14 +520,23 @@ impl Run<'_> {
 
     /// Right after a heal: waits for a settled cluster ([`Run::settle`]) and, at the same
     /// time, for every registration to be back; how long each took from now (the heal).
-    fn recover(&self, what: &str, name: &str) -> (u128, u128) {
+    /// Waits until everyone is back after a heal: how long until all are connected with one
+    /// writing leader, until every registration is back, and until the cut servers `serving`
+    /// (members, and on Consul agents) all answer as ready again (`None`: none watched, or
+    /// not within 90 s), measured side by side from now. The last is the part of the wait
+    /// that is the servers' own rejoining, not the clients'.
+    fn recover(&self, what: &str, name: &str, serving: &[&Server]) -> (u128, u128, Option<u128>) {
         let t = Instant::now();
         std::thread::scope(|scope| {
             let back = scope.spawn(|| self.all_back(name));
+            let ready = scope.spawn(|| serving_again(serving));
             self.settle(what);
             let recovered_ms = t.elapsed().as_millis();
             let back_ms = back.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
-            (recovered_ms, back_ms)
+            let ready_ms = ready
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p));
+            (recovered_ms, back_ms, ready_ms)
         })
     }
 
@@ -618,7 +639,8 @@ impl Run<'_> {
             std::thread::sleep(Duration::from_millis(pause));
             rounds += 1;
         }
-        let (recovered_ms, back_ms) = self.recover("everyone back after flapping", "flapping");
+        let (recovered_ms, back_ms, _) =
+            self.recover("everyone back after flapping", "flapping", &[]);
         let since = now_us().saturating_sub(start.elapsed().as_micros() as u64);
         let rs = self.swarm.records();
         let grants = |role: &str| {
@@ -786,6 +808,25 @@ impl Run<'_> {
     }
 }
 
+/// How long until every server of `servers` answers its readiness probe (a ZooKeeper member
+/// serving, an etcd member with a leader, a Consul server or agent that knows the leader),
+/// polled every 50 ms; `None` if `servers` is empty or not all within 90 s.
+fn serving_again(servers: &[&Server]) -> Option<u128> {
+    if servers.is_empty() {
+        return None;
+    }
+    let t = Instant::now();
+    let mut waiting: Vec<&Server> = servers.to_vec();
+    while t.elapsed() < Duration::from_secs(90) {
+        waiting.retain(|s| s.probe(Duration::from_millis(500)).is_err());
+        if waiting.is_empty() {
+            return Some(t.elapsed().as_millis());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
 /// When `old` first reported, after `cut_at`, that it may no longer lead with `token`: its
 /// hold `Suspended` or `Lost`, or its session no longer connected.
 fn noticed(rs: &[Record], old: &str, token: u64, cut_at: u64) -> Option<u64> {
@@ -850,7 +891,7 @@ fn last_sessions(rs: &[Record]) -> BTreeMap<String, (String, String)> {
     out
 }
 
-fn opt(v: Option<u64>) -> String {
+fn opt<T: ToString>(v: Option<T>) -> String {
     v.map_or("-".into(), |v| v.to_string())
 }
 

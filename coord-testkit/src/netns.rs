@@ -9,9 +9,11 @@
 //!  host namespace <prefix>-h<i>: eth0 10.213.0.<10+i>, eth1 10.213.1.<10+i>, lo up
 //! ```
 //!
-//! Cluster members and clients talk over the *cluster net*; [`Net::isolate`] sets a set of
-//! hosts' switch-side cluster links down (packets are dropped silently, as in a real cut), and
-//! [`Net::heal`] sets them up again. The *service net* is never cut: a test resource bound with
+//! Cluster members and clients talk over the *cluster net*. [`Net::isolate`] splits it: the
+//! given hosts' switch-side cluster links move from `br0` to a bridge of their own (a *side*),
+//! so they still reach each other (a client stays connected to its member that lost the
+//! quorum, as in a real split) and nothing on `br0` or on another side. [`Net::heal`] moves them
+//! back. The *service net* is never cut: a test resource bound with
 //! [`Net::bind_service`] (e.g. the fenced resource) stays reachable from every host, so a
 //! partitioned old leader can still try its stale writes. No address outside loopback and
 //! these namespaces is used.
@@ -111,7 +113,7 @@ pub fn run_in<T: Send + 'static>(
 pub struct Host {
     /// The namespace's name (for `ip netns exec`).
     pub ns: String,
-    /// Its address on the cluster net (cut by [`Net::isolate`]).
+    /// Its address on the cluster net (split by [`Net::isolate`]).
     pub ip: String,
     /// Its address on the service net (never cut).
     pub service_ip: String,
@@ -137,7 +139,10 @@ impl Host {
 pub struct Net {
     switch: String,
     hosts: Vec<Host>,
-    isolated: Vec<bool>,
+    /// Per host, the side bridge it is on (`None`: on `br0`).
+    side: Vec<Option<String>>,
+    /// Side bridges made so far (names are never reused).
+    sides_made: u64,
 }
 
 /// The test's own address on the service net (in the switch namespace).
@@ -161,7 +166,8 @@ impl Net {
         let mut net = Net {
             switch: switch.clone(),
             hosts: Vec::new(),
-            isolated: vec![false; n],
+            side: vec![None; n],
+            sides_made: 0,
         };
         ip(&["netns", "add", &switch])?;
         let sw = |args: &[&str]| {
@@ -223,40 +229,65 @@ impl Net {
         &self.switch
     }
 
-    /// Cuts hosts `which` off the cluster net (their switch-side links go down; packets to and
-    /// from them are dropped silently). The service net stays up.
+    /// Cuts hosts `which` off the rest of the cluster net as one side: they keep reaching each
+    /// other, and nothing else (hosts already on another side leave it). Frames to the rest
+    /// are not delivered; connections across the cut see silence, new ones fail once the
+    /// neighbour lookup does. The service net stays up.
     pub fn isolate(&mut self, which: &[usize]) -> Result<(), Error> {
+        if which.is_empty() {
+            return Ok(());
+        }
+        let br = format!("side{}", self.sides_made);
+        self.sides_made += 1;
+        self.sw(&["link", "add", &br, "type", "bridge", "stp_state", "0"])?;
+        self.sw(&["link", "set", &br, "up"])?;
         for &i in which {
             let link = self.hosts[i].link.clone();
-            ip(&["-n", &self.switch, "link", "set", &link, "down"])?;
-            self.isolated[i] = true;
+            self.sw(&["link", "set", &link, "master", &br])?;
+            let old = self.side[i].replace(br.clone());
+            self.drop_if_empty(old)?;
         }
         Ok(())
     }
 
-    /// Joins hosts `which` to the cluster net again.
+    /// Joins hosts `which` to the cluster net (`br0`) again.
     pub fn heal(&mut self, which: &[usize]) -> Result<(), Error> {
         for &i in which {
             let link = self.hosts[i].link.clone();
-            ip(&["-n", &self.switch, "link", "set", &link, "up"])?;
-            self.isolated[i] = false;
+            self.sw(&["link", "set", &link, "master", "br0"])?;
+            let old = self.side[i].take();
+            self.drop_if_empty(old)?;
         }
         Ok(())
     }
 
     /// Heals every isolated host.
     pub fn heal_all(&mut self) -> Result<(), Error> {
-        let cut: Vec<usize> = (0..self.hosts.len())
-            .filter(|&i| self.isolated[i])
-            .collect();
-        self.heal(&cut)
+        self.heal(&self.isolated())
     }
 
     /// Which hosts are cut off now.
     pub fn isolated(&self) -> Vec<usize> {
         (0..self.hosts.len())
-            .filter(|&i| self.isolated[i])
+            .filter(|&i| self.side[i].is_some())
             .collect()
+    }
+
+    /// Deletes a side bridge that no host is on any more.
+    fn drop_if_empty(&self, br: Option<String>) -> Result<(), Error> {
+        match br {
+            Some(br) if !self.side.iter().any(|s| s.as_ref() == Some(&br)) => {
+                self.sw(&["link", "del", &br])
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Runs `ip -n <switch> args…`.
+    fn sw(&self, args: &[&str]) -> Result<(), Error> {
+        let mut v = vec!["-n", self.switch.as_str()];
+        v.extend_from_slice(args);
+        ip(&v)
     }
 
     /// A TCP listener on the service net (`10.213.1.1:port`, 0 for any), in the switch

@@ -31,6 +31,12 @@ const JVM_OPTS: &[&str] = &[
     "-Djava.net.preferIPv4Stack=true",
     "-Dzookeeper.admin.enableServer=false",
     "-Dzookeeper.4lw.commands.whitelist=*",
+    // A member that lost its quorum polls for a leader at intervals that double up to this
+    // (default 60 s): after a cut of 10 s it would rejoin seconds after the heal, its clients
+    // waiting meanwhile (docs/RELIABILITY.md, (n)).
+    "-Dzookeeper.fastleader.maxNotificationInterval=1000",
+    // Connecting to an election peer across a cut waits this long (default 5 s) per attempt.
+    "-Dzookeeper.cnxTimeout=1000",
     "-Dorg.slf4j.simpleLogger.defaultLogLevel=info",
     "-Dorg.slf4j.simpleLogger.showDateTime=true",
     "-Dorg.slf4j.simpleLogger.dateTimeFormat=HH:mm:ss.SSS",

@@ -1,5 +1,5 @@
-//! The partition harness itself: a cut really drops traffic between hosts, a heal restores
-//! it, the service net is never cut, and every namespace is gone after `Drop`.
+//! The partition harness itself: a cut really drops traffic between the sides (and not within
+//! one), a heal restores it, the service net is never cut, and every namespace is gone after `Drop`.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -26,7 +26,7 @@ fn namespaces() -> String {
 
 #[test]
 fn isolate_cuts_the_cluster_net_only_and_drop_removes_everything() {
-    let mut net = match Net::new(2) {
+    let mut net = match Net::new(3) {
         Ok(n) => n,
         Err(e) if require_backends() => {
             panic!("network namespaces are required (COORD_REQUIRE_BACKENDS=1): {e}")
@@ -56,7 +56,19 @@ fn isolate_cuts_the_cluster_net_only_and_drop_removes_everything() {
         "a cut host must be unreachable"
     );
     assert!(reaches(&net, 1, sa.clone()), "the service net is never cut");
+    // A side of two: its hosts reach each other and nothing else.
+    net.isolate(&[0, 1]).expect("isolate a side of two");
+    assert_eq!(net.isolated(), vec![0, 1]);
+    assert!(
+        reaches(&net, 0, a1.clone()),
+        "hosts on one side must reach each other"
+    );
+    assert!(
+        !reaches(&net, 2, a1.clone()),
+        "the other side must not reach them"
+    );
     net.heal_all().expect("heal");
+    assert!(net.isolated().is_empty());
     assert!(
         reaches(&net, 0, a1.clone()),
         "a healed host must be reachable"

@@ -161,7 +161,9 @@ async fn read_members(client: &Client, path: &Path, ids: Vec<String>) -> Result<
 
 /// The first pause between two re-join attempts; it doubles after each failure.
 const REJOIN_FIRST_PAUSE: Duration = Duration::from_millis(50);
-/// The longest pause between two re-join attempts.
+/// The longest pause between two re-join attempts, and at most a quarter of the session's
+/// TTL: a member comes back within a fraction of a TTL once its store serves again, however
+/// long the outage was (RELIABILITY.md (n)).
 const REJOIN_MAX_PAUSE: Duration = Duration::from_secs(2);
 
 /// What a membership follows besides its session.
@@ -350,14 +352,21 @@ impl Following {
         });
     }
 
-    /// Runs `attempt` until it succeeds or stops, pausing with a bounded exponential back-off
-    /// after each failure that may pass (logged as a warning naming `what`).
-    pub(crate) async fn retry<T, F, Fut>(&self, what: &str, mut attempt: F) -> Result<T, Stop>
+    /// Runs `attempt` until it succeeds or stops, pausing with an exponential back-off bounded
+    /// by [`REJOIN_MAX_PAUSE`] and a quarter of `ttl` after each failure that may pass (logged
+    /// as a warning naming `what`).
+    pub(crate) async fn retry<T, F, Fut>(
+        &self,
+        what: &str,
+        ttl: Duration,
+        mut attempt: F,
+    ) -> Result<T, Stop>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, Failure>>,
     {
-        let mut backoff = Backoff::new(REJOIN_FIRST_PAUSE, REJOIN_MAX_PAUSE);
+        let longest = (ttl / 4).clamp(REJOIN_FIRST_PAUSE, REJOIN_MAX_PAUSE);
+        let mut backoff = Backoff::new(REJOIN_FIRST_PAUSE, longest);
         loop {
             match attempt().await {
                 Ok(s) => return Ok(s),
@@ -470,7 +479,7 @@ async fn follow(
         // its answer was lost and the session ended, and its node is then ours, not another
         // process's (it goes with that session).
         let tried = Mutex::new(vec![session.id().clone()]);
-        let again = following.retry("re-join", || {
+        let again = following.retry("re-join", session.ttl(), || {
             rejoin_once(&shared, &data, &tried, epoch, mode)
         });
         match again.await {

@@ -135,7 +135,7 @@ async fn follow(shared: Arc<Shared>, mut session: Arc<dyn Session>, epoch: u64) 
         }
         following.set(MembershipState::Rejoining);
         let previous = session.id().clone();
-        let again = following.retry("registering again", || {
+        let again = following.retry("registering again", session.ttl(), || {
             register_once(&shared, &previous, epoch)
         });
         match again.await {
