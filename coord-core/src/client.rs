@@ -79,6 +79,11 @@ pub(crate) trait Owned: Send + Sync {
     /// Ends it because its client is closing: its state says so and it stops following.
     /// With `remove`, its node is deleted first (awaited).
     fn end(&self, remove: bool) -> BoxFuture<'_, Result<()>>;
+
+    /// The node a membership or registration keeps in place (`None` for a cache).
+    fn node(&self) -> Option<&Path> {
+        None
+    }
 }
 
 /// Weak references to what the client handed out; see the module docs.
@@ -208,6 +213,15 @@ impl Client {
     /// Remembers a membership or registration (weakly) so that close and shutdown end it.
     pub(crate) fn track_member(&self, member: Weak<dyn Owned>) {
         push_pruned(&mut self.owned().members, member);
+    }
+
+    /// Whether a membership or registration of this client (one not dropped yet, or whose
+    /// leaving is still running) is at `node`: a register that finds its own session's entry
+    /// there is then a second register of the same id, not a retry of one whose answer was lost.
+    pub(crate) fn follows(&self, node: &Path) -> bool {
+        live(&self.owned().members)
+            .iter()
+            .any(|m| m.node() == Some(node))
     }
 
     /// Remembers a service cache (weakly) so that shutdown stops it.

@@ -94,6 +94,34 @@ impl Group {
         ))
     }
 
+    /// Takes over member `node`, an entry of the client's current session with `data` that no
+    /// membership of this client follows (a join whose answer was lost after its create
+    /// landed): a membership following it, or `None` if the entry is not that (any more).
+    pub(crate) async fn adopt(
+        &self,
+        node: &Path,
+        data: &[u8],
+        follow: Follow,
+    ) -> Result<Option<Membership>> {
+        let (session, epoch) = self.client.session_in(None).await?;
+        let found = match self.client.get(node).await {
+            Ok(n) => n,
+            Err(Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if !is_ours(Some(&found.stat), &*session) || found.value != data {
+            return Ok(None);
+        }
+        Ok(Some(Membership::start(
+            &self.client,
+            node.clone(),
+            data.to_vec(),
+            session,
+            epoch,
+            follow,
+        )))
+    }
+
     /// Creates `node` on the client's session; the session and its close generation.
     async fn create_node(&self, node: &Path, data: &[u8]) -> Result<(Arc<dyn Session>, u64)> {
         let (mut session, epoch) = self.client.session_in(None).await?;
@@ -279,6 +307,8 @@ pub(crate) struct Following {
     rejoins: AtomicU64,
     state: watch::Sender<MembershipState>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Leaves (deletions of the node) running now.
+    leaving: AtomicU64,
 }
 
 impl Following {
@@ -290,8 +320,25 @@ impl Following {
             rejoins: AtomicU64::new(0),
             state: tx,
             task: Mutex::new(None),
+            leaving: AtomicU64::new(0),
         };
         (following, rx)
+    }
+
+    /// Whether the node is still this membership's: it follows it, or is removing it now (a
+    /// register of the same id on the same client must not take it over meanwhile).
+    pub(crate) fn holds_node(&self) -> bool {
+        !self.state.borrow().is_final() || self.leaving.load(Ordering::SeqCst) > 0
+    }
+
+    /// Marks a leave as running, until [`Following::left`].
+    pub(crate) fn leaving(&self) {
+        self.leaving.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Marks a leave marked by [`Following::leaving`] as done.
+    pub(crate) fn left(&self) {
+        self.leaving.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// Moves to `s` unless the state is already final.
@@ -441,6 +488,10 @@ impl Shared {
 }
 
 impl Owned for Shared {
+    fn node(&self) -> Option<&Path> {
+        self.following.holds_node().then_some(&self.following.node)
+    }
+
     fn end(&self, remove: bool) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
             self.following.close();
@@ -803,18 +854,23 @@ impl Membership {
     /// the process stopped keeping it alive.
     pub async fn leave(mut self) -> Result<()> {
         self.left = true;
-        self.shared.following.close();
-        let node = &self.shared.following.node;
-        delete_own(&self.shared.client, node, &self.shared.owner()).await
+        let following = &self.shared.following;
+        following.leaving();
+        following.close();
+        let r = delete_own(&self.shared.client, &following.node, &self.shared.owner()).await;
+        following.left();
+        r
     }
 }
 
 impl Drop for Membership {
     fn drop(&mut self) {
-        self.shared.following.close();
         if self.left {
+            self.shared.following.close();
             return;
         }
+        self.shared.following.leaving();
+        self.shared.following.close();
         let shared = self.shared.clone();
         spawn_detached(async move {
             let owner = shared.owner();
@@ -822,6 +878,7 @@ impl Drop for Membership {
             if let Err(e) = delete_own(&shared.client, node, &owner).await {
                 tracing::warn!(%node, error = %e, "could not leave the group");
             }
+            shared.following.left();
         });
     }
 }
@@ -873,5 +930,47 @@ mod tests {
         let st = mem.exists(r.node()).await.unwrap();
         assert_eq!(st.and_then(|s| s.ephemeral_owner), Some(r.owner()));
         assert_eq!(r.reregistrations(), 1);
+    }
+
+    /// A register answered by an error after its create landed (a timeout while a server was
+    /// cut off: the Consul 3-member partition test, RELIABILITY.md (n)) leaves an entry of the
+    /// client's own session that nothing follows. Retrying must take it over (with other data:
+    /// replace it), not fail with `AlreadyExists` until that session ends; a second register
+    /// while a registration lives still fails.
+    #[tokio::test]
+    async fn a_register_retried_after_a_lost_answer_takes_its_entry_over() {
+        use crate::kernel::{create_parents, CreateMode};
+        use crate::Error;
+        let mem: Arc<dyn Backend> = Arc::new(MemBackend::new());
+        let client = Client::new(mem.clone());
+        let inst = Instance::new("svc", "i1", "127.0.0.1", 1);
+        let other = Instance::new("svc", "i1", "127.0.0.1", 2);
+        // Where and what the register writes: learnt from a registration, then removed.
+        let first = client.registry().register(&inst).await.unwrap();
+        let node = first.node().clone();
+        first.deregister().await.unwrap();
+        let (session, _) = client.session_in(None).await.unwrap();
+        for (written, label) in [(&inst, "same data"), (&other, "other data")] {
+            let data = serde_json::to_vec(written).unwrap();
+            create_parents(&*mem, &node.parent().unwrap())
+                .await
+                .unwrap();
+            session
+                .create(&node, &data, CreateMode::Exact)
+                .await
+                .unwrap();
+            let r = client.registry().register(&inst).await;
+            let r = r.unwrap_or_else(|e| panic!("{label}: {e}"));
+            assert_eq!(r.owner(), *session.id(), "{label}");
+            assert_eq!(r.state(), MembershipState::Joined, "{label}");
+            let found = client.registry().discover("svc").await.unwrap();
+            assert_eq!(found, vec![inst.clone()], "{label}");
+            let again = client.registry().register(&inst).await;
+            assert!(
+                matches!(again, Err(Error::AlreadyExists { .. })),
+                "{label}: a second register while one lives: {again:?}"
+            );
+            r.deregister().await.unwrap();
+        }
     }
 }

@@ -38,7 +38,10 @@
 //!   alive, sees its node gone and ends with [`MembershipState::Removed`] — it does not take
 //!   the id back, so two live instances with one id never fight over it. Of two registrants
 //!   racing to replace the same entry, one wins and the other gets [`Error::AlreadyExists`].
-//!   An id held by this client's own session is never replaced.
+//!   An id held by a live registration of this client is never replaced (a second register
+//!   of it fails). An entry of the client's own session that no registration follows is one
+//!   whose register was answered by an error after it landed (a timeout while a server was
+//!   cut off): registering again takes it over, so a retry loop around `register` works.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -201,8 +204,8 @@ impl Registry {
     /// Registers `instance`; `if_present` says what to do when another session holds its id.
     ///
     /// Errors: [`Error::AlreadyExists`] (its `path` names the holding session) with
-    /// [`IfPresent::Fail`], for an id this client's own session holds, or when another
-    /// registrant took the id while we replaced a stale entry (it won the race);
+    /// [`IfPresent::Fail`], for an id a live registration of this client holds, or when
+    /// another registrant took the id while we replaced a stale entry (it won the race);
     /// [`Error::Contended`] if the entry kept coming back.
     pub async fn register_with(
         &self,
@@ -260,6 +263,22 @@ impl Registry {
                 Some(s) => holder.as_ref() == Some(s.id()),
                 None => false,
             };
+            if ours && !self.client.follows(&node) {
+                // Our own session's entry that no registration of this client follows: a
+                // register whose answer was lost after its create landed (a timeout while a
+                // server was cut off). A retry takes it over; with other data it goes, and
+                // the next round creates ours.
+                if let Some(m) = group.adopt(&node, &data, Follow::Node).await? {
+                    return Ok(Registration {
+                        inner: Inner::Generic(m),
+                    });
+                }
+                match self.client.delete(&node, Some(stat.version)).await {
+                    Ok(()) | Err(Error::NotFound { .. }) | Err(Error::VersionMismatch { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+                continue;
+            }
             if replacing.keeps(if_present, ours, &holder) {
                 return Err(held_by(&node, holder.as_ref()));
             }

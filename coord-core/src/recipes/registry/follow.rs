@@ -71,6 +71,10 @@ impl Shared {
 }
 
 impl Owned for Shared {
+    fn node(&self) -> Option<&Path> {
+        self.following.holds_node().then_some(&self.following.node)
+    }
+
     /// Deregisters whether or not `remove` asks for it (see the module docs).
     fn end(&self, _remove: bool) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
@@ -100,8 +104,18 @@ pub(super) async fn register(
     if_present: IfPresent,
 ) -> Result<(Arc<dyn Session>, u64)> {
     let (mut session, epoch) = client.session_in(None).await?;
+    let mut if_present = if_present;
     match native.holder(root, instance).await? {
-        Holder::Session(id) if &id == session.id() || if_present == IfPresent::Fail => {
+        // Our own session's entry: a second register of the id while a registration of this
+        // client has it, or else a register whose answer was lost after it landed (registered
+        // over, as a retry expects).
+        Holder::Session(id) if &id == session.id() => {
+            if client.follows(node) {
+                return Err(held_by(node, Some(&id)));
+            }
+            if_present = IfPresent::Replace;
+        }
+        Holder::Session(id) if if_present == IfPresent::Fail => {
             return Err(held_by(node, Some(&id)));
         }
         Holder::Foreign if if_present == IfPresent::Fail => {
@@ -295,13 +309,19 @@ impl NativeMembership {
 
     pub(super) async fn leave(mut self) -> Result<()> {
         self.left = true;
+        self.shared.following.leaving();
         self.shared.following.close();
-        self.shared.deregister().await
+        let r = self.shared.deregister().await;
+        self.shared.following.left();
+        r
     }
 }
 
 impl Drop for NativeMembership {
     fn drop(&mut self) {
+        if !self.left {
+            self.shared.following.leaving();
+        }
         self.shared.following.close();
         if !self.left {
             let shared = self.shared.clone();
@@ -309,6 +329,7 @@ impl Drop for NativeMembership {
                 if let Err(e) = shared.deregister().await {
                     tracing::warn!(node = %shared.following.node, error = %e, "could not deregister");
                 }
+                shared.following.left();
             });
         }
     }
