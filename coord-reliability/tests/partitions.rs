@@ -808,9 +808,10 @@ impl Run<'_> {
     }
 }
 
-/// How long until every server of `servers` answers its readiness probe (a ZooKeeper member
-/// serving, an etcd member with a leader, a Consul server or agent that knows the leader),
-/// polled every 50 ms; `None` if `servers` is empty or not all within 90 s.
+/// How long until every server of `servers` is ready again (a ZooKeeper member serving, an
+/// etcd member with a leader, a Consul server or agent that knows the leader and whose node's
+/// `serfHealth` passes: sessions can be made there only then), polled every 50 ms; `None` if
+/// `servers` is empty or not all within 90 s.
 fn serving_again(servers: &[&Server]) -> Option<u128> {
     if servers.is_empty() {
         return None;
@@ -818,7 +819,7 @@ fn serving_again(servers: &[&Server]) -> Option<u128> {
     let t = Instant::now();
     let mut waiting: Vec<&Server> = servers.to_vec();
     while t.elapsed() < Duration::from_secs(90) {
-        waiting.retain(|s| s.probe(Duration::from_millis(500)).is_err());
+        waiting.retain(|s| s.ready(Duration::from_millis(500)).is_err());
         if waiting.is_empty() {
             return Some(t.elapsed().as_millis());
         }

@@ -215,6 +215,17 @@ impl Server {
         })
     }
 
+    /// One full readiness check, as [`Server::wait_ready`] repeats it (on Consul also the
+    /// node's passing `serfHealth`, and a server's Raft vote), bounded by `timeout`.
+    pub fn ready(&self, timeout: Duration) -> Result<(), Error> {
+        self.check_once(timeout).map_err(|why| {
+            Error::with_log(
+                format!("{} {} is not ready: {why}", self.kind, self.name),
+                &self.log,
+            )
+        })
+    }
+
     /// Repeats readiness checks until the server is ready, it exits, or `timeout` passes; the
     /// error then carries the last lines of the server's log.
     pub fn wait_ready(&mut self, timeout: Duration) -> Result<(), Error> {

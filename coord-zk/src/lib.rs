@@ -39,7 +39,10 @@
 //!   connected to a healthy member sees nothing until its session is already gone, and a
 //!   holder then learns of its loss a moment after its successor may be granted
 //!   (docs/RELIABILITY.md, finding (f), with a reproduction). No client-side setting can
-//!   detect it.
+//!   detect it. For faster recovery (not safety): a member that lost its quorum polls for a
+//!   leader at intervals that double up to `zookeeper.fastleader.maxNotificationInterval`
+//!   (a system property, default 60 s), so after a long cut it may rejoin, and serve its
+//!   clients, only that long after the heal; the test ensembles cap it at 1 s (finding (n)).
 //! - **Watches**: ZooKeeper one-shot watches, one per watched path whatever the number of
 //!   coord watches on it, served by two tasks per backend (keys, children) and re-armed after each event with
 //!   the read they come from; quick changes may be coalesced (`watch_coalesces`). Each watch
