@@ -6,8 +6,8 @@
 //! the servers (clients talk to a local agent in real deployments), so cutting a contender's
 //! host cuts its agent too. A cut puts the hosts of its sides together on a side of their
 //! own (`Net::isolate`): a contender keeps talking to its member (or its agent to its server)
-//! when that member lost the quorum, as in a real split. They campaign in one election, loop on one lock and register one
-//! instance each, and write, while holding, to fenced resources on the never-cut service net
+//! when that member lost the quorum, as in a real split. They campaign in one election, loop
+//! on one lock and register one instance each, and write, while holding, to fenced resources on the never-cut service net
 //! (see `coord_testkit::netns`). The scenarios run one after the other on the same cluster,
 //! each from a settled state (everyone connected, one leader that writes); the ones that cut
 //! the leader's side run under both suspend policies (`LoseOnSuspend`, `TolerateSuspend`,
@@ -23,8 +23,7 @@
 //! 4. `heal-after-ttl`: as 1, healed only after 4 session TTLs: the old leader's session is
 //!    gone, it reports Lost and campaigns again with a new session.
 //! 5. `flapping`: a random side (one member and its client; on 5 members one or two, cut
-//!    off together) is cut
-//!    and healed every 0.5–3 s for `COORD_PARTITION_FLAP_SECS` (default 15; the long run
+//!    off together) is cut and healed every 0.5–3 s for `COORD_PARTITION_FLAP_SECS` (default 15; the long run
 //!    uses 1800).
 //!
 //! Checked over the whole history: 0 stale writes accepted, no duplicate or inverted tokens,
@@ -518,13 +517,11 @@ impl Run<'_> {
             .collect()
     }
 
-    /// Right after a heal: waits for a settled cluster ([`Run::settle`]) and, at the same
-    /// time, for every registration to be back; how long each took from now (the heal).
-    /// Waits until everyone is back after a heal: how long until all are connected with one
-    /// writing leader, until every registration is back, and until the cut servers `serving`
-    /// (members, and on Consul agents) all answer as ready again (`None`: none watched, or
-    /// not within 90 s), measured side by side from now. The last is the part of the wait
-    /// that is the servers' own rejoining, not the clients'.
+    /// Right after a heal, waits until everyone is back: how long until all are connected with
+    /// one writing leader ([`Run::settle`]), until every registration is back, and until the
+    /// cut servers `serving` (members, and on Consul agents) all answer as ready again
+    /// (`None`: none watched, or not within 90 s), measured side by side from now. The last is
+    /// the part of the wait that is the servers' own rejoining, not the clients'.
     fn recover(&self, what: &str, name: &str, serving: &[&Server]) -> (u128, u128, Option<u128>) {
         let t = Instant::now();
         std::thread::scope(|scope| {

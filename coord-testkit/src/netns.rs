@@ -170,17 +170,12 @@ impl Net {
             sides_made: 0,
         };
         ip(&["netns", "add", &switch])?;
-        let sw = |args: &[&str]| {
-            let mut v = vec!["-n", switch.as_str()];
-            v.extend_from_slice(args);
-            ip(&v)
-        };
-        sw(&["link", "set", "lo", "up"])?;
+        net.sw(&["link", "set", "lo", "up"])?;
         for br in ["br0", "br1"] {
-            sw(&["link", "add", br, "type", "bridge", "stp_state", "0"])?;
-            sw(&["link", "set", br, "up"])?;
+            net.sw(&["link", "add", br, "type", "bridge", "stp_state", "0"])?;
+            net.sw(&["link", "set", br, "up"])?;
         }
-        sw(&["addr", "add", &format!("{SERVICE_IP}/24"), "dev", "br1"])?;
+        net.sw(&["addr", "add", &format!("{SERVICE_IP}/24"), "dev", "br1"])?;
         for i in 0..n {
             let ns = format!("{base}-h{i}");
             ip(&["netns", "add", &ns])?;
@@ -196,12 +191,11 @@ impl Net {
                 (host.link.clone(), "br0", "eth0", &host.ip),
                 (format!("s{i}"), "br1", "eth1", &host.service_ip),
             ] {
-                ip(&[
-                    "-n", &switch, "link", "add", &sw_name, "type", "veth", "peer", "name", dev,
-                    "netns", &ns,
+                net.sw(&[
+                    "link", "add", &sw_name, "type", "veth", "peer", "name", dev, "netns", &ns,
                 ])?;
-                sw(&["link", "set", &sw_name, "master", br])?;
-                sw(&["link", "set", &sw_name, "up"])?;
+                net.sw(&["link", "set", &sw_name, "master", br])?;
+                net.sw(&["link", "set", &sw_name, "up"])?;
                 ip(&["-n", &ns, "addr", "add", &format!("{addr}/24"), "dev", dev])?;
                 ip(&["-n", &ns, "link", "set", dev, "up"])?;
             }

@@ -516,9 +516,10 @@ impl Cluster {
     ///
     /// `syncLimit` is 2 ticks (1 s at the default tick), not the 5 of the other ensembles: a
     /// leader cut off for longer than a session's timeout but shorter than `syncLimit` ×
-    /// `tickTime` keeps its leadership, expires the sessions of the clients of every other member (their touches
-    /// stopped reaching it) and commits those expiries when the cut heals, behind the backs
-    /// of clients that stayed connected to healthy members (docs/RELIABILITY.md, (f)). With
+    /// `tickTime` keeps its leadership, expires the sessions of the clients of every other
+    /// member (their touches stopped reaching it) and commits those expiries when the cut
+    /// heals, behind the backs of clients that stayed connected to healthy members
+    /// (docs/RELIABILITY.md, (f)). With
     /// `(syncLimit + 1) × tickTime` under the 2 s sessions of the partition tests, it gives up
     /// first. [`Cluster::zookeeper_in_with`] picks another value.
     pub fn zookeeper_in(hosts: &[Host]) -> Result<Cluster, Error> {

@@ -1,5 +1,6 @@
 //! The partition harness itself: a cut really drops traffic between the sides (and not within
-//! one), a heal restores it, the service net is never cut, and every namespace is gone after `Drop`.
+//! one), a heal restores it, the service net is never cut, and every namespace is gone after
+//! `Drop`.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
