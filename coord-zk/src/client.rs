@@ -4,7 +4,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -92,21 +92,33 @@ pub(crate) fn chroot(cfg: &Config, client: zk::Client) -> Result<zk::Client> {
 
 /// Spawns the ZooKeeper client's background task (it keeps the session alive) on tokio and
 /// keeps its abort handle, so that a test can stop it without a close: a crashed process.
+/// The task is spawned behind its [`Gate`].
 #[derive(Default)]
 pub(crate) struct Capture {
-    handle: Mutex<Option<tokio::task::AbortHandle>>,
+    slot: Mutex<Slot>,
+}
+
+/// The captured task: its abort handle, and the gate its drop closes.
+#[derive(Default)]
+struct Slot {
+    handle: Option<tokio::task::AbortHandle>,
+    gate: Arc<Gate>,
 }
 
 impl spawns_core::Spawn for Capture {
     fn spawn(&self, task: spawns_core::Task) {
-        let h = tokio::spawn(Box::into_pin(task.future));
-        *self.slot() = Some(h.abort_handle());
+        let mut slot = self.slot();
+        let task = Gated {
+            fut: Some(Box::into_pin(task.future)),
+            gate: slot.gate.clone(),
+        };
+        slot.handle = Some(tokio::spawn(task).abort_handle());
     }
 }
 
 impl Capture {
-    fn slot(&self) -> std::sync::MutexGuard<'_, Option<tokio::task::AbortHandle>> {
-        self.handle.lock().unwrap_or_else(|p| p.into_inner())
+    fn slot(&self) -> std::sync::MutexGuard<'_, Slot> {
+        self.slot.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Runs `fut` with this spawner in scope (entered on every poll, as the scope is
@@ -123,7 +135,7 @@ impl Capture {
 
     /// Aborts the captured task; whether there was one.
     pub(crate) fn abort(&self) -> bool {
-        match self.slot().take() {
+        match self.slot().handle.take() {
             Some(h) => {
                 h.abort();
                 true
@@ -134,7 +146,70 @@ impl Capture {
 
     /// Takes over the task `other` captured (a client that replaced ours).
     pub(crate) fn adopt(&self, other: Capture) {
-        *self.slot() = other.slot().take();
+        let theirs = std::mem::take(&mut *other.slot());
+        *self.slot() = theirs;
+    }
+
+    /// The gate of the captured task: its watchers are polled through it.
+    pub(crate) fn gate(&self) -> Arc<Gate> {
+        self.slot().gate.clone()
+    }
+}
+
+/// Whether a client's background task still exists, behind the lock its drop holds.
+///
+/// zookeeper-client 0.11 unwraps a one-shot watcher's channel, so a watcher polled after its
+/// client's task was dropped without ending the session (a crash, or the runtime shutting
+/// down) panics, and aborts a `panic = "abort"` process. While the task exists every
+/// watcher is either pending or answered; [`Gate::poll`] polls only then, and the drop
+/// cannot happen in between.
+#[derive(Default)]
+pub(crate) struct Gate {
+    gone: Mutex<bool>,
+}
+
+impl Gate {
+    fn lock(&self) -> std::sync::MutexGuard<'_, bool> {
+        self.gone.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Polls `fut` while the task exists: `Ready(None)` once it is gone.
+    pub(crate) fn poll<F: Future + Unpin>(
+        &self,
+        fut: &mut F,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<F::Output>> {
+        let gone = self.lock();
+        if *gone {
+            return Poll::Ready(None);
+        }
+        Pin::new(fut).poll(cx).map(Some)
+    }
+}
+
+/// The client's task, which closes its gate when it is dropped (finished, aborted, or at the
+/// runtime's shutdown) before anything of it goes.
+struct Gated {
+    fut: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    gate: Arc<Gate>,
+}
+
+impl Future for Gated {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        match self.fut.as_mut() {
+            Some(f) => f.as_mut().poll(cx),
+            None => Poll::Ready(()),
+        }
+    }
+}
+
+impl Drop for Gated {
+    fn drop(&mut self) {
+        let mut gone = self.gate.lock();
+        *gone = true;
+        // Dropped under the lock: no watcher is being polled meanwhile.
+        self.fut = None;
     }
 }
 

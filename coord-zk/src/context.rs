@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use zookeeper_client as zk;
 
-use crate::client::Capture;
+use crate::client::{Capture, Gate};
 use crate::config::{Config, DEFAULT_SESSION_TTL};
 use crate::error::{self, Op, ZkResult};
 use crate::watch::Hub;
@@ -48,6 +48,13 @@ pub(crate) struct MainConn {
     pub(crate) epoch: Epoch,
     /// Can abort the client's background task (a crash of the session riding on it).
     capture: Arc<Capture>,
+}
+
+impl MainConn {
+    /// The gate the client's watchers are polled through.
+    pub(crate) fn gate(&self) -> Arc<Gate> {
+        self.capture.gate()
+    }
 }
 
 /// A request to the supervisor: replace the main client if its session is still `session`.

@@ -25,6 +25,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use coord_core::adapter::{
@@ -39,6 +40,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use zookeeper_client as zk;
 
+use crate::client::Gate;
 use crate::context::{stat_of, Context, Epoch, MainConn};
 use crate::error::{self, Op, ZkResult};
 
@@ -140,13 +142,14 @@ async fn subscribe<K: WatchKind>(
 }
 
 /// An armed watcher: resolves to `true` on a node event, `false` when the watcher was lost
-/// (the session ended).
-async fn fired(w: zk::OneshotWatcher) -> bool {
-    // zookeeper-client 0.11 unwraps the watcher's channel: a watcher whose client task is
-    // gone panics instead of resolving. That is a lost watcher too.
-    match AssertUnwindSafe(w.changed()).catch_unwind().await {
-        Ok(ev) => ev.event_type != zk::EventType::Session,
-        Err(_) => false,
+/// (the session ended, or its client's task is gone).
+async fn fired(w: zk::OneshotWatcher, gate: Arc<Gate>) -> bool {
+    let mut changed = Box::pin(AssertUnwindSafe(w.changed()).catch_unwind());
+    // Through the gate: the client never gets to unwrap a watcher its gone task dropped.
+    // Any other panic of the client in there is a lost watcher too.
+    match std::future::poll_fn(|cx| gate.poll(&mut changed, cx)).await {
+        Some(Ok(ev)) => ev.event_type != zk::EventType::Session,
+        Some(Err(_)) | None => false,
     }
 }
 
@@ -367,6 +370,8 @@ type Read<K> = (<K as WatchKind>::Snap, Option<zk::OneshotWatcher>);
 struct Done<K: WatchKind> {
     path: Path,
     epoch: Epoch,
+    /// The gate of the client it was read from.
+    gate: Arc<Gate>,
     /// `Err(bound)`: no answer within the bound.
     result: std::result::Result<ZkResult<Read<K>>, Duration>,
 }
@@ -489,6 +494,7 @@ impl<K: WatchKind> Driver<K> {
         let timeout = self.bounds.timeout;
         let path = path.clone();
         self.reads.push(Box::pin(async move {
+            let gate = conn.gate();
             let c = conn.client;
             let p = path.clone();
             let read = async move {
@@ -504,6 +510,7 @@ impl<K: WatchKind> Driver<K> {
             Done {
                 path,
                 epoch: conn.epoch,
+                gate,
                 result,
             }
         }));
@@ -543,6 +550,7 @@ impl<K: WatchKind> Driver<K> {
         let Done {
             path,
             epoch,
+            gate,
             result,
         } = done;
         let current = self.conns.borrow().epoch;
@@ -557,7 +565,10 @@ impl<K: WatchKind> Driver<K> {
                         let (handle, reg) = AbortHandle::new_pair();
                         let p = path.clone();
                         self.armed.push(Box::pin(async move {
-                            Abortable::new(fired(w), reg).await.ok().map(|ok| (p, ok))
+                            Abortable::new(fired(w, gate), reg)
+                                .await
+                                .ok()
+                                .map(|ok| (p, ok))
                         }));
                         e.armed = Some(handle);
                     } else {

@@ -4,11 +4,14 @@
 
 mod common;
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Once};
 
 use common::{p, within};
-use coord_core::{Backend, Client, CreateMode, KeyEvent, KeyWatch, SessionOptions, SessionState};
-use coord_zk::ZkBackend;
+use coord_core::{
+    Backend, ChildrenEvent, Client, CreateMode, KeyEvent, KeyWatch, SessionOptions, SessionState,
+};
+use coord_zk::{ZkBackend, ZkSession};
 use futures::StreamExt;
 
 /// A backend in a fresh namespace of the shared server (`None`: skipped, not required).
@@ -102,4 +105,80 @@ async fn watches_of_one_path_share_one_zookeeper_watch() {
     assert!(matches!(ev, Some(Ok(KeyEvent::Deleted))), "{ev:?}");
     b.create(&p("/k"), b"4", CreateMode::Exact).await.unwrap();
     assert_eq!(next_value(&mut w2).await, b"4");
+}
+
+/// Panics raised inside zookeeper-client in this test process (counted by a hook that then
+/// hands over to the default one).
+static CLIENT_PANICS: AtomicUsize = AtomicUsize::new(0);
+
+fn count_client_panics() {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if info
+                .location()
+                .is_some_and(|l| l.file().contains("zookeeper-client"))
+            {
+                CLIENT_PANICS.fetch_add(1, Ordering::SeqCst);
+            }
+            default(info);
+        }));
+    });
+}
+
+/// The main session crashes (its client task is dropped, as at a runtime's shutdown) while
+/// watchers are armed on it. zookeeper-client 0.11 panics in a watcher polled after that
+/// (it unwraps the cancelled channel): the adapter never polls one, and the watches carry on
+/// over the new main session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_main_session_panics_nowhere_and_its_watches_carry_on() {
+    count_client_panics();
+    let Some(zk) = backend("crash-watch").await else {
+        return;
+    };
+    let main = zk.main_session_id();
+    let b: Arc<dyn Backend> = zk.clone();
+    b.create(&p("/k"), b"1", CreateMode::Exact).await.unwrap();
+    b.create(&p("/dir"), b"", CreateMode::Exact).await.unwrap();
+    let (_, mut keys) = b.watch(&p("/k")).await.unwrap();
+    let (_, mut children) = b.watch_children(&p("/dir")).await.unwrap();
+    let client = Client::new(b.clone());
+    let s = client.session().await.unwrap();
+    assert_eq!(s.id(), &main, "the session rides on the main session");
+    let zs = s.as_any().downcast_ref::<ZkSession>().unwrap();
+    assert!(zs.crash(), "the main client's task was aborted");
+    // Calls in flight on the crashed client fail; the backend opens a new main session.
+    within("a new main session", async {
+        while zk.main_session_id() == main {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    b.set(&p("/k"), b"2", None).await.unwrap();
+    // A resync to the state before the write may come first (the watcher was lost).
+    let mut seen = next_value(&mut keys).await;
+    if seen == b"1" {
+        seen = next_value(&mut keys).await;
+    }
+    assert_eq!(seen, b"2");
+    b.create(&p("/dir/c"), b"", CreateMode::Exact)
+        .await
+        .unwrap();
+    loop {
+        match within("the new child", children.next()).await {
+            Some(Ok(ChildrenEvent::Changed(list) | ChildrenEvent::Resync(list)))
+                if list.iter().any(|c| c == "c") =>
+            {
+                break
+            }
+            Some(Ok(_)) => continue,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(
+        CLIENT_PANICS.load(Ordering::SeqCst),
+        0,
+        "zookeeper-client panicked (see the output above)"
+    );
 }
