@@ -88,6 +88,9 @@ impl EtcdBackend {
             timeout: cfg.timeout,
             max_value: cfg.max_value_size,
             endpoints: named,
+            urls: cfg.endpoints.clone(),
+            connect_timeout: cfg.connect_timeout,
+            reconnected: Default::default(),
         };
         let cx = Arc::new(Context {
             tree: Tree::new(store, &cfg.namespace, caps),

@@ -159,6 +159,12 @@ pub struct EtcdStore {
     pub(crate) max_value: usize,
     /// The URL's endpoints (`host:port,…`, no credentials), named by connection errors.
     pub(crate) endpoints: String,
+    /// The same, one per entry, as the client was given them.
+    pub(crate) urls: Vec<String>,
+    /// The bound of one connection attempt (the URL's `connect_timeout`).
+    pub(crate) connect_timeout: Duration,
+    /// When [`EtcdStore::reconnect`] last replaced the connections.
+    pub(crate) reconnected: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 /// What a backend, its sessions and its watch tasks share. Holds no watch-stopping handle, so
@@ -180,6 +186,32 @@ impl Context {
 }
 
 impl EtcdStore {
+    /// Replaces the client's connections with new ones, at most once per two connection
+    /// attempts (a replacement that has not connected or failed yet is not cancelled).
+    ///
+    /// A connection whose peer went silent (a network cut) is still "ready" to the channel
+    /// until its HTTP/2 ping times out (`keepalive` + 1 s; etcd refuses pings more often than
+    /// every 5 s), and after a heal its TCP resends only on its back-off: every call in
+    /// between waits on it. A new connection starts from a fresh connect instead (etcd-client
+    /// re-inserting an endpoint makes tonic's balancer drop the old one once the new one is
+    /// ready, or failed to connect).
+    pub(crate) async fn reconnect(&self) {
+        {
+            let mut last = self.reconnected.lock().unwrap_or_else(|p| p.into_inner());
+            let now = tokio::time::Instant::now();
+            if last.is_some_and(|t| now < t + self.connect_timeout * 2) {
+                return;
+            }
+            *last = Some(now);
+        }
+        tracing::debug!("etcd: replacing the connections to {}", self.endpoints);
+        for url in &self.urls {
+            if let Err(e) = self.client.add_endpoint(url).await {
+                tracing::debug!("etcd: reconnecting {url} failed: {e}");
+            }
+        }
+    }
+
     pub(crate) fn kv(&self) -> KvClient {
         self.client
             .kv_client()

@@ -118,6 +118,9 @@ struct KaConn {
     waiters: Arc<Waiters>,
     /// Broken, or a renewal on it got no answer in time: the next renewal opens another.
     dead: Arc<AtomicBool>,
+    /// A renewal on it got no answer in time: its connection may be cut off, the next
+    /// renewal replaces the connections too.
+    stalled: Arc<AtomicBool>,
 }
 
 /// The keep-alive stream shared by every lease of a backend (etcd renews any number of
@@ -130,13 +133,15 @@ pub(crate) struct KeepAlives {
     conn: tokio::sync::Mutex<Option<KaConn>>,
 }
 
-/// Marks a stream dead unless disarmed: a renewal dropped before its answer (timed out).
-struct Suspect(Option<Arc<AtomicBool>>);
+/// Marks a stream dead and stalled unless disarmed: a renewal dropped before its answer
+/// (timed out).
+struct Suspect(Option<(Arc<AtomicBool>, Arc<AtomicBool>)>);
 
 impl Drop for Suspect {
     fn drop(&mut self) {
-        if let Some(d) = self.0.take() {
-            d.store(true, Ordering::SeqCst);
+        if let Some((dead, stalled)) = self.0.take() {
+            stalled.store(true, Ordering::SeqCst);
+            dead.store(true, Ordering::SeqCst);
         }
     }
 }
@@ -149,10 +154,16 @@ impl KeepAlives {
     /// One keep-alive of lease `id`.
     async fn renew(&self, cx: &Context, id: i64) -> Result<Renewal> {
         loop {
-            let (mut keeper, rx, dead) = {
+            let (mut keeper, rx, dead, stalled) = {
                 let mut slot = self.conn.lock().await;
                 let live = slot.as_ref().filter(|c| !c.dead.load(Ordering::SeqCst));
                 let Some(c) = live else {
+                    if slot
+                        .as_ref()
+                        .is_some_and(|c| c.stalled.load(Ordering::SeqCst))
+                    {
+                        cx.store().reconnect().await;
+                    }
                     // Opening sends a first keep-alive of `id` and reads its answer.
                     return match open(cx, id).await? {
                         Opened::Gone => Ok(Renewal::Gone),
@@ -171,9 +182,9 @@ impl KeepAlives {
                     id,
                     sender: c.keeper.sender.clone(),
                 };
-                (keeper, rx, c.dead.clone())
+                (keeper, rx, c.dead.clone(), c.stalled.clone())
             };
-            let mut suspect = Suspect(Some(dead.clone()));
+            let mut suspect = Suspect(Some((dead.clone(), stalled)));
             let answer = match keeper.keep_alive().await {
                 Ok(()) => rx.await.ok(),
                 Err(_) => None,
@@ -211,6 +222,7 @@ async fn open(cx: &Context, id: i64) -> Result<Opened> {
                     keeper,
                     waiters,
                     dead,
+                    stalled: Arc::new(AtomicBool::new(false)),
                 }));
             }
             Err(etcd_client::Error::LeaseKeepAliveError(m)) if m.contains("not found") => {
