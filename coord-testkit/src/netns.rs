@@ -18,6 +18,10 @@
 //! partitioned old leader can still try its stale writes. No address outside loopback and
 //! these namespaces is used.
 //!
+//! Every host caps TCP's retransmission back-off at 1 s (`net.ipv4.tcp_rto_max_ms`, where the
+//! kernel has it), as a coordination cluster's hosts should (docs/RELIABILITY.md, (o));
+//! `COORD_NETNS_TCP_RTO_MAX_MS=default` keeps the kernel's.
+//!
 //! Clean-up: every namespace name starts with `ctk<pid>-`; [`Drop`] deletes them (links go with
 //! them), also while a panic unwinds, and [`Net::new`] first sweeps namespaces left by
 //! processes that no longer exist (a test killed with `SIGKILL`). Processes started in a host
@@ -62,6 +66,39 @@ fn ip(args: &[&str]) -> Result<(), Error> {
             args.join(" "),
             String::from_utf8_lossy(&out.stderr).trim()
         )))
+    }
+}
+
+/// The cap on TCP's retransmission back-off on every host, in ms (`net.ipv4.tcp_rto_max_ms`,
+/// Linux 6.15 and later, per namespace; the kernel's default is 120 s). A connection that
+/// lived through a cut resends only on its back-off after the heal: with the default, a
+/// ZooKeeper member's election connections got through up to 4.5 s after the heal of a 10 s
+/// cut (docs/RELIABILITY.md, (o)). `COORD_NETNS_TCP_RTO_MAX_MS` sets another value;
+/// `default` keeps the kernel's.
+const TCP_RTO_MAX_MS: &str = "1000";
+
+/// Applies [`TCP_RTO_MAX_MS`] in `ns`. Where the kernel has no such setting the hosts keep
+/// the default back-off, said once on stderr.
+fn cap_tcp_backoff(ns: &str) {
+    static MISSING: std::sync::Once = std::sync::Once::new();
+    let ms = std::env::var("COORD_NETNS_TCP_RTO_MAX_MS").unwrap_or_else(|_| TCP_RTO_MAX_MS.into());
+    if ms == "default" {
+        return;
+    }
+    let write = format!("echo {ms} > /proc/sys/net/ipv4/tcp_rto_max_ms");
+    let ok = Command::new(ip_bin())
+        .args(["netns", "exec", ns, "sh", "-c", &write])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        MISSING.call_once(|| {
+            eprintln!(
+                "coord-testkit netns: cannot set net.ipv4.tcp_rto_max_ms={ms} (kernel before \
+                 6.15?): TCP keeps its default back-off, servers rejoin later after long cuts"
+            )
+        });
     }
 }
 
@@ -187,6 +224,7 @@ impl Net {
             };
             net.hosts.push(host.clone());
             ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+            cap_tcp_backoff(&ns);
             for (sw_name, br, dev, addr) in [
                 (host.link.clone(), "br0", "eth0", &host.ip),
                 (format!("s{i}"), "br1", "eth1", &host.service_ip),
