@@ -43,6 +43,10 @@
 //!   leader at intervals that double up to `zookeeper.fastleader.maxNotificationInterval`
 //!   (a system property, default 60 s), so after a long cut it may rejoin, and serve its
 //!   clients, only that long after the heal; the test ensembles cap it at 1 s (finding (n)).
+//!   The members' election connections live through a cut, and TCP resends on them on its
+//!   back-off (up to 120 s by default): on Linux 6.15 and later, `net.ipv4.tcp_rto_max_ms=1000`
+//!   on the members' hosts brought a member cut off for 10 s back 0.3–0.4 s after the heal
+//!   instead of 3–4.5 s (finding (o)).
 //! - **Watches**: ZooKeeper one-shot watches, one per watched path whatever the number of
 //!   coord watches on it, served by two tasks per backend (keys, children) and re-armed after each event with
 //!   the read they come from; quick changes may be coalesced (`watch_coalesces`). Each watch
