@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use coord_core::adapter::{Lease, LeaseSession, Renewal, Timing};
-use coord_core::{CreateMode, Created, Path, Result};
+use coord_core::{CreateMode, Created, Error, Path, Result};
 use etcd_client::{LeaseKeepAliveStream, LeaseKeeper};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -32,17 +32,35 @@ impl EtcdSession {
     /// Grants a lease of `ttl` and starts keeping it alive.
     pub(crate) async fn open(cx: Arc<Context>, ttl: Duration) -> Result<EtcdSession> {
         let secs = i64::try_from(ttl.as_millis().div_ceil(1000)).unwrap_or(i64::MAX);
-        let granted_at = Instant::now();
         let store = cx.store();
-        // A grant is bounded by the lease's own length too: a member that rejoins after a cut
-        // can lose the proposal it forwards, and the answer never comes; sent again, it does
-        // (docs/RELIABILITY.md, (n)). A grant that was applied after all expires on its own.
+        // A grant is bounded by the lease's own length too, and each attempt by a renewal's
+        // bound (half of it, at most 1 s): a member that rejoins after a cut can lose the
+        // proposal it forwards, and that answer never comes; sent again, the grant is answered
+        // at once (docs/RELIABILITY.md, (n) and (o)). A grant that was applied after all
+        // expires on its own.
         let limit = store.timeout.min(Duration::from_secs(secs.unsigned_abs()));
-        let resp = bounded(limit, "lease grant", Ctx::default(), || {
-            let mut lc = store.client.lease_client();
-            async move { lc.grant(secs, None).await }
-        })
-        .await?;
+        let attempt = (limit / 2).min(MAX_RENEW_INTERVAL);
+        let deadline = Instant::now() + limit;
+        let (resp, granted_at) = loop {
+            let sent = Instant::now();
+            let left = deadline.saturating_duration_since(sent);
+            let grant = bounded(attempt.min(left), "lease grant", Ctx::default(), || {
+                let mut lc = store.client.lease_client();
+                async move { lc.grant(secs, None).await }
+            });
+            match grant.await {
+                Ok(resp) => break (resp, sent),
+                Err(Error::Timeout { .. }) if attempt < left => {
+                    tracing::debug!("etcd: lease grant unanswered in {attempt:?}, sent again");
+                }
+                Err(Error::Timeout { .. }) => {
+                    return Err(Error::timeout(format!(
+                        "etcd lease grant: no answer within {limit:?}"
+                    )))
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let ttl = Duration::from_secs(u64::try_from(resp.ttl()).unwrap_or(0).max(1));
         let (id, caps) = (resp.id(), cx.tree.caps.clone());
         let lease = EtcdLease { id, ttl, cx };
