@@ -86,13 +86,7 @@ fn cap_tcp_backoff(ns: &str) {
         return;
     }
     let write = format!("echo {ms} > /proc/sys/net/ipv4/tcp_rto_max_ms");
-    let ok = Command::new(ip_bin())
-        .args(["netns", "exec", ns, "sh", "-c", &write])
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
+    if ip(&["netns", "exec", ns, "sh", "-c", &write]).is_err() {
         MISSING.call_once(|| {
             eprintln!(
                 "coord-testkit netns: cannot set net.ipv4.tcp_rto_max_ms={ms} (kernel before \
