@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::{namespace, own_server};
 use coord::registry::Instance;
-use coord::{Client, CreateMode, Error, Path};
+use coord::{Client, CreateMode, Error, Path, SessionState};
 use coord_testkit::require_backends;
 use futures::StreamExt;
 use tracing::field::{Field, Visit};
@@ -326,8 +326,30 @@ async fn zookeeper_password_never_logged() {
 }
 
 /// A second round of writes after a fault (sessions and watches renewed with credentials).
+/// The client's session may still be `Suspended` when this starts (a paused Consul agent's
+/// session can be either renewed or expired after the resume), so it waits for the session to
+/// settle: Connected is used; a final state means the client opens a new session, which must
+/// then work.
 async fn exercise_again(c: &Client) {
     let s = within("session", c.session()).await.expect("session");
+    let settled = within("the session settles", async {
+        let mut states = s.states();
+        while let Some(st) = states.next().await {
+            if st == SessionState::Connected || st.is_final() {
+                return st;
+            }
+        }
+        s.state()
+    })
+    .await;
+    let s = if settled.is_final() {
+        println!("the session ended during the fault ({settled:?}): a new one");
+        within("a new session", c.session())
+            .await
+            .expect("a new session")
+    } else {
+        s
+    };
     within("ephemeral", s.create(&p("/eph"), b"", CreateMode::Exact))
         .await
         .expect("ephemeral create");
