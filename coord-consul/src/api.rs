@@ -6,6 +6,7 @@
 //! [`Error::Backend`]. The ACL token travels only as a sensitive `X-Consul-Token` header and
 //! never appears in an error.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -187,6 +188,35 @@ pub(crate) enum SessionCreate {
     Created(String),
     /// The servers do not know the check yet (see [`Refusal::MissingCheck`]).
     CheckNotKnownYet,
+    /// The servers refuse sessions on the agent's node (see [`Refusal::NodeUnhealthy`]): the
+    /// refusal, as a retryable error.
+    NodeUnhealthy(Error),
+}
+
+/// A member of the agent's LAN gossip pool, as `/v1/agent/members` lists it.
+#[derive(Debug, Deserialize)]
+pub(crate) struct Member {
+    #[serde(rename = "Name")]
+    pub(crate) name: String,
+    #[serde(rename = "Addr")]
+    pub(crate) addr: String,
+    #[serde(rename = "Port")]
+    pub(crate) port: u16,
+    #[serde(rename = "Tags", default)]
+    pub(crate) tags: HashMap<String, String>,
+}
+
+impl Member {
+    /// Whether the member is a Consul server (`role=consul` in its serf tags).
+    pub(crate) fn is_server(&self) -> bool {
+        self.tags.get("role").map(String::as_str) == Some("consul")
+    }
+}
+
+#[derive(Deserialize)]
+struct AgentSelf {
+    #[serde(rename = "Member")]
+    member: Member,
 }
 
 /// What passing a TTL check found.
@@ -649,14 +679,45 @@ impl Api {
         let what = "session create";
         let seg = ["v1", "session", "create"];
         let a = self.put(&seg, Some(body), self.timeout, what).await?;
-        if refusal(a.status, &a.body) == Some(Refusal::MissingCheck) {
-            return Ok(SessionCreate::CheckNotKnownYet);
+        match refusal(a.status, &a.body) {
+            Some(Refusal::MissingCheck) => return Ok(SessionCreate::CheckNotKnownYet),
+            Some(Refusal::NodeUnhealthy) => {
+                let e = status_error(a.status, &a.body, what);
+                return Ok(SessionCreate::NodeUnhealthy(e));
+            }
+            _ => {}
         }
         let c: SessionCreated = parse(&a.ok(None, what)?.body, what)?;
         if c.id.is_empty() || c.id.contains('/') {
             return Err(backend_err("session create returned no usable ID", false));
         }
         Ok(SessionCreate::Created(c.id))
+    }
+
+    /// The agent's LAN gossip members (as the agent sees them, failed ones included).
+    pub(crate) async fn agent_members(&self) -> Result<Vec<Member>> {
+        let what = "agent members";
+        let a = self.get(self.url(&["v1", "agent", "members"], None)?, None, what);
+        parse(&a.await?.ok(None, what)?.body, what)
+    }
+
+    /// The agent's own node name.
+    pub(crate) async fn agent_name(&self) -> Result<String> {
+        let what = "agent self";
+        let a = self.get(self.url(&["v1", "agent", "self"], None)?, None, what);
+        let me: AgentSelf = parse(&a.await?.ok(None, what)?.body, what)?;
+        Ok(me.member.name)
+    }
+
+    /// Asks the agent to join the gossip pool through `addr` (`host:port` of a member's serf
+    /// LAN address): a full state exchange with that member.
+    pub(crate) async fn agent_join(&self, addr: &str) -> Result<()> {
+        let what = "agent join";
+        let seg = ["v1", "agent", "join", addr];
+        self.put(&seg, None, self.timeout, what)
+            .await?
+            .ok(None, what)?;
+        Ok(())
     }
 
     /// Destroys a session (its locked keys are deleted: `Behavior=delete`).
@@ -789,6 +850,21 @@ mod tests {
             (l.all.available_permits(), l.poll_slots, l.idle),
             (16, 12, 16)
         );
+    }
+
+    /// `/v1/agent/members` as Consul 1.8 answers it (trimmed): servers carry `role=consul`.
+    #[test]
+    fn members_name_the_servers() {
+        let body = br#"[
+            {"Name":"s0","Addr":"10.77.0.2","Port":8301,"Tags":{"role":"consul","dc":"dc1"},"Status":1},
+            {"Name":"c0","Addr":"10.77.0.5","Port":8301,"Tags":{"role":"node"},"Status":4},
+            {"Name":"x","Addr":"::1","Port":8301,"Status":1}
+        ]"#;
+        let m: Vec<Member> = parse(body, "agent members").unwrap();
+        let servers: Vec<_> = m.iter().filter(|m| m.is_server()).collect();
+        assert_eq!(servers.len(), 1);
+        assert_eq!((servers[0].name.as_str(), servers[0].port), ("s0", 8301));
+        assert_eq!(endpoint(&m[2].addr, m[2].port), "[::1]:8301");
     }
 
     #[test]

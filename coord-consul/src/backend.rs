@@ -64,7 +64,7 @@ impl ConsulBackend {
             .with_watch_coalesces(true)
             .with_registry_layout(config.registry);
         let catalog = Arc::new(Catalog::new(api.clone(), &config.namespace));
-        let ctx = Arc::new(Context::new(api, caps, &config.namespace));
+        let ctx = Arc::new(Context::new(api, caps, &config.namespace, config.rejoin));
         let watches = Watches::new(ctx.api().clone(), ctx.layout().namespace_prefix());
         Ok(ConsulBackend {
             ctx,

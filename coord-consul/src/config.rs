@@ -45,7 +45,11 @@ pub const MIN_MAX_CONNECTIONS: usize = 4;
 /// agent's service catalog; `generic`: coord's key layout), and with the cargo feature `tls` the TLS
 /// options shared with etcd ([`ConnectUrl::take_tls_files`]): `tls=true` (HTTPS), `ca` (PEM
 /// file of extra trusted CAs), `cert` + `key` (PEM client certificate and key, for agents with
-/// `verify_incoming_https`); any of `ca`/`cert`/`key` implies `tls=true`.
+/// `verify_incoming_https`); any of `ca`/`cert`/`key` implies `tls=true`; `rejoin` (default
+/// `true`; `false` turns it off): when the servers refuse a session because the agent's node is
+/// marked failed (`serfHealth` critical, typically after a partition healed), ask the agent to
+/// join the servers again (`PUT /v1/agent/join`, needs `agent:write`) instead of waiting for
+/// Consul's gossip to reconnect on its own (every 30 s).
 #[derive(Clone, Debug)]
 pub struct Config {
     /// The agent's host.
@@ -74,6 +78,8 @@ pub struct Config {
     pub client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
     /// The registry's layout (`registry=`; the default is Consul's catalog).
     pub registry: RegistryLayout,
+    /// Ask the agent to rejoin the servers when they refuse sessions on its node (`rejoin=`).
+    pub rejoin: bool,
 }
 
 impl Config {
@@ -128,6 +134,7 @@ impl Config {
         }
         let files = u.take_tls_files()?;
         let registry = u.take_registry_layout()?;
+        let rejoin = u.take_bool("rejoin")?.unwrap_or(true);
         if files.is_some() && !cfg!(feature = "tls") {
             return Err(url_err(
                 "TLS options need the cargo feature `tls` of coord-consul (on by default)",
@@ -151,6 +158,7 @@ impl Config {
             ca,
             client_cert,
             registry,
+            rejoin,
         })
     }
 
@@ -191,6 +199,8 @@ mod tests {
         let c = Config::from_url("consul://h?max_connections=8").unwrap();
         assert_eq!(c.max_connections, 8);
         assert!(Config::from_url("consul://h?max_connections=3").is_err());
+        assert!(Config::from_url("consul://h").unwrap().rejoin);
+        assert!(!Config::from_url("consul://h?rejoin=false").unwrap().rejoin);
     }
 
     #[cfg(feature = "tls")]

@@ -32,7 +32,7 @@ use coord_core::{Capabilities, Node, Path, Result, SessionId, Version};
 
 use crate::api::{Api, KvEntry, TxnOp, TxnOutcome};
 use crate::error::{backend_err, too_large};
-use crate::session::SessionObserver;
+use crate::session::{Rejoin, SessionObserver};
 
 /// What the backend, its sessions and its watches share.
 #[derive(Debug)]
@@ -40,10 +40,12 @@ pub(crate) struct Context {
     pub(crate) tree: Tree<ConsulStore>,
     /// Follows the sessions of this backend server-side (shared blocking queries).
     pub(crate) observer: SessionObserver,
+    /// Asks the agent to rejoin when the servers refuse sessions on its node.
+    pub(crate) rejoin: Rejoin,
 }
 
 impl Context {
-    pub(crate) fn new(api: Api, caps: Capabilities, ns: &str) -> Context {
+    pub(crate) fn new(api: Api, caps: Capabilities, ns: &str, rejoin: bool) -> Context {
         let store = ConsulStore {
             api: api.clone(),
             layout: Layout::new(ns),
@@ -52,6 +54,7 @@ impl Context {
         };
         Context {
             observer: SessionObserver::new(api.clone()),
+            rejoin: Rejoin::new(rejoin),
             tree: Tree::new(store, ns, caps),
         }
     }

@@ -23,6 +23,10 @@ pub(crate) enum Refusal {
     MissingCheck,
     /// `check pass` names a check the agent does not know (deregistered, agent restarted).
     UnknownCheck,
+    /// `session create` is refused because the agent's node has `serfHealth` critical: the
+    /// servers' gossip marked the agent failed (a healed partition, a paused agent) and has
+    /// not taken it back yet.
+    NodeUnhealthy,
 }
 
 /// Classifies a refusal the callers act on. Consul 1.8 gives these only as HTTP 500 (or 404)
@@ -35,6 +39,11 @@ pub(crate) fn refusal(status: StatusCode, body: &[u8]) -> Option<Refusal> {
         StatusCode::NOT_FOUND => Some(Refusal::UnknownCheck),
         StatusCode::INTERNAL_SERVER_ERROR if text.contains("missing check") => {
             Some(Refusal::MissingCheck)
+        }
+        StatusCode::INTERNAL_SERVER_ERROR
+            if text.contains("'serfhealth'") && text.contains("critical") =>
+        {
+            Some(Refusal::NodeUnhealthy)
         }
         StatusCode::INTERNAL_SERVER_ERROR
             if text.contains("unknown check") || text.contains("does not have associated ttl") =>
@@ -175,6 +184,13 @@ mod tests {
         assert_eq!(
             refusal(StatusCode::NOT_FOUND, b""),
             Some(Refusal::UnknownCheck)
+        );
+        assert_eq!(
+            refusal(
+                ise,
+                b"rpc error making call: Check 'serfHealth' is in critical state"
+            ),
+            Some(Refusal::NodeUnhealthy)
         );
         assert_eq!(refusal(ise, b"No cluster leader"), None);
         assert_eq!(refusal(StatusCode::FORBIDDEN, b"Missing check"), None);

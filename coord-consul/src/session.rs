@@ -43,11 +43,14 @@ coord_core::lease_session_type! {
 impl ConsulSession {
     pub(crate) async fn open(ctx: Arc<Context>, ttl: Duration) -> Result<ConsulSession> {
         let check = format!("coord-{:016x}{:016x}", random_u64(), random_u64());
-        let granted_at = Instant::now();
+        let mut granted_at = Instant::now();
         let api = ctx.api();
         api.register_check(&check, ttl).await?;
         let created = async {
-            let id = SessionId(create_session(api, &check).await?);
+            let (id, passed_at) = create_session(&ctx, &check).await?;
+            // The check, and so the session, lives a TTL from its last pass.
+            granted_at = passed_at.unwrap_or(granted_at);
+            let id = SessionId(id);
             let (info, index) = api.session_info(&id.0, None).await?;
             Ok::<_, Error>((index, info.map(|i| i.node).unwrap_or_default(), id))
         }
@@ -84,28 +87,131 @@ impl ConsulSession {
     }
 }
 
-/// Creates the session. On a client agent the check reaches the servers' catalog by
-/// anti-entropy shortly after its registration: until then Consul refuses the check
-/// ([`SessionCreate::CheckNotKnownYet`]), so that answer is retried for up to the request
-/// timeout.
-async fn create_session(api: &Api, check: &str) -> Result<String> {
+/// Creates the session; returns its ID and when the check was last passed here, if it was.
+///
+/// Two refusals are retried for up to the request timeout:
+/// - on a client agent the check reaches the servers' catalog by anti-entropy shortly after
+///   its registration: until then Consul refuses the check
+///   ([`SessionCreate::CheckNotKnownYet`]);
+/// - the servers refuse sessions on a node whose `serfHealth` is critical
+///   ([`SessionCreate::NodeUnhealthy`]): after a partition heals, Consul's gossip takes the
+///   agent back only when one side's periodic reconnect (every 30 s) runs, so the agent is
+///   asked to join the servers ([`Rejoin`]), and the check is passed meanwhile so that it
+///   stays alive for the session.
+async fn create_session(ctx: &Context, check: &str) -> Result<(String, Option<Instant>)> {
+    let api = ctx.api();
     let deadline = Instant::now() + api.timeout;
     let mut backoff =
         Backoff::new(Duration::from_millis(20), Duration::from_millis(500)).jittered();
+    let mut passed_at = None;
     loop {
-        match api.create_session(check).await? {
-            SessionCreate::Created(id) => return Ok(id),
-            SessionCreate::CheckNotKnownYet => {
-                let pause = backoff.next_delay();
-                if Instant::now() + pause >= deadline {
-                    return Err(backend_err(
-                        format!("Consul did not learn the check {check} within the timeout"),
-                        true,
-                    ));
-                }
-                tokio::time::sleep(pause).await;
+        let (refused, unhealthy) = match api.create_session(check).await? {
+            SessionCreate::Created(id) => return Ok((id, passed_at)),
+            SessionCreate::CheckNotKnownYet => (
+                backend_err(
+                    format!("Consul did not learn the check {check} within the timeout"),
+                    true,
+                ),
+                false,
+            ),
+            SessionCreate::NodeUnhealthy(e) => {
+                ctx.rejoin.nudge(api).await;
+                (e, true)
+            }
+        };
+        let pause = backoff.next_delay();
+        if Instant::now() + pause >= deadline {
+            return Err(refused);
+        }
+        tokio::time::sleep(pause).await;
+        if unhealthy {
+            let at = Instant::now();
+            if let Ok(Pass::Passed) = api.pass_check(check, api.timeout).await {
+                passed_at = Some(at);
             }
         }
+    }
+}
+
+/// How often one backend asks its agent to rejoin at most.
+const REJOIN_EVERY: Duration = Duration::from_secs(2);
+
+/// Asks the agent to join the servers again when they refuse sessions on its node
+/// (`serfHealth` critical).
+///
+/// Why: when a partition heals, neither side's gossip sends the other anything unless it has
+/// news to spread, so the servers learn that the agent they declared failed is back only when
+/// serf's reconnect (every 30 s, not configurable in Consul) or a full state exchange runs; until
+/// then every session on that node is refused (seen for up to 19.7 s in the partition tests).
+/// A join is such an exchange with each server: the agent learns it was declared failed and
+/// refutes it, and the servers mark its node healthy within a gossip round. Joining members
+/// that are already in the pool changes nothing else. It needs `agent:write` on the agent:
+/// without it, one warning and the wait for the gossip as before. `rejoin=false` turns it off.
+#[derive(Debug)]
+pub(crate) struct Rejoin {
+    enabled: bool,
+    last: Mutex<Option<Instant>>,
+    denied: std::sync::atomic::AtomicBool,
+}
+
+impl Rejoin {
+    pub(crate) fn new(enabled: bool) -> Rejoin {
+        Rejoin {
+            enabled,
+            last: Mutex::new(None),
+            denied: Default::default(),
+        }
+    }
+
+    /// Asks the agent to join every server it knows, at most once per [`REJOIN_EVERY`].
+    /// Failures are logged, not returned: the caller retries its request either way.
+    pub(crate) async fn nudge(&self, api: &Api) {
+        use std::sync::atomic::Ordering;
+        if !self.enabled || self.denied.load(Ordering::Relaxed) {
+            return;
+        }
+        {
+            let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|t| t.elapsed() < REJOIN_EVERY) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        let members = match api.agent_members().await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::debug!(error = %e, "consul: cannot list the agent's members to rejoin");
+                return;
+            }
+        };
+        let me = api.agent_name().await.ok();
+        let servers: Vec<String> = members
+            .iter()
+            .filter(|m| m.is_server() && Some(&m.name) != me.as_ref())
+            .map(|m| coord_core::url::endpoint(&m.addr, m.port))
+            .collect();
+        let joins = servers.iter().map(|s| api.agent_join(s));
+        let results = futures::future::join_all(joins).await;
+        let mut joined = 0;
+        for (server, r) in servers.iter().zip(results) {
+            match r {
+                Ok(()) => joined += 1,
+                Err(e @ Error::Unauthorized { .. }) => {
+                    if !self.denied.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(error = %e, "consul: the servers refuse sessions on this agent's node (serfHealth critical) and the token may not ask the agent to rejoin (agent:write): waiting for Consul's gossip to take it back");
+                    }
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(server = %server, error = %e, "consul: the agent could not join a server")
+                }
+            }
+        }
+        tracing::info!(
+            joined,
+            servers = servers.len(),
+            "consul: the servers refuse sessions on this agent's node (serfHealth critical): asked the agent to join them again"
+        );
     }
 }
 
