@@ -13,7 +13,9 @@
 //!   holds its depth (`<ns>/__coord/n002/a/b`) so that a children listing costs O(children);
 //!   the counters live beside the nodes under `<ns>/__coord/`.
 //! - Sessions: bound to an agent TTL check, kept alive by passing it every TTL/3, invalidated
-//!   by Consul ≈ TTL after the passes stop ([`ConsulSession`]).
+//!   by Consul ≈ TTL after the passes stop ([`ConsulSession`]); when the servers refuse
+//!   sessions on a healed agent's node (`serfHealth` critical), the agent is asked to rejoin
+//!   them (`rejoin=`, see [`Config`]).
 //! - Atomic rules (create under an existing, non-ephemeral parent; sequential numbers; delete
 //!   refusing children; compare-and-set) are single `/v1/txn` transactions.
 //! - Watches are blocking queries compared with the last delivered state (they coalesce),
