@@ -280,7 +280,7 @@ impl Lease for ConsulLease {
         r
     }
 
-    /// Follows the session server-side through the backend's [`SessionObserver`]: resolves
+    /// Follows the session server-side through the backend's `SessionObserver`: resolves
     /// the moment Consul invalidates or destroys it.
     async fn ended(&self) {
         if !self.node.is_empty() {
