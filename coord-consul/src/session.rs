@@ -106,7 +106,10 @@ async fn create_session(ctx: &Context, check: &str) -> Result<(String, Option<In
     let mut passed_at = None;
     loop {
         let (refused, unhealthy) = match api.create_session(check).await? {
-            SessionCreate::Created(id) => return Ok((id, passed_at)),
+            SessionCreate::Created(id) => {
+                ctx.rejoin.settled();
+                return Ok((id, passed_at));
+            }
             SessionCreate::CheckNotKnownYet => (
                 backend_err(
                     format!("Consul did not learn the check {check} within the timeout"),
@@ -133,8 +136,12 @@ async fn create_session(ctx: &Context, check: &str) -> Result<(String, Option<In
     }
 }
 
-/// How often one backend asks its agent to rejoin at most.
-const REJOIN_EVERY: Duration = Duration::from_secs(2);
+/// The shortest pause between two rejoins of one backend; it doubles while the refusals go on
+/// (a network where the agent reaches the servers but they cannot reach it back would have
+/// the node declared failed again and again), up to [`REJOIN_LONGEST`].
+const REJOIN_FIRST: Duration = Duration::from_secs(2);
+/// serf's own reconnect interval: rejoining less often than that adds nothing.
+const REJOIN_LONGEST: Duration = Duration::from_secs(30);
 
 /// Asks the agent to join the servers again when they refuse sessions on its node
 /// (`serfHealth` critical).
@@ -150,7 +157,8 @@ const REJOIN_EVERY: Duration = Duration::from_secs(2);
 #[derive(Debug)]
 pub(crate) struct Rejoin {
     enabled: bool,
-    last: Mutex<Option<Instant>>,
+    /// When the next rejoin may run, and the pause after it.
+    pace: Mutex<(Option<Instant>, Duration)>,
     denied: std::sync::atomic::AtomicBool,
 }
 
@@ -158,25 +166,39 @@ impl Rejoin {
     pub(crate) fn new(enabled: bool) -> Rejoin {
         Rejoin {
             enabled,
-            last: Mutex::new(None),
+            pace: Mutex::new((None, REJOIN_FIRST)),
             denied: Default::default(),
         }
     }
 
-    /// Asks the agent to join every server it knows, at most once per [`REJOIN_EVERY`].
+    fn pace(&self) -> MutexGuard<'_, (Option<Instant>, Duration)> {
+        self.pace.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A session was created: the next refusal rejoins at once again.
+    pub(crate) fn settled(&self) {
+        if self.enabled {
+            *self.pace() = (None, REJOIN_FIRST);
+        }
+    }
+
+    /// Asks the agent to join every server it knows, unless it did so less than a pause ago.
     /// Failures are logged, not returned: the caller retries its request either way.
     pub(crate) async fn nudge(&self, api: &Api) {
         use std::sync::atomic::Ordering;
         if !self.enabled || self.denied.load(Ordering::Relaxed) {
             return;
         }
-        {
-            let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-            if last.is_some_and(|t| t.elapsed() < REJOIN_EVERY) {
+        let first = {
+            let mut pace = self.pace();
+            let now = Instant::now();
+            if pace.0.is_some_and(|next| now < next) {
                 return;
             }
-            *last = Some(Instant::now());
-        }
+            let every = pace.1;
+            *pace = (Some(now + every), (every * 2).min(REJOIN_LONGEST));
+            every == REJOIN_FIRST
+        };
         let members = match api.agent_members().await {
             Ok(m) => m,
             Err(e) => {
@@ -190,6 +212,10 @@ impl Rejoin {
             .filter(|m| m.is_server() && Some(&m.name) != me.as_ref())
             .map(|m| coord_core::url::endpoint(&m.addr, m.port))
             .collect();
+        if servers.is_empty() {
+            tracing::debug!("consul: the agent lists no other server to rejoin");
+            return;
+        }
         let joins = servers.iter().map(|s| api.agent_join(s));
         let results = futures::future::join_all(joins).await;
         let mut joined = 0;
@@ -207,11 +233,12 @@ impl Rejoin {
                 }
             }
         }
-        tracing::info!(
-            joined,
-            servers = servers.len(),
-            "consul: the servers refuse sessions on this agent's node (serfHealth critical): asked the agent to join them again"
-        );
+        let what = "consul: the servers refuse sessions on this agent's node (serfHealth critical): asked the agent to join them again";
+        if first {
+            tracing::info!(joined, servers = servers.len(), "{what}");
+        } else {
+            tracing::debug!(joined, servers = servers.len(), "{what}");
+        }
     }
 }
 
@@ -478,5 +505,45 @@ impl SessionObserver {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    /// Rejoins are paced per backend: one per pause, the pause doubling up to serf's own
+    /// reconnect interval while the refusals go on, and back to the first once a session is
+    /// created. (Nothing listens on port 1: each rejoin fails at listing the members.)
+    #[tokio::test]
+    async fn rejoins_are_paced_and_back_off() {
+        let api =
+            Api::new(&Config::from_url("consul://127.0.0.1:1?timeout=200ms").unwrap()).unwrap();
+        let r = Rejoin::new(true);
+        r.nudge(&api).await;
+        let (next, every) = *r.pace();
+        assert!(next.is_some());
+        assert_eq!(every, REJOIN_FIRST * 2);
+        r.nudge(&api).await;
+        assert_eq!(
+            *r.pace(),
+            (next, every),
+            "a second refusal within the pause rejoins not"
+        );
+        for _ in 0..6 {
+            r.pace().0 = Some(Instant::now());
+            r.nudge(&api).await;
+        }
+        assert_eq!(r.pace().1, REJOIN_LONGEST);
+        r.settled();
+        assert_eq!(*r.pace(), (None, REJOIN_FIRST));
+        let off = Rejoin::new(false);
+        off.nudge(&api).await;
+        assert_eq!(
+            *off.pace(),
+            (None, REJOIN_FIRST),
+            "rejoin=false never rejoins"
+        );
     }
 }
