@@ -356,15 +356,6 @@ impl Lease for ConsulLease {
     }
 }
 
-/// The least time between the starts of two queries of a node's observer. Its answer lists
-/// every session of the node (about 350 bytes each), and each session opened or closed
-/// answers it: opening 1,000 sessions otherwise read ~1,000 answers of up to 350 KB, and what
-/// stayed of them (in the allocator, in the pooled connections' read buffers) counted in the
-/// memory per idle session (bench item 7, heap per session: 5.1 KiB unpaced, 2.8–3.3 KiB
-/// paced). A session's end is seen at most this much later, and only right after another
-/// change on its node; the keep-alive's own check stays the backstop.
-const OBSERVER_PACE: Duration = Duration::from_millis(250);
-
 /// The sessions of one agent node that are followed, and its query's progress.
 #[derive(Default)]
 struct NodeSessions {
@@ -504,14 +495,11 @@ impl SessionObserver {
             Backoff::new(Duration::from_millis(100), Duration::from_secs(5)).jittered();
         let mut index = 0u64;
         let mut immediate = true;
-        let mut last: Option<Instant> = None;
+        // Not paced, although each answer lists every session of the node (opening 1,000
+        // sessions reads ~1,000 answers of up to 350 KB): a pause is a window in which a
+        // session's end goes unseen. With 250 ms, CI's heal-after-ttl on Consul failed once,
+        // an old leader reporting Suspended 1.2 s after its successor's grant.
         while let Some(seq) = self.begin(&node) {
-            // Paced: while sessions come and go quickly (a process opening hundreds), every
-            // change would answer at once with all the node's sessions, O(sessions) each.
-            if let Some(pause) = last.and_then(|t| OBSERVER_PACE.checked_sub(t.elapsed())) {
-                tokio::time::sleep(pause).await;
-            }
-            last = Some(Instant::now());
             let api = &self.0.api;
             let block = (!immediate).then_some((index, api.wait));
             match api.node_sessions(&node, block).await {
