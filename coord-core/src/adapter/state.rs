@@ -13,7 +13,7 @@ use crate::kernel::{SessionState, SessionStates};
 ///
 /// A mutex and a `Notify`, not a `watch` channel: every session holds one, and a `watch`
 /// channel is a ~340-byte allocation of its own (eight `Notify`s inside), about a fifth of an
-/// idle etcd or Consul session's heap (bench item 7).
+/// idle etcd session's heap (bench item 7).
 #[derive(Debug)]
 pub struct StateCell(Arc<Cell>);
 
