@@ -27,6 +27,7 @@ use async_trait::async_trait;
 use tokio::sync::{Mutex, Notify};
 use tokio::time::Instant;
 
+use super::state::wait_until;
 use super::{RawSession, StateCell};
 use crate::error::{Error, Result};
 use crate::kernel::{Capabilities, CreateMode, Created, SessionId, SessionState, SessionStates};
@@ -124,16 +125,7 @@ impl RunCell {
 
     /// Resolves once `done` holds for the current [`Run`].
     async fn until(&self, done: impl Fn(Run) -> bool) {
-        loop {
-            let changed = self.changed.notified();
-            tokio::pin!(changed);
-            // Registered before the check, so that a stop in between is not missed.
-            changed.as_mut().enable();
-            if done(self.get()) {
-                return;
-            }
-            changed.await;
-        }
+        wait_until(&self.changed, || done(self.get())).await
     }
 }
 

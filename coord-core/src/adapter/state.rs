@@ -73,20 +73,27 @@ impl StateCell {
             if last.is_some_and(SessionState::is_final) {
                 return None;
             }
-            let s = loop {
-                let changed = cell.changed.notified();
-                tokio::pin!(changed);
-                // Registered before the read, so that a change in between is not missed.
-                changed.as_mut().enable();
-                let s = cell.get();
-                if Some(s) != last || cell.dropped.load(Ordering::SeqCst) {
-                    break s;
-                }
-                changed.await;
-            };
+            let moved = || Some(cell.get()) != last || cell.dropped.load(Ordering::SeqCst);
+            wait_until(&cell.changed, moved).await;
+            let s = cell.get();
             (Some(s) != last).then_some((s, (cell, Some(s))))
         })
         .boxed()
+    }
+}
+
+/// Resolves once `done()` holds, checking it again after each `notify_waiters` on `changed`.
+/// The waiter registers before each check, so a change between a check and the wait is not
+/// missed.
+pub(super) async fn wait_until(changed: &Notify, mut done: impl FnMut() -> bool) {
+    loop {
+        let notified = changed.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if done() {
+            return;
+        }
+        notified.await;
     }
 }
 
