@@ -258,27 +258,6 @@ impl ConsulLease {
     fn pass_timeout(&self) -> Duration {
         (self.ttl / 3).min(self.ctx.api().timeout)
     }
-
-    /// A session that Consul named no node for: follows it alone, until Consul no longer
-    /// knows it.
-    async fn follow_alone(&self) {
-        let api = self.ctx.api();
-        let mut errors = Backoff::new(Duration::from_millis(100), self.ttl / 3).jittered();
-        let mut index = self.index;
-        loop {
-            match api
-                .session_exists(&self.id.0, Some((index, api.wait)))
-                .await
-            {
-                Ok((true, i)) => {
-                    errors.reset();
-                    index = i;
-                }
-                Ok((false, _)) => return,
-                Err(_) => errors.wait().await,
-            }
-        }
-    }
 }
 
 #[async_trait]
@@ -334,9 +313,23 @@ impl Lease for ConsulLease {
         if !self.node.is_empty() {
             return self.ctx.observer.ended(&self.node, &self.id.0).await;
         }
-        // Boxed: this rare path's query would otherwise size the future that every session
-        // keeps for its whole life (1.4 KiB of its ~6, bench item 7).
-        Box::pin(self.follow_alone()).await
+        // Consul named no node: follow this session alone.
+        let api = self.ctx.api();
+        let mut errors = Backoff::new(Duration::from_millis(100), self.ttl / 3).jittered();
+        let mut index = self.index;
+        loop {
+            match api
+                .session_exists(&self.id.0, Some((index, api.wait)))
+                .await
+            {
+                Ok((true, i)) => {
+                    errors.reset();
+                    index = i;
+                }
+                Ok((false, _)) => return,
+                Err(_) => errors.wait().await,
+            }
+        }
     }
 
     /// A lock refused by Consul means the session is gone only if Consul no longer knows it.
@@ -495,10 +488,6 @@ impl SessionObserver {
             Backoff::new(Duration::from_millis(100), Duration::from_secs(5)).jittered();
         let mut index = 0u64;
         let mut immediate = true;
-        // Not paced, although each answer lists every session of the node (opening 1,000
-        // sessions reads ~1,000 answers of up to 350 KB): a pause is a window in which a
-        // session's end goes unseen. With 250 ms, CI's heal-after-ttl on Consul failed once,
-        // an old leader reporting Suspended 1.2 s after its successor's grant.
         while let Some(seq) = self.begin(&node) {
             let api = &self.0.api;
             let block = (!immediate).then_some((index, api.wait));

@@ -19,15 +19,14 @@
 //!   gone" ([`Error::SessionExpired`]) makes the session `Expired`.
 
 use std::any::Any;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::{Mutex, Notify};
+use tokio::sync::{watch, Mutex};
 use tokio::time::Instant;
 
-use super::state::wait_until;
 use super::{RawSession, StateCell};
 use crate::error::{Error, Result};
 use crate::kernel::{Capabilities, CreateMode, Created, SessionId, SessionState, SessionStates};
@@ -85,48 +84,10 @@ pub trait Lease: Send + Sync + 'static {
 
 /// What the background task still does: renew and observe, only observe (crashed), nothing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-#[repr(u8)]
 enum Run {
     All,
     ObserveOnly,
     Nothing,
-}
-
-/// A [`Run`] that only winds down, and a wake-up for the task when it does. An atomic and a
-/// `Notify` inside the session's allocation, not a `watch` channel: that would be one more
-/// allocation of ~340 bytes per session (bench item 7, 1,000 idle sessions).
-struct RunCell {
-    run: AtomicU8,
-    changed: Notify,
-}
-
-impl RunCell {
-    fn new() -> RunCell {
-        RunCell {
-            run: AtomicU8::new(Run::All as u8),
-            changed: Notify::new(),
-        }
-    }
-
-    fn get(&self) -> Run {
-        match self.run.load(Ordering::SeqCst) {
-            0 => Run::All,
-            1 => Run::ObserveOnly,
-            _ => Run::Nothing,
-        }
-    }
-
-    /// Winds down to `to` (never back up).
-    fn stop(&self, to: Run) {
-        if self.run.fetch_max(to as u8, Ordering::SeqCst) < to as u8 {
-            self.changed.notify_waiters();
-        }
-    }
-
-    /// Resolves once `done` holds for the current [`Run`].
-    async fn until(&self, done: impl Fn(Run) -> bool) {
-        wait_until(&self.changed, || done(self.get())).await
-    }
 }
 
 /// What a handle and its background task share.
@@ -136,7 +97,7 @@ struct Shared<L> {
     ttl: Duration,
     caps: Capabilities,
     state: StateCell,
-    run: RunCell,
+    run: watch::Sender<Run>,
     crashed: AtomicBool,
     /// Whether the lease has been revoked (held during a revoke: one at a time).
     revoked: Mutex<bool>,
@@ -145,7 +106,13 @@ struct Shared<L> {
 impl<L: Lease> Shared<L> {
     /// Winds the task down to `to` (never back up).
     fn stop(&self, to: Run) {
-        self.run.stop(to);
+        self.run.send_if_modified(|r| {
+            let more = *r < to;
+            if more {
+                *r = to;
+            }
+            more
+        });
     }
 
     /// The store ended the session (or will): Expired, the task stops, and the lease is
@@ -218,7 +185,7 @@ impl<L: Lease> LeaseSession<L> {
             ttl,
             caps,
             state: StateCell::new(SessionState::Connected),
-            run: RunCell::new(),
+            run: watch::channel(Run::All).0,
             crashed: AtomicBool::new(false),
             revoked: Mutex::new(false),
         });
@@ -243,6 +210,7 @@ impl<L: Lease> LeaseSession<L> {
 
 /// The keep-alive and the observer of one session, until it is final or stopped.
 async fn background<L: Lease>(sh: Arc<Shared<L>>, granted_at: Instant) {
+    let mut run = sh.run.subscribe();
     let observe = async {
         sh.lease.ended().await;
         sh.expire("the store ended it");
@@ -252,7 +220,7 @@ async fn background<L: Lease>(sh: Arc<Shared<L>>, granted_at: Instant) {
         std::future::pending::<()>().await
     };
     tokio::select! {
-        _ = sh.run.until(|r| r == Run::Nothing) => {}
+        _ = run.wait_for(|r| *r == Run::Nothing) => {}
         _ = observe => {}
         _ = renew => {}
     }
@@ -261,11 +229,12 @@ async fn background<L: Lease>(sh: Arc<Shared<L>>, granted_at: Instant) {
 /// Renews at the lease's cadence; returns when crashed or final.
 async fn keep_alive<L: Lease>(sh: &Arc<Shared<L>>, granted_at: Instant) {
     let t = sh.lease.timing();
+    let mut run = sh.run.subscribe();
     let mut deadline = t.deadline.map(|d| granted_at + d);
     let mut slot = Instant::now() + t.interval;
     loop {
         tokio::select! {
-            _ = sh.run.until(|r| r != Run::All) => return,
+            _ = run.wait_for(|r| *r != Run::All) => return,
             _ = tokio::time::sleep_until(slot) => {}
         }
         if sh.state.get().is_final() {
@@ -274,7 +243,7 @@ async fn keep_alive<L: Lease>(sh: &Arc<Shared<L>>, granted_at: Instant) {
         let sent = Instant::now();
         let recovering = sh.state.get() == SessionState::Suspended;
         let r = tokio::select! {
-            _ = sh.run.until(|r| r != Run::All) => return,
+            _ = run.wait_for(|r| *r != Run::All) => return,
             r = tokio::time::timeout(t.step_timeout, sh.lease.renew(recovering)) => r,
         };
         let pause = match r {
