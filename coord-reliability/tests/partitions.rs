@@ -289,6 +289,11 @@ impl Run<'_> {
                     self.kind
                 );
             };
+            if sus > succ {
+                // What each contender saw around the cut, and the servers' and agents' logs.
+                self.dump_since(cut_at);
+                self.dump_logs(&(0..self.m).collect::<Vec<_>>());
+            }
             assert!(
                 sus <= succ,
                 "{name} on {} ({m} members): live overlap beyond the suspension bound: the old \
