@@ -46,15 +46,34 @@ impl ConsulSession {
         let mut granted_at = Instant::now();
         let api = ctx.api();
         api.register_check(&check, ttl).await?;
+        let passed_at = std::sync::Mutex::new(None);
         let created = async {
-            let (id, passed_at) = create_session(&ctx, &check).await?;
-            // The check, and so the session, lives a TTL from its last pass.
-            granted_at = passed_at.unwrap_or(granted_at);
-            let id = SessionId(id);
+            let id = SessionId(create_session(&ctx, &check).await?);
             let (info, index) = api.session_info(&id.0, None).await?;
             Ok::<_, Error>((index, info.map(|i| i.node).unwrap_or_default(), id))
+        };
+        // The check is passed every TTL/3 until the keep-alive takes over: the servers may
+        // take longer than the TTL to create the session (a leader election after a heal),
+        // and a check gone critical meanwhile invalidates the session just created
+        // (partitions.rs, minority-cut after heal-after-ttl on Consul: a session Expired 18 ms
+        // after its grant, and the registration on it was lost).
+        let passing = async {
+            loop {
+                tokio::time::sleep(ttl / 3).await;
+                let at = Instant::now();
+                if let Ok(Pass::Passed) = api.pass_check(&check, ttl / 3).await {
+                    *passed_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(at);
+                }
+            }
+        };
+        let created = tokio::select! {
+            r = created => r,
+            never = passing => never,
+        };
+        // The check, and so the session, lives a TTL from its last pass.
+        if let Some(at) = *passed_at.lock().unwrap_or_else(|e| e.into_inner()) {
+            granted_at = at;
         }
-        .await;
         if created.is_err() {
             let _ = api.deregister_check(&check).await;
         }
@@ -87,7 +106,7 @@ impl ConsulSession {
     }
 }
 
-/// Creates the session; returns its ID and when the check was last passed here, if it was.
+/// Creates the session; returns its ID. The caller keeps the check passing meanwhile.
 ///
 /// Two refusals are retried for up to the request timeout:
 /// - on a client agent the check reaches the servers' catalog by anti-entropy shortly after
@@ -96,30 +115,25 @@ impl ConsulSession {
 /// - the servers refuse sessions on a node whose `serfHealth` is critical
 ///   ([`SessionCreate::NodeUnhealthy`]): after a partition heals, Consul's gossip takes the
 ///   agent back only when one side's periodic reconnect (every 30 s) runs, so the agent is
-///   asked to join the servers ([`Rejoin`]), and the check is passed meanwhile so that it
-///   stays alive for the session.
-async fn create_session(ctx: &Context, check: &str) -> Result<(String, Option<Instant>)> {
+///   asked to join the servers ([`Rejoin`]).
+async fn create_session(ctx: &Context, check: &str) -> Result<String> {
     let api = ctx.api();
     let deadline = Instant::now() + api.timeout;
     let mut backoff =
         Backoff::new(Duration::from_millis(20), Duration::from_millis(500)).jittered();
-    let mut passed_at = None;
     loop {
-        let (refused, unhealthy) = match api.create_session(check).await? {
+        let refused = match api.create_session(check).await? {
             SessionCreate::Created(id) => {
                 ctx.rejoin.settled();
-                return Ok((id, passed_at));
+                return Ok(id);
             }
-            SessionCreate::CheckNotKnownYet => (
-                backend_err(
-                    format!("Consul did not learn the check {check} within the timeout"),
-                    true,
-                ),
-                false,
+            SessionCreate::CheckNotKnownYet => backend_err(
+                format!("Consul did not learn the check {check} within the timeout"),
+                true,
             ),
             SessionCreate::NodeUnhealthy(e) => {
                 ctx.rejoin.nudge(api).await;
-                (e, true)
+                e
             }
         };
         let pause = backoff.next_delay();
@@ -127,12 +141,6 @@ async fn create_session(ctx: &Context, check: &str) -> Result<(String, Option<In
             return Err(refused);
         }
         tokio::time::sleep(pause).await;
-        if unhealthy {
-            let at = Instant::now();
-            if let Ok(Pass::Passed) = api.pass_check(check, api.timeout).await {
-                passed_at = Some(at);
-            }
-        }
     }
 }
 

@@ -170,7 +170,8 @@ impl<L: Lease> std::fmt::Debug for LeaseSession<L> {
 
 impl<L: Lease> LeaseSession<L> {
     /// A Connected session `id` of `ttl` on `lease`, granted by a request sent at
-    /// `granted_at` (the deadline counts from there), with its keep-alive task started.
+    /// `granted_at` (the deadline and the renewals count from there), with its keep-alive
+    /// task started.
     /// Needs a tokio runtime.
     pub fn start(
         lease: L,
@@ -231,7 +232,10 @@ async fn keep_alive<L: Lease>(sh: &Arc<Shared<L>>, granted_at: Instant) {
     let t = sh.lease.timing();
     let mut run = sh.run.subscribe();
     let mut deadline = t.deadline.map(|d| granted_at + d);
-    let mut slot = Instant::now() + t.interval;
+    // A cadence after the grant, not after the start: opening can take a good part of the
+    // TTL (Consul: the session is created while its check is already counting down), and a
+    // first renewal a whole interval later could come after the store gave up on the lease.
+    let mut slot = granted_at + t.interval;
     loop {
         tokio::select! {
             _ = run.wait_for(|r| *r != Run::All) => return,
@@ -505,6 +509,28 @@ mod tests {
         drop(s);
         sleep(ms(10)).await;
         assert_eq!(count(&p.revokes), 1);
+    }
+
+    /// The renewals keep the grant's cadence, not the start's: a session whose opening took
+    /// most of the first interval renews at once (Consul: its check counts down from its
+    /// registration, and a session started late lost it before its first pass).
+    #[tokio::test(start_paused = true)]
+    async fn renewals_count_from_the_grant() {
+        let probe = Arc::new(Probe::default());
+        let lease = Fake {
+            probe: probe.clone(),
+        };
+        let (id, caps) = (SessionId("fake".into()), Capabilities::new("fake"));
+        let granted_at = Instant::now();
+        sleep(ms(300)).await;
+        let s = LeaseSession::start(lease, id, ms(1000), caps, granted_at);
+        sleep(ms(40)).await; // 340: the first renewal was due at 333, not at 633
+        assert_eq!(count(&probe.renews), 1);
+        sleep(ms(300)).await; // 640
+        assert_eq!(count(&probe.renews), 1, "then every 333 ms: the next at 666");
+        sleep(ms(40)).await; // 680
+        assert_eq!(count(&probe.renews), 2);
+        assert_eq!(s.state(), SessionState::Connected);
     }
 
     #[tokio::test(start_paused = true)]
