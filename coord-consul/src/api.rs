@@ -577,6 +577,32 @@ impl Api {
         ))
     }
 
+    /// The IDs of agent node `node`'s critical checks, optionally blocking; with the index.
+    /// Filtered by the agent, so an answer is a few bytes however many checks the node has
+    /// (a check registration or status change anywhere answers a blocking query; a pass that
+    /// changes nothing does not).
+    pub(crate) async fn node_critical_checks(
+        &self,
+        node: &str,
+        block: Option<(u64, Duration)>,
+    ) -> Result<(Vec<String>, u64)> {
+        #[derive(Deserialize)]
+        struct Check {
+            #[serde(rename = "CheckID")]
+            id: String,
+        }
+        let mut u = self.url(&["v1", "health", "node", node], None)?;
+        u.query_pairs_mut()
+            .append_pair("filter", "Status == \"critical\"");
+        let what = "critical checks";
+        let a = self.get(u, block, what).await?.ok(None, what)?;
+        let v: Option<Vec<Check>> = parse(&a.body, what)?;
+        Ok((
+            v.unwrap_or_default().into_iter().map(|c| c.id).collect(),
+            a.index,
+        ))
+    }
+
     /// Runs a transaction (at most 64 operations).
     pub(crate) async fn txn(&self, ops: &[TxnOp]) -> Result<TxnOutcome> {
         if ops.len() > 64 {

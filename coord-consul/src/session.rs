@@ -14,13 +14,13 @@
 //! answer, within the same bound, that the session still exists — the pass alone is the local
 //! agent's word, and a client agent cut off from the servers passes while the servers have
 //! invalidated the session (its node's `serfHealth` failed) and granted its locks to others.
-//! `Expired` also when the backend's [`SessionObserver`] (one blocking query on
-//! `/v1/session/node/<node>` per agent node, shared by all the backend's sessions on it) sees
-//! the session invalidated or destroyed, an acquire is refused by a
+//! `Expired` also when the backend's [`SessionObserver`] (one blocking query on the agent
+//! node's critical checks, shared by all the backend's sessions on it) sees the session
+//! invalidated, an acquire is refused by a
 //! session Consul no longer knows, or the agent no longer knows the check. The end destroys
 //! the session and deregisters the check.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -316,10 +316,14 @@ impl Lease for ConsulLease {
     }
 
     /// Follows the session server-side through the backend's `SessionObserver`: resolves
-    /// the moment Consul invalidates or destroys it.
+    /// the moment Consul invalidates it (a destroy is the keep-alive's to see).
     async fn ended(&self) {
         if !self.node.is_empty() {
-            return self.ctx.observer.ended(&self.node, &self.id.0).await;
+            return self
+                .ctx
+                .observer
+                .ended(&self.node, &self.id.0, &self.check)
+                .await;
         }
         // Consul named no node: follow this session alone.
         let api = self.ctx.api();
@@ -357,23 +361,40 @@ impl Lease for ConsulLease {
     }
 }
 
+/// A followed session: who waits for its end, the first request whose answer may tell it
+/// (one sent after the session was known to exist), and its check.
+struct Followed {
+    tx: oneshot::Sender<()>,
+    from: u64,
+    check: String,
+}
+
 /// The sessions of one agent node that are followed, and its query's progress.
 #[derive(Default)]
 struct NodeSessions {
-    /// Session ID → who waits for its end, and the first request whose answer may tell it
-    /// (one sent after the session was known to exist).
-    waiting: HashMap<String, (oneshot::Sender<()>, u64)>,
+    /// Session ID → its follower.
+    waiting: HashMap<String, Followed>,
     /// Requests sent so far.
     sent: u64,
     /// Whether the node's query loop runs.
     running: bool,
 }
 
-/// Follows the sessions of one backend server-side with one blocking query per agent node
-/// (`/v1/session/node/<node>`, any session change in the datacenter answers it), diffed
-/// against the sessions waited for, instead of one query per session. A query loop runs only
-/// while some session of its node is followed. An answer only judges the sessions that were
-/// followed before its request was sent; a loop that had to skip one asks again at once.
+/// Follows the sessions of one backend server-side with one blocking query per agent node,
+/// instead of one query per session. Consul invalidates a session when one of its checks
+/// (its own TTL check, the node's `serfHealth`) turns critical, so the query is the node's
+/// critical checks (`/v1/health/node/<node>`, filtered by the agent: an answer is a few
+/// bytes). Only when a followed session's check or `serfHealth` is critical does the loop
+/// list the node's sessions (`/v1/session/node/<node>`, ~350 bytes a session) and end the
+/// waits of those gone. Following the session list itself would read that whole list each
+/// time any session in the datacenter changes: opening 1,000 sessions read ~175 MB, and
+/// the process kept megabytes of it (bench item 7). A session destroyed outright (no check
+/// involved) is seen by the keep-alive instead, which confirms the session with the servers
+/// at every pass (TTL/3).
+///
+/// A query loop runs only while some session of its node is followed. An answer only judges
+/// the sessions that were followed before its request was sent; a loop that had to skip one
+/// asks again at once.
 ///
 /// One observer serves every client of the process that talks to the same agent with the
 /// same token ([`Api::peer`]) on the same tokio runtime (its query runs there): a process
@@ -433,13 +454,19 @@ impl SessionObserver {
         self.lock().values().filter(|n| n.running).count()
     }
 
-    /// Resolves when Consul no longer knows session `id` of agent node `node`.
-    async fn ended(&self, node: &str, id: &str) {
+    /// Resolves when Consul invalidates session `id` of agent node `node`, bound to
+    /// `check` (see the type's docs for what is seen).
+    async fn ended(&self, node: &str, id: &str, check: &str) {
         let (tx, rx) = oneshot::channel();
         let start = {
             let mut nodes = self.lock();
             let n = nodes.entry(node.to_owned()).or_default();
-            n.waiting.insert(id.to_owned(), (tx, n.sent + 1));
+            let f = Followed {
+                tx,
+                from: n.sent + 1,
+                check: check.to_owned(),
+            };
+            n.waiting.insert(id.to_owned(), f);
             !std::mem::replace(&mut n.running, true)
         };
         if start {
@@ -456,7 +483,7 @@ impl SessionObserver {
     fn begin(&self, node: &str) -> Option<u64> {
         let mut nodes = self.lock();
         let n = nodes.get_mut(node)?;
-        n.waiting.retain(|_, (tx, _)| !tx.is_closed());
+        n.waiting.retain(|_, f| !f.tx.is_closed());
         if n.waiting.is_empty() {
             nodes.remove(node);
             return None;
@@ -465,9 +492,27 @@ impl SessionObserver {
         Some(n.sent)
     }
 
-    /// Ends the waits of the sessions missing from `live`; whether one had to be skipped.
-    fn answered(&self, node: &str, seq: u64, live: &[String]) -> bool {
-        let live: std::collections::HashSet<&str> = live.iter().map(String::as_str).collect();
+    /// Whether a critical check in `critical` can have ended a followed session of `node`.
+    fn implicated(&self, node: &str, critical: &[String]) -> bool {
+        if critical.is_empty() {
+            return false;
+        }
+        if critical.iter().any(|c| c == "serfHealth") {
+            return true;
+        }
+        let critical: HashSet<&str> = critical.iter().map(String::as_str).collect();
+        let nodes = self.lock();
+        nodes.get(node).is_some_and(|n| {
+            n.waiting
+                .values()
+                .any(|f| critical.contains(f.check.as_str()))
+        })
+    }
+
+    /// Ends the waits of the sessions missing from `live` (if the sessions were listed);
+    /// whether one had to be skipped.
+    fn answered(&self, node: &str, seq: u64, live: Option<&[String]>) -> bool {
+        let live: Option<HashSet<&str>> = live.map(|l| l.iter().map(String::as_str).collect());
         let mut nodes = self.lock();
         let Some(n) = nodes.get_mut(node) else {
             return false;
@@ -476,15 +521,15 @@ impl SessionObserver {
         let gone: Vec<String> = n
             .waiting
             .iter()
-            .filter(|(id, (_, from))| {
-                skipped |= *from > seq;
-                *from <= seq && !live.contains(id.as_str())
+            .filter(|(id, f)| {
+                skipped |= f.from > seq;
+                f.from <= seq && live.as_ref().is_some_and(|l| !l.contains(id.as_str()))
             })
             .map(|(id, _)| id.clone())
             .collect();
         for id in gone {
-            if let Some((tx, _)) = n.waiting.remove(&id) {
-                let _ = tx.send(());
+            if let Some(f) = n.waiting.remove(&id) {
+                let _ = f.tx.send(());
             }
         }
         skipped
@@ -499,12 +544,21 @@ impl SessionObserver {
         while let Some(seq) = self.begin(&node) {
             let api = &self.0.api;
             let block = (!immediate).then_some((index, api.wait));
-            match api.node_sessions(&node, block).await {
+            let answer = async {
+                let (critical, i) = api.node_critical_checks(&node, block).await?;
+                // Listed after the checks were read: a session ended by one of them is gone.
+                let live = match self.implicated(&node, &critical) {
+                    true => Some(api.node_sessions(&node, None).await?.0),
+                    false => None,
+                };
+                Ok::<_, Error>((live, i))
+            };
+            match answer.await {
                 Ok((live, i)) => {
                     errors.reset();
                     // An index that went backwards starts over from 0.
                     index = if i < index { 0 } else { i };
-                    immediate = self.answered(&node, seq, &live);
+                    immediate = self.answered(&node, seq, live.as_deref());
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, %node, "session observer query failed; retrying");
@@ -520,6 +574,47 @@ impl SessionObserver {
 mod tests {
     use super::*;
     use crate::config::Config;
+
+    /// The observer lists a node's sessions only when a critical check can have ended a
+    /// followed session (its own check, or `serfHealth`), and an answer ends only the waits
+    /// of sessions followed before its request that the list no longer has.
+    #[tokio::test]
+    async fn only_a_followed_sessions_critical_check_lists_the_sessions() {
+        let api =
+            Api::new(&Config::from_url("consul://127.0.0.1:1?timeout=200ms").unwrap()).unwrap();
+        let o = SessionObserver::new(api);
+        let follow = |id: &str, check: &str, from: u64| {
+            let (tx, rx) = oneshot::channel();
+            let mut nodes = o.lock();
+            let n = nodes.entry("n1".to_owned()).or_default();
+            n.running = true;
+            let f = Followed {
+                tx,
+                from,
+                check: check.to_owned(),
+            };
+            n.waiting.insert(id.to_owned(), f);
+            rx
+        };
+        let mut a = follow("a", "coord-a", 1);
+        let mut b = follow("b", "coord-b", 2);
+        let s = |v: &[&str]| v.iter().map(|c| c.to_string()).collect::<Vec<_>>();
+        assert!(!o.implicated("n1", &[]));
+        assert!(!o.implicated("n1", &s(&["coord-someone-else"])));
+        assert!(!o.implicated("n2", &s(&["coord-a"])), "another node");
+        assert!(o.implicated("n1", &s(&["coord-x", "coord-b"])));
+        assert!(o.implicated("n1", &s(&["serfHealth"])));
+        // No list: nothing ends; `b` was followed after request 1 was sent: skipped.
+        assert!(o.answered("n1", 1, None));
+        // A list without either: only `a` is judged by request 1.
+        assert!(o.answered("n1", 1, Some(&s(&["c"]))));
+        assert!(a.try_recv().is_ok(), "a ended");
+        assert!(b.try_recv().is_err(), "b not judged yet");
+        assert!(!o.answered("n1", 2, Some(&s(&["b"]))), "b still listed");
+        assert!(b.try_recv().is_err());
+        assert!(!o.answered("n1", 3, Some(&s(&[]))));
+        assert!(b.try_recv().is_ok(), "b ended");
+    }
 
     /// Rejoins are paced per backend: one per pause, the pause doubling up to serf's own
     /// reconnect interval while the refusals go on, and back to the first once a session is
