@@ -396,8 +396,9 @@ struct NodeSessions {
 /// waits of those gone. Following the session list itself would read that whole list each
 /// time any session in the datacenter changes: opening 1,000 sessions read ~175 MB, and
 /// the process kept megabytes of it (bench item 7). A session destroyed outright (no check
-/// involved) is seen by the keep-alive instead, which confirms the session with the servers
-/// at every pass (TTL/3).
+/// involved), or ended by a `serfHealth` that was critical only between two answers, is seen
+/// by the keep-alive instead, which confirms the session with the servers at every pass
+/// (TTL/3).
 ///
 /// A query loop runs only while some session of its node is followed. An answer only judges
 /// the sessions that were followed before its request was sent; a loop that had to skip one

@@ -718,6 +718,10 @@ async fn run(hub: Weak<Hub>, prefix: String, id: u64) {
                     index = 0;
                     h.reset_others(&prefix);
                 }
+                drop(h);
+                // The consumers just woken run before this task sets up its next request (a
+                // task woken here runs when this one yields): the events come first.
+                tokio::task::yield_now().await;
             }
             Err(e) if e.is_retryable() => {
                 drop(h);
