@@ -558,7 +558,11 @@ mod tests {
         sleep(ms(40)).await; // 340: the first renewal was due at 333, not at 633
         assert_eq!(count(&probe.renews), 1);
         sleep(ms(300)).await; // 640
-        assert_eq!(count(&probe.renews), 1, "then every 333 ms: the next at 666");
+        assert_eq!(
+            count(&probe.renews),
+            1,
+            "then every 333 ms: the next at 666"
+        );
         sleep(ms(40)).await; // 680
         assert_eq!(count(&probe.renews), 2);
         assert_eq!(s.state(), SessionState::Connected);
