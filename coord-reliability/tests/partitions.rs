@@ -95,6 +95,31 @@ fn log_lines(path: &std::path::Path, from: u64, keep: impl Fn(&str) -> bool) -> 
         .collect()
 }
 
+/// The sizes of a cluster's members' logs now: where a cut's lines start.
+fn log_sizes(c: &Cluster) -> Vec<u64> {
+    c.members
+        .iter()
+        .map(|s| std::fs::metadata(s.log_path()).map_or(0, |md| md.len()))
+        .collect()
+}
+
+/// The time of a Consul log line (`2026-12-04T23:31:32.844Z [INFO] …`), µs since the epoch.
+fn log_time_us(line: &str) -> Option<u64> {
+    let t = line.trim_start();
+    let num = |a: usize, b: usize| t.get(a..b)?.parse::<i64>().ok();
+    let (y, mo, d) = (num(0, 4)?, num(5, 7)?, num(8, 10)?);
+    let (h, mi, sec, ms) = (num(11, 13)?, num(14, 16)?, num(17, 19)?, num(20, 23)?);
+    // Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's days_from_civil).
+    let y = if mo <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((mo + 9) % 12) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + h * 3600 + mi * 60 + sec;
+    u64::try_from(secs * 1_000_000 + ms * 1000).ok()
+}
+
 /// Whether `state` (a Session event's) is the connected one.
 fn connected(state: &str) -> bool {
     state == "Connected"
@@ -250,6 +275,7 @@ impl Run<'_> {
         let leader_cut = sides.contains(&leader);
         let old = cid(leader);
         let agent_logs = self.agent_log_sizes();
+        let server_logs = log_sizes(self.servers);
         let cut_at = now_us();
         self.net.isolate(&hosts).expect("isolate");
         for s in &sides {
@@ -262,6 +288,7 @@ impl Run<'_> {
         }
         let mut suspended_ms = None;
         let mut successor_ms = None;
+        let mut gossip_ended = None;
         let mut minority_grants = 0;
         let mut majority_leader = None;
         if leader_cut {
@@ -290,12 +317,22 @@ impl Run<'_> {
                 );
             };
             if sus > succ {
-                // What each contender saw around the cut, and the servers' and agents' logs.
-                self.dump_since(cut_at);
-                self.dump_logs(&(0..self.m).collect::<Vec<_>>());
+                // Consul: the servers may mark the old leader's agent failed on a gossip
+                // suspicion raised before the cut (an agent back from the previous scenario
+                // confirming what it suspected while it was cut off), which ends its sessions
+                // at once, while the cut keeps the old leader from hearing it. Told apart only
+                // with the servers' log line, before the successor's grant (RELIABILITY.md (r)).
+                gossip_ended = self
+                    .marked_failed(leader, &server_logs)
+                    .filter(|t| *t <= succ + 1_000);
+                if gossip_ended.is_none() {
+                    // What each contender saw around the cut, and the servers' and agents' logs.
+                    self.dump_since(cut_at);
+                    self.dump_logs(&(0..self.m).collect::<Vec<_>>());
+                }
             }
             assert!(
-                sus <= succ,
+                sus <= succ || gossip_ended.is_some(),
                 "{name} on {} ({m} members): live overlap beyond the suspension bound: the old \
                  leader {old} reported Suspended/Lost {} ms after its successor's grant",
                 self.kind,
@@ -466,11 +503,15 @@ impl Run<'_> {
         self.row(
             name,
             &format!(
-                "cut {hosts:?} for {} ms; old leader Suspended/Lost after {} / {} ms; successor after {} ms; minority grants {minority_grants}; majority leader {}; all reconnected with one leader {recovered_ms} ms after heal; majority registrations lost 0{}; majority sessions ended {majority_ended:?}; all registrations back {back_ms} ms after heal; cut servers serving again {} ms after heal",
+                "cut {hosts:?} for {} ms; old leader Suspended/Lost after {} / {} ms; successor after {} ms{}; minority grants {minority_grants}; majority leader {}; all reconnected with one leader {recovered_ms} ms after heal; majority registrations lost 0{}; majority sessions ended {majority_ended:?}; all registrations back {back_ms} ms after heal; cut servers serving again {} ms after heal",
                 (heal_at - cut_at) / 1000,
                 opt(suspended_ms),
                 opt(lost_ms),
                 opt(successor_ms),
+                gossip_ended.map_or(String::new(), |t| format!(
+                    " (the old leader's agent marked failed by gossip {} ms after the cut)",
+                    t.saturating_sub(cut_at) / 1000
+                )),
                 majority_leader.as_deref().unwrap_or("-"),
                 if stalled.is_empty() {
                     String::new()
@@ -485,12 +526,24 @@ impl Run<'_> {
 
     /// The sizes of the Consul agents' logs now (empty elsewhere): where a cut's lines start.
     fn agent_log_sizes(&self) -> Vec<u64> {
-        self.agents.map_or_else(Vec::new, |a| {
-            a.members
-                .iter()
-                .map(|s| std::fs::metadata(s.log_path()).map_or(0, |md| md.len()))
-                .collect()
-        })
+        self.agents.map_or_else(Vec::new, log_sizes)
+    }
+
+    /// Consul: when a server first logged, after `from` (its log sizes at the cut), that
+    /// agent `i`'s node failed and its `serfHealth` is critical (µs since the epoch).
+    fn marked_failed(&self, i: usize, from: &[u64]) -> Option<u64> {
+        let agent = self.agents?.members.get(i)?;
+        let needle = format!(
+            "member failed, marking health critical: member={}",
+            agent.name()
+        );
+        self.servers
+            .members
+            .iter()
+            .zip(from)
+            .flat_map(|(s, &start)| log_lines(s.log_path(), start, |l| l.contains(&needle)))
+            .filter_map(|l| log_time_us(&l))
+            .min()
     }
 
     /// Which of the agents `which` logged, after `from` (their log sizes at the cut), an RPC
@@ -1097,6 +1150,18 @@ fn partitions(kind: Kind, m: usize) {
     assert_eq!(report.stale_writes_accepted, 0);
     assert!(killed.is_empty(), "did not quit in time: {killed:?}");
     assert!(swarm.panics().is_empty(), "panics: {:?}", swarm.panics());
+}
+
+/// Consul's log times, as the overlap check reads them.
+#[test]
+fn consul_log_times_are_read() {
+    let l = "    2026-12-04T23:31:32.844Z [INFO]  agent.server: member failed";
+    assert_eq!(log_time_us(l), Some(1_796_427_092_844_000));
+    assert_eq!(
+        log_time_us("2000-02-29T00:00:00.000Z [WARN] x"),
+        Some(951_782_400_000_000)
+    );
+    assert_eq!(log_time_us("not a time"), None);
 }
 
 #[test]
