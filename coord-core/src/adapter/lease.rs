@@ -488,12 +488,16 @@ mod tests {
     }
 
     fn open() -> (LeaseSession<Fake>, Arc<Probe>) {
+        open_granted_at(Instant::now())
+    }
+
+    fn open_granted_at(granted_at: Instant) -> (LeaseSession<Fake>, Arc<Probe>) {
         let probe = Arc::new(Probe::default());
         let lease = Fake {
             probe: probe.clone(),
         };
         let (id, caps) = (SessionId("fake".into()), Capabilities::new("fake"));
-        let s = LeaseSession::start(lease, id, ms(1000), caps, Instant::now());
+        let s = LeaseSession::start(lease, id, ms(1000), caps, granted_at);
         (s, probe)
     }
 
@@ -547,14 +551,9 @@ mod tests {
     /// registration, and a session started late lost it before its first pass).
     #[tokio::test(start_paused = true)]
     async fn renewals_count_from_the_grant() {
-        let probe = Arc::new(Probe::default());
-        let lease = Fake {
-            probe: probe.clone(),
-        };
-        let (id, caps) = (SessionId("fake".into()), Capabilities::new("fake"));
         let granted_at = Instant::now();
         sleep(ms(300)).await;
-        let s = LeaseSession::start(lease, id, ms(1000), caps, granted_at);
+        let (s, probe) = open_granted_at(granted_at);
         sleep(ms(40)).await; // 340: the first renewal was due at 333, not at 633
         assert_eq!(count(&probe.renews), 1);
         sleep(ms(300)).await; // 640
