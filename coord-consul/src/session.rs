@@ -555,9 +555,10 @@ impl SessionObserver {
             let answer = async {
                 let (critical, i) = api.node_critical_checks(&node, block).await?;
                 // Listed after the checks were read: a session ended by one of them is gone.
-                let live = match self.implicated(&node, &critical) {
-                    true => Some(api.node_sessions(&node, None).await?.0),
-                    false => None,
+                let live = if self.implicated(&node, &critical) {
+                    Some(api.node_sessions(&node, None).await?.0)
+                } else {
+                    None
                 };
                 Ok::<_, Error>((live, i))
             };
