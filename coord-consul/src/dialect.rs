@@ -147,6 +147,47 @@ fn leader(n: Option<&Node>) -> Option<LeaderInfo> {
     })
 }
 
+/// What one `?acquire=` gave.
+enum Acquired {
+    /// The key is ours, at this index (the token).
+    Ours(u64),
+    /// Consul refused it: somebody holds it, or it is in its lock-delay.
+    Refused,
+    /// Granted, then gone before it could be read back: the session ended.
+    Lost,
+}
+
+impl SingleKey {
+    /// The hold `sid` will have of `key` (the key of `name`), its token not yet known.
+    fn hold_of(&self, name: &Path, key: &str, sid: &str) -> Result<Arc<ConsulKey>> {
+        Ok(Arc::new(ConsulKey {
+            ctx: self.ctx.clone(),
+            key: key.to_owned(),
+            node: self.node(name)?,
+            sid: sid.to_owned(),
+            flags: self.flags(),
+            token: AtomicU64::new(0),
+            writing: Mutex::new(()),
+        }))
+    }
+
+    /// Asks for `key` on session `sid` and reads the grant back (its index is the token).
+    async fn put_acquire(&self, key: &str, sid: &str, value: &[u8]) -> Result<Acquired> {
+        let q = [
+            ("acquire", sid.to_owned()),
+            ("flags", self.flags().to_string()),
+        ];
+        if !self.api().kv_put(key, &q, value).await? {
+            return Ok(Acquired::Refused);
+        }
+        let (now, _) = self.read(key, None).await?;
+        Ok(match now {
+            Some(e) if e.owner() == Some(sid) => Acquired::Ours(e.modify_index),
+            _ => Acquired::Lost,
+        })
+    }
+}
+
 async fn release(api: &Api, key: &str, session: &str, flags: u64) -> Result<bool> {
     let q = [
         ("release", session.to_owned()),
@@ -166,15 +207,7 @@ impl DialectDriver for SingleKey {
         let (session, name, value, try_only) = (c.session, c.name, c.value, c.try_only);
         let key = self.key(name)?;
         let sid = session.id().0.clone();
-        let own = Arc::new(ConsulKey {
-            ctx: self.ctx.clone(),
-            key: key.clone(),
-            node: self.node(name)?,
-            sid: sid.clone(),
-            flags: self.flags(),
-            token: AtomicU64::new(0),
-            writing: Mutex::new(()),
-        });
+        let own = self.hold_of(name, &key, &sid)?;
         let mut states = session.states();
         let mut delay = Backoff::new(Duration::from_millis(50), LOCK_DELAY_RETRY_MAX).jittered();
         // Releases our hold if the acquire is abandoned after its request left.
@@ -209,28 +242,22 @@ impl DialectDriver for SingleKey {
                 }
                 None => {}
             }
+            // Armed while the request is out: an error or a drop may leave the key ours.
             pending.arm(own.clone());
-            let q = [
-                ("acquire", sid.clone()),
-                ("flags", self.flags().to_string()),
-            ];
-            if self.api().kv_put(&key, &q, value).await? {
-                let (now, _) = self.read(&key, None).await?;
-                match now {
-                    Some(e) if e.owner() == Some(sid.as_str()) => break e.modify_index,
-                    // Lost between the acquire and the read: the session ended.
-                    _ => {
-                        pending.disarm();
-                        let st = session.state();
-                        return Err(if st.is_final() {
-                            Error::session_gone(session.id(), st)
-                        } else {
-                            Error::SessionExpired { session: sid }
-                        });
-                    }
-                }
-            }
+            let acquired = self.put_acquire(&key, &sid, value).await?;
             pending.disarm();
+            match acquired {
+                Acquired::Ours(token) => break token,
+                Acquired::Lost => {
+                    let st = session.state();
+                    return Err(if st.is_final() {
+                        Error::session_gone(session.id(), st)
+                    } else {
+                        Error::SessionExpired { session: sid }
+                    });
+                }
+                Acquired::Refused => {}
+            }
             // Refused: somebody was faster (wait for them), or a lock-delay (retry soon).
             let (now, i) = self.read(&key, None).await?;
             if try_only {

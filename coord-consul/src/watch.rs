@@ -277,6 +277,20 @@ impl Group {
         let reset = forced || detected;
         // A forced reset is not passed on again (no ping-pong between groups).
         let detected = detected && !forced;
+        let skipped_key = self.deliver_keys(layout_base, seq, (entries, index), reset);
+        let skipped_list = self.deliver_lists(seq, (entries, index), reset);
+        (skipped_key || skipped_list, detected)
+    }
+
+    /// [`Self::deliver`]'s key watchers (and children watchers' parents); whether one was
+    /// skipped.
+    fn deliver_keys(
+        &mut self,
+        layout_base: usize,
+        seq: u64,
+        (entries, index): (&[KvEntry], u64),
+        reset: bool,
+    ) -> bool {
         let by_key: HashMap<&str, &KvEntry> = entries.iter().map(|e| (e.key.as_str(), e)).collect();
         let mut skipped = false;
         self.keys.retain(|key, interests| {
@@ -309,8 +323,18 @@ impl Group {
             });
             !interests.is_empty()
         });
+        skipped
+    }
+
+    /// [`Self::deliver`]'s children watchers; whether one was skipped.
+    fn deliver_lists(
+        &mut self,
+        seq: u64,
+        (entries, index): (&[KvEntry], u64),
+        reset: bool,
+    ) -> bool {
         if self.lists.is_empty() {
-            return (skipped, detected);
+            return false;
         }
         let mut kids: HashMap<&str, Vec<String>> = HashMap::new();
         for e in entries {
@@ -321,6 +345,7 @@ impl Group {
                 }
             }
         }
+        let mut skipped = false;
         self.lists.retain(|prefix, interests| {
             let mut list = kids.remove(prefix.as_str()).unwrap_or_default();
             list.sort();
@@ -333,7 +358,7 @@ impl Group {
             });
             !interests.is_empty()
         });
-        (skipped, detected)
+        skipped
     }
 
     /// Ends every watcher with `e`.

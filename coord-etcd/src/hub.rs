@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use coord_core::adapter::{Backoff, Collapse};
 use coord_core::{Error, Result};
-use etcd_client::proto::{PbEvent, PbKeyValue};
+use etcd_client::proto::{PbEvent, PbKeyValue, PbWatchResponse};
 use etcd_client::{WatchOptions, WatchRequestSender, WatchResponseStream};
 use tokio::sync::watch;
 
@@ -429,13 +429,10 @@ async fn attach_loop(hub: Weak<Hub>, entry: Arc<Entry>, mut resync: bool, pause:
 
 /// Reads one stream until it breaks, routing each response; then moves its watches on.
 async fn read(hub: Weak<Hub>, conn: Arc<Conn>, mut responses: WatchResponseStream) {
-    // Whether the stream ends because the server refused a watch (its watches move on after a
-    // pause, so that a server refusing them is not hammered).
-    let mut refused = false;
     let mut sweep = tokio::time::interval(SWEEP);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     sweep.tick().await;
-    loop {
+    let refused = loop {
         let msg = tokio::select! {
             m = responses.message() => m,
             _ = sweep.tick() => {
@@ -448,62 +445,86 @@ async fn read(hub: Weak<Hub>, conn: Arc<Conn>, mut responses: WatchResponseStrea
         };
         let resp = match msg {
             Ok(Some(r)) => r.0,
-            Ok(None) => break,
+            Ok(None) => break false,
             Err(e) => {
                 tracing::debug!(error = %e, "etcd watch stream broke, moving its watches");
-                break;
+                break false;
             }
         };
         let Some(h) = hub.upgrade() else { return };
-        let Some((entry, idx)) = conn.table().by_id.get(&resp.watch_id).cloned() else {
-            if resp.canceled {
-                // A create the server refused before giving it an id (etcd answers -1: an auth
-                // token lost in a server restart, seen by secrets_in_logs): which watch it was
-                // is unknown, so the whole stream moves on, after a pause and with a new token.
-                tracing::debug!(reason = %resp.cancel_reason, "etcd refused a watch, reopening");
-                if resp.cancel_reason.contains("auth token") {
-                    let store = h.cx.store();
-                    let _ = tokio::time::timeout(store.timeout, store.client.refresh_token()).await;
-                }
-                refused = true;
-                break;
-            }
-            continue;
-        };
+        if route(&h, &conn, resp).await == Routed::Refused {
+            break true;
+        }
+    };
+    move_watches(&hub, &conn, refused);
+}
+
+/// What a response means for the stream it came on.
+#[derive(PartialEq)]
+enum Routed {
+    /// Keep reading.
+    Read,
+    /// The server refused a watch before giving it an id: the stream ends and its watches
+    /// move on after a pause, so that a server refusing them is not hammered.
+    Refused,
+}
+
+/// Hands one response to its watch: events, a cancel (re-attached, re-read first if the
+/// revision it needs is compacted), or a refusal of an unknown create.
+async fn route(h: &Hub, conn: &Arc<Conn>, resp: PbWatchResponse) -> Routed {
+    let Some((entry, idx)) = conn.table().by_id.get(&resp.watch_id).cloned() else {
         if resp.canceled {
-            conn.detach(&entry);
-            if resp.compact_revision > 0 {
-                // The revision it needs is compacted: changes may be lost, say so.
-                h.spawn_attach(entry, true, false);
-            } else {
-                // After a pause: a server that refuses the watch must not be hammered.
-                tracing::debug!(reason = %resp.cancel_reason, "etcd watch canceled, re-adding");
-                h.spawn_attach(entry, false, true);
+            // A create the server refused before giving it an id (etcd answers -1: an auth
+            // token lost in a server restart, seen by secrets_in_logs): which watch it was is
+            // unknown, so the whole stream moves on, after a pause and with a new token. etcd
+            // gives only a reason text here, no code.
+            tracing::debug!(reason = %resp.cancel_reason, "etcd refused a watch, reopening");
+            if resp.cancel_reason.contains("auth token") {
+                let store = h.cx.store();
+                let _ = tokio::time::timeout(store.timeout, store.client.refresh_token()).await;
             }
-            continue;
+            return Routed::Refused;
         }
-        let mut flow = Flow::Go;
-        {
-            let mut inner = entry.lock();
-            for ev in &resp.events {
-                flow = inner.sink.on_event(idx, ev);
-                if !matches!(flow, Flow::Go) {
-                    break;
-                }
-            }
+        return Routed::Read;
+    };
+    if resp.canceled {
+        conn.detach(&entry);
+        if resp.compact_revision > 0 {
+            // The revision it needs is compacted: changes may be lost, say so.
+            h.spawn_attach(entry, true, false);
+        } else {
+            // After a pause: a server that refuses the watch must not be hammered.
+            tracing::debug!(reason = %resp.cancel_reason, "etcd watch canceled, re-adding");
+            h.spawn_attach(entry, false, true);
         }
-        match flow {
-            Flow::Go => {}
-            Flow::Closed => {
-                conn.detach(&entry);
-            }
-            Flow::Resync => {
-                conn.detach(&entry);
-                h.spawn_attach(entry, true, false);
+        return Routed::Read;
+    }
+    let mut flow = Flow::Go;
+    {
+        let mut inner = entry.lock();
+        for ev in &resp.events {
+            flow = inner.sink.on_event(idx, ev);
+            if !matches!(flow, Flow::Go) {
+                break;
             }
         }
     }
-    // Broken: every watch on it moves to another stream, from its own resume points.
+    match flow {
+        Flow::Go => {}
+        Flow::Closed => {
+            conn.detach(&entry);
+        }
+        Flow::Resync => {
+            conn.detach(&entry);
+            h.spawn_attach(entry, true, false);
+        }
+    }
+    Routed::Read
+}
+
+/// A broken stream: every watch on it moves to another stream, from its own resume points
+/// (after a pause if the server `refused` a watch).
+fn move_watches(hub: &Weak<Hub>, conn: &Arc<Conn>, refused: bool) {
     let moved: Vec<Arc<Entry>> = {
         let mut t = conn.table();
         t.dead = true;
@@ -518,7 +539,7 @@ async fn read(hub: Weak<Hub>, conn: Arc<Conn>, mut responses: WatchResponseStrea
     let Some(h) = hub.upgrade() else { return };
     {
         let mut st = h.state();
-        if st.current.as_ref().is_some_and(|c| Arc::ptr_eq(c, &conn)) {
+        if st.current.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)) {
             st.current = None;
         }
     }

@@ -1103,29 +1103,63 @@ fn prepare_consul_member(
     m: &ConsulMember,
     join_serf_lan: &[String],
 ) -> Result<Server, Error> {
+    let (config, data) = match write_consul_member_config(&dir, m) {
+        Ok(paths) => paths,
+        Err(e) => {
+            let _ = fs::remove_dir_all(&dir);
+            return Err(Error::new(e));
+        }
+    };
+    let mut argv = consul_member_argv(consul, m, data, join_serf_lan);
+    argv.push("-config-file".into());
+    argv.push(config.into());
+    Ok(Server {
+        kind: Kind::Consul,
+        name: m.node.clone(),
+        log: dir.join("server.log"),
+        dir,
+        port: m.http,
+        launch: Launch {
+            argv,
+            env: Vec::new(),
+            env_remove_prefixes: vec!["CONSUL_"],
+        },
+        consul_node: Some(m.node.clone()),
+        consul_voter: m.expect > 0,
+        proc: None,
+        host: "127.0.0.1".into(),
+        netns: None,
+    })
+}
+
+/// Writes a Consul member's configuration file and makes its data dir; their paths.
+fn write_consul_member_config(dir: &Path, m: &ConsulMember) -> Result<(PathBuf, PathBuf), String> {
     let config = dir.join("consul.json");
     let data = dir.join("data");
-    let written = fs::create_dir_all(&data)
-        .map_err(|e| format!("create {}: {e}", data.display()))
-        .and_then(|()| {
-            fs::write(
-                &config,
-                // As the dev agent's (see `prepare_consul`), plus the shortest Raft timings.
-                format!(
-                    "{{\n  \"disable_update_check\": true,\n  \"log_level\": \"info\",\n  \"ports\": {{ \"https\": -1 }},\n  \"performance\": {{ \"raft_multiplier\": 1 }}{}\n}}\n",
-                    if m.keep_dead_servers {
-                        ",\n  \"autopilot\": { \"cleanup_dead_servers\": false }"
-                    } else {
-                        ""
-                    }
-                ),
-            )
-            .map_err(|e| format!("write {}: {e}", config.display()))
-        });
-    if let Err(e) = written {
-        let _ = fs::remove_dir_all(&dir);
-        return Err(Error::new(e));
-    }
+    fs::create_dir_all(&data).map_err(|e| format!("create {}: {e}", data.display()))?;
+    fs::write(
+        &config,
+        // As the dev agent's (see `prepare_consul`), plus the shortest Raft timings.
+        format!(
+            "{{\n  \"disable_update_check\": true,\n  \"log_level\": \"info\",\n  \"ports\": {{ \"https\": -1 }},\n  \"performance\": {{ \"raft_multiplier\": 1 }}{}\n}}\n",
+            if m.keep_dead_servers {
+                ",\n  \"autopilot\": { \"cleanup_dead_servers\": false }"
+            } else {
+                ""
+            }
+        ),
+    )
+    .map_err(|e| format!("write {}: {e}", config.display()))?;
+    Ok((config, data))
+}
+
+/// A Consul member's command line, less its `-config-file`.
+fn consul_member_argv(
+    consul: &Path,
+    m: &ConsulMember,
+    data: PathBuf,
+    join_serf_lan: &[String],
+) -> Vec<OsString> {
     let s = |v: u16| OsString::from(v.to_string());
     let mut argv: Vec<OsString> = vec![consul.into(), "agent".into()];
     if m.expect > 0 {
@@ -1165,23 +1199,5 @@ fn prepare_consul_member(
         argv.push("-retry-join".into());
         argv.push(addr.into());
     }
-    argv.push("-config-file".into());
-    argv.push(config.into());
-    Ok(Server {
-        kind: Kind::Consul,
-        name: m.node.clone(),
-        log: dir.join("server.log"),
-        dir,
-        port: m.http,
-        launch: Launch {
-            argv,
-            env: Vec::new(),
-            env_remove_prefixes: vec!["CONSUL_"],
-        },
-        consul_node: Some(m.node.clone()),
-        consul_voter: m.expect > 0,
-        proc: None,
-        host: "127.0.0.1".into(),
-        netns: None,
-    })
+    argv
 }

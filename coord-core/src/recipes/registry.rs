@@ -55,7 +55,7 @@ use tokio::sync::watch;
 use crate::adapter::Backoff;
 use crate::client::{Client, Owned};
 use crate::error::{Error, Result};
-use crate::kernel::SessionId;
+use crate::kernel::{SessionId, Version};
 use crate::path::Path;
 use crate::recipes::group::{held_by, Follow, Group, Member, Membership, MembershipState};
 
@@ -212,31 +212,51 @@ impl Registry {
         instance: &Instance,
         if_present: IfPresent,
     ) -> Result<Registration> {
-        if let Resolved::Native(native) = self.resolve()? {
-            let node = self.group(&instance.service)?.path().join(&instance.id)?;
-            native.check(instance)?;
-            let (session, epoch) = follow::register(
-                &self.client,
-                &native,
-                &self.root,
-                &node,
-                instance,
-                if_present,
-            )
-            .await?;
-            let membership = NativeMembership::start(
-                &self.client,
-                native,
-                self.root.clone(),
-                node,
-                instance.clone(),
-                session,
-                epoch,
-            );
-            return Ok(Registration {
-                inner: Inner::Native(membership),
-            });
+        match self.resolve()? {
+            Resolved::Native(native) => self.register_native(native, instance, if_present).await,
+            Resolved::Generic => self.register_generic(instance, if_present).await,
         }
+    }
+
+    /// [`Self::register_with`] in the backend's native registry.
+    async fn register_native(
+        &self,
+        native: Arc<dyn NativeRegistry>,
+        instance: &Instance,
+        if_present: IfPresent,
+    ) -> Result<Registration> {
+        let node = self.group(&instance.service)?.path().join(&instance.id)?;
+        native.check(instance)?;
+        let (session, epoch) = follow::register(
+            &self.client,
+            &native,
+            &self.root,
+            &node,
+            instance,
+            if_present,
+        )
+        .await?;
+        let membership = NativeMembership::start(
+            &self.client,
+            native,
+            self.root.clone(),
+            node,
+            instance.clone(),
+            session,
+            epoch,
+        );
+        Ok(Registration {
+            inner: Inner::Native(membership),
+        })
+    }
+
+    /// [`Self::register_with`] in the generic layout: a group member, replacing (or keeping)
+    /// an entry another session holds.
+    async fn register_generic(
+        &self,
+        instance: &Instance,
+        if_present: IfPresent,
+    ) -> Result<Registration> {
         let data =
             serde_json::to_vec(instance).map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let group = self.group(&instance.service)?;
@@ -273,23 +293,26 @@ impl Registry {
                         inner: Inner::Generic(m),
                     });
                 }
-                match self.client.delete(&node, Some(stat.version)).await {
-                    Ok(()) | Err(Error::NotFound { .. }) | Err(Error::VersionMismatch { .. }) => {}
-                    Err(e) => return Err(e),
-                }
+                self.delete_entry(&node, stat.version).await?;
                 continue;
             }
             if replacing.keeps(if_present, ours, &holder) {
                 return Err(held_by(&node, holder.as_ref()));
             }
             tracing::info!(%node, holder = ?holder, "replacing a registration held by another session");
-            match self.client.delete(&node, Some(stat.version)).await {
-                Ok(()) | Err(Error::NotFound { .. }) | Err(Error::VersionMismatch { .. }) => {}
-                Err(e) => return Err(e),
-            }
+            self.delete_entry(&node, stat.version).await?;
             replacing.replaced(holder);
         }
         Err(replacing.contended(group.path().join(&instance.id)?.to_string()))
+    }
+
+    /// Deletes the entry at `node` if it is still at `version`; gone or changed meanwhile is
+    /// fine (the caller's next round sees what is there).
+    async fn delete_entry(&self, node: &Path, version: Version) -> Result<()> {
+        match self.client.delete(node, Some(version)).await {
+            Ok(()) | Err(Error::NotFound { .. }) | Err(Error::VersionMismatch { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// The instances of `service` now. A stored entry that is not the documented JSON gives
