@@ -4,19 +4,19 @@
 //!
 //! - **Namespace.** A [`Backend`] works inside one namespace taken from its URL; paths are
 //!   relative to it and two namespaces never see each other's keys.
-//! - **Parents.** A create needs its parent to exist ([`Error::NoParent`] otherwise), except
+//! - **Parents.** A create needs its parent to exist ([`Error::NoParent`](crate::Error::NoParent) otherwise), except
 //!   directly under the namespace root. [`crate::create_parents`] makes missing parents.
 //! - **Ephemerals** belong to one [`Session`] and disappear when it expires or is closed.
-//!   They cannot have children ([`Error::EphemeralParent`]).
+//!   They cannot have children ([`Error::EphemeralParent`](crate::Error::EphemeralParent)).
 //! - **Sequential** creation appends a [`crate::path::SEQUENCE_DIGITS`]-digit zero-padded
 //!   number to the given name. Under one parent the numbers are unique and strictly increasing
 //!   in the order the creates take effect; they are not dense (gaps are allowed).
 //! - **Versions** are opaque: a [`Version`] changes on every write of a key and is only
 //!   compared for equality (compare-and-set). On mem and ZooKeeper it counts writes from 0; on
 //!   etcd and Consul it is a revision/index.
-//! - **Delete** refuses a key with children ([`Error::NotEmpty`]).
+//! - **Delete** refuses a key with children ([`Error::NotEmpty`](crate::Error::NotEmpty)).
 //! - **The namespace root** `/` always exists, holds no value, and cannot be written or deleted
-//!   ([`Error::InvalidArgument`]).
+//!   ([`Error::InvalidArgument`](crate::Error::InvalidArgument)).
 //! - **Read-your-writes.** Once a call returns, every later read through the same `Backend`
 //!   sees its effect (also for ephemerals created through a session). Reads never go back to
 //!   an older state than one they answered from, but they need not be linearizable: what

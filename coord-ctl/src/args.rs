@@ -32,7 +32,7 @@ Exit codes:
 #[command(name = "coordctl", version, after_help = AFTER_HELP)]
 pub(crate) struct Cli {
     /// The backend: zk://host:2181[,host:port…]/namespace, etcd://host:2379/namespace,
-    /// consul://host:8500/namespace or mem://[name]
+    /// consul://host:8500/namespace or mem://name (the name is optional)
     #[arg(long, env = "COORD_URL", global = true, value_name = "URL")]
     pub(crate) url: Option<String>,
     /// Machine-readable output: one JSON object per line (errors too, on stderr)

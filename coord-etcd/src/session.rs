@@ -83,7 +83,7 @@ impl EtcdSession {
 }
 
 /// etcd's side of an [`EtcdSession`]: the lease, renewed over the backend's shared
-/// keep-alive stream ([`KeepAlives`]).
+/// keep-alive stream (`KeepAlives`).
 pub struct EtcdLease {
     id: i64,
     ttl: Duration,
