@@ -24,7 +24,7 @@ use crate::watch::{watch_children, watch_key};
 /// A client of an etcd cluster in one namespace (see the crate docs for the URL and the key
 /// layout). Dropping it ends its watches; sessions live on until closed or dropped.
 pub struct EtcdBackend {
-    cx: Arc<Context>,
+    ctx: Arc<Context>,
     /// The etcd `concurrency` dialect's driver (shared by every handle of this client).
     concurrency: Arc<EtcdConcurrency>,
     /// The shared watch streams of key and children watches; they end with the backend.
@@ -36,7 +36,7 @@ pub struct EtcdBackend {
 impl std::fmt::Debug for EtcdBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EtcdBackend")
-            .field("namespace", &self.cx.tree.namespace)
+            .field("namespace", &self.ctx.tree.namespace)
             .finish_non_exhaustive()
     }
 }
@@ -92,30 +92,30 @@ impl EtcdBackend {
             connect_timeout: cfg.connect_timeout,
             reconnected: Default::default(),
         };
-        let cx = Arc::new(Context {
+        let ctx = Arc::new(Context {
             tree: Tree::new(store, &cfg.namespace, caps),
             keep_alives: Default::default(),
         });
         // etcd-client connects lazily: make a bad address or bad credentials fail here.
-        let root = cx.layout().node(&Path::root());
+        let root = ctx.layout().node(&Path::root());
         let keys_only = GetOptions::new().with_keys_only();
-        cx.store().get_one(&root, Some(keys_only)).await?;
+        ctx.store().get_one(&root, Some(keys_only)).await?;
         Ok(EtcdBackend {
-            naming: Arc::new(GrpcNaming::new(cx.clone())),
-            concurrency: Arc::new(EtcdConcurrency::new(cx.clone())),
-            hub: Hub::new(cx.clone()),
-            cx,
+            naming: Arc::new(GrpcNaming::new(ctx.clone())),
+            concurrency: Arc::new(EtcdConcurrency::new(ctx.clone())),
+            hub: Hub::new(ctx.clone()),
+            ctx,
         })
     }
 
     /// `e`, naming the endpoints if it is a connection error (lease grant, watch start).
     fn named(&self, e: Error) -> Error {
-        coord_core::url::with_endpoint(e, &self.cx.store().endpoints)
+        coord_core::url::with_endpoint(e, &self.ctx.store().endpoints)
     }
 
     /// The key layout of this client's namespace (see [`Layout`]).
     pub fn layout(&self) -> &Layout {
-        self.cx.layout()
+        self.ctx.layout()
     }
 
     /// The registry in grpc-go's naming layout (what [`Backend::native_registry`] hands out),
@@ -129,7 +129,7 @@ impl EtcdBackend {
     /// The underlying etcd client (for tests and extensions; keys outside the layout are not
     /// coord's business).
     pub fn etcd_client(&self) -> &Client {
-        &self.cx.store().client
+        &self.ctx.store().client
     }
 }
 
@@ -155,21 +155,21 @@ impl FlatBackend for EtcdBackend {
     type Store = EtcdStore;
 
     fn tree(&self) -> &Tree<EtcdStore> {
-        &self.cx.tree
+        &self.ctx.tree
     }
 
     async fn open_session(&self, ttl: Duration) -> Result<Arc<dyn Session>> {
-        let session = EtcdSession::open(self.cx.clone(), ttl).await;
+        let session = EtcdSession::open(self.ctx.clone(), ttl).await;
         Ok(Arc::new(session.map_err(|e| self.named(e))?))
     }
 
     async fn watch(&self, path: &Path) -> Result<(Option<Node>, KeyWatch)> {
-        let w = watch_key(&self.hub, &self.cx, path).await;
+        let w = watch_key(&self.hub, &self.ctx, path).await;
         w.map_err(|e| self.named(e))
     }
 
     async fn watch_children(&self, path: &Path) -> Result<(Vec<String>, ChildrenWatch)> {
-        let w = watch_children(&self.hub, &self.cx, path).await;
+        let w = watch_children(&self.hub, &self.ctx, path).await;
         w.map_err(|e| self.named(e))
     }
 

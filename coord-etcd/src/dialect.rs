@@ -48,12 +48,12 @@ use crate::watch::{watch_raw_key, watch_raw_prefix};
 
 /// The etcd `concurrency` driver of one backend (see the module docs).
 pub(crate) struct EtcdConcurrency {
-    cx: Arc<Context>,
+    ctx: Arc<Context>,
 }
 
 impl EtcdConcurrency {
-    pub(crate) fn new(cx: Arc<Context>) -> EtcdConcurrency {
-        EtcdConcurrency { cx }
+    pub(crate) fn new(ctx: Arc<Context>) -> EtcdConcurrency {
+        EtcdConcurrency { ctx }
     }
 }
 
@@ -108,7 +108,7 @@ fn info_of(name: &Path, prefix: &str, kv: &PbKeyValue) -> Option<LeaderInfo> {
 
 impl EtcdConcurrency {
     fn prefix(&self, name: &Path) -> Result<String> {
-        raw_prefix(&self.cx.tree.namespace, name)
+        raw_prefix(&self.ctx.tree.namespace, name)
     }
 
     /// One read of `prefix` in a transaction (keys sorted by CreateRevision, ascending unless
@@ -133,7 +133,7 @@ impl EtcdConcurrency {
             o = o.with_max_create_revision(m);
         }
         let txn = Txn::new().and_then(vec![TxnOp::get(prefix, Some(o))]);
-        let resp = self.cx.store().txn("read", Ctx::default(), txn).await?;
+        let resp = self.ctx.store().txn("read", Ctx::default(), txn).await?;
         Ok((range_kvs(&resp, 0).to_vec(), header_rev(&resp)))
     }
 
@@ -154,11 +154,11 @@ impl EtcdConcurrency {
                 Some(PutOptions::new().with_lease(lease)),
             )])
             .or_else(vec![TxnOp::get(key, None)]);
-        let ctx = Ctx {
+        let at = Ctx {
             session: Some(sid),
-            value: Some((value.len(), self.cx.store().max_value)),
+            value: Some((value.len(), self.ctx.store().max_value)),
         };
-        let resp = self.cx.store().txn("campaign", ctx, txn).await?;
+        let resp = self.ctx.store().txn("campaign", at, txn).await?;
         if resp.succeeded() {
             return Ok(rev_u64(header_rev(&resp)));
         }
@@ -173,7 +173,7 @@ impl EtcdConcurrency {
         };
         let created = rev_u64(kv.create_revision);
         if kv.value != value {
-            proclaim(&self.cx, key, created, value).await?;
+            proclaim(&self.ctx, key, created, value).await?;
         }
         Ok(created)
     }
@@ -202,7 +202,7 @@ impl EtcdConcurrency {
             // queued behind ours. Waiting on it deadlocks (it waits on us; seen as a timeout of
             // election_hundred_handovers), so only the incarnation read above is waited on.
             let (current, mut events) =
-                watch_raw_key(&scope, self.cx.clone(), key, &Path::root()).await?;
+                watch_raw_key(&scope, self.ctx.clone(), key, &Path::root()).await?;
             if current.map(|n| n.stat.created) != Some(theirs) {
                 continue;
             }
@@ -225,7 +225,7 @@ impl EtcdConcurrency {
 }
 
 /// Rewrites the holder's value, guarded by its CreateRevision (`Election.Proclaim`).
-async fn proclaim(cx: &Context, key: &str, created: u64, value: &[u8]) -> Result<()> {
+async fn proclaim(ctx: &Context, key: &str, created: u64, value: &[u8]) -> Result<()> {
     let txn = Txn::new()
         .when(vec![Compare::create_revision(
             key,
@@ -237,11 +237,11 @@ async fn proclaim(cx: &Context, key: &str, created: u64, value: &[u8]) -> Result
             value,
             Some(PutOptions::new().with_ignore_lease()),
         )]);
-    let ctx = Ctx {
+    let at = Ctx {
         session: None,
-        value: Some((value.len(), cx.store().max_value)),
+        value: Some((value.len(), ctx.store().max_value)),
     };
-    let resp = cx.store().txn("proclaim", ctx, txn).await?;
+    let resp = ctx.store().txn("proclaim", at, txn).await?;
     if !resp.succeeded() {
         return Err(Error::GuardFailed {
             path: key.to_owned(),
@@ -252,7 +252,7 @@ async fn proclaim(cx: &Context, key: &str, created: u64, value: &[u8]) -> Result
 }
 
 /// Deletes our key if it is still the one created at `created` (`Election.Resign`).
-async fn resign(cx: &Context, key: &str, created: u64) -> Result<()> {
+async fn resign(ctx: &Context, key: &str, created: u64) -> Result<()> {
     let txn = Txn::new()
         .when(vec![Compare::create_revision(
             key,
@@ -260,7 +260,7 @@ async fn resign(cx: &Context, key: &str, created: u64) -> Result<()> {
             rev_i64(created),
         )])
         .and_then(vec![TxnOp::delete(key, None)]);
-    cx.store().txn("resign", Ctx::default(), txn).await?;
+    ctx.store().txn("resign", Ctx::default(), txn).await?;
     Ok(())
 }
 
@@ -271,16 +271,16 @@ impl DialectDriver for EtcdConcurrency {
     }
 
     async fn acquire(&self, c: Candidacy<'_>) -> Result<Option<Box<dyn DialectHold>>> {
-        c.check(&self.cx.tree.caps)?;
+        c.check(&self.ctx.tree.caps)?;
         let (session, name, value) = (c.session, c.name, c.value);
         let prefix = self.prefix(name)?;
         let lease = lease_of(&*session)?;
         let key = format!("{prefix}{lease:x}");
         let node = name.join(&format!("{lease:x}"))?;
         let held = |created| {
-            let (cx, key, node) = (self.cx.clone(), key.clone(), node.clone());
+            let (ctx, key, node) = (self.ctx.clone(), key.clone(), node.clone());
             Arc::new(EtcdKey {
-                cx,
+                ctx,
                 key,
                 node,
                 created,
@@ -316,7 +316,7 @@ impl DialectDriver for EtcdConcurrency {
         }
         // As `Mutex.Lock` does: our key must still be there (the lease may have ended while
         // we waited).
-        let now = self.cx.store().get_one(&key, None).await?;
+        let now = self.ctx.store().get_one(&key, None).await?;
         pending.disarm();
         if now.map(|kv| rev_u64(kv.create_revision)) != Some(created) {
             let st = session.state();
@@ -345,7 +345,7 @@ impl DialectDriver for EtcdConcurrency {
             return Ok(());
         };
         let key = format!("{}{}", self.prefix(&name)?, node.name());
-        resign(&self.cx, &key, token).await
+        resign(&self.ctx, &key, token).await
     }
 
     async fn observe(&self, name: &Path) -> Result<HolderStream> {
@@ -353,8 +353,8 @@ impl DialectDriver for EtcdConcurrency {
         let (first, rev) = self.read_prefix(&prefix, false, 1, None).await?;
         let leader = first.first().and_then(|kv| info_of(name, &prefix, kv));
         let scope = WatchScope::new();
-        let pokes = watch_raw_prefix(&scope, self.cx.clone(), prefix.clone(), rev + 1);
-        let me = Arc::new(EtcdConcurrency::new(self.cx.clone()));
+        let pokes = watch_raw_prefix(&scope, self.ctx.clone(), prefix.clone(), rev + 1);
+        let me = Arc::new(EtcdConcurrency::new(self.ctx.clone()));
         let name = name.clone();
         let updates = pokes.then(move |poke| {
             // The scope travels with the stream: its watch ends when the stream is dropped.
@@ -371,7 +371,7 @@ impl DialectDriver for EtcdConcurrency {
 
 /// Our candidate key, created at `created` (its CreateRevision: our fencing token).
 struct EtcdKey {
-    cx: Arc<Context>,
+    ctx: Arc<Context>,
     key: String,
     node: Path,
     created: u64,
@@ -393,11 +393,11 @@ impl HeldKey for EtcdKey {
     }
 
     fn caps(&self) -> &Capabilities {
-        &self.cx.tree.caps
+        &self.ctx.tree.caps
     }
 
     async fn watch(&self, scope: &WatchScope) -> Result<(Option<Node>, KeyWatch)> {
-        watch_raw_key(scope, self.cx.clone(), self.key.clone(), &self.node).await
+        watch_raw_key(scope, self.ctx.clone(), self.key.clone(), &self.node).await
     }
 
     fn ours(&self, node: &Node) -> bool {
@@ -405,15 +405,15 @@ impl HeldKey for EtcdKey {
     }
 
     async fn proclaim(&self, value: &[u8]) -> Result<()> {
-        proclaim(&self.cx, &self.key, self.created, value).await
+        proclaim(&self.ctx, &self.key, self.created, value).await
     }
 
     async fn write_if(&self, guard: &Guard, op: &WriteOp) -> Result<WriteResult> {
-        self.cx.tree.write_if_key(guard, &self.key, op).await
+        self.ctx.tree.write_if_key(guard, &self.key, op).await
     }
 
     async fn release(&self) -> Result<()> {
-        resign(&self.cx, &self.key, self.created).await
+        resign(&self.ctx, &self.key, self.created).await
     }
 }
 

@@ -221,7 +221,7 @@ impl Conn {
 
 /// The shared watch streams of one backend.
 pub(crate) struct Hub {
-    cx: Arc<Context>,
+    ctx: Arc<Context>,
     state: Mutex<State>,
     /// Serialises opening streams, so that a burst of new watches opens one.
     opening: tokio::sync::Mutex<()>,
@@ -238,9 +238,9 @@ struct State {
 }
 
 impl Hub {
-    pub(crate) fn new(cx: Arc<Context>) -> Arc<Hub> {
+    pub(crate) fn new(ctx: Arc<Context>) -> Arc<Hub> {
         Arc::new_cyclic(|me| Hub {
-            cx,
+            ctx,
             state: Mutex::new(State {
                 current: None,
                 next_id: 1,
@@ -348,7 +348,7 @@ impl Hub {
         let Some((key, first)) = opts.next() else {
             return Ok(());
         };
-        let store = self.cx.store();
+        let store = self.ctx.store();
         let stream = bounded(store.timeout, "watch", Ctx::default(), || {
             let mut wc = store
                 .client
@@ -386,7 +386,7 @@ impl Hub {
 
     /// Re-reads `entry`'s ranges and delivers the state. `Ok(false)`: the consumer is gone.
     async fn reread(&self, entry: &Entry) -> Result<bool> {
-        let (snap, rev) = self.cx.store().snapshot(&entry.ranges).await?;
+        let (snap, rev) = self.ctx.store().snapshot(&entry.ranges).await?;
         Ok(entry.lock().sink.resync(&snap, rev))
     }
 }
@@ -480,7 +480,7 @@ async fn route(h: &Hub, conn: &Arc<Conn>, resp: PbWatchResponse) -> Routed {
             // gives only a reason text here, no code.
             tracing::debug!(reason = %resp.cancel_reason, "etcd refused a watch, reopening");
             if resp.cancel_reason.contains("auth token") {
-                let store = h.cx.store();
+                let store = h.ctx.store();
                 let _ = tokio::time::timeout(store.timeout, store.client.refresh_token()).await;
             }
             return Routed::Refused;

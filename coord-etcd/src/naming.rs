@@ -62,7 +62,7 @@ pub use coord_core::registry::codec::grpc::{decode, encode, endpoint_addr};
 /// default registry on etcd ([`NativeLayout::is_default`] is false): select it with
 /// `registry=native` or `Registry::with_layout`.
 pub struct GrpcNaming {
-    cx: Arc<Context>,
+    ctx: Arc<Context>,
     /// The watch tasks end with the last handle of this registry.
     watches: WatchScope,
 }
@@ -70,7 +70,7 @@ pub struct GrpcNaming {
 impl std::fmt::Debug for GrpcNaming {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GrpcNaming")
-            .field("namespace", &self.cx.tree.namespace)
+            .field("namespace", &self.ctx.tree.namespace)
             .finish_non_exhaustive()
     }
 }
@@ -96,21 +96,21 @@ fn entry_name<'k>(prefix: &str, key: &'k str) -> Option<&'k str> {
 }
 
 impl GrpcNaming {
-    pub(crate) fn new(cx: Arc<Context>) -> GrpcNaming {
+    pub(crate) fn new(ctx: Arc<Context>) -> GrpcNaming {
         GrpcNaming {
-            cx,
+            ctx,
             watches: WatchScope::new(),
         }
     }
 
     /// The target of `service` in the registry rooted at `root` (see the module docs).
     pub fn target(&self, root: &Path, service: &str) -> Result<String> {
-        Ok(raw_name(&self.cx.tree.namespace, &root.join(service)?))
+        Ok(raw_name(&self.ctx.tree.namespace, &root.join(service)?))
     }
 
     /// The prefix under which the services of `root` have their targets.
     fn root_prefix(&self, root: &Path) -> String {
-        let name = raw_name(&self.cx.tree.namespace, root);
+        let name = raw_name(&self.ctx.tree.namespace, root);
         if name.is_empty() {
             name
         } else {
@@ -125,7 +125,7 @@ impl GrpcNaming {
             prefix: true,
             keys_only: false,
         };
-        let (mut snap, rev) = self.cx.store().snapshot(&[range]).await?;
+        let (mut snap, rev) = self.ctx.store().snapshot(&[range]).await?;
         Ok((snap.pop().unwrap_or_default(), rev))
     }
 }
@@ -214,14 +214,14 @@ impl NativeRegistry for GrpcNaming {
                 Some(etcd_client::PutOptions::new().with_lease(lease)),
             ));
             let sid = session.id().clone();
-            let ctx = Ctx {
+            let at = Ctx {
                 session: Some(&sid),
-                value: Some((value.len(), self.cx.store().max_value)),
+                value: Some((value.len(), self.ctx.store().max_value)),
             };
             let resp = self
-                .cx
+                .ctx
                 .store()
-                .txn("register", ctx, Txn::new().when(when).and_then(then))
+                .txn("register", at, Txn::new().when(when).and_then(then))
                 .await?;
             if resp.succeeded() {
                 if !present.is_empty() {
@@ -248,7 +248,7 @@ impl NativeRegistry for GrpcNaming {
         let txn = Txn::new()
             .when(vec![Compare::lease(key.as_str(), CompareOp::Equal, lease)])
             .and_then(vec![TxnOp::delete(key.as_str(), None)]);
-        self.cx
+        self.ctx
             .store()
             .txn("deregister", Ctx::default(), txn)
             .await?;
@@ -296,7 +296,7 @@ impl NativeRegistry for GrpcNaming {
             prefix: true,
             keys_only: true,
         };
-        let (snap, _) = self.cx.store().snapshot(&[range]).await?;
+        let (snap, _) = self.ctx.store().snapshot(&[range]).await?;
         let kvs = snap.into_iter().next().unwrap_or_default();
         // `<service>/<entry>` exactly; coord's own tree (`__coord/…`) is never a service.
         let mut names: Vec<String> = kvs
@@ -323,17 +323,17 @@ impl NativeRegistry for GrpcNaming {
             prefix: true,
             keys_only: false,
         }];
-        let (snap, rev) = self.cx.store().snapshot(&ranges).await?;
+        let (snap, rev) = self.ctx.store().snapshot(&ranges).await?;
         let mut logic = PrefixLogic {
             service: service.to_owned(),
             prefix,
             entries: BTreeMap::new(),
         };
         let first = logic.resync(&snap, rev);
-        let cx = self.cx.clone();
+        let ctx = self.ctx.clone();
         let rest = self
             .watches
-            .spawn(|tx| drive(cx, ranges, rev + 1, logic, tx));
+            .spawn(|tx| drive(ctx, ranges, rev + 1, logic, tx));
         Ok(futures::stream::once(async move { Ok(first) })
             .chain(rest)
             .boxed())

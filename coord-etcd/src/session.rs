@@ -30,9 +30,9 @@ coord_core::lease_session_type! {
 
 impl EtcdSession {
     /// Grants a lease of `ttl` and starts keeping it alive.
-    pub(crate) async fn open(cx: Arc<Context>, ttl: Duration) -> Result<EtcdSession> {
+    pub(crate) async fn open(ctx: Arc<Context>, ttl: Duration) -> Result<EtcdSession> {
         let secs = i64::try_from(ttl.as_millis().div_ceil(1000)).unwrap_or(i64::MAX);
-        let store = cx.store();
+        let store = ctx.store();
         // A grant is bounded by the lease's own length too, and each attempt by a renewal's
         // bound (half of it, at most 1 s): a member that rejoins after a cut can lose the
         // proposal it forwards, and that answer never comes; sent again, the grant is answered
@@ -62,8 +62,8 @@ impl EtcdSession {
             }
         };
         let ttl = Duration::from_secs(u64::try_from(resp.ttl()).unwrap_or(0).max(1));
-        let (id, caps) = (resp.id(), cx.tree.caps.clone());
-        let lease = EtcdLease { id, ttl, cx };
+        let (id, caps) = (resp.id(), ctx.tree.caps.clone());
+        let lease = EtcdLease { id, ttl, ctx };
         let s = LeaseSession::start(lease, lease_sid(id), ttl, caps, granted_at);
         Ok(EtcdSession(s))
     }
@@ -87,7 +87,7 @@ impl EtcdSession {
 pub struct EtcdLease {
     id: i64,
     ttl: Duration,
-    cx: Arc<Context>,
+    ctx: Arc<Context>,
 }
 
 #[async_trait]
@@ -106,11 +106,11 @@ impl Lease for EtcdLease {
     }
 
     async fn renew(&self, _recovering: bool) -> Result<Renewal> {
-        self.cx.keep_alives.renew(&self.cx, self.id).await
+        self.ctx.keep_alives.renew(&self.ctx, self.id).await
     }
 
     async fn revoke(&self) -> Result<()> {
-        let (store, id) = (self.cx.store(), self.id);
+        let (store, id) = (self.ctx.store(), self.id);
         bounded(store.timeout, "lease revoke", Ctx::default(), || {
             let mut lc = store.client.lease_client();
             async move { lc.revoke(id).await }
@@ -121,7 +121,7 @@ impl Lease for EtcdLease {
 
     async fn create(&self, path: &Path, value: &[u8], mode: CreateMode) -> Result<Created> {
         let owner = (&self.id, &lease_sid(self.id));
-        self.cx.tree.create(path, value, mode, Some(owner)).await
+        self.ctx.tree.create(path, value, mode, Some(owner)).await
     }
 }
 
@@ -170,7 +170,7 @@ fn waiters(w: &Waiters) -> std::sync::MutexGuard<'_, HashMap<i64, Vec<oneshot::S
 
 impl KeepAlives {
     /// One keep-alive of lease `id`.
-    async fn renew(&self, cx: &Context, id: i64) -> Result<Renewal> {
+    async fn renew(&self, ctx: &Context, id: i64) -> Result<Renewal> {
         loop {
             let (mut keeper, rx, dead, stalled) = {
                 let mut slot = self.conn.lock().await;
@@ -180,10 +180,10 @@ impl KeepAlives {
                         .as_ref()
                         .is_some_and(|c| c.stalled.load(Ordering::SeqCst))
                     {
-                        cx.store().reconnect().await;
+                        ctx.store().reconnect().await;
                     }
                     // Opening sends a first keep-alive of `id` and reads its answer.
-                    return match open(cx, id).await? {
+                    return match open(ctx, id).await? {
                         Opened::Gone => Ok(Renewal::Gone),
                         Opened::Conn(c) => {
                             *slot = Some(c);
@@ -226,9 +226,9 @@ enum Opened {
 
 /// Opens a keep-alive stream with a first keep-alive of lease `id`, and starts its reader. A
 /// member that cannot be reached is skipped (the renewal as a whole is bounded).
-async fn open(cx: &Context, id: i64) -> Result<Opened> {
+async fn open(ctx: &Context, id: i64) -> Result<Opened> {
     loop {
-        let mut lc = cx.store().client.lease_client();
+        let mut lc = ctx.store().client.lease_client();
         match lc.keep_alive(id).await {
             Ok((keeper, stream)) => {
                 let (waiters, dead) = (

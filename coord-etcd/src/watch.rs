@@ -185,15 +185,15 @@ fn queue<E: Collapse + Send + 'static>() -> (Tx<E>, BoxStream<'static, Result<E>
 /// Reads `path` and watches it from the revision after the read (on the shared streams).
 pub(crate) async fn watch_key(
     hub: &Hub,
-    cx: &Context,
+    ctx: &Context,
     path: &Path,
 ) -> Result<(Option<Node>, KeyWatch)> {
     let ranges = vec![Range {
-        key: cx.layout().node(path),
+        key: ctx.layout().node(path),
         prefix: false,
         keys_only: false,
     }];
-    let (snap, rev) = cx.store().snapshot(&ranges).await?;
+    let (snap, rev) = ctx.store().snapshot(&ranges).await?;
     let mut logic = KeyLogic { path: path.clone() };
     let current = match logic.resync(&snap, rev) {
         KeyEvent::Resync(n) => n,
@@ -216,11 +216,11 @@ pub(crate) async fn watch_key(
 /// shared streams).
 pub(crate) async fn watch_children(
     hub: &Hub,
-    cx: &Context,
+    ctx: &Context,
     path: &Path,
 ) -> Result<(Vec<String>, ChildrenWatch)> {
-    let ranges = children_ranges(cx.layout(), path);
-    let (snap, rev) = cx.store().snapshot(&ranges).await?;
+    let ranges = children_ranges(ctx.layout(), path);
+    let (snap, rev) = ctx.store().snapshot(&ranges).await?;
     let mut logic = ChildrenLogic {
         ranges: ranges.clone(),
         set: BTreeSet::new(),
@@ -236,7 +236,7 @@ pub(crate) async fn watch_children(
 }
 
 /// Opens one etcd watch stream with a watcher per range (watch id = range index + 1).
-async fn open(cx: &Context, ranges: &[Range], next: &[i64]) -> Result<WatchStream> {
+async fn open(ctx: &Context, ranges: &[Range], next: &[i64]) -> Result<WatchStream> {
     let opts = |i: usize| {
         let mut o = WatchOptions::new()
             .with_start_revision(next.get(i).copied().unwrap_or(0))
@@ -247,7 +247,7 @@ async fn open(cx: &Context, ranges: &[Range], next: &[i64]) -> Result<WatchStrea
         o
     };
     let first = ranges.first().map(|s| s.key.clone()).unwrap_or_default();
-    let store = cx.store();
+    let store = ctx.store();
     let mut stream = bounded(store.timeout, "watch", Ctx::default(), || {
         let mut wc = store
             .client
@@ -279,7 +279,7 @@ enum Break {
 
 /// Runs a watch until its consumer drops the stream or the backend is dropped.
 pub(crate) async fn drive<L: Logic>(
-    cx: Arc<Context>,
+    ctx: Arc<Context>,
     ranges: Vec<Range>,
     start: i64,
     mut logic: L,
@@ -293,18 +293,18 @@ pub(crate) async fn drive<L: Logic>(
     // The scope drops this future when the backend or the stream is dropped.
     loop {
         if need_resync {
-            if resync(&cx, &ranges, &mut next, &mut floor, &mut logic, &tx).await {
+            if resync(&ctx, &ranges, &mut next, &mut floor, &mut logic, &tx).await {
                 need_resync = false;
             } else {
                 backoff.wait().await;
                 continue;
             }
         }
-        let brk = match open(&cx, &ranges, &next).await {
+        let brk = match open(&ctx, &ranges, &next).await {
             Ok(mut stream) => {
                 backoff.reset();
                 run_stream(
-                    &cx,
+                    &ctx,
                     &ranges,
                     &mut stream,
                     &mut next,
@@ -335,14 +335,14 @@ pub(crate) async fn drive<L: Logic>(
 /// Re-reads after changes may have been missed and yields `Resync`; all ranges go on after the
 /// read's revision. `false` if the read failed (the caller retries).
 async fn resync<L: Logic>(
-    cx: &Context,
+    ctx: &Context,
     ranges: &[Range],
     next: &mut [i64],
     floor: &mut i64,
     logic: &mut L,
     tx: &mpsc::UnboundedSender<Result<L::Ev>>,
 ) -> bool {
-    match cx.store().snapshot(ranges).await {
+    match ctx.store().snapshot(ranges).await {
         Ok((snap, rev)) => {
             let ev = logic.resync(&snap, rev);
             let _ = tx.send(Ok(ev));
@@ -360,7 +360,7 @@ async fn resync<L: Logic>(
 }
 
 async fn run_stream<L: Logic>(
-    cx: &Context,
+    ctx: &Context,
     ranges: &[Range],
     stream: &mut WatchStream,
     next: &mut [i64],
@@ -409,7 +409,7 @@ async fn run_stream<L: Logic>(
                     *floor = (*floor).max(f);
                 }
                 Step::Resync => {
-                    if !resync(cx, ranges, next, floor, logic, tx).await {
+                    if !resync(ctx, ranges, next, floor, logic, tx).await {
                         return Break::Resync;
                     }
                 }
@@ -422,7 +422,7 @@ async fn run_stream<L: Logic>(
 /// from the revision after the read: for the dialects' keys.
 pub(crate) async fn watch_raw_key(
     scope: &WatchScope,
-    cx: Arc<Context>,
+    ctx: Arc<Context>,
     key: String,
     path: &Path,
 ) -> Result<(Option<Node>, KeyWatch)> {
@@ -431,13 +431,13 @@ pub(crate) async fn watch_raw_key(
         prefix: false,
         keys_only: false,
     }];
-    let (snap, rev) = cx.store().snapshot(&ranges).await?;
+    let (snap, rev) = ctx.store().snapshot(&ranges).await?;
     let mut logic = KeyLogic { path: path.clone() };
     let current = match logic.resync(&snap, rev) {
         KeyEvent::Resync(n) => n,
         _ => None,
     };
-    let rx = scope.spawn(|tx| drive(cx, ranges, rev + 1, logic, tx));
+    let rx = scope.spawn(|tx| drive(ctx, ranges, rev + 1, logic, tx));
     Ok((current, rx))
 }
 
@@ -458,7 +458,7 @@ impl Logic for PokeLogic {
 /// (the dialects' `observe` re-reads the holder on each).
 pub(crate) fn watch_raw_prefix(
     scope: &WatchScope,
-    cx: Arc<Context>,
+    ctx: Arc<Context>,
     prefix: String,
     start: i64,
 ) -> futures::stream::BoxStream<'static, Result<()>> {
@@ -467,5 +467,5 @@ pub(crate) fn watch_raw_prefix(
         prefix: true,
         keys_only: true,
     }];
-    scope.spawn(|tx| drive(cx, ranges, start, PokeLogic, tx))
+    scope.spawn(|tx| drive(ctx, ranges, start, PokeLogic, tx))
 }
