@@ -31,7 +31,7 @@ use async_trait::async_trait;
 use futures::future::BoxFuture;
 
 use crate::error::{Error, Result};
-use crate::kernel::{Backend, CreateMode, Created, Session, SessionOptions, SessionState};
+use crate::kernel::{Backend, CreateMode, Created, Session, SessionOptions, SessionState, Version};
 use crate::path::Path;
 use crate::recipes::dialect::Dialect;
 use crate::recipes::queue::Leftovers;
@@ -437,7 +437,13 @@ pub(crate) async fn delete_if_owned(
     if stat.ephemeral_owner.as_ref() != Some(session.id()) {
         return Ok(());
     }
-    match backend.delete(node, Some(stat.version)).await {
+    delete_at(backend, node, stat.version).await
+}
+
+/// Deletes `node` if it is still at `version`; gone or changed meanwhile is fine (whoever
+/// changed it owns what is there now).
+pub(crate) async fn delete_at(backend: &dyn Backend, node: &Path, version: Version) -> Result<()> {
+    match backend.delete(node, Some(version)).await {
         Ok(()) | Err(Error::NotFound { .. }) | Err(Error::VersionMismatch { .. }) => Ok(()),
         Err(e) => Err(e),
     }

@@ -749,10 +749,7 @@ async fn delete_own(client: &Client, node: &Path, owner: &SessionId) -> Result<(
     if stat.ephemeral_owner.as_ref() != Some(owner) {
         return Ok(());
     }
-    match client.delete(node, Some(stat.version)).await {
-        Ok(()) | Err(Error::NotFound { .. }) | Err(Error::VersionMismatch { .. }) => Ok(()),
-        Err(e) => Err(e),
-    }
+    crate::client::delete_at(&**client, node, stat.version).await
 }
 
 impl std::fmt::Debug for Membership {

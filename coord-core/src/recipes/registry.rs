@@ -53,9 +53,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::adapter::Backoff;
-use crate::client::{Client, Owned};
+use crate::client::{delete_at, Client, Owned};
 use crate::error::{Error, Result};
-use crate::kernel::{SessionId, Version};
+use crate::kernel::SessionId;
 use crate::path::Path;
 use crate::recipes::group::{held_by, Follow, Group, Member, Membership, MembershipState};
 
@@ -293,26 +293,17 @@ impl Registry {
                         inner: Inner::Generic(m),
                     });
                 }
-                self.delete_entry(&node, stat.version).await?;
+                delete_at(&*self.client, &node, stat.version).await?;
                 continue;
             }
             if replacing.keeps(if_present, ours, &holder) {
                 return Err(held_by(&node, holder.as_ref()));
             }
             tracing::info!(%node, holder = ?holder, "replacing a registration held by another session");
-            self.delete_entry(&node, stat.version).await?;
+            delete_at(&*self.client, &node, stat.version).await?;
             replacing.replaced(holder);
         }
         Err(replacing.contended(group.path().join(&instance.id)?.to_string()))
-    }
-
-    /// Deletes the entry at `node` if it is still at `version`; gone or changed meanwhile is
-    /// fine (the caller's next round sees what is there).
-    async fn delete_entry(&self, node: &Path, version: Version) -> Result<()> {
-        match self.client.delete(node, Some(version)).await {
-            Ok(()) | Err(Error::NotFound { .. }) | Err(Error::VersionMismatch { .. }) => Ok(()),
-            Err(e) => Err(e),
-        }
     }
 
     /// The instances of `service` now. A stored entry that is not the documented JSON gives
