@@ -19,6 +19,11 @@
 //! invalidated, an acquire is refused by a
 //! session Consul no longer knows, or the agent no longer knows the check. The end destroys
 //! the session and deregisters the check.
+//!
+//! After an agent paused for longer than the TTL, a session can report `Connected` and then
+//! `Expired` a moment later: on the resume the first pass can win the race with the agent's
+//! overdue TTL timer, and the servers confirm the session before the critical status reaches
+//! them. It is never `Connected` while Consul has already invalidated it.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
