@@ -23,7 +23,7 @@
 //! After an agent paused for longer than the TTL, a session can report `Connected` and then
 //! `Expired` a moment later: on the resume the first pass can win the race with the agent's
 //! overdue TTL timer, and the servers confirm the session before the critical status reaches
-//! them. It is never `Connected` while Consul has already invalidated it.
+//! them. `Connected` is reported only after the servers answered that the session exists.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
