@@ -270,7 +270,6 @@ impl DialectDriver for SingleKey {
                 unless_session_ends(&*session, &mut states, pause).await?;
             }
         };
-        pending.disarm();
         if token == 0 {
             return Err(Error::backend(
                 "consul",

@@ -4,8 +4,9 @@
 //!
 //! - **Namespace.** A [`Backend`] works inside one namespace taken from its URL; paths are
 //!   relative to it and two namespaces never see each other's keys.
-//! - **Parents.** A create needs its parent to exist ([`Error::NoParent`](crate::Error::NoParent) otherwise), except
-//!   directly under the namespace root. [`crate::create_parents`] makes missing parents.
+//! - **Parents.** A create needs its parent to exist
+//!   ([`Error::NoParent`](crate::Error::NoParent) otherwise), except directly under the
+//!   namespace root. [`crate::create_parents`] makes missing parents.
 //! - **Ephemerals** belong to one [`Session`] and disappear when it expires or is closed.
 //!   They cannot have children ([`Error::EphemeralParent`](crate::Error::EphemeralParent)).
 //! - **Sequential** creation appends a [`crate::path::SEQUENCE_DIGITS`]-digit zero-padded

@@ -52,7 +52,7 @@ use std::time::Duration;
 use futures::StreamExt;
 
 use crate::adapter::{random_u64, Backoff};
-use crate::client::Client;
+use crate::client::{delete_at, Client};
 use crate::error::{Error, Result};
 use crate::kernel::{
     create_parents, Backend, ChildrenWatch, CreateMode, KeyWatch, Session, SessionStates,
@@ -384,14 +384,6 @@ fn decode_number(path: &Path, value: &[u8]) -> Result<u64> {
                 String::from_utf8_lossy(value)
             ),
         })
-}
-
-/// Deletes `path` at `version`; somebody else having deleted or rewritten it is fine.
-async fn delete_at(backend: &dyn Backend, path: &Path, version: crate::Version) -> Result<()> {
-    match backend.delete(path, Some(version)).await {
-        Ok(()) | Err(Error::NotFound { .. } | Error::VersionMismatch { .. }) => Ok(()),
-        Err(e) => Err(e),
-    }
 }
 
 /// Waits for an event of either watch, or fails when our session ends.
